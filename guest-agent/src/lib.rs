@@ -1,0 +1,19 @@
+//! pathvm's guest agent library.
+//!
+//! Everything here is `no_std` and free of global state, so the same code
+//! runs in the unikernel image (`images/agent`), in host unit tests and in
+//! fuzz targets. The image crate adds what only a guest can have: the entry
+//! point, the allocator, port I/O and the roles.
+//!
+//! - [`boot`]: the boot-parameter block the VMM writes at a fixed address;
+//! - [`ports`]: the I/O ports the agent uses to talk to the VMM;
+//! - [`virtio`]: polled virtio-mmio drivers over split virtqueues;
+//! - [`net`]: the minimal packet code the `ping` role needs.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod boot;
+pub mod net;
+pub mod ports;
+pub mod virtio;

@@ -1,0 +1,7 @@
+//! The little packet code the agent needs before it has a TCP/IP stack.
+//!
+//! [`ping`] answers ARP requests and ICMP echo for the agent's address, so a
+//! host can check a VM's virtio-net path end to end with `ping`.
+
+pub mod checksum;
+pub mod ping;

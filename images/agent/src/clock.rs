@@ -1,0 +1,22 @@
+//! A monotonic clock from the TSC (rdtsc runs natively at CPL3).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static TSC_KHZ: AtomicU64 = AtomicU64::new(1_000_000);
+
+pub fn init(tsc_khz: u64) {
+    if tsc_khz > 0 {
+        TSC_KHZ.store(tsc_khz, Ordering::Relaxed);
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc reads a counter; no memory effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Microseconds since an arbitrary start.
+pub fn now_us() -> u64 {
+    let khz = TSC_KHZ.load(Ordering::Relaxed);
+    (rdtsc() as u128 * 1000 / khz as u128) as u64
+}

@@ -1,0 +1,16 @@
+//! Host-side network devices for pathvm.
+//!
+//! - [`tap`]: a Linux tap device with a virtio-net header, the backend of a
+//!   VM's virtio-net on an edge host;
+//! - [`chain`]: moving bytes between virtio descriptor chains and host
+//!   buffers, with every guest-supplied address and length checked. It is
+//!   the one data-plane primitive shared by the in-VMM devices and (next)
+//!   the vhost-user-net backend on relay hosts.
+//!
+//! Nothing here knows about the VMM.
+
+pub mod chain;
+pub mod tap;
+
+pub use chain::ChainError;
+pub use tap::{Tap, TapError};

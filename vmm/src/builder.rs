@@ -1,0 +1,288 @@
+//! Assembling a VM, in a straight line.
+//!
+//! Order matters in two places: guest memory is registered with KVM before
+//! anything else (PLATFORM.md: an irqchip created first makes registration
+//! cost milliseconds; pathvm creates none, the guest has no interrupts), and
+//! the boot parameters are written last, once every device has its window.
+
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+
+use guest_agent::boot::{self, BootParams, DeviceDesc, MemRegion, Role, MAX_DEVICES};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{self, layout};
+use crate::devices::virtio::console::{Console, ConsoleBackend};
+use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::devices::MmioBus;
+use crate::kvm::{KvmContext, KvmError};
+use crate::loader::{AgentImage, LoaderError};
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{GuestLog, StopHandle, VcpuRunner};
+use crate::vm::{Subscriber, Vm, VmMetrics};
+
+/// Heap pages populated up front: what the agent touches while booting
+/// (rings, buffers, first allocations) sits right after the image.
+const HEAP_PREFAULT: u64 = 512 * 1024;
+
+/// Where the console's bytes come from and go.
+pub enum ConsoleConfig {
+    /// The process's stdin/stdout.
+    Stdio,
+    /// Connect to a Unix stream socket listening at this path.
+    Unix(PathBuf),
+    /// An already connected stream (the edge daemon hands one over).
+    Stream(UnixStream),
+    /// No input, output discarded.
+    Sink,
+}
+
+/// The VM's virtio-net, backed by a tap.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Tap interface to open (created if absent).
+    pub tap: String,
+    /// The guest's address and prefix length, if it has one.
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// The guest's MAC; derived from the tap name when absent.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Everything that makes one VM.
+pub struct VmConfig {
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// What the agent does.
+    pub role: Role,
+    /// The console, if any.
+    pub console: Option<ConsoleConfig>,
+    /// The network device, if any.
+    pub net: Option<NetConfig>,
+    /// Role arguments.
+    pub args: Vec<u8>,
+    /// Where the agent's log lines go.
+    pub guest_log: GuestLog,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            mem_mib: 64,
+            role: Role::Echo,
+            console: Some(ConsoleConfig::Sink),
+            net: None,
+            args: Vec::new(),
+            guest_log: GuestLog::Stderr,
+        }
+    }
+}
+
+/// Why a VM could not be built.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// KVM itself.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A KVM ioctl on the way.
+    #[error("{op} failed: {source}")]
+    KvmIoctl {
+        /// Which step.
+        op: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The image.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// Memory size out of range.
+    #[error("guest memory of {0} MiB is too large: at most {max} MiB", max = layout::MAX_RAM >> 20)]
+    TooMuchMemory(u64),
+    /// The tap.
+    #[error(transparent)]
+    Tap(#[from] netdev::TapError),
+    /// The console's host side.
+    #[error("cannot open console {what}: {source}")]
+    Console {
+        /// Which backend.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Arguments longer than the boot block holds.
+    #[error("role arguments are {0} bytes; at most {max} fit", max = boot::ARGS_LEN)]
+    ArgsTooLong(usize),
+    /// Registers.
+    #[error(transparent)]
+    Regs(#[from] arch::RegsError),
+    /// Writing boot structures into guest memory.
+    #[error("cannot write boot structures into guest memory: {0}")]
+    GuestWrite(#[from] vm_memory::GuestMemoryError),
+    /// eventfds and the like.
+    #[error("cannot create device plumbing: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the attach steps add to as they go.
+struct Assembly<'a> {
+    vm_fd: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    wake: &'a EventFd,
+    bus: MmioBus,
+    params: BootParams,
+    subscribers: Vec<Subscriber>,
+    metrics: VmMetrics,
+}
+
+impl Assembly<'_> {
+    /// Gives `device` the next MMIO window, wires its queue notifications
+    /// to ioeventfds (so a kick wakes the device thread without an exit to
+    /// userspace) and lists it in the boot parameters.
+    fn attach<D>(&mut self, device: Arc<Mutex<D>>, interrupt: Arc<Interrupt>) -> Result<(), BuildError>
+    where
+        D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
+    {
+        let index = self.params.num_devices as usize;
+        assert!(index < MAX_DEVICES, "more devices than the boot block lists");
+        let base = layout::MMIO_BASE + index as u64 * layout::MMIO_SIZE;
+        let device_id = {
+            let d = device.lock().unwrap_or_else(|p| p.into_inner());
+            for (q, evt) in d.queue_events().iter().enumerate() {
+                self.vm_fd
+                    .register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32)
+                    .map_err(|source| BuildError::KvmIoctl { op: "KVM_IOEVENTFD", source })?;
+            }
+            d.device_type()
+        };
+        self.params.devices[index] = DeviceDesc { device_id, _pad: 0, base, size: layout::MMIO_SIZE };
+        self.params.num_devices += 1;
+        self.bus.insert(base, layout::MMIO_SIZE, MmioTransport::new(device.clone(), self.mem.clone(), interrupt));
+        self.subscribers.push(device);
+        Ok(())
+    }
+
+    fn attach_console(&mut self, cfg: ConsoleConfig) -> Result<(), BuildError> {
+        let backend = match cfg {
+            ConsoleConfig::Stdio => {
+                ConsoleBackend::stdio().map_err(|source| BuildError::Console { what: "stdio".into(), source })?
+            }
+            ConsoleConfig::Unix(p) => ConsoleBackend::unix(&p)
+                .map_err(|source| BuildError::Console { what: format!("unix:{}", p.display()), source })?,
+            ConsoleConfig::Stream(s) => {
+                ConsoleBackend::stream(s).map_err(|source| BuildError::Console { what: "stream".into(), source })?
+            }
+            ConsoleConfig::Sink => ConsoleBackend::sink(),
+        };
+        let interrupt = Interrupt::new(self.wake)?;
+        let console = Console::new(backend, interrupt.clone())?;
+        self.metrics.console = Some(console.metrics());
+        self.attach(Arc::new(Mutex::new(console)), interrupt)
+    }
+
+    fn attach_net(&mut self, cfg: NetConfig) -> Result<(), BuildError> {
+        let tap = netdev::Tap::open(&cfg.tap)?;
+        let mac = cfg.mac.unwrap_or_else(|| mac_for(&cfg.tap));
+        let interrupt = Interrupt::new(self.wake)?;
+        let net = Net::new(tap, mac, interrupt.clone())?;
+        self.metrics.net = Some(net.metrics());
+        self.params.net.mac = mac;
+        if let Some((ip, prefix)) = cfg.ip {
+            self.params.net.ip = ip.octets();
+            self.params.net.prefix_len = prefix;
+        }
+        self.attach(Arc::new(Mutex::new(net)), interrupt)
+    }
+}
+
+/// A stable, locally administered MAC for a tap name.
+pub fn mac_for(tap: &str) -> [u8; 6] {
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let h = tap.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let b = h.to_le_bytes();
+    [0x02, 0x50, b[0], b[1], b[2], b[3]]
+}
+
+/// Builds a VM for `image` as `cfg` describes. Nothing runs yet.
+pub fn build_vm(kvm: &KvmContext, image: &AgentImage, cfg: VmConfig) -> Result<Vm, BuildError> {
+    let mem_size = cfg.mem_mib << 20;
+    if mem_size > layout::MAX_RAM {
+        return Err(BuildError::TooMuchMemory(cfg.mem_mib));
+    }
+    if cfg.args.len() > boot::ARGS_LEN {
+        return Err(BuildError::ArgsTooLong(cfg.args.len()));
+    }
+    // Checked before any kernel object exists, so a too-small VM costs nothing.
+    image.check_fits(mem_size)?;
+
+    let mem = memory::create(mem_size)?;
+    let vm_fd = kvm.kvm().create_vm().map_err(|source| BuildError::KvmIoctl { op: "KVM_CREATE_VM", source })?;
+    memory::register(&vm_fd, &mem)?;
+    image.load(&mem, mem_size)?;
+    arch::write_tables(&mem)?;
+
+    let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+    let mut params = BootParams { role: cfg.role as u32, num_mem: 1, ..Default::default() };
+    params.mem[0] = MemRegion { base: 0, size: mem_size };
+    params.args[..cfg.args.len()].copy_from_slice(&cfg.args);
+    params.args_len = cfg.args.len() as u32;
+
+    let mut asm = Assembly {
+        vm_fd: &vm_fd,
+        mem: &mem,
+        wake: &wake,
+        bus: MmioBus::default(),
+        params,
+        subscribers: Vec::new(),
+        metrics: VmMetrics::default(),
+    };
+    if let Some(c) = cfg.console {
+        asm.attach_console(c)?;
+    }
+    if let Some(n) = cfg.net {
+        asm.attach_net(n)?;
+    }
+    let Assembly { bus, mut params, subscribers, metrics, .. } = asm;
+
+    let vcpu = vm_fd.create_vcpu(0).map_err(|source| BuildError::KvmIoctl { op: "KVM_CREATE_VCPU", source })?;
+    params.tsc_khz = kvm.tsc_khz(&vcpu) as u64;
+    mem.write_slice(params.as_bytes(), GuestAddress(layout::BOOT_PARAMS_ADDR))?;
+    memory::populate(&mem, image.end(), HEAP_PREFAULT);
+    arch::setup_vcpu(&vcpu, image.entry(), Some(kvm.supported_cpuid()?))?;
+
+    let (ready_tx, ready_rx) = sync_channel(1);
+    let runner = VcpuRunner {
+        vcpu,
+        bus,
+        mem,
+        wake,
+        stop: StopHandle::new()?,
+        ready: Some(ready_tx),
+        log: cfg.guest_log,
+        byte_line: Vec::new(),
+    };
+    Ok(Vm { vm_fd, runner, subscribers, metrics, ready_rx })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_is_stable_and_locally_administered() {
+        assert_eq!(mac_for("tap0"), mac_for("tap0"));
+        assert_ne!(mac_for("tap0"), mac_for("tap1"));
+        assert_eq!(mac_for("x")[0] & 0x03, 0x02);
+    }
+}

@@ -1,0 +1,56 @@
+//! `pathvm bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use vmm::{AgentImage, KvmContext};
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Spawn-to-ready time of sequential VMs and memory per running VM,
+    /// optionally beside QEMU microvm booting the same image.
+    Spawn(SpawnArgs),
+}
+
+/// Arguments of `pathvm bench spawn`.
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    /// Number of VMs to spawn (one after another).
+    #[arg(short = 'n', long, default_value_t = 100)]
+    count: usize,
+    /// Guest image. Default: $PATHVM_IMAGE, else images/out/agent.elf.
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// Guest memory per VM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    mem: u64,
+    /// Also boot the same image N times under QEMU's microvm machine.
+    #[arg(long)]
+    compare_qemu: bool,
+    /// QEMU binary for --compare-qemu.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Print one JSON object (the default output is also JSON; this flag
+    /// is accepted for scripts that ask for it explicitly).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a benchmark and prints its report.
+pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
+    match cmd {
+        BenchCommand::Spawn(a) => {
+            if a.count == 0 {
+                return Err("-n must be at least 1".into());
+            }
+            let image = AgentImage::open(&a.image.unwrap_or_else(super::default_image))?;
+            let kvm = KvmContext::open()?;
+            let qemu = a.compare_qemu.then_some(a.qemu.as_path());
+            let report = vmm::bench::spawn::run(&kvm, &image, a.count, a.mem, qemu)?;
+            let _ = a.json;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(0)
+        }
+    }
+}

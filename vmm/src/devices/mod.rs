@@ -1,0 +1,6 @@
+//! Devices: the MMIO bus the vCPU dispatches to, and the virtio devices.
+
+pub mod bus;
+pub mod virtio;
+
+pub use bus::MmioBus;

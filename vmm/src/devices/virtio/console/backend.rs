@@ -1,0 +1,151 @@
+//! The host side of the console.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// How input is read without ever blocking the device thread.
+enum Input {
+    /// A socket: `recv(MSG_DONTWAIT)`, leaving the socket blocking for output.
+    Socket(UnixStream),
+    /// A pipe or terminal switched to O_NONBLOCK.
+    NonBlocking(File),
+    /// A regular file: never blocks, and epoll cannot watch it.
+    RegularFile(File),
+    /// Nothing to read, ever.
+    Nothing,
+}
+
+/// Where console bytes come from and go to.
+pub struct ConsoleBackend {
+    input: Input,
+    output: Option<Box<dyn Write + Send>>,
+}
+
+fn dup(fd: RawFd) -> io::Result<File> {
+    // SAFETY: dup on a descriptor the process owns; the result is checked
+    // and then owned by the File.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nothing else owns.
+    Ok(unsafe { File::from_raw_fd(new) })
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on an owned descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl ConsoleBackend {
+    /// The process's stdin and stdout.
+    pub fn stdio() -> io::Result<Self> {
+        let stdin = dup(libc::STDIN_FILENO)?;
+        let input = if stdin.metadata()?.file_type().is_file() {
+            Input::RegularFile(stdin)
+        } else if stdin.metadata()?.file_type().is_socket() {
+            Input::Socket(UnixStream::from(std::os::fd::OwnedFd::from(stdin)))
+        } else {
+            set_nonblocking(stdin.as_raw_fd())?;
+            Input::NonBlocking(stdin)
+        };
+        Ok(Self { input, output: Some(Box::new(dup(libc::STDOUT_FILENO)?)) })
+    }
+
+    /// Connects to a Unix stream socket listening at `path`.
+    pub fn unix(path: &Path) -> io::Result<Self> {
+        Self::stream(UnixStream::connect(path)?)
+    }
+
+    /// Both directions over an already connected stream.
+    pub fn stream(s: UnixStream) -> io::Result<Self> {
+        let out = s.try_clone()?;
+        Ok(Self { input: Input::Socket(s), output: Some(Box::new(out)) })
+    }
+
+    /// No input; output discarded.
+    pub fn sink() -> Self {
+        Self { input: Input::Nothing, output: None }
+    }
+
+    /// The fd to watch for input, if epoll can watch it.
+    pub(super) fn pollable_input(&self) -> Option<RawFd> {
+        match &self.input {
+            Input::Socket(s) => Some(s.as_raw_fd()),
+            Input::NonBlocking(f) => Some(f.as_raw_fd()),
+            Input::RegularFile(_) | Input::Nothing => None,
+        }
+    }
+
+    /// Whether input must be read without waiting for readiness.
+    pub(super) fn input_always_ready(&self) -> bool {
+        matches!(self.input, Input::RegularFile(_))
+    }
+
+    /// Reads what is available: `Ok(0)` is end of input, `WouldBlock`
+    /// means nothing now.
+    pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.input {
+            // SAFETY: recv into buf, at most buf.len() bytes.
+            Input::Socket(s) => unsafe {
+                libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+            },
+            Input::NonBlocking(f) | Input::RegularFile(f) => {
+                // SAFETY: read into buf, at most buf.len() bytes.
+                unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+            }
+            Input::Nothing => return Err(io::ErrorKind::WouldBlock.into()),
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes all of `data` to the host side (blocking: the host reader's
+    /// pace is the stream's pace).
+    pub(super) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.output {
+            Some(w) => {
+                w.write_all(data)?;
+                w.flush()
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_backend_reads_without_blocking_and_sees_eof() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut be = ConsoleBackend::stream(a).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(be.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        b.write_all(b"hi").unwrap();
+        assert_eq!(be.read(&mut buf).unwrap(), 2);
+        be.write_all(b"yo").unwrap();
+        drop(b);
+        assert_eq!(be.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn sink_never_has_input() {
+        let mut be = ConsoleBackend::sink();
+        assert!(be.pollable_input().is_none());
+        assert_eq!(be.read(&mut [0u8; 4]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        be.write_all(b"dropped").unwrap();
+    }
+}

@@ -1,0 +1,196 @@
+//! The virtio-console device state machine and its data movement.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use netdev::chain;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::ConsoleBackend;
+use super::metrics::ConsoleMetrics;
+use super::{MAX_TX_CHAIN, QUEUE_SIZE, READ_CHUNK, RX_INDEX, TX_INDEX};
+use crate::devices::virtio::{
+    drain_queue, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+
+/// Where the device is in its life.
+pub(super) enum DeviceState {
+    Inactive,
+    Active { mem: GuestMemoryMmap, rx: Queue, tx: Queue },
+}
+
+/// The host side's end of stream, as the guest will learn it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eof {
+    /// Input still open.
+    Open,
+    /// Input ended; the guest has not been told yet.
+    Pending,
+    /// The guest got its zero-length buffer.
+    Delivered,
+}
+
+/// A virtio-console device (port 0, no multiport).
+pub struct Console {
+    pub(super) backend: ConsoleBackend,
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) activate_evt: EventFd,
+    pub(super) state: DeviceState,
+    interrupt: Arc<Interrupt>,
+    metrics: Arc<ConsoleMetrics>,
+    /// Bytes read from the host side and not yet in a guest buffer.
+    pending: Vec<u8>,
+    pending_pos: usize,
+    eof: Eof,
+    tx_buf: Vec<u8>,
+}
+
+impl Console {
+    /// A console over `backend`, waking the guest through `interrupt`.
+    pub fn new(backend: ConsoleBackend, interrupt: Arc<Interrupt>) -> io::Result<Self> {
+        Ok(Self {
+            backend,
+            queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK)?, EventFd::new(libc::EFD_NONBLOCK)?],
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            state: DeviceState::Inactive,
+            interrupt,
+            metrics: Arc::new(ConsoleMetrics::default()),
+            pending: Vec::with_capacity(READ_CHUNK),
+            pending_pos: 0,
+            eof: Eof::Open,
+            tx_buf: Vec::with_capacity(MAX_TX_CHAIN),
+        })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<ConsoleMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Moves host bytes into the guest's receive buffers until the host has
+    /// nothing more or the guest has no buffer left.
+    pub(super) fn process_rx(&mut self) {
+        let DeviceState::Active { mem, rx, .. } = &mut self.state else { return };
+        let mut used = 0;
+        loop {
+            if self.pending_pos == self.pending.len() && self.eof == Eof::Open {
+                self.pending_pos = 0;
+                self.pending.resize(READ_CHUNK, 0);
+                let got = self.backend.read(&mut self.pending);
+                self.pending.truncate(*got.as_ref().unwrap_or(&0));
+                match got {
+                    Ok(0) => self.eof = Eof::Pending,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!("virtio-console: input failed, treating as closed: {e}");
+                        self.eof = Eof::Pending;
+                    }
+                }
+            }
+            let has_data = self.pending_pos < self.pending.len();
+            if !has_data && self.eof != Eof::Pending {
+                break;
+            }
+            let Some(chain) = rx.pop_descriptor_chain(&*mem) else { break };
+            let head = chain.head_index();
+            let len = if has_data {
+                match chain::fill(chain, &self.pending[self.pending_pos..]) {
+                    Ok(n) => {
+                        self.pending_pos += n;
+                        self.metrics.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        n as u32
+                    }
+                    Err(e) => {
+                        // Returned empty, which the agent reads as end of
+                        // stream: a guest that hands out bad buffers loses
+                        // its own stream and nothing else.
+                        tracing::debug!("virtio-console: receive chain refused: {e}");
+                        self.metrics.rx_bad_descriptors.fetch_add(1, Ordering::Relaxed);
+                        0
+                    }
+                }
+            } else {
+                self.eof = Eof::Delivered;
+                0
+            };
+            if rx.add_used(&*mem, head, len).is_err() {
+                break;
+            }
+            used += 1;
+        }
+        if used > 0 {
+            self.interrupt.signal_used();
+        }
+    }
+
+    /// Writes everything the guest queued to the host side.
+    pub(super) fn process_tx(&mut self) {
+        let DeviceState::Active { mem, tx, .. } = &mut self.state else { return };
+        let (backend, metrics, buf) = (&mut self.backend, &self.metrics, &mut self.tx_buf);
+        let done = drain_queue(tx, mem, |chain| {
+            if let Err(e) = chain::gather(chain, buf, MAX_TX_CHAIN) {
+                tracing::debug!("virtio-console: transmit chain refused: {e}");
+                metrics.tx_bad_descriptors.fetch_add(1, Ordering::Relaxed);
+                return 0;
+            }
+            match backend.write_all(buf) {
+                Ok(()) => {
+                    metrics.tx_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    metrics.output_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            0
+        });
+        if done > 0 {
+            self.interrupt.signal_used();
+        }
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        guest_agent::boot::device_id::CONSOLE
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, _acked: u64) {}
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // virtio_console_config: cols, rows, max_nr_ports, emerg_wr; all 0
+        // except max_nr_ports = 1.
+        let mut cfg = [0u8; 12];
+        cfg[4] = 1;
+        read_config_bytes(&cfg, offset, data);
+    }
+
+    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
+        if queues.len() != 2 {
+            return Err(ActivateError::QueueCount { expected: 2, got: queues.len() });
+        }
+        let tx = queues.remove(TX_INDEX);
+        let rx = queues.remove(RX_INDEX);
+        self.state = DeviceState::Active { mem, rx, tx };
+        self.activate_evt.write(1).map_err(ActivateError::Signal)
+    }
+
+    fn reset(&mut self) {
+        self.state = DeviceState::Inactive;
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+}

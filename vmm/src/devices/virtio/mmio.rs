@@ -1,0 +1,534 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x, 4.2.2).
+//!
+//! It runs on the vCPU thread: every register access is a VM exit handed
+//! here by the [`MmioBus`](crate::devices::MmioBus). The driver is the
+//! guest and is not trusted: out-of-order status writes, queue setup
+//! outside the window the spec allows, bad queue sizes and unaligned
+//! accesses are ignored (and logged), never acted on.
+
+use std::sync::{Arc, Mutex};
+
+use tracing::{debug, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// "virt".
+const MAGIC: u32 = 0x7472_6976;
+const VERSION: u32 = 2;
+/// "PTVM", pathvm's vendor id.
+const VENDOR_ID: u32 = 0x4d56_5450;
+
+/// Device status bits.
+pub mod status {
+    /// Guest noticed the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// Guest has a driver.
+    pub const DRIVER: u32 = 2;
+    /// Driver is ready.
+    pub const DRIVER_OK: u32 = 4;
+    /// Features negotiated.
+    pub const FEATURES_OK: u32 = 8;
+    /// Device failed.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// Driver gave up.
+    pub const FAILED: u32 = 128;
+}
+
+/// Register offsets.
+pub mod reg {
+    #![allow(missing_docs)]
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// One device's register window.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+}
+
+impl MmioTransport {
+    /// Wraps `device`; `mem` is what its queues will address.
+    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemoryMmap, interrupt: Arc<Interrupt>) -> Self {
+        let queues = Self::fresh_queues(&device);
+        Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+        }
+    }
+
+    fn fresh_queues(device: &Arc<Mutex<dyn VirtioDevice>>) -> Vec<Queue> {
+        let d = device.lock().unwrap_or_else(|p| p.into_inner());
+        // A max size of 0 or not a power of two would be a device bug;
+        // such a queue is simply absent.
+        d.queue_max_sizes().iter().filter_map(|&m| Queue::new(m).ok()).collect()
+    }
+
+    fn device(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
+        // A panic elsewhere while holding the lock leaves the device usable
+        // for register reads; do not propagate the poison into the vCPU.
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current device status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue setup is allowed after FEATURES_OK and before DRIVER_OK.
+    fn queue_setup_allowed(&self) -> bool {
+        self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED) == status::FEATURES_OK
+    }
+
+    /// Handles a read of `data.len()` bytes at `offset` in the window.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            self.device().read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            warn!(offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register read");
+            data.fill(0);
+            return;
+        }
+        let v = match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self.device().device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => {
+                let f = self.device().avail_features() | VIRTIO_F_VERSION_1;
+                match self.device_features_sel {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
+            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
+            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS => self.status,
+            reg::CONFIG_GENERATION => 0,
+            _ => {
+                debug!(offset, "virtio-mmio: read of write-only or unknown register");
+                0
+            }
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Handles a write of `data` at `offset` in the window.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            debug!(offset, "virtio-mmio: config space is read-only");
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            warn!(offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register write");
+            return;
+        };
+        if offset % 4 != 0 {
+            warn!(offset, "virtio-mmio: ignoring unaligned register write");
+            return;
+        }
+        let v = u32::from_le_bytes(bytes);
+        let setup = self.queue_setup_allowed();
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            reg::DRIVER_FEATURES => {
+                if self.status & (status::DRIVER | status::FEATURES_OK) != status::DRIVER {
+                    warn!("virtio-mmio: driver features written outside negotiation");
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v as u64,
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | ((v as u64) << 32),
+                    _ => {}
+                }
+            }
+            reg::QUEUE_SEL => self.queue_sel = v,
+            reg::QUEUE_NUM if setup => {
+                if let Some(q) = self.selected_queue() {
+                    // Out-of-range sizes leave the queue invalid, so
+                    // DRIVER_OK will not activate the device.
+                    q.set_size(v.min(u16::MAX as u32) as u16);
+                }
+            }
+            reg::QUEUE_READY if setup => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            reg::QUEUE_DESC_LOW if setup => self.set_queue_addr(|q, v| q.set_desc_table_address(Some(v), None), v),
+            reg::QUEUE_DESC_HIGH if setup => self.set_queue_addr(|q, v| q.set_desc_table_address(None, Some(v)), v),
+            reg::QUEUE_DRIVER_LOW if setup => self.set_queue_addr(|q, v| q.set_avail_ring_address(Some(v), None), v),
+            reg::QUEUE_DRIVER_HIGH if setup => self.set_queue_addr(|q, v| q.set_avail_ring_address(None, Some(v)), v),
+            reg::QUEUE_DEVICE_LOW if setup => self.set_queue_addr(|q, v| q.set_used_ring_address(Some(v), None), v),
+            reg::QUEUE_DEVICE_HIGH if setup => self.set_queue_addr(|q, v| q.set_used_ring_address(None, Some(v)), v),
+            reg::QUEUE_NUM
+            | reg::QUEUE_READY
+            | reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_DRIVER_LOW
+            | reg::QUEUE_DRIVER_HIGH
+            | reg::QUEUE_DEVICE_LOW
+            | reg::QUEUE_DEVICE_HIGH => {
+                warn!(offset, status = self.status, "virtio-mmio: queue setup outside FEATURES_OK..DRIVER_OK ignored")
+            }
+            reg::QUEUE_NOTIFY => {
+                // Normally an ioeventfd catches this write before it exits
+                // to userspace; if not, kick the device through the same fd.
+                let dev = self.device();
+                if let Some(evt) = dev.queue_events().get(v as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            reg::INTERRUPT_ACK => self.interrupt.ack(v),
+            reg::STATUS => self.set_status(v),
+            _ => debug!(offset, "virtio-mmio: write to read-only or unknown register"),
+        }
+    }
+
+    fn set_queue_addr(&mut self, f: impl FnOnce(&mut Queue, u32), v: u32) {
+        if let Some(q) = self.selected_queue() {
+            f(q, v);
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        if v & status::FAILED != 0 {
+            self.status |= status::FAILED;
+            return;
+        }
+        // The driver only ever adds bits (virtio 1.x, 3.1.1).
+        if v & self.status != self.status {
+            warn!(old = self.status, new = v, "virtio-mmio: status may only gain bits; ignored");
+            return;
+        }
+        let added = v & !self.status;
+        if added & status::FEATURES_OK != 0 {
+            let offered = self.device().avail_features() | VIRTIO_F_VERSION_1;
+            if self.driver_features & !offered != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+                warn!(
+                    features = self.driver_features,
+                    "virtio-mmio: driver accepted unoffered features or not VERSION_1"
+                );
+                self.status = v & !(status::FEATURES_OK | status::DRIVER_OK);
+                return;
+            }
+            self.device().set_acked_features(self.driver_features);
+        }
+        if added & status::DRIVER_OK != 0 {
+            if v & status::FEATURES_OK == 0 {
+                warn!("virtio-mmio: DRIVER_OK without FEATURES_OK ignored");
+                return;
+            }
+            if let Err(e) = self.activate() {
+                warn!("virtio-mmio: device not activated: {e}");
+                self.status = v & !status::DRIVER_OK | status::DEVICE_NEEDS_RESET;
+                return;
+            }
+        }
+        self.status = v;
+    }
+
+    fn activate(&mut self) -> Result<(), String> {
+        for (i, q) in self.queues.iter().enumerate() {
+            if !q.is_valid(&self.mem) {
+                return Err(format!("queue {i} is not valid (size, alignment, addresses or ready)"));
+            }
+        }
+        // The device gets its own copies; the transport's stay for register reads.
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("queue state: {e}"))?;
+        let mem = self.mem.clone();
+        self.device().activate(mem, queues).map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) {
+        self.device().reset();
+        self.queues = Self::fresh_queues(&self.device);
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ActivateError;
+    use super::*;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// A device that records what the transport did to it.
+    struct Dummy {
+        acked: u64,
+        activated: Option<usize>,
+        resets: u32,
+        evts: Vec<EventFd>,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn avail_features(&self) -> u64 {
+            1 << 5
+        }
+        fn set_acked_features(&mut self, acked: u64) {
+            self.acked = acked;
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[9, 8, 7, 6], offset, data);
+        }
+        fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+            self.activated = Some(queues.len());
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+            self.activated = None;
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.evts
+        }
+    }
+
+    fn setup() -> (MmioTransport, Arc<Mutex<Dummy>>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let evts = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap(), EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let dev = Arc::new(Mutex::new(Dummy { acked: 0, activated: None, resets: 0, evts }));
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let t = MmioTransport::new(dev.clone(), mem, Interrupt::new(&wake).unwrap());
+        (t, dev)
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport) {
+        w(t, reg::STATUS, status::ACKNOWLEDGE);
+        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(t, reg::DRIVER_FEATURES_SEL, 1);
+        w(t, reg::DRIVER_FEATURES, 1);
+        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    }
+
+    fn setup_queues(t: &mut MmioTransport) {
+        for (i, base) in [(0u32, 0x1000u32), (1, 0x3000)] {
+            w(t, reg::QUEUE_SEL, i);
+            w(t, reg::QUEUE_NUM, 16);
+            w(t, reg::QUEUE_DESC_LOW, base);
+            w(t, reg::QUEUE_DRIVER_LOW, base + 0x100);
+            w(t, reg::QUEUE_DEVICE_LOW, base + 0x200);
+            w(t, reg::QUEUE_READY, 1);
+        }
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _) = setup();
+        assert_eq!(r(&mut t, reg::MAGIC), MAGIC);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 42);
+        assert_eq!(r(&mut t, reg::VENDOR_ID), VENDOR_ID);
+    }
+
+    #[test]
+    fn feature_words_are_selected() {
+        let (mut t, _) = setup();
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1 << 5);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 7);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn full_negotiation_activates_device_with_all_queues() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        assert_eq!(dev.lock().unwrap().acked, VIRTIO_F_VERSION_1);
+        setup_queues(&mut t);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        w(&mut t, reg::STATUS, s);
+        assert_eq!(r(&mut t, reg::STATUS), s);
+        assert_eq!(dev.lock().unwrap().activated, Some(2));
+    }
+
+    #[test]
+    fn unoffered_features_keep_features_ok_clear() {
+        let (mut t, dev) = setup();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 0);
+        w(&mut t, reg::DRIVER_FEATURES, 1 << 9);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        assert_eq!(dev.lock().unwrap().acked, 0);
+    }
+
+    #[test]
+    fn missing_version_1_is_refused() {
+        let (mut t, _) = setup();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn queue_setup_before_features_ok_is_ignored() {
+        let (mut t, dev) = setup();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        setup_queues(&mut t);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+        negotiate(&mut t);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert_eq!(dev.lock().unwrap().activated, None, "activated with unconfigured queues");
+        assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn invalid_queue_size_prevents_activation() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        setup_queues(&mut t);
+        w(&mut t, reg::QUEUE_SEL, 1);
+        w(&mut t, reg::QUEUE_NUM, 3);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert_eq!(dev.lock().unwrap().activated, None);
+    }
+
+    #[test]
+    fn queue_outside_memory_prevents_activation() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        setup_queues(&mut t);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_DESC_HIGH, 1);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert_eq!(dev.lock().unwrap().activated, None);
+    }
+
+    #[test]
+    fn status_cannot_lose_bits_except_by_reset() {
+        let (mut t, _) = setup();
+        negotiate(&mut t);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE);
+        assert_eq!(r(&mut t, reg::STATUS), status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    }
+
+    #[test]
+    fn reset_clears_state_and_resets_device() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        setup_queues(&mut t);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        assert_eq!(dev.lock().unwrap().resets, 1);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 16);
+    }
+
+    #[test]
+    fn absent_queue_reads_zero_max() {
+        let (mut t, _) = setup();
+        w(&mut t, reg::QUEUE_SEL, 5);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0);
+    }
+
+    #[test]
+    fn narrow_and_unaligned_accesses_are_ignored() {
+        let (mut t, _) = setup();
+        let mut two = [0xffu8; 2];
+        t.read(reg::MAGIC, &mut two);
+        assert_eq!(two, [0, 0]);
+        t.write(reg::STATUS + 1, &[1, 0, 0, 0]);
+        t.write(reg::STATUS, &[1]);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+    }
+
+    #[test]
+    fn config_space_reads_go_to_device() {
+        let (mut t, _) = setup();
+        let mut d = [0u8; 2];
+        t.read(reg::CONFIG + 1, &mut d);
+        assert_eq!(d, [8, 7]);
+    }
+
+    #[test]
+    fn notify_register_kicks_the_queue_event() {
+        let (mut t, dev) = setup();
+        w(&mut t, reg::QUEUE_NOTIFY, 1);
+        assert_eq!(dev.lock().unwrap().evts[1].read().unwrap(), 1);
+        w(&mut t, reg::QUEUE_NOTIFY, 99); // no such queue: ignored
+    }
+}

@@ -1,0 +1,156 @@
+//! Virtio devices behind a virtio-mmio transport.
+//!
+//! A device implements [`VirtioDevice`] (features, config space, queues,
+//! activation) and, separately, an event handler that moves data when its
+//! queues are kicked or its backend is readable. The transport owns the
+//! register state machine; the device only sees `activate` and `reset`.
+
+pub mod console;
+pub mod mmio;
+pub mod net;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Virtio 1.x.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Used-buffer notification bit of the interrupt status register.
+pub const INTERRUPT_USED_RING: u32 = 1;
+
+/// Why a device could not start.
+#[derive(Debug, Error)]
+pub enum ActivateError {
+    /// The driver set up a different number of queues than the device has.
+    #[error("expected {expected} queues, driver set up {got}")]
+    QueueCount {
+        /// Queues the device has.
+        expected: usize,
+        /// Queues the driver configured.
+        got: usize,
+    },
+    /// Waking the device's event loop failed.
+    #[error("cannot signal activation: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// The guest-facing interrupt of one device. The agent has no interrupts,
+/// so "interrupting" means: note it in the status register and wake the
+/// vCPU if it is parked on the `WAIT` port.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    wake: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt that wakes through `wake` (shared by a VM's devices).
+    pub fn new(wake: &EventFd) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self { status: AtomicU32::new(0), wake: wake.try_clone()? }))
+    }
+
+    /// Tells the guest that used buffers are waiting.
+    pub fn signal_used(&self) {
+        self.status.fetch_or(INTERRUPT_USED_RING, Ordering::AcqRel);
+        // A full counter (2^64 - 2 wakes) only means the guest is already awake.
+        let _ = self.wake.write(1);
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// Clears acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+}
+
+/// What a virtio device exposes to its transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device id (1 net, 3 console).
+    fn device_type(&self) -> u32;
+    /// Features the device offers.
+    fn avail_features(&self) -> u64;
+    /// Records what the driver accepted (a subset of `avail_features`).
+    fn set_acked_features(&mut self, acked: u64);
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Starts the device with the driver's queues.
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError>;
+    /// Returns the device to its initial state (driver wrote status 0).
+    fn reset(&mut self);
+    /// The ioeventfd behind each queue's notify register.
+    fn queue_events(&self) -> &[EventFd];
+}
+
+/// Copies `data` from `src` at `offset`, clamped, for config-space reads.
+pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(off) = usize::try_from(offset) else { return };
+    if off < src.len() {
+        let n = data.len().min(src.len() - off);
+        data[..n].copy_from_slice(&src[off..off + n]);
+    }
+}
+
+/// Pops every available chain of a driver-to-device queue and hands each to
+/// `handle`, which returns the length to report as used. Kicks are
+/// suppressed while draining; the final check after re-enabling them closes
+/// the race with a driver adding buffers meanwhile. Returns the number of
+/// chains completed.
+pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, mut handle: F) -> usize
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+{
+    let mut done = 0;
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            return done;
+        }
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = handle(chain);
+            if queue.add_used(mem, head, len).is_err() {
+                return done;
+            }
+            done += 1;
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            _ => return done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_clamped_and_zero_filled() {
+        let mut d = [0xaa; 4];
+        read_config_bytes(&[1, 2, 3], 1, &mut d);
+        assert_eq!(d, [2, 3, 0, 0]);
+        read_config_bytes(&[1, 2, 3], 99, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_wakes_and_acks() {
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq = Interrupt::new(&wake).unwrap();
+        irq.signal_used();
+        assert_eq!(irq.status(), INTERRUPT_USED_RING);
+        assert_eq!(wake.read().unwrap(), 1);
+        irq.ack(INTERRUPT_USED_RING);
+        assert_eq!(irq.status(), 0);
+    }
+}

@@ -1,0 +1,24 @@
+//! virtio-net with a tap backend.
+//!
+//! Only `VERSION_1` and `MAC` are offered: frames carry the 12-byte
+//! `virtio_net_hdr_v1` and the tap is opened with the same header size, so
+//! a frame crosses between a virtqueue and the tap as one copy.
+
+mod device;
+mod event_handler;
+mod metrics;
+
+pub use device::Net;
+pub use metrics::{NetMetrics, NetMetricsSnapshot};
+
+/// virtio-net feature: the device has a MAC address in config space.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// Receive queue index.
+pub const RX_INDEX: usize = 0;
+/// Transmit queue index.
+pub const TX_INDEX: usize = 1;
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest frame with header the device moves: a 64 KiB GSO frame plus
+/// header would be the most a tap ever produces, and no guest TX is longer.
+pub const MAX_FRAME_WITH_HDR: usize = 65_562;

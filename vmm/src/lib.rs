@@ -1,0 +1,31 @@
+//! pathvm's virtual machine monitor.
+//!
+//! A VM here is small and short-lived: one vCPU that starts directly in
+//! 64-bit mode at CPL3 (PLATFORM.md: kernel mode is emulated on this KVM),
+//! guest memory backed by a memfd (so vhost-user backends can map it), and
+//! virtio-mmio devices that the guest polls. The layout follows Firecracker:
+//!
+//! - [`kvm`]: opening /dev/kvm once per process and caching what is costly;
+//! - [`memory`]: memfd-backed guest memory;
+//! - [`loader`]: the agent image, parsed once and loaded per VM;
+//! - [`arch`]: page tables, GDT/TSS and registers for the CPL3 entry;
+//! - [`devices`]: the virtio-mmio transport and the devices behind it;
+//! - [`builder`]: assembling a VM in a straight line;
+//! - [`vcpu`]: the run loop and the agent's port ABI;
+//! - [`vm`]: a running VM, its threads and its teardown;
+//! - [`bench`]: the measurements `pathvm bench` prints.
+
+pub mod arch;
+pub mod bench;
+pub mod builder;
+pub mod devices;
+pub mod kvm;
+pub mod loader;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
+pub use kvm::{KvmContext, KvmError};
+pub use loader::{AgentImage, LoaderError};
+pub use vm::{ExitReason, RunningVm, Vm};

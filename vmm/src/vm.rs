@@ -1,0 +1,256 @@
+//! A built VM, and a running one: its threads, its stop and its teardown.
+//!
+//! Two threads per VM: the vCPU thread (guest code and register exits) and
+//! the device thread (an event-manager loop that moves data between queues
+//! and backends). Teardown stops the vCPU first, then the device loop, then
+//! drops the devices (closing tap and console) and finally the memory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::VmFd;
+use serde::Serialize;
+use thiserror::Error;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::virtio::console::{ConsoleMetrics, ConsoleMetricsSnapshot};
+use crate::devices::virtio::net::{NetMetrics, NetMetricsSnapshot};
+pub use crate::vcpu::ExitReason;
+use crate::vcpu::{StopHandle, VcpuRunner};
+
+/// A device-thread subscriber, as the event manager holds it.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Why a VM could not be started or waited for.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// A thread could not be created.
+    #[error("cannot start VM thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The event loop could not be created.
+    #[error("cannot create device event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+    /// The guest did not signal ready in time.
+    #[error("guest did not become ready within {0:?}")]
+    NotReady(Duration),
+    /// The guest ended before it was ready.
+    #[error("guest ended before it was ready: {0:?}")]
+    EndedBeforeReady(ExitReason),
+}
+
+/// Counters of a VM's devices.
+#[derive(Debug, Clone, Default)]
+pub struct VmMetrics {
+    /// The virtio-net device's, if any.
+    pub net: Option<Arc<NetMetrics>>,
+    /// The virtio-console device's, if any.
+    pub console: Option<Arc<ConsoleMetrics>>,
+}
+
+/// A plain copy of [`VmMetrics`], for `--metrics` reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VmMetricsSnapshot {
+    /// virtio-net counters.
+    pub net: Option<NetMetricsSnapshot>,
+    /// virtio-console counters.
+    pub console: Option<ConsoleMetricsSnapshot>,
+}
+
+impl VmMetrics {
+    /// Current values.
+    pub fn snapshot(&self) -> VmMetricsSnapshot {
+        VmMetricsSnapshot {
+            net: self.net.as_ref().map(|m| m.snapshot()),
+            console: self.console.as_ref().map(|m| m.snapshot()),
+        }
+    }
+}
+
+/// How a VM run on the calling thread ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Why it ended.
+    pub reason: ExitReason,
+    /// Its device counters.
+    pub metrics: VmMetrics,
+    /// When the agent signalled ready, if it did.
+    pub ready_at: Option<Instant>,
+}
+
+/// A VM assembled by [`build_vm`](crate::build_vm), not yet running.
+pub struct Vm {
+    pub(crate) vm_fd: VmFd,
+    pub(crate) runner: VcpuRunner,
+    pub(crate) subscribers: Vec<Subscriber>,
+    pub(crate) metrics: VmMetrics,
+    pub(crate) ready_rx: Receiver<Instant>,
+}
+
+/// Ends the device loop when written.
+struct LoopExit {
+    evt: EventFd,
+    done: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for LoopExit {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.evt, EventSet::IN));
+    }
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.evt.read();
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+/// The device thread: runs the event loop until told to stop.
+struct DeviceThread {
+    exit: EventFd,
+    handle: JoinHandle<()>,
+}
+
+impl DeviceThread {
+    fn start(subscribers: Vec<Subscriber>) -> Result<Self, VmError> {
+        let exit = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
+        let exit_sub =
+            LoopExit { evt: exit.try_clone().map_err(VmError::Thread)?, done: Arc::new(AtomicBool::new(false)) };
+        let done = exit_sub.done.clone();
+        let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmError::EventLoop)?;
+        for s in subscribers {
+            em.add_subscriber(s);
+        }
+        em.add_subscriber(Arc::new(Mutex::new(exit_sub)));
+        let handle = std::thread::Builder::new()
+            .name("pathvm-dev".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    if let Err(e) = em.run() {
+                        tracing::error!("device event loop failed: {e:?}");
+                        break;
+                    }
+                }
+            })
+            .map_err(VmError::Thread)?;
+        Ok(Self { exit, handle })
+    }
+
+    fn stop(self) {
+        let _ = self.exit.write(1);
+        let _ = self.handle.join();
+    }
+}
+
+impl Vm {
+    /// The VM's device counters.
+    pub fn metrics(&self) -> VmMetrics {
+        self.metrics.clone()
+    }
+
+    /// Runs the guest on the calling thread until it ends.
+    pub fn run(self) -> Result<RunOutcome, VmError> {
+        let Vm { vm_fd, mut runner, subscribers, metrics, ready_rx } = self;
+        let devices = DeviceThread::start(subscribers)?;
+        let reason = runner.run();
+        devices.stop();
+        drop(runner);
+        drop(vm_fd);
+        Ok(RunOutcome { reason, metrics, ready_at: ready_rx.try_recv().ok() })
+    }
+
+    /// Runs the guest on a thread of its own.
+    pub fn start(self) -> Result<RunningVm, VmError> {
+        let Vm { vm_fd, mut runner, subscribers, metrics, ready_rx } = self;
+        let stop = runner.stop.clone();
+        let devices = DeviceThread::start(subscribers)?;
+        let (done_tx, done_rx) = sync_channel(1);
+        let vcpu = std::thread::Builder::new().name("pathvm-vcpu".into()).stack_size(256 * 1024).spawn(move || {
+            let reason = runner.run();
+            let _ = done_tx.send(());
+            drop(runner);
+            reason
+        });
+        let vcpu = match vcpu {
+            Ok(h) => h,
+            Err(e) => {
+                devices.stop();
+                return Err(VmError::Thread(e));
+            }
+        };
+        Ok(RunningVm { vm_fd: Some(vm_fd), stop, vcpu: Some(vcpu), done_rx, devices: Some(devices), ready_rx, metrics })
+    }
+}
+
+/// A VM whose vCPU runs on its own thread.
+pub struct RunningVm {
+    vm_fd: Option<VmFd>,
+    stop: Arc<StopHandle>,
+    vcpu: Option<JoinHandle<ExitReason>>,
+    done_rx: Receiver<()>,
+    devices: Option<DeviceThread>,
+    ready_rx: Receiver<Instant>,
+    metrics: VmMetrics,
+}
+
+impl RunningVm {
+    /// Waits until the agent signals ready; returns when it did.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, VmError> {
+        match self.ready_rx.recv_timeout(timeout) {
+            Ok(t) => Ok(t),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(VmError::NotReady(timeout)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(VmError::EndedBeforeReady(self.finish())),
+        }
+    }
+
+    /// The VM's device counters.
+    pub fn metrics(&self) -> &VmMetrics {
+        &self.metrics
+    }
+
+    /// Stops the guest and frees everything it held.
+    pub fn stop(mut self) -> ExitReason {
+        self.finish_with_stop(true)
+    }
+
+    /// Waits for the guest to end on its own.
+    pub fn join(mut self) -> ExitReason {
+        self.finish_with_stop(false)
+    }
+
+    fn finish(&mut self) -> ExitReason {
+        self.finish_with_stop(false)
+    }
+
+    fn finish_with_stop(&mut self, stop: bool) -> ExitReason {
+        let Some(vcpu) = self.vcpu.take() else { return ExitReason::Stopped };
+        if stop {
+            // Kick until the vCPU thread reports it left the run loop; a
+            // kick may land just before KVM_RUN and be lost.
+            loop {
+                self.stop.request();
+                match self.done_rx.recv_timeout(Duration::from_millis(5)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
+            }
+        }
+        let reason = vcpu.join().unwrap_or_else(|_| ExitReason::Crashed("vCPU thread panicked".into()));
+        if let Some(d) = self.devices.take() {
+            d.stop();
+        }
+        self.vm_fd.take();
+        reason
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if self.vcpu.is_some() {
+            self.finish_with_stop(true);
+        }
+    }
+}
