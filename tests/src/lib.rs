@@ -1,1 +1,267 @@
 //! Shared harness for pathvm's integration tests.
+//!
+//! The tests use the real thing: `/dev/kvm`, taps, network namespaces and
+//! the `pathvm` binary with the real guest image. When one of those is
+//! missing a test fails loudly under `CI=true`; elsewhere it prints why it
+//! did not run (never a silent pass).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `pathvm` binary: `$PATHVM_BIN`, else beside the test executable's
+/// target directory.
+pub fn pathvm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PATHVM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let bin = dir.join("pathvm");
+    assert!(bin.exists(), "{} missing: build it first (`cargo build --bins` or `make test`)", bin.display());
+    bin
+}
+
+/// The guest image: `$PATHVM_IMAGE`, else images/out/agent.elf.
+pub fn image() -> PathBuf {
+    let p =
+        std::env::var_os("PATHVM_IMAGE").map(PathBuf::from).unwrap_or_else(|| workspace().join("images/out/agent.elf"));
+    assert!(p.exists(), "guest image {} missing: run `make image`", p.display());
+    p
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Checks that what a test needs exists. Returns false (after saying why)
+/// when it does not and we are not in CI; panics in CI.
+pub fn require(what: &[Need]) -> bool {
+    for need in what {
+        if let Err(why) = need.check() {
+            if in_ci() {
+                panic!("required for this test and missing under CI=true: {why}");
+            }
+            eprintln!("NOT RUN: {why} (set CI=true to make this a failure)");
+            return false;
+        }
+    }
+    true
+}
+
+/// Something a test needs from the machine.
+#[derive(Debug, Clone, Copy)]
+pub enum Need {
+    /// /dev/kvm, usable.
+    Kvm,
+    /// /dev/net/tun and network namespaces (root).
+    Netns,
+    /// qemu-system-x86_64 on PATH.
+    Qemu,
+}
+
+impl Need {
+    fn check(self) -> Result<(), String> {
+        match self {
+            Need::Kvm => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .map(|_| ())
+                .map_err(|e| format!("/dev/kvm unusable: {e}")),
+            Need::Netns => {
+                if !Path::new("/dev/net/tun").exists() {
+                    return Err("/dev/net/tun missing".into());
+                }
+                // SAFETY: geteuid has no preconditions.
+                if unsafe { libc::geteuid() } != 0 {
+                    return Err("network namespaces need root".into());
+                }
+                which("ip").map(|_| ()).ok_or_else(|| "iproute2 (`ip`) not installed".into())
+            }
+            Need::Qemu => which("qemu-system-x86_64")
+                .map(|_| ())
+                .ok_or_else(|| "qemu-system-x86_64 not installed (make deps)".into()),
+        }
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.exists())
+}
+
+/// A command that must succeed; panics with its output otherwise.
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name (interface names are at most 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A network namespace, deleted (with everything in it) on drop.
+pub struct Netns {
+    /// Its name.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a fresh namespace with loopback up.
+    pub fn new() -> Self {
+        let name = unique("pvt");
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside; panics on failure.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// A command inside, to spawn or run as the caller likes.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Creates a persistent tap with a vnet header and the host side's
+    /// address, and brings it up.
+    pub fn tap(&self, name: &str, host_cidr: &str) {
+        self.exec(&["ip", "tuntap", "add", name, "mode", "tap", "vnet_hdr"]);
+        self.exec(&["ip", "addr", "add", host_cidr, "dev", name]);
+        self.exec(&["ip", "link", "set", name, "up"]);
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A child process killed (by its PID) and reaped on drop.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Takes ownership of `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Sends SIGTERM and waits up to `timeout`; returns exit code and stderr.
+    pub fn terminate(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let mut child = self.0.take().expect("child present");
+        // SAFETY: signals the PID of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let code = wait_timeout(&mut child, timeout);
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (code, err)
+    }
+
+    /// The child.
+    pub fn get(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child present")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for `child` up to `timeout`, killing it after; its exit code.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return s.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `pathvm boot` with the test image and the given extra arguments.
+pub fn boot_cmd(extra: &[&str]) -> Command {
+    let mut c = Command::new(pathvm_bin());
+    c.arg("boot").arg("--image").arg(image()).args(extra);
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// SHA-256 as hex.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates one under the system temp dir.
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(unique("pathvm-test-"));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -29,10 +29,6 @@ use crate::memory::{self, MemoryError};
 use crate::vcpu::{GuestLog, StopHandle, VcpuRunner};
 use crate::vm::{Subscriber, Vm, VmMetrics};
 
-/// Heap pages populated up front: what the agent touches while booting
-/// (rings, buffers, first allocations) sits right after the image.
-const HEAP_PREFAULT: u64 = 512 * 1024;
-
 /// Where the console's bytes come from and go.
 pub enum ConsoleConfig {
     /// The process's stdin/stdout.
@@ -258,7 +254,6 @@ pub fn build_vm(kvm: &KvmContext, image: &AgentImage, cfg: VmConfig) -> Result<V
     let vcpu = vm_fd.create_vcpu(0).map_err(|source| BuildError::KvmIoctl { op: "KVM_CREATE_VCPU", source })?;
     params.tsc_khz = kvm.tsc_khz(&vcpu) as u64;
     mem.write_slice(params.as_bytes(), GuestAddress(layout::BOOT_PARAMS_ADDR))?;
-    memory::populate(&mem, image.end(), HEAP_PREFAULT);
     arch::setup_vcpu(&vcpu, image.entry(), Some(kvm.supported_cpuid()?))?;
 
     let (ready_tx, ready_rx) = sync_channel(1);

@@ -91,7 +91,8 @@ impl StopHandle {
 
     /// Asks the vCPU to stop: wakes it if parked, kicks it out of KVM_RUN
     /// if running. Call repeatedly until the thread ends (a kick can land
-    /// just before KVM_RUN is entered).
+    /// just before KVM_RUN is entered). Async-signal-safe: only an atomic
+    /// store, write(2) and pthread_kill.
     pub fn request(&self) {
         self.requested.store(true, Ordering::Release);
         let _ = self.evt.write(1);

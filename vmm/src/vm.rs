@@ -21,7 +21,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::console::{ConsoleMetrics, ConsoleMetricsSnapshot};
 use crate::devices::virtio::net::{NetMetrics, NetMetricsSnapshot};
 pub use crate::vcpu::ExitReason;
-use crate::vcpu::{StopHandle, VcpuRunner};
+pub use crate::vcpu::StopHandle;
+use crate::vcpu::VcpuRunner;
 
 /// A device-thread subscriber, as the event manager holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -149,6 +150,11 @@ impl Vm {
     /// The VM's device counters.
     pub fn metrics(&self) -> VmMetrics {
         self.metrics.clone()
+    }
+
+    /// A handle that stops this VM from another thread or a signal handler.
+    pub fn stop_handle(&self) -> Arc<StopHandle> {
+        self.runner.stop.clone()
     }
 
     /// Runs the guest on the calling thread until it ends.

@@ -80,8 +80,8 @@ impl SplitQueue {
     }
 
     fn ptr(&self, off: usize) -> *mut u8 {
-        // SAFETY (of every caller's use): offsets are computed from `size`
-        // and stay inside the allocation made in `new`.
+        // SAFETY: every caller passes an offset computed from `size` that
+        // stays inside the allocation made in `new`.
         unsafe { self.base.as_ptr().add(off) }
     }
 

@@ -26,16 +26,11 @@ pub const MMIO_SIZE: u64 = 0x1000;
 /// Most guest RAM: up to the MMIO hole, so the identity map covers it.
 pub const MAX_RAM: u64 = 0xc000_0000;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn low_structures_do_not_overlap() {
-        let tss_end = TSS_ADDR + TSS_LIMIT as u64 + 1;
-        assert!(GDT_ADDR + 56 <= TSS_ADDR);
-        assert!(tss_end <= BOOT_PARAMS_ADDR);
-        assert!(PD_ADDR + 4 * 0x1000 <= IMAGE_MIN_ADDR);
-        assert!(MAX_RAM <= MMIO_BASE);
-    }
-}
+// The low structures must not overlap each other or the image; checked at
+// compile time.
+const _: () = {
+    assert!(GDT_ADDR + 56 <= TSS_ADDR);
+    assert!(TSS_ADDR + (TSS_LIMIT as u64) < BOOT_PARAMS_ADDR);
+    assert!(PD_ADDR + 4 * 0x1000 <= IMAGE_MIN_ADDR);
+    assert!(MAX_RAM <= MMIO_BASE);
+};

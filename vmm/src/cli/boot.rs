@@ -2,11 +2,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use guest_agent::boot::Role;
 use vmm::vcpu::GuestLog;
+use vmm::vm::StopHandle;
 use vmm::{build_vm, AgentImage, ConsoleConfig, KvmContext, NetConfig, VmConfig};
 
 /// What the agent does once booted.
@@ -95,6 +97,33 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, len))
 }
 
+/// The VM SIGINT and SIGTERM stop (one per process: `boot` runs one VM).
+static STOP: OnceLock<Arc<StopHandle>> = OnceLock::new();
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if let Some(h) = STOP.get() {
+        h.request();
+    }
+}
+
+/// Makes SIGINT and SIGTERM stop the guest cleanly (exit status 130, the
+/// metrics file still written) instead of killing the process.
+fn stop_on_signals(handle: Arc<StopHandle>) {
+    if STOP.set(handle).is_err() {
+        return;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only calls the async-signal-safe
+        // StopHandle::request; the sigaction struct is fully initialised.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Boots one VM and waits for it to end.
 pub fn run(args: BootArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let t0 = Instant::now();
@@ -112,7 +141,9 @@ pub fn run(args: BootArgs) -> Result<i32, Box<dyn std::error::Error>> {
         guest_log: if args.quiet { GuestLog::Discard } else { GuestLog::Stderr },
     };
     let spawn_start = Instant::now();
-    let outcome = build_vm(&kvm, &image, cfg)?.run()?;
+    let vm = build_vm(&kvm, &image, cfg)?;
+    stop_on_signals(vm.stop_handle());
+    let outcome = vm.run()?;
     let ready_us = outcome.ready_at.map(|t| t.duration_since(spawn_start).as_secs_f64() * 1e6);
     tracing::info!(?ready_us, total_ms = t0.elapsed().as_secs_f64() * 1e3, "guest ended: {:?}", outcome.reason);
     if let Some(path) = args.metrics {

@@ -128,7 +128,7 @@ impl MmioTransport {
             self.device().read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             warn!(offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register read");
             data.fill(0);
             return;
@@ -169,7 +169,7 @@ impl MmioTransport {
             warn!(offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register write");
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             warn!(offset, "virtio-mmio: ignoring unaligned register write");
             return;
         }

@@ -1,0 +1,61 @@
+# pathvm — make image | build | demo | test | bench | lint
+#
+# Every Debian package the project needs is installed by `deps`.
+# The guest image is its own Cargo workspace (images/agent), built for the
+# host target with no download (see ../shared/PLATFORM.md).
+
+CARGO      ?= cargo
+TARGET     := x86_64-unknown-linux-gnu
+IMAGE      := images/out/agent.elf
+AGENT_ELF  := images/agent/target/$(TARGET)/release/pathvm-agent
+APT_PKGS   := iproute2 iputils-ping qemu-system-x86 nftables
+PATHVM     := target/release/pathvm
+
+.PHONY: all deps image build demo test bench lint clean
+
+all: build
+
+## deps: install the Debian packages tests and demos need (skipped when present)
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+## image: build the guest agent image into images/out/agent.elf
+image:
+	cd images/agent && $(CARGO) build --release --locked --target $(TARGET)
+	mkdir -p images/out
+	cp $(AGENT_ELF) $(IMAGE)
+	@echo "guest image: $(IMAGE) ($$(stat -c %s $(IMAGE)) bytes)"
+
+## build: the guest image and the pathvm binary (release)
+build: image
+	$(CARGO) build --release --locked --bins
+
+## demo: build everything and show it working with real VMs
+demo: deps build
+	./scripts/demo.sh $(PATHVM) $(IMAGE)
+
+## test: install what tests need, then run every test
+test: deps image
+	$(CARGO) build --locked --bins
+	PATHVM_IMAGE=$(CURDIR)/$(IMAGE) $(CARGO) test --locked --workspace
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## bench: spawn benchmark beside QEMU microvm on the same image
+bench: deps build
+	$(PATHVM) bench spawn -n 200 --compare-qemu --json --image $(IMAGE)
+
+## lint: formatting and clippy only
+lint:
+	$(CARGO) fmt --all -- --check
+	cd images/agent && $(CARGO) fmt -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	cd images/agent && $(CARGO) clean
+	rm -rf images/out
