@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -71,6 +71,10 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
+    /// Per queue: the driver wrote a value the queue refused (a size that
+    /// is not a power of two, a misaligned ring). Such a queue is never
+    /// activated, whatever its other registers say.
+    queue_refused: Vec<bool>,
     status: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -82,11 +86,13 @@ impl MmioTransport {
     /// Wraps `device`; `mem` is what its queues will address.
     pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemoryMmap, interrupt: Arc<Interrupt>) -> Self {
         let queues = Self::fresh_queues(&device);
+        let queue_refused = vec![false; queues.len()];
         Self {
             device,
             mem,
             interrupt,
             queues,
+            queue_refused,
             status: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -191,23 +197,32 @@ impl MmioTransport {
             }
             reg::QUEUE_SEL => self.queue_sel = v,
             reg::QUEUE_NUM if setup => {
-                if let Some(q) = self.selected_queue() {
-                    // Out-of-range sizes leave the queue invalid, so
-                    // DRIVER_OK will not activate the device.
-                    q.set_size(v.min(u16::MAX as u32) as u16);
-                }
+                let ok = u16::try_from(v).ok().and_then(|n| self.selected_queue().map(|q| q.try_set_size(n).is_ok()));
+                self.note_queue_write(ok);
             }
             reg::QUEUE_READY if setup => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(v == 1);
                 }
             }
-            reg::QUEUE_DESC_LOW if setup => self.set_queue_addr(|q, v| q.set_desc_table_address(Some(v), None), v),
-            reg::QUEUE_DESC_HIGH if setup => self.set_queue_addr(|q, v| q.set_desc_table_address(None, Some(v)), v),
-            reg::QUEUE_DRIVER_LOW if setup => self.set_queue_addr(|q, v| q.set_avail_ring_address(Some(v), None), v),
-            reg::QUEUE_DRIVER_HIGH if setup => self.set_queue_addr(|q, v| q.set_avail_ring_address(None, Some(v)), v),
-            reg::QUEUE_DEVICE_LOW if setup => self.set_queue_addr(|q, v| q.set_used_ring_address(Some(v), None), v),
-            reg::QUEUE_DEVICE_HIGH if setup => self.set_queue_addr(|q, v| q.set_used_ring_address(None, Some(v)), v),
+            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH if setup => self.set_queue_addr(
+                offset == reg::QUEUE_DESC_HIGH,
+                v,
+                |q| q.desc_table(),
+                Queue::try_set_desc_table_address,
+            ),
+            reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH if setup => self.set_queue_addr(
+                offset == reg::QUEUE_DRIVER_HIGH,
+                v,
+                |q| q.avail_ring(),
+                Queue::try_set_avail_ring_address,
+            ),
+            reg::QUEUE_DEVICE_LOW | reg::QUEUE_DEVICE_HIGH if setup => self.set_queue_addr(
+                offset == reg::QUEUE_DEVICE_HIGH,
+                v,
+                |q| q.used_ring(),
+                Queue::try_set_used_ring_address,
+            ),
             reg::QUEUE_NUM
             | reg::QUEUE_READY
             | reg::QUEUE_DESC_LOW
@@ -232,9 +247,30 @@ impl MmioTransport {
         }
     }
 
-    fn set_queue_addr(&mut self, f: impl FnOnce(&mut Queue, u32), v: u32) {
-        if let Some(q) = self.selected_queue() {
-            f(q, v);
+    /// Replaces the high or low half of one ring address of the selected
+    /// queue; a refused address (misaligned) marks the queue refused.
+    fn set_queue_addr(
+        &mut self,
+        high: bool,
+        v: u32,
+        get: impl Fn(&Queue) -> u64,
+        set: impl Fn(&mut Queue, GuestAddress) -> Result<(), virtio_queue::Error>,
+    ) {
+        let ok = self.selected_queue().map(|q| {
+            let cur = get(q);
+            let addr = if high { (cur & 0xffff_ffff) | ((v as u64) << 32) } else { (cur & !0xffff_ffff) | v as u64 };
+            set(q, GuestAddress(addr)).is_ok()
+        });
+        self.note_queue_write(ok);
+    }
+
+    /// Records the outcome of a queue register write (`None`: no such queue).
+    fn note_queue_write(&mut self, ok: Option<bool>) {
+        if ok == Some(false) {
+            warn!(queue = self.queue_sel, "virtio-mmio: driver wrote an invalid queue setting; queue refused");
+            if let Some(r) = self.queue_refused.get_mut(self.queue_sel as usize) {
+                *r = true;
+            }
         }
     }
 
@@ -281,7 +317,7 @@ impl MmioTransport {
 
     fn activate(&mut self) -> Result<(), String> {
         for (i, q) in self.queues.iter().enumerate() {
-            if !q.is_valid(&self.mem) {
+            if self.queue_refused.get(i).copied().unwrap_or(true) || !q.is_valid(&self.mem) {
                 return Err(format!("queue {i} is not valid (size, alignment, addresses or ready)"));
             }
         }
@@ -299,6 +335,7 @@ impl MmioTransport {
     fn reset(&mut self) {
         self.device().reset();
         self.queues = Self::fresh_queues(&self.device);
+        self.queue_refused = vec![false; self.queues.len()];
         self.status = 0;
         self.driver_features = 0;
         self.device_features_sel = 0;
@@ -312,7 +349,6 @@ impl MmioTransport {
 mod tests {
     use super::super::ActivateError;
     use super::*;
-    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
     /// A device that records what the transport did to it.
@@ -462,6 +498,17 @@ mod tests {
         setup_queues(&mut t);
         w(&mut t, reg::QUEUE_SEL, 1);
         w(&mut t, reg::QUEUE_NUM, 3);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        assert_eq!(dev.lock().unwrap().activated, None);
+    }
+
+    #[test]
+    fn misaligned_ring_prevents_activation() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        setup_queues(&mut t);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x1001);
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
         assert_eq!(dev.lock().unwrap().activated, None);
     }

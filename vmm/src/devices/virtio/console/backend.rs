@@ -127,6 +127,7 @@ impl ConsoleBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn socket_backend_reads_without_blocking_and_sees_eof() {
@@ -137,6 +138,9 @@ mod tests {
         b.write_all(b"hi").unwrap();
         assert_eq!(be.read(&mut buf).unwrap(), 2);
         be.write_all(b"yo").unwrap();
+        let mut yo = [0u8; 2];
+        b.read_exact(&mut yo).unwrap();
+        assert_eq!(&yo, b"yo");
         drop(b);
         assert_eq!(be.read(&mut buf).unwrap(), 0);
     }
