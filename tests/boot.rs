@@ -245,3 +245,22 @@ fn the_same_image_boots_under_qemu_microvm_by_its_pvh_note() {
     // isa-debug-exit turns the agent's exit(0) into status 1.
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn spawn_benchmark_reports_pooled_cold_and_memory_fields() {
+    if !require(&[Need::Kvm]) {
+        return;
+    }
+    let out = std::process::Command::new(pathvm_bin())
+        .args(["bench", "spawn", "-n", "3", "--json", "--image"])
+        .arg(image())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for field in ["spawn_p50_us", "spawn_p99_us", "cold_spawn_p50_us", "rss_kib_per_vm"] {
+        assert!(report[field].as_f64().is_some_and(|v| v > 0.0), "{field} missing or zero: {report}");
+    }
+    assert!(report["spawn_p50_us"].as_f64() <= report["spawn_p99_us"].as_f64());
+    assert_eq!(report["samples"], 3);
+}

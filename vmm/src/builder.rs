@@ -12,7 +12,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
 use guest_agent::boot::{self, BootParams, DeviceDesc, MemRegion, Role, MAX_DEVICES};
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{IoEventAddress, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -210,29 +210,61 @@ pub fn mac_for(tap: &str) -> [u8; 6] {
     [0x02, 0x50, b[0], b[1], b[2], b[3]]
 }
 
-/// Builds a VM for `image` as `cfg` describes. Nothing runs yet.
-pub fn build_vm(kvm: &KvmContext, image: &AgentImage, cfg: VmConfig) -> Result<Vm, BuildError> {
-    let mem_size = cfg.mem_mib << 20;
-    if mem_size > layout::MAX_RAM {
-        return Err(BuildError::TooMuchMemory(cfg.mem_mib));
+/// A VM prepared up to the point where it must know its request: memory
+/// with the image and tables, the KVM VM and its vCPU in long mode at the
+/// entry. Everything here is the same for every request, so it can be made
+/// before one arrives ([`ShellPool`](crate::pool::ShellPool)).
+pub struct VmShell {
+    mem: GuestMemoryMmap,
+    mem_size: u64,
+    vm_fd: VmFd,
+    vcpu: VcpuFd,
+}
+
+impl VmShell {
+    /// Guest memory size in bytes.
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
     }
-    if cfg.args.len() > boot::ARGS_LEN {
-        return Err(BuildError::ArgsTooLong(cfg.args.len()));
+}
+
+/// Prepares a [`VmShell`] of `mem_mib` MiB for `image`.
+pub fn prepare_shell(kvm: &KvmContext, image: &AgentImage, mem_mib: u64) -> Result<VmShell, BuildError> {
+    let mem_size = mem_mib << 20;
+    if mem_size > layout::MAX_RAM {
+        return Err(BuildError::TooMuchMemory(mem_mib));
     }
     // Checked before any kernel object exists, so a too-small VM costs nothing.
     image.check_fits(mem_size)?;
-
     let mem = memory::create(mem_size)?;
     let vm_fd = kvm.kvm().create_vm().map_err(|source| BuildError::KvmIoctl { op: "KVM_CREATE_VM", source })?;
     memory::register(&vm_fd, &mem)?;
     image.load(&mem, mem_size)?;
     arch::write_tables(&mem)?;
+    let vcpu = vm_fd.create_vcpu(0).map_err(|source| BuildError::KvmIoctl { op: "KVM_CREATE_VCPU", source })?;
+    arch::setup_vcpu(&vcpu, image.entry(), Some(kvm.supported_cpuid()?))?;
+    Ok(VmShell { mem, mem_size, vm_fd, vcpu })
+}
 
+/// Builds a VM for `image` as `cfg` describes. Nothing runs yet.
+pub fn build_vm(kvm: &KvmContext, image: &AgentImage, cfg: VmConfig) -> Result<Vm, BuildError> {
+    let shell = prepare_shell(kvm, image, cfg.mem_mib)?;
+    finish_vm(kvm, shell, cfg)
+}
+
+/// Turns a prepared shell into the VM for one request: its devices and
+/// boot parameters. `cfg.mem_mib` is ignored; the shell's size counts.
+pub fn finish_vm(kvm: &KvmContext, shell: VmShell, cfg: VmConfig) -> Result<Vm, BuildError> {
+    if cfg.args.len() > boot::ARGS_LEN {
+        return Err(BuildError::ArgsTooLong(cfg.args.len()));
+    }
+    let VmShell { mem, mem_size, vm_fd, vcpu } = shell;
     let wake = EventFd::new(libc::EFD_NONBLOCK)?;
     let mut params = BootParams { role: cfg.role as u32, num_mem: 1, ..Default::default() };
     params.mem[0] = MemRegion { base: 0, size: mem_size };
     params.args[..cfg.args.len()].copy_from_slice(&cfg.args);
     params.args_len = cfg.args.len() as u32;
+    params.tsc_khz = kvm.tsc_khz(&vcpu) as u64;
 
     let mut asm = Assembly {
         vm_fd: &vm_fd,
@@ -249,12 +281,8 @@ pub fn build_vm(kvm: &KvmContext, image: &AgentImage, cfg: VmConfig) -> Result<V
     if let Some(n) = cfg.net {
         asm.attach_net(n)?;
     }
-    let Assembly { bus, mut params, subscribers, metrics, .. } = asm;
-
-    let vcpu = vm_fd.create_vcpu(0).map_err(|source| BuildError::KvmIoctl { op: "KVM_CREATE_VCPU", source })?;
-    params.tsc_khz = kvm.tsc_khz(&vcpu) as u64;
+    let Assembly { bus, params, subscribers, metrics, .. } = asm;
     mem.write_slice(params.as_bytes(), GuestAddress(layout::BOOT_PARAMS_ADDR))?;
-    arch::setup_vcpu(&vcpu, image.entry(), Some(kvm.supported_cpuid()?))?;
 
     let (ready_tx, ready_rx) = sync_channel(1);
     let runner = VcpuRunner {

@@ -11,6 +11,7 @@
 //! - [`arch`]: page tables, GDT/TSS and registers for the CPL3 entry;
 //! - [`devices`]: the virtio-mmio transport and the devices behind it;
 //! - [`builder`]: assembling a VM in a straight line;
+//! - [`pool`]: VM shells prepared before requests arrive;
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
 //! - [`bench`]: the measurements `pathvm bench` prints.
@@ -22,10 +23,11 @@ pub mod devices;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
+pub mod pool;
 pub mod vcpu;
 pub mod vm;
 
-pub use builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
+pub use builder::{build_vm, finish_vm, prepare_shell, BuildError, ConsoleConfig, NetConfig, VmConfig, VmShell};
 pub use kvm::{KvmContext, KvmError};
 pub use loader::{AgentImage, LoaderError};
 pub use vm::{ExitReason, RunningVm, Vm};

@@ -1,6 +1,7 @@
 //! `pathvm bench`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use vmm::{AgentImage, KvmContext};
@@ -44,8 +45,8 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             if a.count == 0 {
                 return Err("-n must be at least 1".into());
             }
-            let image = AgentImage::open(&a.image.unwrap_or_else(super::default_image))?;
-            let kvm = KvmContext::open()?;
+            let image = Arc::new(AgentImage::open(&a.image.unwrap_or_else(super::default_image))?);
+            let kvm = Arc::new(KvmContext::open()?);
             let qemu = a.compare_qemu.then_some(a.qemu.as_path());
             let report = vmm::bench::spawn::run(&kvm, &image, a.count, a.mem, qemu)?;
             let _ = a.json;
