@@ -5,34 +5,7 @@
 //! feature word are left at their reset value of zero when zero is what the
 //! driver would write (every ring lives below 4 GiB, identity-mapped).
 
-use super::{features, status, SplitQueue, VirtioError};
-
-/// Register offsets.
-mod reg {
-    pub const MAGIC: usize = 0x000;
-    pub const VERSION: usize = 0x004;
-    pub const DEVICE_ID: usize = 0x008;
-    pub const DEVICE_FEATURES: usize = 0x010;
-    pub const DEVICE_FEATURES_SEL: usize = 0x014;
-    pub const DRIVER_FEATURES: usize = 0x020;
-    pub const DRIVER_FEATURES_SEL: usize = 0x024;
-    pub const QUEUE_SEL: usize = 0x030;
-    pub const QUEUE_NUM_MAX: usize = 0x034;
-    pub const QUEUE_NUM: usize = 0x038;
-    pub const QUEUE_READY: usize = 0x044;
-    pub const QUEUE_NOTIFY: usize = 0x050;
-    pub const STATUS: usize = 0x070;
-    pub const QUEUE_DESC_LOW: usize = 0x080;
-    pub const QUEUE_DESC_HIGH: usize = 0x084;
-    pub const QUEUE_DRIVER_LOW: usize = 0x090;
-    pub const QUEUE_DRIVER_HIGH: usize = 0x094;
-    pub const QUEUE_DEVICE_LOW: usize = 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: usize = 0x0a4;
-    pub const CONFIG: usize = 0x100;
-}
-
-/// "virt" in little endian.
-const MAGIC: u32 = 0x7472_6976;
+use super::{features, reg, status, SplitQueue, VirtioError, MMIO_MAGIC};
 
 /// A virtio-mmio register window.
 pub struct MmioTransport {
@@ -47,20 +20,20 @@ impl MmioTransport {
         Self { base: base as usize }
     }
 
-    fn read(&self, off: usize) -> u32 {
+    fn read(&self, off: u64) -> u32 {
         // SAFETY: `new`'s contract: base..base+0x200 is the device window.
-        unsafe { ((self.base + off) as *const u32).read_volatile() }
+        unsafe { ((self.base + off as usize) as *const u32).read_volatile() }
     }
 
-    fn write(&self, off: usize, v: u32) {
+    fn write(&self, off: u64, v: u32) {
         // SAFETY: as in `read`.
-        unsafe { ((self.base + off) as *mut u32).write_volatile(v) }
+        unsafe { ((self.base + off as usize) as *mut u32).write_volatile(v) }
     }
 
     /// Reads a byte of the device-specific configuration space.
     pub fn config_u8(&self, off: usize) -> u8 {
         // SAFETY: as in `read`; the config space starts at 0x100.
-        unsafe { ((self.base + reg::CONFIG + off) as *const u8).read_volatile() }
+        unsafe { ((self.base + reg::CONFIG as usize + off) as *const u8).read_volatile() }
     }
 
     /// Resets the device, checks it is `device_id`, and negotiates
@@ -69,7 +42,7 @@ impl MmioTransport {
     pub fn negotiate(&self, device_id: u32, wanted: u64) -> Result<u64, VirtioError> {
         self.write(reg::STATUS, 0);
         let magic = self.read(reg::MAGIC);
-        if magic != MAGIC {
+        if magic != MMIO_MAGIC {
             return Err(VirtioError::BadMagic(magic));
         }
         let version = self.read(reg::VERSION);

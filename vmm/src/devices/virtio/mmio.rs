@@ -14,56 +14,13 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
-/// "virt".
-const MAGIC: u32 = 0x7472_6976;
-const VERSION: u32 = 2;
 /// "PTVM", pathvm's vendor id.
 const VENDOR_ID: u32 = 0x4d56_5450;
+const VERSION: u32 = 2;
 
-/// Device status bits.
-pub mod status {
-    /// Guest noticed the device.
-    pub const ACKNOWLEDGE: u32 = 1;
-    /// Guest has a driver.
-    pub const DRIVER: u32 = 2;
-    /// Driver is ready.
-    pub const DRIVER_OK: u32 = 4;
-    /// Features negotiated.
-    pub const FEATURES_OK: u32 = 8;
-    /// Device failed.
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
-    /// Driver gave up.
-    pub const FAILED: u32 = 128;
-}
-
-/// Register offsets.
-pub mod reg {
-    #![allow(missing_docs)]
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00c;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    pub const CONFIG: u64 = 0x100;
-}
+/// Register offsets and status bits: the agent's driver and this transport
+/// share one definition.
+pub use guest_agent::virtio::{reg, status, MMIO_MAGIC as MAGIC};
 
 /// One device's register window.
 pub struct MmioTransport {

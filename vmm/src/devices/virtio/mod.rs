@@ -91,6 +91,16 @@ pub trait VirtioDevice: Send {
     fn queue_events(&self) -> &[EventFd];
 }
 
+/// Splits a two-queue device's queues into (receive 0, transmit 1).
+pub fn rx_tx_queues(queues: Vec<Queue>) -> Result<(Queue, Queue), ActivateError> {
+    let got = queues.len();
+    let mut it = queues.into_iter();
+    match (it.next(), it.next(), it.next()) {
+        (Some(rx), Some(tx), None) => Ok((rx, tx)),
+        _ => Err(ActivateError::QueueCount { expected: 2, got }),
+    }
+}
+
 /// Copies `data` from `src` at `offset`, clamped, for config-space reads.
 pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);

@@ -11,9 +11,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::ConsoleBackend;
 use super::metrics::ConsoleMetrics;
-use super::{MAX_TX_CHAIN, QUEUE_SIZE, READ_CHUNK, RX_INDEX, TX_INDEX};
+use super::{MAX_TX_CHAIN, QUEUE_SIZE, READ_CHUNK};
 use crate::devices::virtio::{
-    drain_queue, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    drain_queue, read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Where the device is in its life.
@@ -176,12 +176,8 @@ impl VirtioDevice for Console {
         read_config_bytes(&cfg, offset, data);
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount { expected: 2, got: queues.len() });
-        }
-        let tx = queues.remove(TX_INDEX);
-        let rx = queues.remove(RX_INDEX);
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        let (rx, tx) = rx_tx_queues(queues)?;
         self.state = DeviceState::Active { mem, rx, tx };
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }

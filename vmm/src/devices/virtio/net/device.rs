@@ -9,9 +9,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::NetMetrics;
-use super::{MAX_FRAME_WITH_HDR, QUEUE_SIZE, RX_INDEX, TX_INDEX, VIRTIO_NET_F_MAC};
+use super::{MAX_FRAME_WITH_HDR, QUEUE_SIZE, VIRTIO_NET_F_MAC};
 use crate::devices::virtio::{
-    drain_queue, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    drain_queue, read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Where the device is in its life.
@@ -166,12 +166,8 @@ impl VirtioDevice for Net {
         read_config_bytes(&cfg, offset, data);
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount { expected: 2, got: queues.len() });
-        }
-        let tx = queues.remove(TX_INDEX);
-        let rx = queues.remove(RX_INDEX);
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        let (rx, tx) = rx_tx_queues(queues)?;
         self.state = DeviceState::Active { mem, rx, tx };
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }
