@@ -121,6 +121,13 @@ impl VcpuRunner {
     /// Runs the guest on the calling thread.
     pub fn run(&mut self) -> ExitReason {
         self.stop.bind_current_thread();
+        let reason = self.run_loop();
+        // No more kicks: this thread may go away now.
+        self.stop.thread.store(0, Ordering::Release);
+        reason
+    }
+
+    fn run_loop(&mut self) -> ExitReason {
         loop {
             if self.stop.requested() {
                 return ExitReason::Stopped;

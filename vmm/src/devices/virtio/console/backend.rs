@@ -11,8 +11,10 @@ use std::path::Path;
 enum Input {
     /// A socket: `recv(MSG_DONTWAIT)`, leaving the socket blocking for output.
     Socket(UnixStream),
-    /// A pipe or terminal switched to O_NONBLOCK.
-    NonBlocking(File),
+    /// A pipe or terminal switched to O_NONBLOCK; the flags it had before
+    /// are restored on drop (the file description is shared with whoever
+    /// started pathvm, e.g. an interactive shell).
+    NonBlocking(File, libc::c_int),
     /// A regular file: never blocks, and epoll cannot watch it.
     RegularFile(File),
     /// Nothing to read, ever.
@@ -36,14 +38,15 @@ fn dup(fd: RawFd) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(new) })
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+/// Sets O_NONBLOCK; returns the flags before.
+fn set_nonblocking(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: F_GETFL/F_SETFL on an owned descriptor.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     // SAFETY: as above.
     if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(flags)
 }
 
 impl ConsoleBackend {
@@ -55,8 +58,8 @@ impl ConsoleBackend {
         } else if stdin.metadata()?.file_type().is_socket() {
             Input::Socket(UnixStream::from(std::os::fd::OwnedFd::from(stdin)))
         } else {
-            set_nonblocking(stdin.as_raw_fd())?;
-            Input::NonBlocking(stdin)
+            let flags = set_nonblocking(stdin.as_raw_fd())?;
+            Input::NonBlocking(stdin, flags)
         };
         Ok(Self { input, output: Some(Box::new(dup(libc::STDOUT_FILENO)?)) })
     }
@@ -81,7 +84,7 @@ impl ConsoleBackend {
     pub(super) fn pollable_input(&self) -> Option<RawFd> {
         match &self.input {
             Input::Socket(s) => Some(s.as_raw_fd()),
-            Input::NonBlocking(f) => Some(f.as_raw_fd()),
+            Input::NonBlocking(f, _) => Some(f.as_raw_fd()),
             Input::RegularFile(_) | Input::Nothing => None,
         }
     }
@@ -99,7 +102,7 @@ impl ConsoleBackend {
             Input::Socket(s) => unsafe {
                 libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
             },
-            Input::NonBlocking(f) | Input::RegularFile(f) => {
+            Input::NonBlocking(f, _) | Input::RegularFile(f) => {
                 // SAFETY: read into buf, at most buf.len() bytes.
                 unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
             }
@@ -124,6 +127,15 @@ impl ConsoleBackend {
     }
 }
 
+impl Drop for ConsoleBackend {
+    fn drop(&mut self) {
+        if let Input::NonBlocking(f, flags) = &self.input {
+            // SAFETY: F_SETFL on a descriptor we own, back to its old flags.
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, *flags) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +155,22 @@ mod tests {
         assert_eq!(&yo, b"yo");
         drop(b);
         assert_eq!(be.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn nonblocking_input_gets_its_old_flags_back_on_drop() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors from pipe2.
+        let (r, _w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let shared = dup(r.as_raw_fd()).unwrap();
+        let old = set_nonblocking(shared.as_raw_fd()).unwrap();
+        // SAFETY: F_GETFL on an owned descriptor.
+        let flags_of = |f: &File| unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags_of(&r) & libc::O_NONBLOCK, 0, "dup shares the file description");
+        drop(ConsoleBackend { input: Input::NonBlocking(shared, old), output: None });
+        assert_eq!(flags_of(&r) & libc::O_NONBLOCK, 0);
     }
 
     #[test]
