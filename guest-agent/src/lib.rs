@@ -8,7 +8,9 @@
 //! - [`boot`]: the boot-parameter block the VMM writes at a fixed address;
 //! - [`ports`]: the I/O ports the agent uses to talk to the VMM;
 //! - [`virtio`]: polled virtio-mmio drivers over split virtqueues;
-//! - [`net`]: the minimal packet code the `ping` role needs.
+//! - [`net`]: the minimal packet code the `ping` role needs;
+//! - [`wire`]: the overlay wire format, its authentication and replay window;
+//! - [`routing`]: the routing protocols that pick a packet's next node.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -16,4 +18,6 @@ extern crate alloc;
 pub mod boot;
 pub mod net;
 pub mod ports;
+pub mod routing;
 pub mod virtio;
+pub mod wire;

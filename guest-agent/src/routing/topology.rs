@@ -1,0 +1,94 @@
+//! The network as routing sees it.
+
+use alloc::vec::Vec;
+
+/// A node's id in the overlay.
+pub type NodeId = u16;
+
+/// An undirected link between two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// One end.
+    pub a: NodeId,
+    /// The other end.
+    pub b: NodeId,
+    /// One-way latency in microseconds (the `shortest` metric).
+    pub latency_us: u32,
+    /// Capacity in Mbit/s (the `widest` metric).
+    pub bandwidth_mbps: u32,
+}
+
+/// Nodes and links.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    links: Vec<Link>,
+}
+
+impl Topology {
+    /// A topology of `links`; self-links are dropped.
+    pub fn new(links: Vec<Link>) -> Self {
+        Self { links: links.into_iter().filter(|l| l.a != l.b).collect() }
+    }
+
+    /// All links.
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// Neighbours of `n` with the link to each.
+    pub fn neighbours(&self, n: NodeId) -> impl Iterator<Item = (NodeId, &Link)> {
+        self.links.iter().filter_map(move |l| {
+            if l.a == n {
+                Some((l.b, l))
+            } else if l.b == n {
+                Some((l.a, l))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Every node named by a link, sorted, without duplicates.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.links.iter().flat_map(|l| [l.a, l.b]).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Changes the latency of the link between `a` and `b`; false if none.
+    pub fn set_latency(&mut self, a: NodeId, b: NodeId, latency_us: u32) -> bool {
+        let mut found = false;
+        for l in self.links.iter_mut().filter(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a)) {
+            l.latency_us = latency_us;
+            found = true;
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn neighbours_and_nodes() {
+        let t = Topology::new(vec![
+            Link { a: 1, b: 2, latency_us: 10, bandwidth_mbps: 100 },
+            Link { a: 2, b: 3, latency_us: 10, bandwidth_mbps: 100 },
+            Link { a: 4, b: 4, latency_us: 1, bandwidth_mbps: 1 },
+        ]);
+        assert_eq!(t.nodes(), vec![1, 2, 3]);
+        let n: Vec<NodeId> = t.neighbours(2).map(|(n, _)| n).collect();
+        assert_eq!(n, vec![1, 3]);
+    }
+
+    #[test]
+    fn latency_updates_either_direction() {
+        let mut t = Topology::new(vec![Link { a: 1, b: 2, latency_us: 10, bandwidth_mbps: 100 }]);
+        assert!(t.set_latency(2, 1, 500));
+        assert_eq!(t.links()[0].latency_us, 500);
+        assert!(!t.set_latency(1, 3, 5));
+    }
+}
