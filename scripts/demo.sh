@@ -40,7 +40,7 @@ VM_PID=$!
 for _ in $(seq 50); do ip netns exec "$NS" ping -c1 -W1 10.200.0.2 >/dev/null 2>&1 && break; done
 ip netns exec "$NS" ping -c 5 -i 0.2 10.200.0.2
 kill -TERM "$VM_PID"; wait "$VM_PID" || true; VM_PID=""
-echo "virtio-net counters: $(tr -d ' \n' < "/tmp/$NS.ping.json" | grep -o '"net":{[^}]*}')"
+echo "virtio-net counters: $(tr -d ' \n' < "/tmp/$NS.ping.json" | grep -o '"net":\[{[^}]*}')"
 rm -f "/tmp/$NS.ping.json"
 
 step "3. spawn time: 50 VMs one after another, beside QEMU microvm on the same image"

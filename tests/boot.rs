@@ -108,7 +108,7 @@ fn vm_answers_ping_from_its_namespace_over_the_tap() {
     assert!(ping.status.success() && text.contains("5 received"), "ping failed: {text}");
     let (code, stderr) = vm.terminate(TIMEOUT);
     assert_eq!(code, Some(130), "stop by SIGTERM: {stderr}");
-    let net = &metrics(&m)["devices"]["net"];
+    let net = &metrics(&m)["devices"]["net"][0];
     assert!(net["rx_frames"].as_u64().unwrap() >= 5, "{net}");
     assert!(net["tx_frames"].as_u64().unwrap() >= 5, "{net}");
     assert_eq!(net["tx_bad_descriptors"], 0);

@@ -10,13 +10,13 @@ pub const BOOT_PARAMS_ADDR: u64 = 0x6000;
 /// First eight bytes of a valid block.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"PATHVMBP");
 /// Layout version of [`BootParams`].
-pub const BOOT_VERSION: u32 = 1;
+pub const BOOT_VERSION: u32 = 2;
 /// Most virtio-mmio devices the block can describe.
 pub const MAX_DEVICES: usize = 8;
 /// Most RAM regions the block can describe.
 pub const MAX_MEM_REGIONS: usize = 4;
 /// Size of the free-form argument area.
-pub const ARGS_LEN: usize = 1024;
+pub const ARGS_LEN: usize = 2048;
 
 /// What the agent does once booted.
 #[repr(u32)]
@@ -33,6 +33,10 @@ pub enum Role {
     /// Hand the console a descriptor outside guest memory, then echo
     /// (tests that devices reject hostile descriptors and keep working).
     BadDescriptor = 5,
+    /// An overlay node: route packets between its virtio-net ports by the
+    /// [`NodeConfig`](crate::node::NodeConfig) in the arguments, originate
+    /// the console's records and deliver its own packets to the console.
+    Node = 6,
 }
 
 impl Role {
@@ -44,6 +48,7 @@ impl Role {
             3 => Self::Idle,
             4 => Self::Panic,
             5 => Self::BadDescriptor,
+            6 => Self::Node,
             _ => return None,
         })
     }

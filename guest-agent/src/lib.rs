@@ -9,6 +9,7 @@
 //! - [`ports`]: the I/O ports the agent uses to talk to the VMM;
 //! - [`virtio`]: polled virtio-mmio drivers over split virtqueues;
 //! - [`net`]: the minimal packet code the `ping` role needs;
+//! - [`node`]: a node VM's configuration, console records and counters;
 //! - [`wire`]: the overlay wire format, its authentication and replay window;
 //! - [`routing`]: the routing protocols that pick a packet's next node.
 #![cfg_attr(not(test), no_std)]
@@ -17,6 +18,7 @@ extern crate alloc;
 
 pub mod boot;
 pub mod net;
+pub mod node;
 pub mod ports;
 pub mod routing;
 pub mod virtio;

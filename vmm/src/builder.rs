@@ -60,8 +60,8 @@ pub struct VmConfig {
     pub role: Role,
     /// The console, if any.
     pub console: Option<ConsoleConfig>,
-    /// The network device, if any.
-    pub net: Option<NetConfig>,
+    /// virtio-net devices, one per tap, in the order the guest sees them.
+    pub nets: Vec<NetConfig>,
     /// Role arguments.
     pub args: Vec<u8>,
     /// Where the agent's log lines go.
@@ -74,7 +74,7 @@ impl Default for VmConfig {
             mem_mib: 64,
             role: Role::Echo,
             console: Some(ConsoleConfig::Sink),
-            net: None,
+            nets: Vec::new(),
             args: Vec::new(),
             guest_log: GuestLog::Stderr,
         }
@@ -192,11 +192,15 @@ impl Assembly<'_> {
         let mac = cfg.mac.unwrap_or_else(|| mac_for(&cfg.tap));
         let interrupt = Interrupt::new(self.wake)?;
         let net = Net::new(tap, mac, interrupt.clone())?;
-        self.metrics.net = Some(net.metrics());
-        self.params.net.mac = mac;
-        if let Some((ip, prefix)) = cfg.ip {
-            self.params.net.ip = ip.octets();
-            self.params.net.prefix_len = prefix;
+        let first = self.metrics.net.is_empty();
+        self.metrics.net.push(net.metrics());
+        // The boot block's IPv4 configuration is the first interface's.
+        if first {
+            self.params.net.mac = mac;
+            if let Some((ip, prefix)) = cfg.ip {
+                self.params.net.ip = ip.octets();
+                self.params.net.prefix_len = prefix;
+            }
         }
         self.attach(Arc::new(Mutex::new(net)), interrupt)
     }
@@ -278,7 +282,7 @@ pub fn finish_vm(kvm: &KvmContext, shell: VmShell, cfg: VmConfig) -> Result<Vm, 
     if let Some(c) = cfg.console {
         asm.attach_console(c)?;
     }
-    if let Some(n) = cfg.net {
+    for n in cfg.nets {
         asm.attach_net(n)?;
     }
     let Assembly { bus, params, subscribers, metrics, .. } = asm;

@@ -14,6 +14,8 @@
 //! - [`pool`]: VM shells prepared before requests arrive;
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
+//! - [`topo`]: test hosts (network namespaces) from a topology file;
+//! - [`node`]: a relay or destination host's node VM and its intake;
 //! - [`bench`]: the measurements `pathvm bench` prints.
 
 pub mod arch;
@@ -23,7 +25,9 @@ pub mod devices;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
+pub mod node;
 pub mod pool;
+pub mod topo;
 pub mod vcpu;
 pub mod vm;
 

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use guest_agent::node::{NodeStats, STATS_ADDR};
 use kvm_ioctls::VmFd;
 use serde::Serialize;
 use thiserror::Error;
@@ -47,8 +48,8 @@ pub enum VmError {
 /// Counters of a VM's devices.
 #[derive(Debug, Clone, Default)]
 pub struct VmMetrics {
-    /// The virtio-net device's, if any.
-    pub net: Option<Arc<NetMetrics>>,
+    /// Each virtio-net device's, in device order.
+    pub net: Vec<Arc<NetMetrics>>,
     /// The virtio-console device's, if any.
     pub console: Option<Arc<ConsoleMetrics>>,
 }
@@ -56,8 +57,8 @@ pub struct VmMetrics {
 /// A plain copy of [`VmMetrics`], for `--metrics` reports.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VmMetricsSnapshot {
-    /// virtio-net counters.
-    pub net: Option<NetMetricsSnapshot>,
+    /// virtio-net counters, in device order.
+    pub net: Vec<NetMetricsSnapshot>,
     /// virtio-console counters.
     pub console: Option<ConsoleMetricsSnapshot>,
 }
@@ -66,7 +67,7 @@ impl VmMetrics {
     /// Current values.
     pub fn snapshot(&self) -> VmMetricsSnapshot {
         VmMetricsSnapshot {
-            net: self.net.as_ref().map(|m| m.snapshot()),
+            net: self.net.iter().map(|m| m.snapshot()).collect(),
             console: self.console.as_ref().map(|m| m.snapshot()),
         }
     }
@@ -81,6 +82,8 @@ pub struct RunOutcome {
     pub metrics: VmMetrics,
     /// When the agent signalled ready, if it did.
     pub ready_at: Option<Instant>,
+    /// The counters a node agent left in its stats page, if it is one.
+    pub guest_stats: Option<NodeStats>,
 }
 
 /// A VM assembled by [`build_vm`](crate::build_vm), not yet running.
@@ -90,6 +93,15 @@ pub struct Vm {
     pub(crate) subscribers: Vec<Subscriber>,
     pub(crate) metrics: VmMetrics,
     pub(crate) ready_rx: Receiver<Instant>,
+}
+
+/// Reads the node agent's stats page (guest memory is readable after the
+/// vCPU stopped; a guest that never wrote it yields `None`).
+fn read_guest_stats(mem: &vm_memory::GuestMemoryMmap) -> Option<NodeStats> {
+    use vm_memory::Bytes;
+    let mut buf = [0u8; std::mem::size_of::<NodeStats>()];
+    mem.read_slice(&mut buf, vm_memory::GuestAddress(STATS_ADDR)).ok()?;
+    NodeStats::from_bytes(&buf)
 }
 
 /// Ends the device loop when written.
@@ -163,9 +175,10 @@ impl Vm {
         let devices = DeviceThread::start(subscribers)?;
         let reason = runner.run();
         devices.stop();
+        let guest_stats = read_guest_stats(&runner.mem);
         drop(runner);
         drop(vm_fd);
-        Ok(RunOutcome { reason, metrics, ready_at: ready_rx.try_recv().ok() })
+        Ok(RunOutcome { reason, metrics, ready_at: ready_rx.try_recv().ok(), guest_stats })
     }
 
     /// Runs the guest on a thread of its own.

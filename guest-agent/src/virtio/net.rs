@@ -18,6 +18,8 @@ const BUF_SIZE: usize = 2048;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const QUEUE_SIZE: u16 = 128;
+/// The device has a MAC address in its config space.
+const F_MAC: u64 = 1 << 5;
 
 /// Why a frame was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,19 +51,30 @@ pub struct VirtioNet {
     tx_free: Vec<u16>,
     tx_kick_pending: bool,
     stats: NetStats,
+    mac: Option<[u8; 6]>,
 }
 
 impl VirtioNet {
     /// Brings up the device and posts every receive buffer.
     pub fn new(transport: MmioTransport) -> Result<Self, VirtioError> {
-        transport.negotiate(device_id::NET, 0)?;
+        let features = transport.negotiate(device_id::NET, F_MAC)?;
+        let mac = (features & F_MAC != 0).then(|| core::array::from_fn(|i| transport.config_u8(i)));
         let rx = create_queue(&transport, RX_QUEUE, QUEUE_SIZE)?;
         let tx = create_queue(&transport, TX_QUEUE, QUEUE_SIZE)?;
         let rx_bufs = DmaBuffers::new(rx.size() as usize, BUF_SIZE)?;
         let tx_bufs = DmaBuffers::new(tx.size() as usize, BUF_SIZE)?;
         let tx_free = (0..tx.size()).rev().collect();
-        let mut dev =
-            Self { transport, rx, tx, rx_bufs, tx_bufs, tx_free, tx_kick_pending: false, stats: NetStats::default() };
+        let mut dev = Self {
+            transport,
+            rx,
+            tx,
+            rx_bufs,
+            tx_bufs,
+            tx_free,
+            tx_kick_pending: false,
+            stats: NetStats::default(),
+            mac,
+        };
         for i in 0..dev.rx.size() {
             dev.rx.post(i, dev.rx_bufs.addr(i as usize), BUF_SIZE as u32, true);
         }
@@ -128,6 +141,17 @@ impl VirtioNet {
     /// Whether received frames are waiting.
     pub fn has_rx(&self) -> bool {
         self.rx.has_used()
+    }
+
+    /// The MAC the device reports, if it offers one.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.mac
+    }
+
+    /// Whether a frame can be queued now.
+    pub fn can_send(&mut self) -> bool {
+        self.reclaim_tx();
+        !self.tx_free.is_empty()
     }
 
     /// What the driver counted.

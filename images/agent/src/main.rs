@@ -12,6 +12,7 @@ mod clock;
 mod heap;
 mod io;
 mod mem;
+mod node;
 mod roles;
 mod start;
 

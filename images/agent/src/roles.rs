@@ -18,17 +18,17 @@ const SPIN_US: u64 = 200;
 const PARK_US: u32 = 10_000;
 
 /// Spin-then-park pacing for a polled main loop.
-struct Pacer {
+pub(crate) struct Pacer {
     idle_since: Option<u64>,
 }
 
 impl Pacer {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { idle_since: None }
     }
 
     /// Call once per loop iteration with whether it did any work.
-    fn tick(&mut self, worked: bool) {
+    pub(crate) fn tick(&mut self, worked: bool) {
         if worked {
             self.idle_since = None;
             return;
@@ -45,7 +45,7 @@ impl Pacer {
     }
 }
 
-fn console(params: &BootParams) -> VirtioConsole {
+pub(crate) fn console(params: &BootParams) -> VirtioConsole {
     let Some(d) = params.find_device(device_id::CONSOLE) else {
         log!("agent: this role needs a virtio-console device");
         io::exit(ports::EXIT_DEVICE);
@@ -76,6 +76,23 @@ fn net(params: &BootParams) -> VirtioNet {
     }
 }
 
+/// Every virtio-net device, in boot-parameter order.
+pub(crate) fn nets(params: &BootParams) -> Vec<VirtioNet> {
+    params
+        .devices()
+        .iter()
+        .filter(|d| d.device_id == device_id::NET)
+        // SAFETY: as in `console`, one driver per window.
+        .map(|d| match VirtioNet::new(unsafe { MmioTransport::new(d.base) }) {
+            Ok(n) => n,
+            Err(e) => {
+                log!("agent: virtio-net at {:#x}: {e}", d.base);
+                io::exit(ports::EXIT_DEVICE);
+            }
+        })
+        .collect()
+}
+
 /// Runs `role` to completion.
 pub fn run(role: Role, params: &BootParams) -> ! {
     match role {
@@ -95,6 +112,7 @@ pub fn run(role: Role, params: &BootParams) -> ! {
                 io::wait(1_000_000);
             }
         }
+        Role::Node => crate::node::run(params),
         Role::Panic => {
             io::ready();
             panic!("role 'panic' asked for a panic");

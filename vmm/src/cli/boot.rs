@@ -2,14 +2,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use guest_agent::boot::Role;
 use vmm::vcpu::GuestLog;
-use vmm::vm::StopHandle;
-use vmm::{build_vm, AgentImage, ConsoleConfig, KvmContext, NetConfig, VmConfig};
+use vmm::{build_vm, AgentImage, KvmContext, NetConfig, VmConfig};
 
 /// What the agent does once booted.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -60,8 +58,8 @@ pub struct BootArgs {
     ip: Option<(Ipv4Addr, u8)>,
     /// Console host side: `stdio`, or `unix:PATH` to connect to a listening
     /// Unix stream socket.
-    #[arg(long, value_name = "stdio|unix:PATH", default_value = "stdio", value_parser = parse_console)]
-    console: ConsoleArg,
+    #[arg(long, value_name = "stdio|unix:PATH", default_value = "stdio", value_parser = super::parse_console)]
+    console: super::ConsoleArg,
     /// What the agent does.
     #[arg(long, value_enum, default_value_t = RoleArg::Echo)]
     role: RoleArg,
@@ -73,55 +71,12 @@ pub struct BootArgs {
     quiet: bool,
 }
 
-#[derive(Debug, Clone)]
-enum ConsoleArg {
-    Stdio,
-    Unix(PathBuf),
-}
-
-fn parse_console(s: &str) -> Result<ConsoleArg, String> {
-    match s {
-        "stdio" => Ok(ConsoleArg::Stdio),
-        _ => match s.strip_prefix("unix:") {
-            Some(p) if !p.is_empty() => Ok(ConsoleArg::Unix(PathBuf::from(p))),
-            _ => Err(format!("{s:?} is not a console: use stdio or unix:PATH")),
-        },
-    }
-}
-
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (addr, len) = s.split_once('/').ok_or_else(|| format!("{s:?} needs a prefix length, e.g. 10.0.0.2/24"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
     let len: u8 =
         len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("{len:?} is not a prefix length (0-32)"))?;
     Ok((addr, len))
-}
-
-/// The VM SIGINT and SIGTERM stop (one per process: `boot` runs one VM).
-static STOP: OnceLock<Arc<StopHandle>> = OnceLock::new();
-
-extern "C" fn on_signal(_: libc::c_int) {
-    if let Some(h) = STOP.get() {
-        h.request();
-    }
-}
-
-/// Makes SIGINT and SIGTERM stop the guest cleanly (exit status 130, the
-/// metrics file still written) instead of killing the process.
-fn stop_on_signals(handle: Arc<StopHandle>) {
-    if STOP.set(handle).is_err() {
-        return;
-    }
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only calls the async-signal-safe
-        // StopHandle::request; the sigaction struct is fully initialised.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
 }
 
 /// Boots one VM and waits for it to end.
@@ -132,17 +87,14 @@ pub fn run(args: BootArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let cfg = VmConfig {
         mem_mib: args.mem,
         role: args.role.into(),
-        console: Some(match args.console {
-            ConsoleArg::Stdio => ConsoleConfig::Stdio,
-            ConsoleArg::Unix(p) => ConsoleConfig::Unix(p),
-        }),
-        net: args.tap.map(|tap| NetConfig { tap, ip: args.ip, mac: None }),
+        console: Some(args.console.into()),
+        nets: args.tap.map(|tap| NetConfig { tap, ip: args.ip, mac: None }).into_iter().collect(),
         args: Vec::new(),
         guest_log: if args.quiet { GuestLog::Discard } else { GuestLog::Stderr },
     };
     let spawn_start = Instant::now();
     let vm = build_vm(&kvm, &image, cfg)?;
-    stop_on_signals(vm.stop_handle());
+    super::stop_on_signals(vm.stop_handle());
     let outcome = vm.run()?;
     let ready_us = outcome.ready_at.map(|t| t.duration_since(spawn_start).as_secs_f64() * 1e6);
     tracing::info!(?ready_us, total_ms = t0.elapsed().as_secs_f64() * 1e3, "guest ended: {:?}", outcome.reason);
@@ -171,13 +123,5 @@ mod tests {
         assert!(parse_cidr("10.0.0.2").unwrap_err().contains("prefix length"));
         assert!(parse_cidr("10.0.0.2/33").is_err());
         assert!(parse_cidr("ten/8").unwrap_err().contains("not an IPv4"));
-    }
-
-    #[test]
-    fn console_parsing() {
-        assert!(matches!(parse_console("stdio"), Ok(ConsoleArg::Stdio)));
-        assert!(matches!(parse_console("unix:/tmp/x"), Ok(ConsoleArg::Unix(_))));
-        assert!(parse_console("unix:").is_err());
-        assert!(parse_console("tcp:1").is_err());
     }
 }

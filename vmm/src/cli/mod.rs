@@ -2,10 +2,15 @@
 
 mod bench;
 mod boot;
+mod node;
+mod topo;
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, Subcommand};
+use vmm::vm::StopHandle;
+use vmm::ConsoleConfig;
 
 /// pathvm: a microVM for every network connection.
 ///
@@ -25,6 +30,12 @@ enum Command {
     /// Measure pathvm against baselines from the same run; prints JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Bring test hosts (network namespaces joined by veth links) up or down.
+    #[command(subcommand)]
+    Topo(topo::TopoCommand),
+    /// Run a host's overlay node: intake before the host stack, a
+    /// long-lived node VM that routes, delivery to the console.
+    Node(node::NodeArgs),
 }
 
 /// The guest image to use when `--image` is not given: `$PATHVM_IMAGE`,
@@ -41,6 +52,62 @@ pub fn default_image() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../images/out/agent.elf"))
 }
 
+/// The console's host side as given on the command line.
+#[derive(Debug, Clone)]
+pub enum ConsoleArg {
+    /// stdin and stdout.
+    Stdio,
+    /// Connect to a listening Unix socket.
+    Unix(PathBuf),
+}
+
+/// Parses `stdio` or `unix:PATH`.
+pub fn parse_console(s: &str) -> Result<ConsoleArg, String> {
+    match s {
+        "stdio" => Ok(ConsoleArg::Stdio),
+        _ => match s.strip_prefix("unix:") {
+            Some(p) if !p.is_empty() => Ok(ConsoleArg::Unix(PathBuf::from(p))),
+            _ => Err(format!("{s:?} is not a console: use stdio or unix:PATH")),
+        },
+    }
+}
+
+impl From<ConsoleArg> for ConsoleConfig {
+    fn from(c: ConsoleArg) -> Self {
+        match c {
+            ConsoleArg::Stdio => ConsoleConfig::Stdio,
+            ConsoleArg::Unix(p) => ConsoleConfig::Unix(p),
+        }
+    }
+}
+
+/// The VM SIGINT and SIGTERM stop (one per process: `boot` runs one VM).
+static STOP: OnceLock<Arc<StopHandle>> = OnceLock::new();
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if let Some(h) = STOP.get() {
+        h.request();
+    }
+}
+
+/// Makes SIGINT and SIGTERM stop the guest cleanly (exit status 130, the
+/// metrics file still written) instead of killing the process.
+pub fn stop_on_signals(handle: Arc<StopHandle>) {
+    if STOP.set(handle).is_err() {
+        return;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only calls the async-signal-safe
+        // StopHandle::request; the sigaction struct is fully initialised.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PATHVM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -55,6 +122,8 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Boot(args) => boot::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Topo(cmd) => topo::run(cmd),
+        Command::Node(args) => node::run(args),
     };
     match result {
         Ok(code) => code,
@@ -62,5 +131,18 @@ pub fn main() -> i32 {
             eprintln!("pathvm: error: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_parsing() {
+        assert!(matches!(parse_console("stdio"), Ok(ConsoleArg::Stdio)));
+        assert!(matches!(parse_console("unix:/tmp/x"), Ok(ConsoleArg::Unix(_))));
+        assert!(parse_console("unix:").is_err());
+        assert!(parse_console("tcp:1").is_err());
     }
 }

@@ -1,0 +1,299 @@
+//! What a node VM is told at boot, what it exchanges with its host over
+//! the console, and what it reports back.
+//!
+//! - [`NodeConfig`]: the node's id, its ports (one per virtio-net, in
+//!   device order: the neighbour, its MAC, the directed link ids and the
+//!   link key) and the topology; encoded compactly into the boot block's
+//!   argument area.
+//! - Console records: the host hands the node datagrams to originate
+//!   (`dst, flow, len, payload`) and receives the ones delivered to it
+//!   (`src, flow, len, payload`), big-endian, back to back.
+//! - [`NodeStats`]: counters the agent keeps in a fixed page the VMM reads
+//!   after the VM stops (no exit needed to report them).
+
+use alloc::vec::Vec;
+
+use crate::routing::{Link, NodeId, Topology};
+use crate::wire::DropCounters;
+
+/// First bytes of an encoded [`NodeConfig`].
+const CONFIG_MAGIC: [u8; 4] = *b"PVN1";
+const PORT_LEN: usize = 2 + 6 + 4 + 4 + 32;
+const LINK_LEN: usize = 2 + 2 + 4 + 4;
+/// Most ports (virtio-net devices) a node has.
+pub const MAX_PORTS: usize = 7;
+
+/// One link port of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortConfig {
+    /// The neighbour at the other end.
+    pub peer: NodeId,
+    /// The neighbour's MAC on this link.
+    pub peer_mac: [u8; 6],
+    /// Link id this node sends under.
+    pub tx_link_id: u32,
+    /// Link id the neighbour sends under.
+    pub rx_link_id: u32,
+    /// The link's key.
+    pub key: [u8; 32],
+}
+
+/// Everything a node VM needs to route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node.
+    pub me: NodeId,
+    /// Hop limit of packets this node originates.
+    pub hop_limit: u8,
+    /// Ports, in virtio-net device order.
+    pub ports: Vec<PortConfig>,
+    /// The topology routing runs on.
+    pub links: Vec<Link>,
+}
+
+/// Why an encoded config was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Not a node config.
+    BadMagic,
+    /// Shorter than its counts say.
+    Truncated,
+    /// More ports than a node can have.
+    TooManyPorts,
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], ConfigError> {
+    if b.len() < n {
+        return Err(ConfigError::Truncated);
+    }
+    let (h, t) = b.split_at(n);
+    *b = t;
+    Ok(h)
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+impl NodeConfig {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&CONFIG_MAGIC);
+        out.extend_from_slice(&self.me.to_be_bytes());
+        out.push(self.hop_limit);
+        out.push(self.ports.len() as u8);
+        out.extend_from_slice(&(self.links.len() as u16).to_be_bytes());
+        for p in &self.ports {
+            out.extend_from_slice(&p.peer.to_be_bytes());
+            out.extend_from_slice(&p.peer_mac);
+            out.extend_from_slice(&p.tx_link_id.to_be_bytes());
+            out.extend_from_slice(&p.rx_link_id.to_be_bytes());
+            out.extend_from_slice(&p.key);
+        }
+        for l in &self.links {
+            out.extend_from_slice(&l.a.to_be_bytes());
+            out.extend_from_slice(&l.b.to_be_bytes());
+            out.extend_from_slice(&l.latency_us.to_be_bytes());
+            out.extend_from_slice(&l.bandwidth_mbps.to_be_bytes());
+        }
+    }
+
+    /// Bytes [`encode`](Self::encode) writes.
+    pub fn encoded_len(&self) -> usize {
+        10 + self.ports.len() * PORT_LEN + self.links.len() * LINK_LEN
+    }
+
+    /// Decodes what `encode` wrote.
+    pub fn decode(mut b: &[u8]) -> Result<Self, ConfigError> {
+        if take(&mut b, 4)? != CONFIG_MAGIC {
+            return Err(ConfigError::BadMagic);
+        }
+        let h = take(&mut b, 6)?;
+        let (me, hop_limit, nports, nlinks) = (be16(h), h[2], h[3] as usize, be16(&h[4..]) as usize);
+        if nports > MAX_PORTS {
+            return Err(ConfigError::TooManyPorts);
+        }
+        let mut ports = Vec::with_capacity(nports);
+        for _ in 0..nports {
+            let p = take(&mut b, PORT_LEN)?;
+            let mut peer_mac = [0u8; 6];
+            peer_mac.copy_from_slice(&p[2..8]);
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&p[16..48]);
+            ports.push(PortConfig {
+                peer: be16(p),
+                peer_mac,
+                tx_link_id: be32(&p[8..]),
+                rx_link_id: be32(&p[12..]),
+                key,
+            });
+        }
+        let mut links = Vec::with_capacity(nlinks.min(b.len() / LINK_LEN));
+        for _ in 0..nlinks {
+            let l = take(&mut b, LINK_LEN)?;
+            links.push(Link { a: be16(l), b: be16(&l[2..]), latency_us: be32(&l[4..]), bandwidth_mbps: be32(&l[8..]) });
+        }
+        Ok(Self { me, hop_limit, ports, links })
+    }
+
+    /// The topology of the config.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.links.clone())
+    }
+}
+
+/// Header length of a console record.
+pub const RECORD_HDR: usize = 8;
+
+/// One datagram crossing the console: to originate (`node` = destination)
+/// or delivered (`node` = source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Destination (host to node) or source (node to host).
+    pub node: NodeId,
+    /// Flow id.
+    pub flow: u32,
+    /// The datagram.
+    pub payload: &'a [u8],
+}
+
+impl Record<'_> {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.node.to_be_bytes());
+        out.extend_from_slice(&self.flow.to_be_bytes());
+        out.extend_from_slice(&(self.payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.payload);
+    }
+
+    /// The first complete record in `b` and its encoded length, or `None`
+    /// if `b` holds only part of one.
+    pub fn decode(b: &[u8]) -> Option<(Record<'_>, usize)> {
+        let h = b.get(..RECORD_HDR)?;
+        let len = be16(&h[6..]) as usize;
+        let payload = b.get(RECORD_HDR..RECORD_HDR + len)?;
+        Some((Record { node: be16(h), flow: be32(&h[2..]), payload }, RECORD_HDR + len))
+    }
+}
+
+/// Guest-physical address of the [`NodeStats`] page.
+pub const STATS_ADDR: u64 = 0x8000;
+/// `NodeStats::magic` once the agent has written the page.
+pub const STATS_MAGIC: u64 = u64::from_le_bytes(*b"PVSTATS1");
+
+/// A node's counters, as the agent keeps them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// [`STATS_MAGIC`].
+    pub magic: u64,
+    /// Packets forwarded to a next node.
+    pub forwarded: u64,
+    /// Packets delivered to this node's host.
+    pub delivered: u64,
+    /// Packets originated from the host's records.
+    pub originated: u64,
+    /// Packets dropped because a port's transmit ring stayed full.
+    pub tx_full: u64,
+    /// Drops by reason.
+    pub drops: DropCounters,
+}
+
+impl NodeStats {
+    /// The counters as bytes (for the VMM to parse back).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C), only u64 fields (DropCounters is u64s too), so
+        // no padding and every byte initialised.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), core::mem::size_of::<Self>()) }
+    }
+
+    /// Reads counters from bytes; `None` if too short or never written.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        let mut s = Self::default();
+        // SAFETY: copies size_of::<Self>() bytes into a plain-integer struct;
+        // every bit pattern is a valid value.
+        unsafe {
+            core::ptr::copy_nonoverlapping(b.as_ptr(), (&mut s as *mut Self).cast::<u8>(), core::mem::size_of::<Self>())
+        };
+        (s.magic == STATS_MAGIC).then_some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            me: 2,
+            hop_limit: 16,
+            ports: vec![
+                PortConfig { peer: 1, peer_mac: [2, 0, 0, 0, 1, 1], tx_link_id: 3, rx_link_id: 2, key: [9; 32] },
+                PortConfig { peer: 3, peer_mac: [2, 0, 0, 0, 2, 3], tx_link_id: 4, rx_link_id: 5, key: [8; 32] },
+            ],
+            links: vec![
+                Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 1000 },
+                Link { a: 2, b: 3, latency_us: 200, bandwidth_mbps: 500 },
+            ],
+        }
+    }
+
+    #[test]
+    fn config_round_trips() {
+        let mut b = Vec::new();
+        config().encode(&mut b);
+        assert_eq!(b.len(), config().encoded_len());
+        assert_eq!(NodeConfig::decode(&b), Ok(config()));
+    }
+
+    #[test]
+    fn config_truncations_and_garbage_are_errors() {
+        let mut b = Vec::new();
+        config().encode(&mut b);
+        for n in 0..b.len() {
+            assert!(NodeConfig::decode(&b[..n]).is_err(), "prefix {n}");
+        }
+        assert_eq!(NodeConfig::decode(b"XXXX"), Err(ConfigError::BadMagic));
+        let mut many = b.clone();
+        many[7] = 200;
+        assert_eq!(NodeConfig::decode(&many), Err(ConfigError::TooManyPorts));
+    }
+
+    #[test]
+    fn records_round_trip_and_wait_for_completion() {
+        let mut b = Vec::new();
+        Record { node: 3, flow: 7, payload: b"hello" }.encode(&mut b);
+        Record { node: 4, flow: 8, payload: b"" }.encode(&mut b);
+        let (r, n) = Record::decode(&b).unwrap();
+        assert_eq!((r.node, r.flow, r.payload, n), (3, 7, &b"hello"[..], 13));
+        let (r, n2) = Record::decode(&b[n..]).unwrap();
+        assert_eq!((r.node, r.payload.len(), n2), (4, 0, 8));
+        for cut in 0..13 {
+            assert!(Record::decode(&b[..cut]).is_none());
+        }
+    }
+
+    #[test]
+    fn stats_round_trip_only_when_written() {
+        let s = NodeStats { magic: STATS_MAGIC, forwarded: 5, ..Default::default() };
+        assert_eq!(NodeStats::from_bytes(s.as_bytes()), Some(s));
+        assert_eq!(NodeStats::from_bytes(NodeStats::default().as_bytes()), None);
+        assert_eq!(NodeStats::from_bytes(&[0; 8]), None);
+    }
+
+    #[test]
+    fn stats_page_fits_below_the_page_tables() {
+        assert!(STATS_ADDR as usize + core::mem::size_of::<NodeStats>() <= 0x9000);
+        assert!(
+            crate::boot::BOOT_PARAMS_ADDR as usize + core::mem::size_of::<crate::boot::BootParams>()
+                <= STATS_ADDR as usize
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! `pathvm node`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use vmm::vcpu::GuestLog;
+use vmm::{AgentImage, KvmContext};
+
+/// Arguments of `pathvm node`.
+#[derive(Debug, Args)]
+#[command(after_help = "Run it inside the host's namespace, e.g.\n  \
+ip netns exec line3-b pathvm node --config /run/pathvm/line3/b.toml\n\n\
+Console records (big-endian): to the node `dst u16, flow u32, len u16, payload` \
+to originate; from the node `src u16, flow u32, len u16, payload` for each \
+delivered packet. SIGINT/SIGTERM stop the node (exit 130) and write --metrics.")]
+pub struct NodeArgs {
+    /// Node configuration (written by `pathvm topo up`).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Guest image. Default: $PATHVM_IMAGE, else images/out/agent.elf.
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// Console host side: records to originate in, delivered records out.
+    #[arg(long, value_name = "stdio|unix:PATH", default_value = "stdio", value_parser = super::parse_console)]
+    console: super::ConsoleArg,
+    /// Write port counters and the node's routing counters as JSON at exit.
+    #[arg(long, value_name = "PATH")]
+    metrics: Option<PathBuf>,
+    /// Do not print the guest's log lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Runs a node until stopped.
+pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
+    let image = AgentImage::open(&args.image.unwrap_or_else(super::default_image))?;
+    let kvm = KvmContext::open()?;
+    let log = if args.quiet { GuestLog::Discard } else { GuestLog::Stderr };
+    let outcome = vmm::node::run(&kvm, &image, &args.config, args.console.into(), log, super::stop_on_signals)?;
+    if let Some(path) = args.metrics {
+        let s = outcome.guest_stats;
+        let report = serde_json::json!({
+            "exit": format!("{:?}", outcome.reason),
+            "ports": outcome.metrics.snapshot().net,
+            "node": s.map(|s| serde_json::json!({
+                "forwarded": s.forwarded,
+                "delivered": s.delivered,
+                "originated": s.originated,
+                "tx_full": s.tx_full,
+                "drops": {
+                    "truncated": s.drops.truncated,
+                    "bad_version": s.drops.bad_version,
+                    "bad_length": s.drops.bad_length,
+                    "bad_mac": s.drops.bad_mac,
+                    "replayed": s.drops.replayed,
+                    "hop_limit": s.drops.hop_limit,
+                    "no_route": s.drops.no_route,
+                    "unknown_link": s.drops.unknown_link,
+                    "not_overlay": s.drops.not_overlay,
+                },
+            })),
+        });
+        std::fs::write(&path, format!("{report:#}\n"))
+            .map_err(|e| format!("cannot write metrics to {}: {e}", path.display()))?;
+    }
+    if let vmm::ExitReason::Crashed(why) = &outcome.reason {
+        eprintln!("pathvm: {why}");
+    }
+    Ok(outcome.reason.exit_code())
+}

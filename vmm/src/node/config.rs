@@ -1,0 +1,192 @@
+//! The node configuration file `pathvm topo up` writes per host.
+
+use std::path::{Path, PathBuf};
+
+use guest_agent::node::{NodeConfig, PortConfig, MAX_PORTS};
+use guest_agent::routing::{Link, NodeId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why a node configuration is unusable.
+#[derive(Debug, Error)]
+pub enum NodeFileError {
+    /// Unreadable.
+    #[error("cannot read node config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML for a node.
+    #[error("node config {path} is invalid: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What, with line and column.
+        msg: String,
+    },
+    /// A value out of range.
+    #[error("node config: {0}")]
+    Invalid(String),
+}
+
+/// One link port of a node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// The host's interface on the link.
+    pub iface: String,
+    /// The tap the node creates for it.
+    pub tap: String,
+    /// This end's MAC (the VM's port uses it too).
+    pub mac: String,
+    /// Neighbour node id.
+    pub peer: NodeId,
+    /// Neighbour's MAC.
+    pub peer_mac: String,
+    /// Link id this node sends under.
+    pub tx_link_id: u32,
+    /// Link id the neighbour sends under.
+    pub rx_link_id: u32,
+    /// 32-byte link key, hex.
+    pub key: String,
+}
+
+/// A link of the topology, by node id.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopoLinkSpec {
+    /// One end.
+    pub a: NodeId,
+    /// Other end.
+    pub b: NodeId,
+    /// Latency, µs.
+    pub latency_us: u32,
+    /// Bandwidth, Mbit/s.
+    pub bandwidth_mbps: u32,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This node's id.
+    pub id: NodeId,
+    /// Hop limit of originated packets.
+    pub hop_limit: u8,
+    /// Guest memory, MiB.
+    pub mem_mib: u64,
+    /// Ports.
+    pub port: Vec<PortSpec>,
+    /// Topology.
+    pub link: Vec<TopoLinkSpec>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut m = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address"));
+    }
+    for (o, p) in m.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(m)
+}
+
+fn parse_key(s: &str) -> Result<[u8; 32], String> {
+    let mut k = [0u8; 32];
+    if s.len() != 64 {
+        return Err("a link key must be 64 hex digits".into());
+    }
+    for (i, o) in k.iter_mut().enumerate() {
+        *o =
+            u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| "a link key must be 64 hex digits".to_string())?;
+    }
+    Ok(k)
+}
+
+impl NodeFile {
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Self, NodeFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| NodeFileError::Parse { path: path.into(), msg: e.to_string() })
+    }
+
+    /// The agent's view of it.
+    pub fn node_config(&self) -> Result<NodeConfig, NodeFileError> {
+        if self.port.is_empty() || self.port.len() > MAX_PORTS {
+            return Err(NodeFileError::Invalid(format!("a node has 1 to {MAX_PORTS} ports, not {}", self.port.len())));
+        }
+        let ports = self
+            .port
+            .iter()
+            .map(|p| {
+                Ok(PortConfig {
+                    peer: p.peer,
+                    peer_mac: parse_mac(&p.peer_mac)?,
+                    tx_link_id: p.tx_link_id,
+                    rx_link_id: p.rx_link_id,
+                    key: parse_key(&p.key)?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(NodeFileError::Invalid)?;
+        let links = self
+            .link
+            .iter()
+            .map(|l| Link { a: l.a, b: l.b, latency_us: l.latency_us, bandwidth_mbps: l.bandwidth_mbps })
+            .collect();
+        let cfg = NodeConfig { me: self.id, hop_limit: self.hop_limit, ports, links };
+        if cfg.encoded_len() > guest_agent::boot::ARGS_LEN {
+            return Err(NodeFileError::Invalid(format!(
+                "topology too large for the boot block ({} of {} bytes)",
+                cfg.encoded_len(),
+                guest_agent::boot::ARGS_LEN
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_and_keys_parse_or_say_why() {
+        assert_eq!(parse_mac("02:50:00:01:00:02"), Ok([2, 0x50, 0, 1, 0, 2]));
+        assert!(parse_mac("02:50").is_err());
+        assert!(parse_mac("zz:50:00:01:00:02").is_err());
+        assert_eq!(parse_key(&"ab".repeat(32)), Ok([0xab; 32]));
+        assert!(parse_key("abc").is_err());
+    }
+
+    #[test]
+    fn config_converts_to_the_agents_view() {
+        let f = NodeFile {
+            id: 2,
+            hop_limit: 8,
+            mem_mib: 64,
+            port: vec![PortSpec {
+                iface: "ln0".into(),
+                tap: "tap0".into(),
+                mac: "02:50:00:00:00:02".into(),
+                peer: 1,
+                peer_mac: "02:50:00:00:00:01".into(),
+                tx_link_id: 2,
+                rx_link_id: 1,
+                key: "01".repeat(32),
+            }],
+            link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],
+        };
+        let c = f.node_config().unwrap();
+        assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len()), (2, 1, 1, 1));
+        let text = toml::to_string(&f).unwrap();
+        let back: NodeFile = toml::from_str(&text).unwrap();
+        assert_eq!(back.port[0].tap, "tap0");
+    }
+}

@@ -1,0 +1,189 @@
+//! The topology file.
+
+use serde::{Deserialize, Serialize};
+
+use guest_agent::routing::{Link, NodeId, Topology};
+
+/// A topology as written in TOML.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    /// Short name: namespaces are `NAME-HOST`.
+    pub name: String,
+    /// The hosts.
+    #[serde(rename = "host")]
+    pub hosts: Vec<HostSpec>,
+    /// The links.
+    #[serde(rename = "link")]
+    pub links: Vec<LinkSpec>,
+}
+
+/// One host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Host name (letters and digits).
+    pub name: String,
+    /// Overlay node id.
+    pub id: NodeId,
+}
+
+/// One link between two hosts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// One end.
+    pub a: String,
+    /// The other end.
+    pub b: String,
+    /// One-way latency the routing metric assumes, µs.
+    #[serde(default = "default_latency")]
+    pub latency_us: u32,
+    /// Capacity the routing metric assumes, Mbit/s.
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth_mbps: u32,
+    /// Shape the link to this rate with tbf (0: unshaped).
+    #[serde(default)]
+    pub rate_mbit: u32,
+    /// Emulated extra delay, ms. Not implemented yet: must be 0.
+    #[serde(default)]
+    pub delay_ms: u32,
+    /// Emulated random loss, percent. Not implemented yet: must be 0.
+    #[serde(default)]
+    pub loss_percent: u32,
+}
+
+fn default_latency() -> u32 {
+    100
+}
+fn default_bandwidth() -> u32 {
+    1000
+}
+
+impl TopologyFile {
+    /// Checks names, ids and links; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hosts.len() < 2 {
+            return Err("needs at least two hosts".into());
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.name.is_empty() || h.name.len() > 6 || !h.name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("host name {:?} must be 1-6 letters or digits", h.name));
+            }
+            if self.hosts[..i].iter().any(|o| o.name == h.name || o.id == h.id) {
+                return Err(format!("host {:?} (id {}) is listed twice", h.name, h.id));
+            }
+        }
+        if self.links.len() > 255 {
+            return Err("at most 255 links".into());
+        }
+        for (i, l) in self.links.iter().enumerate() {
+            for end in [&l.a, &l.b] {
+                if !self.hosts.iter().any(|h| &h.name == end) {
+                    return Err(format!("link {i} names unknown host {end:?}"));
+                }
+            }
+            if l.a == l.b {
+                return Err(format!("link {i} joins {:?} to itself", l.a));
+            }
+            if self.links[..i].iter().any(|o| (o.a == l.a && o.b == l.b) || (o.a == l.b && o.b == l.a)) {
+                return Err(format!("link {i} duplicates an earlier link between {:?} and {:?}", l.a, l.b));
+            }
+            if l.delay_ms != 0 || l.loss_percent != 0 {
+                return Err(format!(
+                    "link {i}: delay_ms and loss_percent are not implemented yet (this kernel has no netem); set them to 0"
+                ));
+            }
+        }
+        let ports_per_host = |n: &str| self.links.iter().filter(|l| l.a == n || l.b == n).count();
+        if let Some(h) = self.hosts.iter().find(|h| ports_per_host(&h.name) > guest_agent::node::MAX_PORTS) {
+            return Err(format!("host {:?} has more than {} links", h.name, guest_agent::node::MAX_PORTS));
+        }
+        Ok(())
+    }
+
+    /// The node id of host `name` (validated to exist).
+    pub fn host_id(&self, name: &str) -> NodeId {
+        self.hosts.iter().find(|h| h.name == name).map_or(0, |h| h.id)
+    }
+
+    /// The link index between host `name` and node `peer`, and `name`'s end.
+    pub fn link_between(&self, name: &str, peer: NodeId) -> Option<(usize, u8)> {
+        self.links.iter().enumerate().find_map(|(i, l)| {
+            if l.a == name && self.host_id(&l.b) == peer {
+                Some((i, 1))
+            } else if l.b == name && self.host_id(&l.a) == peer {
+                Some((i, 2))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The topology routing sees.
+    pub fn routing_topology(&self) -> Topology {
+        Topology::new(
+            self.links
+                .iter()
+                .map(|l| Link {
+                    a: self.host_id(&l.a),
+                    b: self.host_id(&l.b),
+                    latency_us: l.latency_us,
+                    bandwidth_mbps: l.bandwidth_mbps,
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<TopologyFile, String> {
+        let f: TopologyFile = toml::from_str(s).map_err(|e| e.to_string())?;
+        f.validate()?;
+        Ok(f)
+    }
+
+    const LINE: &str = r#"
+        name = "t"
+        [[host]]
+        name = "a"
+        id = 1
+        [[host]]
+        name = "b"
+        id = 2
+        [[link]]
+        a = "a"
+        b = "b"
+    "#;
+
+    #[test]
+    fn minimal_file_parses_with_defaults() {
+        let f = parse(LINE).unwrap();
+        assert_eq!(f.links[0].latency_us, 100);
+        assert_eq!(f.link_between("a", 2), Some((0, 1)));
+        assert_eq!(f.link_between("b", 1), Some((0, 2)));
+    }
+
+    #[test]
+    fn unknown_keys_and_hosts_are_errors_that_say_where() {
+        let e = parse(&LINE.replace("id = 2", "id = 2\ncolour = 1")).unwrap_err();
+        assert!(e.contains("colour") && e.contains("line"), "{e}");
+        let e = parse(&LINE.replace("b = \"b\"", "b = \"z\"")).unwrap_err();
+        assert!(e.contains("unknown host \"z\""), "{e}");
+    }
+
+    #[test]
+    fn duplicates_and_self_links_are_errors() {
+        assert!(parse(&LINE.replace("id = 2", "id = 1")).unwrap_err().contains("twice"));
+        assert!(parse(&LINE.replace("b = \"b\"", "b = \"a\"")).unwrap_err().contains("itself"));
+    }
+
+    #[test]
+    fn unimplemented_emulation_is_refused_not_ignored() {
+        let e = parse(&format!("{LINE}\ndelay_ms = 5")).unwrap_err();
+        assert!(e.contains("not implemented"), "{e}");
+    }
+}

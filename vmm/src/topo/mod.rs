@@ -1,0 +1,318 @@
+//! Test hosts: network namespaces joined by veth links, from a TOML file.
+//!
+//! `pathvm topo up FILE` creates one namespace per host (`NAME-HOST`), one
+//! veth pair per link (both ends named `lnI` for link I), addresses
+//! `10.231.I.1/24` and `.2/24`, kernel routes along the lowest-latency
+//! paths (the forwarding baseline), and writes one node configuration per
+//! host (ports, link keys, topology) for `pathvm node`. `down` removes the
+//! namespaces and ends the processes in them; it is idempotent and also
+//! cleans up after a crashed run.
+
+mod file;
+pub mod shell;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use guest_agent::routing::{Router, Shortest};
+use thiserror::Error;
+
+pub use file::{HostSpec, LinkSpec, TopologyFile};
+
+use crate::node::{NodeFile, PortSpec, TopoLinkSpec};
+
+/// Where `up` writes node configurations: `STATE_DIR/NAME/HOST.toml`.
+pub const STATE_DIR: &str = "/run/pathvm";
+
+/// Why a topology could not be brought up or down.
+#[derive(Debug, Error)]
+pub enum TopoError {
+    /// The file could not be read.
+    #[error("cannot read topology {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a topology.
+    #[error("topology {path} is invalid: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        msg: String,
+    },
+    /// A host or link makes no sense.
+    #[error("topology {path}: {msg}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A command failed.
+    #[error("`{cmd}` failed: {msg}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its stderr.
+        msg: String,
+    },
+    /// Writing node configurations failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A loaded, validated topology with the name its namespaces carry.
+#[derive(Debug, Clone)]
+pub struct Topo {
+    /// Namespace prefix.
+    pub name: String,
+    /// The file's contents.
+    pub file: TopologyFile,
+}
+
+impl Topo {
+    /// Loads `path`; `name` overrides the file's name (tests use unique
+    /// names so runs never collide).
+    pub fn load(path: &Path, name: Option<&str>) -> Result<Self, TopoError> {
+        let text = fs::read_to_string(path).map_err(|source| TopoError::Read { path: path.to_path_buf(), source })?;
+        let file: TopologyFile =
+            toml::from_str(&text).map_err(|e| TopoError::Parse { path: path.to_path_buf(), msg: e.to_string() })?;
+        file.validate().map_err(|msg| TopoError::Invalid { path: path.to_path_buf(), msg })?;
+        let name = name.map(str::to_string).unwrap_or_else(|| file.name.clone());
+        if name.is_empty() || name.len() > 8 || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(TopoError::Invalid {
+                path: path.to_path_buf(),
+                msg: format!("name {name:?} must be 1-8 letters or digits"),
+            });
+        }
+        Ok(Self { name, file })
+    }
+
+    /// The namespace of host `host`.
+    pub fn netns(&self, host: &str) -> String {
+        format!("{}-{host}", self.name)
+    }
+
+    /// Where the node configuration of `host` is written.
+    pub fn node_config_path(&self, host: &str) -> PathBuf {
+        Path::new(STATE_DIR).join(&self.name).join(format!("{host}.toml"))
+    }
+
+    /// The interface of link `i` (same name at both ends).
+    pub fn iface(i: usize) -> String {
+        format!("ln{i}")
+    }
+
+    /// The MAC of link `i` at end `end` (1: host `a`, 2: host `b`).
+    pub fn mac(i: usize, end: u8) -> [u8; 6] {
+        [0x02, 0x50, (i >> 8) as u8, i as u8, 0, end]
+    }
+
+    /// The address of link `i` at end `end`.
+    pub fn addr(i: usize, end: u8) -> String {
+        format!("10.231.{i}.{end}")
+    }
+
+    /// Creates the namespaces, links, addresses, routes and node configs.
+    /// On failure, removes what it made.
+    pub fn up(&self) -> Result<(), TopoError> {
+        self.down();
+        let r = self.try_up();
+        if r.is_err() {
+            self.down();
+        }
+        r
+    }
+
+    fn try_up(&self) -> Result<(), TopoError> {
+        for h in &self.file.hosts {
+            let ns = self.netns(&h.name);
+            shell::run(&["ip", "netns", "add", &ns])?;
+            shell::in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+            // No IPv6 chatter (router solicitations, DAD) on overlay links.
+            shell::in_ns(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+            shell::in_ns(&ns, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+            shell::in_ns(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        }
+        for (i, l) in self.file.links.iter().enumerate() {
+            let (na, nb, ifc) = (self.netns(&l.a), self.netns(&l.b), Self::iface(i));
+            shell::run(&["ip", "link", "add", &ifc, "netns", &na, "type", "veth", "peer", "name", &ifc, "netns", &nb])?;
+            for (ns, end) in [(&na, 1u8), (&nb, 2u8)] {
+                let mac = fmt_mac(&Self::mac(i, end));
+                shell::in_ns(ns, &["ip", "link", "set", &ifc, "address", &mac])?;
+                shell::in_ns(ns, &["ip", "addr", "add", &format!("{}/24", Self::addr(i, end)), "dev", &ifc])?;
+                shell::in_ns(ns, &["ip", "link", "set", &ifc, "up"])?;
+            }
+            if l.rate_mbit > 0 {
+                for ns in [&na, &nb] {
+                    let rate = format!("{}mbit", l.rate_mbit);
+                    shell::in_ns(
+                        ns,
+                        &[
+                            "tc", "qdisc", "add", "dev", &ifc, "root", "tbf", "rate", &rate, "burst", "64kb",
+                            "latency", "50ms",
+                        ],
+                    )?;
+                }
+            }
+        }
+        self.add_routes()?;
+        self.write_node_configs()
+    }
+
+    /// Kernel routes along `shortest` paths: the plain-forwarding baseline.
+    fn add_routes(&self) -> Result<(), TopoError> {
+        let topo = self.file.routing_topology();
+        for h in &self.file.hosts {
+            let ns = self.netns(&h.name);
+            let table = Shortest::compute(&topo, h.id);
+            for (i, l) in self.file.links.iter().enumerate() {
+                if l.a == h.name || l.b == h.name {
+                    continue;
+                }
+                // Reach link i through the neighbour on the way to its nearer end.
+                let (ida, idb) = (self.file.host_id(&l.a), self.file.host_id(&l.b));
+                let target = match (table.latency_to(ida), table.latency_to(idb)) {
+                    (Some(x), Some(y)) if y < x => idb,
+                    (Some(_), _) => ida,
+                    (None, Some(_)) => idb,
+                    (None, None) => continue,
+                };
+                let Some(next) = table.next_hop(target) else { continue };
+                let Some((j, end)) = self.file.link_between(&h.name, next) else { continue };
+                let via = Self::addr(j, 3 - end);
+                shell::in_ns(&ns, &["ip", "route", "add", &format!("10.231.{i}.0/24"), "via", &via])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One node configuration per host, with fresh link keys.
+    fn write_node_configs(&self) -> Result<(), TopoError> {
+        let keys: Vec<String> = self.file.links.iter().map(|_| random_key_hex()).collect();
+        let links: Vec<TopoLinkSpec> = self
+            .file
+            .links
+            .iter()
+            .map(|l| TopoLinkSpec {
+                a: self.file.host_id(&l.a),
+                b: self.file.host_id(&l.b),
+                latency_us: l.latency_us,
+                bandwidth_mbps: l.bandwidth_mbps,
+            })
+            .collect();
+        let dir = Path::new(STATE_DIR).join(&self.name);
+        fs::create_dir_all(&dir).map_err(|source| TopoError::Write { path: dir.clone(), source })?;
+        for h in &self.file.hosts {
+            let mut ports = Vec::new();
+            for (i, l) in self.file.links.iter().enumerate() {
+                let (end, peer) = if l.a == h.name {
+                    (1u8, &l.b)
+                } else if l.b == h.name {
+                    (2u8, &l.a)
+                } else {
+                    continue;
+                };
+                // Directed link ids: 2i+1 for a->b, 2i+2 for b->a.
+                let (tx, rx) = if end == 1 { (2 * i + 1, 2 * i + 2) } else { (2 * i + 2, 2 * i + 1) };
+                ports.push(PortSpec {
+                    iface: Self::iface(i),
+                    tap: format!("tap{i}"),
+                    mac: fmt_mac(&Self::mac(i, end)),
+                    peer: self.file.host_id(peer),
+                    peer_mac: fmt_mac(&Self::mac(i, 3 - end)),
+                    tx_link_id: tx as u32,
+                    rx_link_id: rx as u32,
+                    key: keys[i].clone(),
+                });
+            }
+            let node = NodeFile { id: h.id, hop_limit: 16, mem_mib: 64, port: ports, link: links.clone() };
+            let path = self.node_config_path(&h.name);
+            let text = toml::to_string(&node).expect("node config serialises");
+            fs::write(&path, text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every namespace of this topology, ending the processes in
+    /// them first, and the node configurations. Never fails: what is not
+    /// there is already down.
+    pub fn down(&self) {
+        for h in &self.file.hosts {
+            let ns = self.netns(&h.name);
+            if let Some(pids) = shell::output(&["ip", "netns", "pids", &ns]) {
+                for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                    // SAFETY: kill(2) on a PID that lives in our own test
+                    // namespace; no memory is involved.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+                for _ in 0..50 {
+                    if shell::output(&["ip", "netns", "pids", &ns]).is_none_or(|p| p.trim().is_empty()) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                if let Some(pids) = shell::output(&["ip", "netns", "pids", &ns]) {
+                    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                        // SAFETY: as above; SIGKILL for what ignored SIGTERM.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            shell::quiet(&["ip", "netns", "del", &ns]);
+        }
+        let _ = fs::remove_dir_all(Path::new(STATE_DIR).join(&self.name));
+    }
+}
+
+/// `aa:bb:..` form of a MAC.
+pub fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn random_key_hex() -> String {
+    let mut k = [0u8; 32];
+    // getrandom(2) never fails for 32 bytes once the pool is initialised;
+    // if it did, the key would be all zero and the links still work.
+    // SAFETY: writes at most k.len() bytes into k.
+    unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses_are_stable() {
+        assert_eq!(Topo::iface(3), "ln3");
+        assert_eq!(fmt_mac(&Topo::mac(3, 2)), "02:50:00:03:00:02");
+        assert_eq!(Topo::addr(3, 1), "10.231.3.1");
+    }
+
+    #[test]
+    fn shipped_topologies_load() {
+        for f in ["line3.toml", "mesh6.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/topologies").join(f);
+            let t = Topo::load(&p, None).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert!(t.file.hosts.len() >= 3);
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/topologies/line3.toml");
+        assert!(Topo::load(&p, Some("has-dash")).is_err());
+        assert!(Topo::load(&p, Some("waytoolongname")).is_err());
+    }
+}
