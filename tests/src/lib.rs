@@ -265,3 +265,81 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Test hosts from a topology file, under a unique name; taken down (with
+/// every process in them) on drop.
+pub struct TopoGuard {
+    /// The namespace prefix.
+    pub name: String,
+    file: PathBuf,
+}
+
+impl TopoGuard {
+    /// `pathvm topo up` of `tests/topologies/<file>`.
+    pub fn up(file: &str) -> Self {
+        let name = format!("t{}{}", std::process::id() % 10_000, COUNTER.fetch_add(1, Ordering::Relaxed));
+        let file = workspace().join("tests/topologies").join(file);
+        let out = Command::new(pathvm_bin()).args(["topo", "up"]).arg(&file).args(["--name", &name]).output().unwrap();
+        assert!(out.status.success(), "topo up: {}", String::from_utf8_lossy(&out.stderr));
+        Self { name, file }
+    }
+
+    /// The namespace of `host`.
+    pub fn netns(&self, host: &str) -> String {
+        format!("{}-{host}", self.name)
+    }
+
+    /// The node configuration `topo up` wrote for `host`.
+    pub fn node_config(&self, host: &str) -> PathBuf {
+        PathBuf::from(format!("/run/pathvm/{}/{host}.toml", self.name))
+    }
+
+    /// `pathvm node` for `host`, inside its namespace, with piped stdio.
+    pub fn node(&self, host: &str, metrics: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns(host)]).arg(pathvm_bin());
+        c.args(["node", "--image"]).arg(image()).arg("--config").arg(self.node_config(host));
+        c.arg("--metrics").arg(metrics);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    /// `IpExt`-independent IP receive counter of `host`'s kernel stack.
+    pub fn ip_in_receives(&self, host: &str) -> u64 {
+        let out =
+            Command::new("ip").args(["netns", "exec", &self.netns(host), "cat", "/proc/net/snmp"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next().expect("Ip header"), ip.next().expect("Ip values"));
+        let idx = names.split_whitespace().position(|n| n == "InReceives").expect("InReceives");
+        values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("a number")
+    }
+}
+
+impl Drop for TopoGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(pathvm_bin()).args(["topo", "down"]).arg(&self.file).args(["--name", &self.name]).status();
+    }
+}
+
+/// Waits until `child`'s stderr shows a line containing `needle`; the rest
+/// of stderr keeps draining in a thread (returned, yielding all of it).
+pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead;
+    let err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = needle.to_string();
+    let h = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains(&wanted) {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    assert!(rx.recv_timeout(timeout).is_ok(), "no {needle:?} on stderr within {timeout:?}");
+    h
+}

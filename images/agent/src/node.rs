@@ -17,7 +17,7 @@ use guest_agent::virtio::console::ConsoleEvent;
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::{
     overlay::MAX_PAYLOAD_LEN, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow, WireError, ETHERTYPE,
-    ETH_HDR_LEN, HEADER_LEN, TAG_LEN,
+    ETH_HDR_LEN,
 };
 
 use crate::roles::{console, nets, Pacer};
@@ -168,8 +168,10 @@ impl Node {
     }
 }
 
+/// Whether a frame claims to be overlay; whether it is a valid one is the
+/// wire parser's call (and a counted drop if not).
 fn is_overlay(frame: &[u8]) -> bool {
-    frame.len() >= ETH_HDR_LEN + HEADER_LEN + TAG_LEN && frame[12..14] == ETHERTYPE.to_be_bytes()
+    frame.len() >= ETH_HDR_LEN && frame[12..14] == ETHERTYPE.to_be_bytes()
 }
 
 /// Runs the node until the VM is stopped.

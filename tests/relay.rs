@@ -1,0 +1,267 @@
+//! The three-host data path on real KVM and real namespaces: A's node VM
+//! sends overlay datagrams, B's node VM takes them before B's host stack
+//! and forwards them, C's node VM delivers them to C's host.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use guest_agent::node::{Record, RECORD_HDR};
+use guest_agent::wire::{LinkKey, OverlayPacket, OverlayRepr, Protocol, ETHERTYPE, ETH_HDR_LEN};
+use pathvm_tests::*;
+
+const UP: Duration = Duration::from_secs(20);
+
+fn metrics(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// Reads delivered records from a node's stdout until `n` arrived.
+fn read_records(child: &mut Child, n: usize, timeout: Duration) -> Vec<(u16, u32, Vec<u8>)> {
+    let mut out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let mut got = Vec::new();
+        while got.len() < n {
+            let k = match out.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => k,
+            };
+            buf.extend_from_slice(&chunk[..k]);
+            let mut used = 0;
+            while let Some((r, len)) = Record::decode(&buf[used..]) {
+                got.push((r.node, r.flow, r.payload.to_vec()));
+                used += len;
+            }
+            buf.drain(..used);
+        }
+        let _ = tx.send(got);
+    });
+    rx.recv_timeout(timeout).unwrap_or_default()
+}
+
+#[test]
+fn ten_thousand_datagrams_cross_line3_through_b_before_its_host_stack() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let (ma, mb, mc) = (dir.0.join("a.json"), dir.0.join("b.json"), dir.0.join("c.json"));
+    let mut c = ChildGuard::new(topo.node("c", &mc).spawn().unwrap());
+    let c_err = wait_for_stderr(c.get(), "node 3 up", UP);
+    let mut b = ChildGuard::new(topo.node("b", &mb).spawn().unwrap());
+    let b_err = wait_for_stderr(b.get(), "node 2 up", UP);
+    let mut a = ChildGuard::new(topo.node("a", &ma).spawn().unwrap());
+    let _a_err = wait_for_stderr(a.get(), "node 1 up", UP);
+    let b_stack_before = topo.ip_in_receives("b");
+
+    const N: usize = 10_000;
+    let mut sent = HashMap::new();
+    let mut input = Vec::new();
+    for i in 0..N {
+        let len = 16 + (i * 131) % 1300;
+        let mut payload = (i as u32).to_be_bytes().to_vec();
+        payload.extend(random_bytes(len, i as u64 + 1));
+        sent.insert(i as u32, sha256(&payload));
+        Record { node: 3, flow: i as u32, payload: &payload }.encode(&mut input);
+    }
+    let mut stdin = a.get().stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let got = read_records(c.get(), N, Duration::from_secs(60));
+    writer.join().unwrap();
+    assert_eq!(got.len(), N, "datagrams delivered at C");
+    for (src, flow, payload) in &got {
+        assert_eq!(*src, 1);
+        assert_eq!(sent.get(flow), Some(&sha256(payload)), "payload of flow {flow} corrupted");
+    }
+    let unique: std::collections::HashSet<u32> = got.iter().map(|r| r.1).collect();
+    assert_eq!(unique.len(), N, "duplicates delivered");
+
+    assert_eq!(topo.ip_in_receives("b"), b_stack_before, "B's host IP stack saw overlay packets");
+    for g in [a, b, c] {
+        assert_eq!(g.terminate(UP).0, Some(130));
+    }
+    let (mb, mc) = (metrics(&mb), metrics(&mc));
+    assert_eq!(mb["node"]["forwarded"], N as u64, "B forwarded: {mb}");
+    assert!(mb["ports"][0]["rx_frames"].as_u64().unwrap() >= N as u64, "B port from A: {mb}");
+    assert!(mb["ports"][1]["tx_frames"].as_u64().unwrap() >= N as u64, "B port to C: {mb}");
+    assert_eq!(mb["node"]["tx_full"], 0);
+    assert_eq!(mc["node"]["delivered"], N as u64);
+    drop((b_err, c_err));
+}
+
+/// A port of a node config: (tx_link_id, key).
+fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
+    let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let p = v["port"].as_array().unwrap().iter().find(|p| p["iface"].as_str() == Some(iface)).expect("port");
+    let hex = p["key"].as_str().unwrap();
+    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    (p["tx_link_id"].as_integer().unwrap() as u32, key.try_into().unwrap())
+}
+
+/// An Ethernet frame carrying a sealed overlay packet.
+fn frame(link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec<u8> {
+    let repr = OverlayRepr {
+        protocol: Protocol::Shortest,
+        hop_limit: 8,
+        flow_id: seq as u32,
+        src: 1,
+        dst,
+        state_len: 0,
+        payload_len: payload.len() as u16,
+        link_id,
+        link_seq: seq,
+    };
+    let mut f = vec![0u8; ETH_HDR_LEN + repr.buffer_len()];
+    f[..6].copy_from_slice(&[2, 0x50, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0x50, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    let mut p = OverlayPacket::new_unchecked(&mut f[ETH_HDR_LEN..]);
+    repr.emit(&mut p).unwrap();
+    p.payload_mut().copy_from_slice(payload);
+    key.seal(&mut p);
+    f
+}
+
+/// Sends raw frames out of `iface` inside namespace `ns`.
+fn inject(ns: &str, iface: &str, frames: Vec<Vec<u8>>) {
+    let ns_path = format!("/var/run/netns/{ns}");
+    let iface = std::ffi::CString::new(iface).unwrap();
+    std::thread::spawn(move || {
+        let nsfd = std::fs::File::open(&ns_path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we opened;
+        // the socket calls use buffers that outlive them.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            assert_eq!(libc::setns(nsfd.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
+            let s = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(s >= 0, "AF_PACKET socket");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            for f in &frames {
+                let n = libc::sendto(
+                    s,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(n as usize, f.len(), "sendto");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            libc::close(s);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
+    let mut c = ChildGuard::new(topo.node("c", &mc).spawn().unwrap());
+    let _c_err = wait_for_stderr(c.get(), "node 3 up", UP);
+    let mut b = ChildGuard::new(topo.node("b", &mb).spawn().unwrap());
+    let _b_err = wait_for_stderr(b.get(), "node 2 up", UP);
+
+    // A has no node: the test plays A, with A's real link key.
+    let (link, key) = port_of(&topo.node_config("a"), "ln0");
+    let key = LinkKey::new(&key);
+    let good1 = frame(link, 1, &key, 3, b"first valid");
+    let mut truncated = frame(link, 2, &key, 3, b"cut short");
+    truncated.truncate(ETH_HDR_LEN + 20);
+    let mut wrong_version = frame(link, 3, &key, 3, b"version 9");
+    wrong_version[ETH_HDR_LEN] = 9;
+    let bad_mac = frame(link, 4, &LinkKey::new(&[0x55; 32]), 3, b"forged");
+    let replayed = good1.clone();
+    let no_route = frame(link, 5, &key, 99, b"nowhere");
+    let mut not_overlay = frame(link, 6, &key, 3, b"ipv4?");
+    not_overlay[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let good2 = frame(link, 7, &key, 3, b"second valid");
+    inject(
+        &topo.netns("a"),
+        "ln0",
+        vec![good1, truncated, wrong_version, bad_mac, replayed, no_route, not_overlay, good2],
+    );
+
+    let got = read_records(c.get(), 2, Duration::from_secs(20));
+    let payloads: Vec<&[u8]> = got.iter().map(|r| r.2.as_slice()).collect();
+    assert_eq!(payloads, vec![&b"first valid"[..], &b"second valid"[..]]);
+    assert_eq!(b.terminate(UP).0, Some(130), "relay VM did not keep running");
+    c.terminate(UP);
+    let node = &metrics(&mb)["node"];
+    assert_eq!(node["forwarded"], 2, "{node}");
+    let d = &node["drops"];
+    for (k, want) in [("truncated", 1), ("bad_version", 1), ("bad_mac", 1), ("replayed", 1), ("no_route", 1)] {
+        assert_eq!(d[k], want, "{k}: {node}");
+    }
+    assert!(d["not_overlay"].as_u64().unwrap() >= 1, "{node}");
+}
+
+#[test]
+fn topo_down_is_idempotent_and_removes_namespaces() {
+    if !require(&[Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("mesh6.toml");
+    let ns = topo.netns("r3");
+    assert!(std::path::Path::new(&format!("/var/run/netns/{ns}")).exists());
+    let file = workspace().join("tests/topologies/mesh6.toml");
+    for _ in 0..2 {
+        let st = std::process::Command::new(pathvm_bin())
+            .args(["topo", "down"])
+            .arg(&file)
+            .args(["--name", &topo.name])
+            .status();
+        assert!(st.unwrap().success());
+    }
+    assert!(!std::path::Path::new(&format!("/var/run/netns/{ns}")).exists());
+}
+
+#[test]
+fn shortest_takes_the_lowest_latency_path_on_mesh6() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("mesh6.toml");
+    let dir = TempDir::new();
+    let hosts = [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("a", 1)];
+    let mut nodes = Vec::new();
+    for (h, id) in hosts {
+        let mut g = ChildGuard::new(topo.node(h, &dir.0.join(format!("{h}.json"))).spawn().unwrap());
+        let e = wait_for_stderr(g.get(), &format!("node {id} up"), UP);
+        nodes.push((h, g, e));
+    }
+    let mut input = Vec::new();
+    for i in 0..200u32 {
+        Record { node: 3, flow: i, payload: &i.to_be_bytes() }.encode(&mut input);
+    }
+    let (_, a, _) = nodes.last_mut().unwrap();
+    a.get().stdin.take().unwrap().write_all(&input).unwrap();
+    let got = read_records(nodes[0].1.get(), 200, Duration::from_secs(20));
+    assert_eq!(got.len(), 200);
+    let started = Instant::now();
+    let mut forwarded = HashMap::new();
+    for (h, g, _) in nodes {
+        g.terminate(UP);
+        forwarded.insert(h, metrics(&dir.0.join(format!("{h}.json")))["node"]["forwarded"].as_u64().unwrap());
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // a - r1 - r2 - c has 300 µs; a - r3 - r4 - c has 900 µs.
+    assert_eq!((forwarded["r1"], forwarded["r2"]), (200, 200), "{forwarded:?}");
+    assert_eq!((forwarded["r3"], forwarded["r4"]), (0, 0), "{forwarded:?}");
+    let _ = RECORD_HDR;
+}
