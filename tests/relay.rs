@@ -9,7 +9,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use guest_agent::node::{Record, RECORD_HDR};
-use guest_agent::wire::{LinkKey, OverlayPacket, OverlayRepr, Protocol, ETHERTYPE, ETH_HDR_LEN};
+use guest_agent::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol, ETH_HDR_LEN};
 use pathvm_tests::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -117,14 +117,9 @@ fn frame(link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec
         link_id,
         link_seq: seq,
     };
-    let mut f = vec![0u8; ETH_HDR_LEN + repr.buffer_len()];
-    f[..6].copy_from_slice(&[2, 0x50, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[2, 0x50, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-    let mut p = OverlayPacket::new_unchecked(&mut f[ETH_HDR_LEN..]);
-    repr.emit(&mut p).unwrap();
-    p.payload_mut().copy_from_slice(payload);
-    key.seal(&mut p);
+    let mut f = Vec::new();
+    let eth = EthAddrs { dst: [2, 0x50, 0, 0, 0, 2], src: [2, 0x50, 0, 0, 0, 1] };
+    seal_frame(&mut f, eth, &repr, &[], payload, key).unwrap();
     f
 }
 
@@ -264,4 +259,28 @@ fn shortest_takes_the_lowest_latency_path_on_mesh6() {
     assert_eq!((forwarded["r1"], forwarded["r2"]), (200, 200), "{forwarded:?}");
     assert_eq!((forwarded["r3"], forwarded["r4"]), (0, 0), "{forwarded:?}");
     let _ = RECORD_HDR;
+}
+
+#[test]
+fn relay_benchmark_prints_rates_and_latencies_beside_kernel_forwarding() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let out = std::process::Command::new(pathvm_bin())
+        .args(["bench", "relay", "--json", "--seconds", "0.2", "--image"])
+        .arg(image())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for f in [
+        "relay_pps_64",
+        "kernel_pps_64",
+        "relay_pps_1400",
+        "kernel_pps_1400",
+        "relay_hop_latency_us",
+        "kernel_hop_latency_us",
+    ] {
+        assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f} missing or zero: {r}");
+    }
 }

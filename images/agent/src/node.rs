@@ -16,8 +16,8 @@ use guest_agent::routing::{NodeId, Router, Shortest};
 use guest_agent::virtio::console::ConsoleEvent;
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::{
-    overlay::MAX_PAYLOAD_LEN, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow, WireError, ETHERTYPE,
-    ETH_HDR_LEN,
+    overlay::MAX_PAYLOAD_LEN, seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
+    WireError, ETHERTYPE, ETH_HDR_LEN,
 };
 
 use crate::roles::{console, nets, Pacer};
@@ -72,18 +72,12 @@ impl Node {
         repr.link_id = port.tx_link_id;
         repr.link_seq = port.next_seq;
         port.next_seq += 1;
-        let mut frame = alloc::vec![0u8; ETH_HDR_LEN + repr.buffer_len()];
-        frame[0..6].copy_from_slice(&port.peer_mac);
-        frame[6..12].copy_from_slice(&port.mac);
-        frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-        let mut p = OverlayPacket::new_unchecked(&mut frame[ETH_HDR_LEN..]);
-        if repr.emit(&mut p).is_err() {
-            self.stats.drops.count(WireError::BadLength);
+        let mut frame = Vec::new();
+        let eth = EthAddrs { dst: port.peer_mac, src: port.mac };
+        if let Err(e) = seal_frame(&mut frame, eth, &repr, state, payload, &port.key) {
+            self.stats.drops.count(e);
             return false;
         }
-        p.state_mut().copy_from_slice(state);
-        p.payload_mut().copy_from_slice(payload);
-        port.key.seal(&mut p);
         port.queue.push_back(frame);
         true
     }

@@ -12,6 +12,26 @@ pub enum BenchCommand {
     /// Spawn-to-ready time of sequential VMs and memory per running VM,
     /// optionally beside QEMU microvm booting the same image.
     Spawn(SpawnArgs),
+    /// Packet rates and per-hop latency through relay B's node VM beside
+    /// kernel forwarding through B, on line3 test hosts made for the run.
+    Relay(RelayArgs),
+}
+
+/// Arguments of `pathvm bench relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Guest image. Default: $PATHVM_IMAGE, else images/out/agent.elf.
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// Topology (must have hosts a, b, c in a line, like line3).
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/topologies/line3.toml"))]
+    topology: PathBuf,
+    /// Seconds of sending per rate measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Print one JSON object (the output is JSON either way).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `pathvm bench spawn`.
@@ -49,6 +69,18 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             let kvm = Arc::new(KvmContext::open()?);
             let qemu = a.compare_qemu.then_some(a.qemu.as_path());
             let report = vmm::bench::spawn::run(&kvm, &image, a.count, a.mem, qemu)?;
+            let _ = a.json;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(0)
+        }
+        BenchCommand::Relay(a) => {
+            if !(0.1..=60.0).contains(&a.seconds) {
+                return Err("--seconds must be between 0.1 and 60".into());
+            }
+            let image = a.image.unwrap_or_else(super::default_image);
+            let exe = std::env::current_exe()?;
+            let window = std::time::Duration::from_secs_f64(a.seconds);
+            let report = vmm::bench::relay::run(&exe, &image, &a.topology, window)?;
             let _ = a.json;
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
