@@ -5,12 +5,18 @@
 //! - [`chain`]: moving bytes between virtio descriptor chains and host
 //!   buffers, with every guest-supplied address and length checked. It is
 //!   the one data-plane primitive shared by the in-VMM devices and (next)
-//!   the vhost-user-net backend on relay hosts.
+//!   the vhost-user-net backend on relay hosts;
+//! - [`queue_pair`]: one virtio-net receive/transmit pass against a tap,
+//!   the data plane both of those run.
 //!
 //! Nothing here knows about the VMM.
 
 pub mod chain;
+pub mod metrics;
+pub mod queue_pair;
 pub mod tap;
 
 pub use chain::ChainError;
+pub use metrics::{NetMetrics, NetMetricsSnapshot};
+pub use queue_pair::{drain_queue, RxFrame};
 pub use tap::{Tap, TapError};

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -108,35 +108,6 @@ pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
     if off < src.len() {
         let n = data.len().min(src.len() - off);
         data[..n].copy_from_slice(&src[off..off + n]);
-    }
-}
-
-/// Pops every available chain of a driver-to-device queue and hands each to
-/// `handle`, which returns the length to report as used. Kicks are
-/// suppressed while draining; the final check after re-enabling them closes
-/// the race with a driver adding buffers meanwhile. Returns the number of
-/// chains completed.
-pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemoryMmap, mut handle: F) -> usize
-where
-    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
-{
-    let mut done = 0;
-    loop {
-        if queue.disable_notification(mem).is_err() {
-            return done;
-        }
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len = handle(chain);
-            if queue.add_used(mem, head, len).is_err() {
-                return done;
-            }
-            done += 1;
-        }
-        match queue.enable_notification(mem) {
-            Ok(true) => continue,
-            _ => return done,
-        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use netdev::chain;
+use netdev::{chain, drain_queue};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -13,7 +13,7 @@ use super::backend::ConsoleBackend;
 use super::metrics::ConsoleMetrics;
 use super::{MAX_TX_CHAIN, QUEUE_SIZE, READ_CHUNK};
 use crate::devices::virtio::{
-    drain_queue, read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Where the device is in its life.

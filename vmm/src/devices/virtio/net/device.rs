@@ -3,15 +3,15 @@
 use std::io;
 use std::sync::Arc;
 
-use netdev::{chain, Tap};
-use virtio_queue::{Queue, QueueT};
+use netdev::queue_pair::{self, RxFrame, MAX_FRAME_WITH_HDR};
+use netdev::{NetMetrics, Tap};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::metrics::NetMetrics;
-use super::{MAX_FRAME_WITH_HDR, QUEUE_SIZE, VIRTIO_NET_F_MAC};
+use super::{QUEUE_SIZE, VIRTIO_NET_F_MAC};
 use crate::devices::virtio::{
-    drain_queue, read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Where the device is in its life.
@@ -32,9 +32,7 @@ pub struct Net {
     pub(super) state: DeviceState,
     interrupt: Arc<Interrupt>,
     metrics: Arc<NetMetrics>,
-    /// A frame read from the tap that found no receive buffer yet.
-    rx_frame: Vec<u8>,
-    rx_frame_len: usize,
+    rx_frame: RxFrame,
     tx_frame: Vec<u8>,
 }
 
@@ -50,8 +48,7 @@ impl Net {
             state: DeviceState::Inactive,
             interrupt,
             metrics: Arc::new(NetMetrics::default()),
-            rx_frame: vec![0; MAX_FRAME_WITH_HDR],
-            rx_frame_len: 0,
+            rx_frame: RxFrame::default(),
             tx_frame: Vec::with_capacity(MAX_FRAME_WITH_HDR),
         })
     }
@@ -71,43 +68,7 @@ impl Net {
     /// guest's next receive kick resumes).
     pub(super) fn process_rx(&mut self) {
         let DeviceState::Active { mem, rx, .. } = &mut self.state else { return };
-        let mut used = 0;
-        loop {
-            if self.rx_frame_len == 0 {
-                match self.tap.read(&mut self.rx_frame) {
-                    Ok(n) if n >= netdev::tap::VNET_HDR_LEN => self.rx_frame_len = n,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        NetMetrics::inc(&self.metrics.rx_tap_errors);
-                        break;
-                    }
-                }
-                // num_buffers = 1: no mergeable receive buffers.
-                self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-            }
-            let Some(chain) = rx.pop_descriptor_chain(&*mem) else { break };
-            let head = chain.head_index();
-            let len = match chain::scatter(chain, &self.rx_frame[..self.rx_frame_len]) {
-                Ok(n) => {
-                    NetMetrics::inc(&self.metrics.rx_frames);
-                    self.metrics.rx_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.rx_frame_len = 0;
-                    n
-                }
-                Err(e) => {
-                    // The frame stays for the next buffer; this one returns empty.
-                    tracing::debug!("virtio-net {}: receive chain refused: {e}", self.tap.name());
-                    NetMetrics::inc(&self.metrics.rx_bad_descriptors);
-                    0
-                }
-            };
-            if rx.add_used(&*mem, head, len).is_err() {
-                break;
-            }
-            used += 1;
-        }
-        if used > 0 {
+        if queue_pair::tap_to_rx(&self.tap, rx, mem, &mut self.rx_frame, &self.metrics) > 0 {
             self.interrupt.signal_used();
         }
     }
@@ -115,27 +76,7 @@ impl Net {
     /// Sends every frame the guest queued out through the tap.
     pub(super) fn process_tx(&mut self) {
         let DeviceState::Active { mem, tx, .. } = &mut self.state else { return };
-        let (tap, metrics, frame) = (&self.tap, &self.metrics, &mut self.tx_frame);
-        let done = drain_queue(tx, mem, |chain| {
-            if let Err(e) = chain::gather(chain, frame, MAX_FRAME_WITH_HDR) {
-                tracing::debug!("virtio-net {}: transmit chain refused: {e}", tap.name());
-                NetMetrics::inc(&metrics.tx_bad_descriptors);
-                return 0;
-            }
-            if frame.len() < netdev::tap::VNET_HDR_LEN {
-                NetMetrics::inc(&metrics.tx_malformed);
-                return 0;
-            }
-            match tap.write(frame) {
-                Ok(_) => {
-                    NetMetrics::inc(&metrics.tx_frames);
-                    metrics.tx_bytes.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(_) => NetMetrics::inc(&metrics.tx_tap_errors),
-            }
-            0
-        });
-        if done > 0 {
+        if queue_pair::tx_to_tap(&self.tap, tx, mem, &mut self.tx_frame, &self.metrics) > 0 {
             self.interrupt.signal_used();
         }
     }
@@ -174,7 +115,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.state = DeviceState::Inactive;
-        self.rx_frame_len = 0;
+        self.rx_frame.clear();
     }
 
     fn queue_events(&self) -> &[EventFd] {

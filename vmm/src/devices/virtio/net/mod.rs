@@ -6,10 +6,9 @@
 
 mod device;
 mod event_handler;
-mod metrics;
 
 pub use device::Net;
-pub use metrics::{NetMetrics, NetMetricsSnapshot};
+pub use netdev::{NetMetrics, NetMetricsSnapshot};
 
 /// virtio-net feature: the device has a MAC address in config space.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -19,6 +18,3 @@ pub const RX_INDEX: usize = 0;
 pub const TX_INDEX: usize = 1;
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
-/// Largest frame with header the device moves: a 64 KiB GSO frame plus
-/// header would be the most a tap ever produces, and no guest TX is longer.
-pub const MAX_FRAME_WITH_HDR: usize = 65_562;

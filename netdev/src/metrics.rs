@@ -1,4 +1,5 @@
-//! What a virtio-net device counts.
+//! What a virtio-net data plane counts, wherever it runs (in the VMM or
+//! in a vhost-user backend).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
