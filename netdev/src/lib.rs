@@ -7,7 +7,9 @@
 //!   the one data-plane primitive shared by the in-VMM devices and (next)
 //!   the vhost-user-net backend on relay hosts;
 //! - [`queue_pair`]: one virtio-net receive/transmit pass against a tap,
-//!   the data plane both of those run.
+//!   the data plane both of those run;
+//! - [`vhost_user`]: the vhost-user-net backend relay nodes serve their
+//!   VMs' ports from.
 //!
 //! Nothing here knows about the VMM.
 
@@ -15,6 +17,7 @@ pub mod chain;
 pub mod metrics;
 pub mod queue_pair;
 pub mod tap;
+pub mod vhost_user;
 
 pub use chain::ChainError;
 pub use metrics::{NetMetrics, NetMetricsSnapshot};

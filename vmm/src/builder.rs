@@ -21,6 +21,7 @@ use crate::arch::{self, layout};
 use crate::devices::virtio::console::{Console, ConsoleBackend};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::net::Net;
+use crate::devices::virtio::vhost_user_net::VhostUserNet;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::MmioBus;
 use crate::kvm::{KvmContext, KvmError};
@@ -41,11 +42,25 @@ pub enum ConsoleConfig {
     Sink,
 }
 
-/// The VM's virtio-net, backed by a tap.
+/// A virtio-net port whose queues a vhost-user backend runs.
+#[derive(Debug, Clone)]
+pub struct VhostUserPort {
+    /// The backend's socket.
+    pub socket: PathBuf,
+    /// The backend's counters, reported as this port's.
+    pub metrics: Arc<netdev::NetMetrics>,
+}
+
+/// One of the VM's virtio-nets: a tap the VMM serves, or a vhost-user
+/// backend that serves it.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// Tap interface to open (created if absent).
+    /// Tap interface to open (created if absent); with `vhost_user`, the
+    /// tap the backend serves (for messages only).
     pub tap: String,
+    /// Serve the queues from this vhost-user backend instead of a tap in
+    /// the VMM.
+    pub vhost_user: Option<VhostUserPort>,
     /// The guest's address and prefix length, if it has one.
     pub ip: Option<(Ipv4Addr, u8)>,
     /// The guest's MAC; derived from the tap name when absent.
@@ -108,6 +123,9 @@ pub enum BuildError {
     /// The tap.
     #[error(transparent)]
     Tap(#[from] netdev::TapError),
+    /// A vhost-user backend.
+    #[error(transparent)]
+    VhostUser(#[from] crate::devices::virtio::vhost_user_net::VhostUserNetError),
     /// The console's host side.
     #[error("cannot open console {what}: {source}")]
     Console {
@@ -188,12 +206,22 @@ impl Assembly<'_> {
     }
 
     fn attach_net(&mut self, cfg: NetConfig) -> Result<(), BuildError> {
-        let tap = netdev::Tap::open(&cfg.tap)?;
         let mac = cfg.mac.unwrap_or_else(|| mac_for(&cfg.tap));
-        let interrupt = Interrupt::new(self.wake)?;
-        let net = Net::new(tap, mac, interrupt.clone())?;
         let first = self.metrics.net.is_empty();
-        self.metrics.net.push(net.metrics());
+        if let Some(port) = &cfg.vhost_user {
+            let dev = VhostUserNet::connect(&port.socket, mac, self.wake)?;
+            self.metrics.net.push(port.metrics.clone());
+            // The backend completes buffers itself; the VMM never raises this
+            // device's interrupt, the backend writes the wake eventfd.
+            let interrupt = Interrupt::new(self.wake)?;
+            self.attach(Arc::new(Mutex::new(dev)), interrupt)?;
+        } else {
+            let tap = netdev::Tap::open(&cfg.tap)?;
+            let interrupt = Interrupt::new(self.wake)?;
+            let net = Net::new(tap, mac, interrupt.clone())?;
+            self.metrics.net.push(net.metrics());
+            self.attach(Arc::new(Mutex::new(net)), interrupt)?;
+        }
         // The boot block's IPv4 configuration is the first interface's.
         if first {
             self.params.net.mac = mac;
@@ -202,7 +230,7 @@ impl Assembly<'_> {
                 self.params.net.prefix_len = prefix;
             }
         }
-        self.attach(Arc::new(Mutex::new(net)), interrupt)
+        Ok(())
     }
 }
 

@@ -31,7 +31,9 @@ pub mod topo;
 pub mod vcpu;
 pub mod vm;
 
-pub use builder::{build_vm, finish_vm, prepare_shell, BuildError, ConsoleConfig, NetConfig, VmConfig, VmShell};
+pub use builder::{
+    build_vm, finish_vm, prepare_shell, BuildError, ConsoleConfig, NetConfig, VhostUserPort, VmConfig, VmShell,
+};
 pub use kvm::{KvmContext, KvmError};
 pub use loader::{AgentImage, LoaderError};
 pub use vm::{ExitReason, RunningVm, Vm};

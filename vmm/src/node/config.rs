@@ -68,6 +68,17 @@ pub struct TopoLinkSpec {
     pub bandwidth_mbps: u32,
 }
 
+/// Who serves a node's virtio-net queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortBackend {
+    /// A vhost-user-net backend per port (the default).
+    #[default]
+    VhostUser,
+    /// The VMM's own virtio-net device on the tap.
+    Tap,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +89,9 @@ pub struct NodeFile {
     pub hop_limit: u8,
     /// Guest memory, MiB.
     pub mem_mib: u64,
+    /// Who serves the ports' queues.
+    #[serde(default)]
+    pub backend: PortBackend,
     /// Ports.
     pub port: Vec<PortSpec>,
     /// Topology.
@@ -171,6 +185,7 @@ mod tests {
             id: 2,
             hop_limit: 8,
             mem_mib: 64,
+            backend: PortBackend::VhostUser,
             port: vec![PortSpec {
                 iface: "ln0".into(),
                 tap: "tap0".into(),

@@ -2,8 +2,11 @@
 //!
 //! The node takes every frame arriving on its host's link interfaces before
 //! the host network stack sees it (tc ingress `mirred` redirect into a tap
-//! per link: PLATFORM.md's verified intake), and hands it to a long-lived
-//! node VM whose virtio-net ports are those taps. Frames the VM sends on a
+//! per link: PLATFORM.md's verified intake), and a vhost-user-net backend
+//! per link moves it from the tap into a long-lived node VM's virtio-net
+//! queues, in the VM's own memory (memfd shared over the vhost-user
+//! socket). `backend = "tap"` in the config serves the ports from the VMM
+//! instead. Frames the VM sends on a
 //! port are redirected out of that link's interface the same way. The VM
 //! routes by the packet's protocol; packets for this node are delivered to
 //! the host over the VM's console.
@@ -13,12 +16,15 @@ mod plumbing;
 
 use std::path::Path;
 
-pub use config::{NodeFile, NodeFileError, PortSpec, TopoLinkSpec};
+pub use config::{NodeFile, NodeFileError, PortBackend, PortSpec, TopoLinkSpec};
 pub use plumbing::{Intake, IntakeError};
 
 use guest_agent::boot::Role;
 
-use crate::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
+use netdev::vhost_user::BackendHandle;
+use netdev::Tap;
+
+use crate::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VhostUserPort, VmConfig};
 use crate::kvm::KvmContext;
 use crate::loader::AgentImage;
 use crate::vcpu::GuestLog;
@@ -39,6 +45,9 @@ pub enum NodeError {
     /// Running the VM.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// A port's vhost-user backend.
+    #[error(transparent)]
+    Backend(#[from] netdev::vhost_user::BackendError),
 }
 
 /// Runs a node from `config_path` until its VM stops. `on_stop_handle`
@@ -56,15 +65,27 @@ pub fn run(
     let intake = Intake::up(&file.port)?;
     let mut args = Vec::with_capacity(node_cfg.encoded_len());
     node_cfg.encode(&mut args);
-    let nets = file
-        .port
-        .iter()
-        .map(|p| NetConfig { tap: p.tap.clone(), ip: None, mac: config::parse_mac(&p.mac).ok() })
-        .collect();
+    let mut backends = Vec::new();
+    let mut nets = Vec::new();
+    for (i, p) in file.port.iter().enumerate() {
+        let vhost_user = match file.backend {
+            PortBackend::Tap => None,
+            PortBackend::VhostUser => {
+                let tap = Tap::open(&p.tap).map_err(BuildError::from)?;
+                let socket = std::env::temp_dir().join(format!("pathvm-node{}-{i}.sock", std::process::id()));
+                let handle = BackendHandle::start(tap, &socket)?;
+                let port = VhostUserPort { socket, metrics: handle.metrics() };
+                backends.push(handle);
+                Some(port)
+            }
+        };
+        nets.push(NetConfig { tap: p.tap.clone(), vhost_user, ip: None, mac: config::parse_mac(&p.mac).ok() });
+    }
     let cfg = VmConfig { mem_mib: file.mem_mib, role: Role::Node, console: Some(console), nets, args, guest_log };
     let vm = build_vm(kvm, image, cfg)?;
     on_stop_handle(vm.stop_handle());
     let outcome = vm.run()?;
+    drop(backends);
     drop(intake);
     Ok(outcome)
 }

@@ -236,7 +236,14 @@ impl Topo {
                     key: keys[i].clone(),
                 });
             }
-            let node = NodeFile { id: h.id, hop_limit: 16, mem_mib: 64, port: ports, link: links.clone() };
+            let node = NodeFile {
+                id: h.id,
+                hop_limit: 16,
+                mem_mib: 64,
+                backend: Default::default(),
+                port: ports,
+                link: links.clone(),
+            };
             let path = self.node_config_path(&h.name);
             let text = toml::to_string(&node).expect("node config serialises");
             fs::write(&path, text).map_err(|source| TopoError::Write { path: path.clone(), source })?;

@@ -8,6 +8,7 @@
 pub mod console;
 pub mod mmio;
 pub mod net;
+pub mod vhost_user_net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub enum ActivateError {
     /// Waking the device's event loop failed.
     #[error("cannot signal activation: {0}")]
     Signal(#[source] std::io::Error),
+    /// A vhost-user backend refused the device's setup.
+    #[error("vhost-user backend {0}")]
+    Backend(String),
 }
 
 /// The guest-facing interrupt of one device. The agent has no interrupts,
