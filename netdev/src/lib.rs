@@ -11,10 +11,14 @@
 //! - [`vhost_user`]: the vhost-user-net backend relay nodes serve their
 //!   VMs' ports from.
 //!
+//! - [`packet_socket`]: AF_PACKET sockets for test traffic and link
+//!   emulation.
+//!
 //! Nothing here knows about the VMM.
 
 pub mod chain;
 pub mod metrics;
+pub mod packet_socket;
 pub mod queue_pair;
 pub mod tap;
 pub mod vhost_user;

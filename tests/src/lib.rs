@@ -277,8 +277,13 @@ pub struct TopoGuard {
 impl TopoGuard {
     /// `pathvm topo up` of `tests/topologies/<file>`.
     pub fn up(file: &str) -> Self {
+        Self::up_file(&workspace().join("tests/topologies").join(file))
+    }
+
+    /// `pathvm topo up` of a topology file anywhere.
+    pub fn up_file(file: &Path) -> Self {
         let name = format!("t{}{}", std::process::id() % 10_000, COUNTER.fetch_add(1, Ordering::Relaxed));
-        let file = workspace().join("tests/topologies").join(file);
+        let file = file.to_path_buf();
         let out = Command::new(pathvm_bin()).args(["topo", "up"]).arg(&file).args(["--name", &name]).output().unwrap();
         assert!(out.status.success(), "topo up: {}", String::from_utf8_lossy(&out.stderr));
         Self { name, file }
@@ -287,6 +292,18 @@ impl TopoGuard {
     /// The namespace of `host`.
     pub fn netns(&self, host: &str) -> String {
         format!("{}-{host}", self.name)
+    }
+
+    /// `pathvm topo set` on link `link` (HOST-HOST).
+    pub fn set_link(&self, link: &str, delay_ms: u32, loss_percent: u32) {
+        let out = Command::new(pathvm_bin())
+            .args(["topo", "set"])
+            .arg(&self.file)
+            .args(["--name", &self.name, "--link", link])
+            .args(["--delay-ms", &delay_ms.to_string(), "--loss-percent", &loss_percent.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "topo set: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The node configuration `topo up` wrote for `host`.

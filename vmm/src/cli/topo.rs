@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use vmm::topo::emulator::{self, LinkShape};
 use vmm::topo::Topo;
 
 /// Test-host topologies.
@@ -14,6 +15,43 @@ pub enum TopoCommand {
     /// Remove the hosts of FILE and end the processes in them (idempotent;
     /// also cleans up after a crashed run).
     Down(TopoArgs),
+    /// Change the delay and loss of a running emulated link (one that has
+    /// delay_ms or loss_percent in FILE).
+    Set(SetArgs),
+    /// Run a link emulator between interfaces A and B of this namespace
+    /// (started by `topo up`; runs until killed).
+    #[command(hide = true)]
+    EmulateLink(EmulateArgs),
+}
+
+/// Arguments of `topo set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    topo: TopoArgs,
+    /// The link, as HOST-HOST (e.g. a-r1).
+    #[arg(long, value_name = "A-B")]
+    link: String,
+    /// New one-way delay in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u32,
+    /// New random loss in percent.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    loss_percent: u32,
+}
+
+/// Arguments of `topo emulate-link`.
+#[derive(Debug, Args)]
+pub struct EmulateArgs {
+    /// One end.
+    #[arg(long)]
+    a: String,
+    /// The other end.
+    #[arg(long)]
+    b: String,
+    /// Control file with delay_ms and loss_percent.
+    #[arg(long)]
+    control: PathBuf,
 }
 
 /// Arguments of `topo up` and `topo down`.
@@ -45,6 +83,16 @@ pub fn run(cmd: TopoCommand) -> Result<i32, Box<dyn std::error::Error>> {
         }
         TopoCommand::Down(a) => {
             Topo::load(&a.file, a.name.as_deref())?.down();
+            Ok(0)
+        }
+        TopoCommand::Set(a) => {
+            let t = Topo::load(&a.topo.file, a.topo.name.as_deref())?;
+            let (x, y) = a.link.split_once('-').ok_or("--link takes HOST-HOST, e.g. a-r1")?;
+            t.set_link(x, y, LinkShape { delay_ms: a.delay_ms, loss_percent: a.loss_percent })?;
+            Ok(0)
+        }
+        TopoCommand::EmulateLink(a) => {
+            emulator::run(&a.a, &a.b, &a.control)?;
             Ok(0)
         }
     }

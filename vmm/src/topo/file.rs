@@ -45,12 +45,20 @@ pub struct LinkSpec {
     /// Shape the link to this rate with tbf (0: unshaped).
     #[serde(default)]
     pub rate_mbit: u32,
-    /// Emulated extra delay, ms. Not implemented yet: must be 0.
+    /// Emulated one-way delay, ms. Present (even 0) means the link runs
+    /// through the link emulator, so `pathvm topo set` can change it later.
     #[serde(default)]
-    pub delay_ms: u32,
-    /// Emulated random loss, percent. Not implemented yet: must be 0.
+    pub delay_ms: Option<u32>,
+    /// Emulated random loss, percent (0-100); present means emulated.
     #[serde(default)]
-    pub loss_percent: u32,
+    pub loss_percent: Option<u32>,
+}
+
+impl LinkSpec {
+    /// Whether the link runs through the link emulator.
+    pub fn emulated(&self) -> bool {
+        self.delay_ms.is_some() || self.loss_percent.is_some()
+    }
 }
 
 fn default_latency() -> u32 {
@@ -89,10 +97,8 @@ impl TopologyFile {
             if self.links[..i].iter().any(|o| (o.a == l.a && o.b == l.b) || (o.a == l.b && o.b == l.a)) {
                 return Err(format!("link {i} duplicates an earlier link between {:?} and {:?}", l.a, l.b));
             }
-            if l.delay_ms != 0 || l.loss_percent != 0 {
-                return Err(format!(
-                    "link {i}: delay_ms and loss_percent are not implemented yet (this kernel has no netem); set them to 0"
-                ));
+            if l.loss_percent.is_some_and(|p| p > 100) {
+                return Err(format!("link {i}: loss_percent must be 0-100"));
             }
         }
         let ports_per_host = |n: &str| self.links.iter().filter(|l| l.a == n || l.b == n).count();
@@ -105,6 +111,11 @@ impl TopologyFile {
     /// The node id of host `name` (validated to exist).
     pub fn host_id(&self, name: &str) -> NodeId {
         self.hosts.iter().find(|h| h.name == name).map_or(0, |h| h.id)
+    }
+
+    /// The index of the link between hosts `a` and `b`, either way round.
+    pub fn link_index(&self, a: &str, b: &str) -> Option<usize> {
+        self.links.iter().position(|l| (l.a == a && l.b == b) || (l.a == b && l.b == a))
     }
 
     /// The link index between host `name` and node `peer`, and `name`'s end.
@@ -182,8 +193,12 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_emulation_is_refused_not_ignored() {
-        let e = parse(&format!("{LINE}\ndelay_ms = 5")).unwrap_err();
-        assert!(e.contains("not implemented"), "{e}");
+    fn emulation_is_chosen_by_presence_and_checked() {
+        let f = parse(&format!("{LINE}\ndelay_ms = 0")).unwrap();
+        assert!(f.links[0].emulated());
+        assert!(!parse(LINE).unwrap().links[0].emulated());
+        let e = parse(&format!("{LINE}\nloss_percent = 150")).unwrap_err();
+        assert!(e.contains("0-100"), "{e}");
+        assert_eq!(f.link_index("b", "a"), Some(0));
     }
 }

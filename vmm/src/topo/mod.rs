@@ -8,6 +8,7 @@
 //! namespaces and ends the processes in them; it is idempotent and also
 //! cleans up after a crashed run.
 
+pub mod emulator;
 mod file;
 pub mod shell;
 
@@ -146,7 +147,13 @@ impl Topo {
         }
         for (i, l) in self.file.links.iter().enumerate() {
             let (na, nb, ifc) = (self.netns(&l.a), self.netns(&l.b), Self::iface(i));
-            shell::run(&["ip", "link", "add", &ifc, "netns", &na, "type", "veth", "peer", "name", &ifc, "netns", &nb])?;
+            if l.emulated() {
+                self.add_emulated_link(i, l)?;
+            } else {
+                shell::run(&[
+                    "ip", "link", "add", &ifc, "netns", &na, "type", "veth", "peer", "name", &ifc, "netns", &nb,
+                ])?;
+            }
             for (ns, end) in [(&na, 1u8), (&nb, 2u8)] {
                 let mac = fmt_mac(&Self::mac(i, end));
                 shell::in_ns(ns, &["ip", "link", "set", &ifc, "address", &mac])?;
@@ -168,6 +175,78 @@ impl Topo {
         }
         self.add_routes()?;
         self.write_node_configs()
+    }
+
+    /// The wire namespace of emulated link `i`.
+    pub fn wire_netns(&self, i: usize) -> String {
+        format!("{}-w{i}", self.name)
+    }
+
+    /// The control file of emulated link `i`.
+    pub fn link_control_path(&self, i: usize) -> PathBuf {
+        Path::new(STATE_DIR).join(&self.name).join(format!("link{i}.shape"))
+    }
+
+    /// Joins both hosts of link `i` to a wire namespace where the link
+    /// emulator forwards between them with the link's delay and loss.
+    fn add_emulated_link(&self, i: usize, l: &LinkSpec) -> Result<(), TopoError> {
+        let (na, nb, wire, ifc) = (self.netns(&l.a), self.netns(&l.b), self.wire_netns(i), Self::iface(i));
+        shell::run(&["ip", "netns", "add", &wire])?;
+        shell::in_ns(&wire, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        shell::in_ns(&wire, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        shell::run(&[
+            "ip", "link", "add", &ifc, "netns", &na, "type", "veth", "peer", "name", "end-a", "netns", &wire,
+        ])?;
+        shell::run(&[
+            "ip", "link", "add", &ifc, "netns", &nb, "type", "veth", "peer", "name", "end-b", "netns", &wire,
+        ])?;
+        for end in ["end-a", "end-b"] {
+            shell::in_ns(&wire, &["ip", "link", "set", "dev", end, "promisc", "on", "up"])?;
+        }
+        let control = self.link_control_path(i);
+        let dir = control.parent().unwrap_or(Path::new(STATE_DIR));
+        fs::create_dir_all(dir).map_err(|source| TopoError::Write { path: dir.into(), source })?;
+        let shape =
+            emulator::LinkShape { delay_ms: l.delay_ms.unwrap_or(0), loss_percent: l.loss_percent.unwrap_or(0) };
+        fs::write(&control, shape.render()).map_err(|source| TopoError::Write { path: control.clone(), source })?;
+        let exe = std::env::current_exe().map_err(|source| TopoError::Write { path: "pathvm".into(), source })?;
+        let spawn = std::process::Command::new("ip")
+            .args(["netns", "exec", &wire])
+            .arg(&exe)
+            .args(["topo", "emulate-link", "--a", "end-a", "--b", "end-b", "--control"])
+            .arg(&control)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = spawn {
+            return Err(TopoError::Command { cmd: format!("{} topo emulate-link", exe.display()), msg: e.to_string() });
+        }
+        let ready = emulator::ready_path(&control);
+        for _ in 0..300 {
+            if ready.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(TopoError::Command {
+            cmd: "topo emulate-link".into(),
+            msg: format!("link {i} emulator not ready within 3 s"),
+        })
+    }
+
+    /// Changes the delay and loss of the emulated link between hosts `a`
+    /// and `b` while it runs.
+    pub fn set_link(&self, a: &str, b: &str, shape: emulator::LinkShape) -> Result<(), TopoError> {
+        let invalid = |msg: String| TopoError::Invalid { path: PathBuf::from(&self.name), msg };
+        let i = self.file.link_index(a, b).ok_or_else(|| invalid(format!("no link between {a:?} and {b:?}")))?;
+        let control = self.link_control_path(i);
+        if !self.file.links[i].emulated() || !control.exists() {
+            return Err(invalid(format!(
+                "link {a}-{b} is not emulated (give it delay_ms or loss_percent in the file) or the topology is not up"
+            )));
+        }
+        fs::write(&control, shape.render()).map_err(|source| TopoError::Write { path: control, source })
     }
 
     /// Kernel routes along `shortest` paths: the plain-forwarding baseline.
@@ -255,8 +334,18 @@ impl Topo {
     /// them first, and the node configurations. Never fails: what is not
     /// there is already down.
     pub fn down(&self) {
-        for h in &self.file.hosts {
-            let ns = self.netns(&h.name);
+        let mut namespaces: Vec<String> = self.file.hosts.iter().map(|h| self.netns(&h.name)).collect();
+        // Wire namespaces of emulated links, also those of an older file.
+        let wire_prefix = format!("{}-w", self.name);
+        if let Some(list) = shell::output(&["ip", "netns", "list"]) {
+            namespaces.extend(
+                list.lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .filter(|n| n.strip_prefix(&wire_prefix).is_some_and(|r| r.chars().all(|c| c.is_ascii_digit())))
+                    .map(str::to_string),
+            );
+        }
+        for ns in namespaces {
             if let Some(pids) = shell::output(&["ip", "netns", "pids", &ns]) {
                 for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
                     // SAFETY: kill(2) on a PID that lives in our own test

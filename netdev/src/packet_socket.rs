@@ -1,0 +1,135 @@
+//! AF_PACKET sockets: raw frames on one interface, for benchmarks' traffic
+//! and the link emulator of test topologies.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// An AF_PACKET socket bound to one interface.
+pub struct RawSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl RawSocket {
+    /// Opens a raw socket on `iface` (receiving every protocol).
+    pub fn open(iface: &str) -> io::Result<Self> {
+        let name = CString::new(iface).map_err(|_| io::Error::other("bad interface name"))?;
+        // SAFETY: if_nametoindex reads a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket(2); the fd is checked and then owned.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh socket nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let s = Self { fd, ifindex };
+        let addr = s.addr(proto as u16);
+        // SAFETY: bind with a valid sockaddr_ll of the right size.
+        let rc = unsafe {
+            libc::bind(
+                s.fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+
+    fn addr(&self, proto: u16) -> libc::sockaddr_ll {
+        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+        let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        a.sll_family = libc::AF_PACKET as u16;
+        a.sll_protocol = proto;
+        a.sll_ifindex = self.ifindex;
+        a.sll_halen = 6;
+        a
+    }
+
+    /// Sends one frame.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: sends frame.len() bytes from a live buffer.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives one frame that arrived on the interface (frames the host
+    /// itself sends out are skipped), waiting up to `timeout_ms` (-1:
+    /// forever); `Ok(None)` on timeout.
+    pub fn recv_incoming(&self, buf: &mut [u8], timeout_ms: i32) -> io::Result<Option<usize>> {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(None) } else { Err(e) };
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        // SAFETY: sockaddr_ll is plain data.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: receives into live buffers of the given sizes.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+        }
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
+            return Ok(None);
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// Waits up to `timeout` for a frame whose bytes at `at` equal `tag`;
+    /// returns when it arrived.
+    pub fn wait_for(&self, at: usize, tag: &[u8], timeout: Duration) -> Option<Instant> {
+        let end = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end {
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 10) } <= 0 {
+                continue;
+            }
+            // SAFETY: receives into a live buffer of buf.len() bytes.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n > 0 && buf.get(at..at + tag.len()) == Some(tag) {
+                return Some(Instant::now());
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_interface_is_an_error() {
+        assert!(RawSocket::open("nope-no-such0").is_err());
+    }
+}
