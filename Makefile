@@ -45,9 +45,10 @@ test: deps image
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## bench: spawn benchmark beside QEMU microvm on the same image
+## bench: spawn beside QEMU microvm; relay beside kernel forwarding
 bench: deps build
 	$(PATHVM) bench spawn -n 200 --compare-qemu --json --image $(IMAGE)
+	$(PATHVM) bench relay --json --image $(IMAGE)
 
 ## lint: formatting and clippy only
 lint:

@@ -15,9 +15,11 @@ use vmm::ConsoleConfig;
 /// pathvm: a microVM for every network connection.
 ///
 /// Each request gets its own KVM microVM whose virtio-net device is the
-/// request's connection. These commands boot and measure those VMs.
+/// request's connection; relay hosts take packets into VMs of their own
+/// before their host stack and route them on. These commands boot VMs, run
+/// relay nodes, build test hosts and measure all of it.
 #[derive(Debug, Parser)]
-#[command(name = "pathvm", version, about, long_about = None, propagate_version = true)]
+#[command(name = "pathvm", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
