@@ -1,63 +1,19 @@
 //! Application connection criteria and routing-protocol selection.
 //!
-//! This crate will hold the application interface (claim step (c)) and the
-//! protocol scoring (step (d)). For now it defines the vocabulary the rest
-//! of pathvm shares: TAPS-style preference levels (RFC 9622).
+//! Claim steps (c) and (d): the application interface answers "what does
+//! this app need from its connection?" ([`criteria`], from what the app
+//! sends, its [`manifest`], or defaults), and [`select`] scores every
+//! available routing protocol's [`protocols`] properties against those
+//! criteria, picks one, and explains why.
 
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
+pub mod criteria;
+pub mod manifest;
+pub mod preference;
+pub mod protocols;
+pub mod select;
 
-/// How much an application cares about a property (RFC 9622 §6.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preference {
-    /// The property must hold, or the connection is refused.
-    Require,
-    /// The property should hold if possible.
-    Prefer,
-    /// No preference (the default).
-    Ignore,
-    /// The property should not hold if possible.
-    Avoid,
-    /// The property must not hold, or the connection is refused.
-    Prohibit,
-}
-
-/// A preference level that could not be parsed.
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("unknown preference {0:?}: use require, prefer, ignore, avoid or prohibit")]
-pub struct UnknownPreference(pub String);
-
-impl std::str::FromStr for Preference {
-    type Err = UnknownPreference;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "require" => Self::Require,
-            "prefer" => Self::Prefer,
-            "ignore" => Self::Ignore,
-            "avoid" => Self::Avoid,
-            "prohibit" => Self::Prohibit,
-            _ => return Err(UnknownPreference(s.to_string())),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_every_level_and_rejects_others() {
-        for (s, p) in [
-            ("require", Preference::Require),
-            ("prefer", Preference::Prefer),
-            ("ignore", Preference::Ignore),
-            ("avoid", Preference::Avoid),
-            ("prohibit", Preference::Prohibit),
-        ] {
-            assert_eq!(s.parse::<Preference>(), Ok(p));
-        }
-        assert_eq!("maybe".parse::<Preference>(), Err(UnknownPreference("maybe".into())));
-    }
-}
+pub use criteria::{Criteria, CriteriaError, Property};
+pub use manifest::{ManifestDir, ManifestError};
+pub use preference::{Preference, UnknownPreference};
+pub use protocols::{ProtocolProfile, PROTOCOLS};
+pub use select::{select, Decision, Refusal};

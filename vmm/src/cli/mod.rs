@@ -2,6 +2,7 @@
 
 mod bench;
 mod boot;
+mod explain;
 mod node;
 mod topo;
 
@@ -38,6 +39,8 @@ enum Command {
     /// Run a host's overlay node: intake before the host stack, a
     /// long-lived node VM that routes, delivery to the console.
     Node(node::NodeArgs),
+    /// Show which routing protocol an app's criteria select, and why.
+    Explain(explain::ExplainArgs),
 }
 
 /// The guest image to use when `--image` is not given: `$PATHVM_IMAGE`,
@@ -126,6 +129,7 @@ pub fn main() -> i32 {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Topo(cmd) => topo::run(cmd),
         Command::Node(args) => node::run(args),
+        Command::Explain(args) => explain::run(args),
     };
     match result {
         Ok(code) => code,
