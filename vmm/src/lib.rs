@@ -14,6 +14,7 @@
 //! - [`pool`]: VM shells prepared before requests arrive;
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
+//! - [`edge`]: the edge host's front door (SOCKS5) and app identification;
 //! - [`topo`]: test hosts (network namespaces) from a topology file;
 //! - [`node`]: a relay or destination host's node VM and its intake;
 //! - [`bench`]: the measurements `pathvm bench` prints.
@@ -22,6 +23,7 @@ pub mod arch;
 pub mod bench;
 pub mod builder;
 pub mod devices;
+pub mod edge;
 pub mod kvm;
 pub mod loader;
 pub mod memory;

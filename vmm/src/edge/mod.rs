@@ -1,0 +1,11 @@
+//! The edge host: detecting an application's connection requests (claim
+//! step (a)) and identifying the application behind each.
+//!
+//! - [`socks`]: the SOCKS5 front door (RFC 1928 CONNECT, RFC 1929
+//!   username/password, whose username may carry criteria);
+//! - [`peer`]: which process is on the other end of a loopback connection.
+//!
+//! The daemon that ties these to a VM per request follows.
+
+pub mod peer;
+pub mod socks;
