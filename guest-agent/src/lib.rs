@@ -11,6 +11,7 @@
 //! - [`net`]: the minimal packet code the `ping` role needs;
 //! - [`node`]: a node VM's configuration, console records and counters;
 //! - [`wire`]: the overlay wire format, its authentication and replay window;
+//! - [`transport`]: a reliable byte stream over overlay datagrams;
 //! - [`routing`]: the routing protocols that pick a packet's next node.
 #![cfg_attr(not(test), no_std)]
 
@@ -21,5 +22,6 @@ pub mod net;
 pub mod node;
 pub mod ports;
 pub mod routing;
+pub mod transport;
 pub mod virtio;
 pub mod wire;
