@@ -283,7 +283,9 @@ fn start_node(exe: &Path, image: &Path, t: &Topo, host: &str) -> Result<Reaped, 
 
 /// Runs the benchmark on `topo_file` (line3), sending for `window` per rate.
 pub fn run(exe: &Path, image: &Path, topo_file: &Path, window: Duration) -> Result<RelayReport, RelayBenchError> {
-    let t = Topo::load(topo_file, Some("pvbench"))?;
+    // A name of its own, so concurrent runs (or a test) never collide.
+    let name = format!("pb{}", std::process::id() % 100_000);
+    let t = Topo::load(topo_file, Some(&name))?;
     t.up()?;
     let _down = Down(&t);
     let mut seq = 1u64;
