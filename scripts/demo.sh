@@ -9,9 +9,14 @@ NS="pathvm-demo-$$"
 TAP="pvdemo0"
 VM_PID=""
 
+TOPO="tests/topologies/line3.toml"
+TNAME="demo$$"
+TNAME=${TNAME:0:8}
+
 cleanup() {
     [ -n "$VM_PID" ] && kill "$VM_PID" 2>/dev/null && wait "$VM_PID" 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
+    "$PATHVM" topo down "$TOPO" --name "$TNAME" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -43,5 +48,36 @@ kill -TERM "$VM_PID"; wait "$VM_PID" || true; VM_PID=""
 echo "virtio-net counters: $(tr -d ' \n' < "/tmp/$NS.ping.json" | grep -o '"net":\[{[^}]*}')"
 rm -f "/tmp/$NS.ping.json"
 
-step "3. spawn time: 50 VMs one after another, beside QEMU microvm on the same image"
+step "3. three hosts: A's node VM sends 1000 datagrams to C through relay B's node VM"
+"$PATHVM" topo up "$TOPO" --name "$TNAME"
+D="/tmp/$TNAME"
+mkdir -p "$D"
+ip netns exec "$TNAME-c" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/c.toml" --quiet --metrics "$D/c.json" < /dev/null > "$D/delivered.bin" &
+C_PID=$!
+ip netns exec "$TNAME-b" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/b.toml" --quiet --metrics "$D/b.json" < /dev/null > /dev/null &
+B_PID=$!
+sleep 1
+before=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
+python3 - "$D/records.bin" <<'PY'
+import struct, sys, hashlib
+with open(sys.argv[1], "wb") as f:
+    for i in range(1000):
+        p = hashlib.sha256(str(i).encode()).digest() * 8   # 256 bytes
+        f.write(struct.pack(">HIH", 3, i, len(p)) + p)
+PY
+ip netns exec "$TNAME-a" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/a.toml" --quiet --metrics "$D/a.json" < "$D/records.bin" > /dev/null &
+A_PID=$!
+for _ in $(seq 100); do [ "$(stat -c %s "$D/delivered.bin")" -ge $((1000 * 264)) ] && break; sleep 0.1; done
+after=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
+kill -TERM $A_PID $B_PID $C_PID; wait $A_PID $B_PID $C_PID 2>/dev/null || true
+echo "delivered at C: $(( $(stat -c %s "$D/delivered.bin") / 264 )) of 1000 datagrams"
+echo "B's node VM forwarded: $(grep -o '"forwarded": [0-9]*' "$D/b.json" | cut -d' ' -f2); B's host IP stack received: $((after - before)) packets"
+echo "B's drops by reason: $(tr -d ' \n' < "$D/b.json" | grep -o '"drops":{[^}]*}')"
+rm -rf "$D"
+"$PATHVM" topo down "$TOPO" --name "$TNAME"
+
+step "4. relay beside kernel forwarding on the same hosts"
+"$PATHVM" bench relay --json --seconds 1 --image "$IMAGE"
+
+step "5. spawn time: 50 VMs one after another, beside QEMU microvm on the same image"
 "$PATHVM" bench spawn -n 50 --compare-qemu --json --image "$IMAGE"

@@ -56,6 +56,7 @@ pub struct VhostUserNet {
     acked_features: u64,
     queue_evts: Vec<EventFd>,
     call: EventFd,
+    activated: bool,
 }
 
 impl VhostUserNet {
@@ -89,6 +90,7 @@ impl VhostUserNet {
             acked_features: 0,
             queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK)?, EventFd::new(libc::EFD_NONBLOCK)?],
             call: wake.try_clone()?,
+            activated: false,
         })
     }
 
