@@ -166,13 +166,18 @@ impl VirtioDevice for VhostUserNet {
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         self.setup_backend(&mem, &queues)
-            .map_err(|msg| ActivateError::Backend(format!("{}: {msg}", self.path.display())))
+            .map_err(|msg| ActivateError::Backend(format!("{}: {msg}", self.path.display())))?;
+        self.activated = true;
+        Ok(())
     }
 
     fn reset(&mut self) {
-        // The backend keeps the old rings until the next activation
-        // replaces them; the guest agent never resets a running device.
-        tracing::warn!("vhost-user-net {}: reset by the guest", self.path.display());
+        // Every driver resets before it starts; only a reset of a running
+        // device is unusual. The backend keeps the old rings until the next
+        // activation replaces them.
+        if self.activated {
+            tracing::warn!("vhost-user-net {}: running device reset by the guest", self.path.display());
+        }
     }
 
     fn queue_events(&self) -> &[EventFd] {
