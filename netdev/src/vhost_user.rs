@@ -63,36 +63,36 @@ impl NetBackend {
         Self { tap, mem: None, rx_frame: RxFrame::default(), tx_frame: Vec::with_capacity(MAX_FRAME_WITH_HDR), metrics }
     }
 
-    fn process_rx(&mut self, vring: &VringRwLock) -> io::Result<()> {
-        let Some(mem) = &self.mem else { return Ok(()) };
+    /// Runs one data-plane pass on `vring`'s queue, if the ring is live,
+    /// and signals the guest if the pass completed buffers.
+    fn pass(
+        mem: &Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+        vring: &VringRwLock,
+        run: impl FnOnce(&mut virtio_queue::Queue, &GuestMemoryMmap) -> usize,
+    ) -> io::Result<()> {
+        let Some(mem) = mem else { return Ok(()) };
         let mem = mem.memory();
-        let used = {
+        let completed = {
             let mut state = vring.get_mut();
             if !state.get_queue().ready() || !state.is_enabled() {
                 return Ok(());
             }
-            tap_to_rx(&self.tap, state.get_queue_mut(), &mem, &mut self.rx_frame, &self.metrics)
+            run(state.get_queue_mut(), &mem)
         };
-        if used > 0 {
+        if completed > 0 {
             vring.signal_used_queue()?;
         }
         Ok(())
     }
 
+    fn process_rx(&mut self, vring: &VringRwLock) -> io::Result<()> {
+        let (tap, frame, m) = (&self.tap, &mut self.rx_frame, &self.metrics);
+        Self::pass(&self.mem, vring, |q, mem| tap_to_rx(tap, q, mem, frame, m))
+    }
+
     fn process_tx(&mut self, vring: &VringRwLock) -> io::Result<()> {
-        let Some(mem) = &self.mem else { return Ok(()) };
-        let mem = mem.memory();
-        let done = {
-            let mut state = vring.get_mut();
-            if !state.get_queue().ready() || !state.is_enabled() {
-                return Ok(());
-            }
-            tx_to_tap(&self.tap, state.get_queue_mut(), &mem, &mut self.tx_frame, &self.metrics)
-        };
-        if done > 0 {
-            vring.signal_used_queue()?;
-        }
-        Ok(())
+        let (tap, frame, m) = (&self.tap, &mut self.tx_frame, &self.metrics);
+        Self::pass(&self.mem, vring, |q, mem| tx_to_tap(tap, q, mem, frame, m))
     }
 }
 

@@ -9,7 +9,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{QUEUE_SIZE, VIRTIO_NET_F_MAC};
+use super::{config_space, QUEUE_SIZE, VIRTIO_NET_F_MAC};
 use crate::devices::virtio::{
     read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
@@ -100,11 +100,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // virtio_net_config: mac[6], status u16 (LINK_UP).
-        let mut cfg = [0u8; 8];
-        cfg[..6].copy_from_slice(&self.mac);
-        cfg[6] = 1;
-        read_config_bytes(&cfg, offset, data);
+        read_config_bytes(&config_space(self.mac), offset, data);
     }
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {

@@ -18,3 +18,11 @@ pub const RX_INDEX: usize = 0;
 pub const TX_INDEX: usize = 1;
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
+
+/// The virtio_net_config space: the MAC, then status LINK_UP.
+pub fn config_space(mac: [u8; 6]) -> [u8; 8] {
+    let mut cfg = [0u8; 8];
+    cfg[..6].copy_from_slice(&mac);
+    cfg[6] = 1;
+    cfg
+}

@@ -12,7 +12,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::virtio::net::{QUEUE_SIZE, VIRTIO_NET_F_MAC};
+use crate::devices::virtio::net::{config_space, QUEUE_SIZE, VIRTIO_NET_F_MAC};
 use crate::devices::virtio::{read_config_bytes, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// How long to keep trying to reach a backend that is starting.
@@ -158,10 +158,7 @@ impl VirtioDevice for VhostUserNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mut cfg = [0u8; 8];
-        cfg[..6].copy_from_slice(&self.mac);
-        cfg[6] = 1;
-        read_config_bytes(&cfg, offset, data);
+        read_config_bytes(&config_space(self.mac), offset, data);
     }
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
