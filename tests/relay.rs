@@ -215,6 +215,11 @@ fn topo_down_is_idempotent_and_removes_namespaces() {
     let ns = topo.netns("r3");
     assert!(std::path::Path::new(&format!("/var/run/netns/{ns}")).exists());
     let file = workspace().join("tests/topologies/mesh6.toml");
+    let again =
+        std::process::Command::new(pathvm_bin()).args(["topo", "up"]).arg(&file).args(["--name", &topo.name]).output();
+    let again = again.unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"), "second up must refuse");
     for _ in 0..2 {
         let st = std::process::Command::new(pathvm_bin())
             .args(["topo", "down"])

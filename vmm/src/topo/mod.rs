@@ -53,6 +53,14 @@ pub enum TopoError {
         /// What is wrong.
         msg: String,
     },
+    /// The hosts exist already.
+    #[error("topology {name} is already up (namespace {netns} exists): run `pathvm topo down` first")]
+    AlreadyUp {
+        /// The topology name.
+        name: String,
+        /// A namespace that exists.
+        netns: String,
+    },
     /// A command failed.
     #[error("`{cmd}` failed: {msg}")]
     Command {
@@ -125,9 +133,13 @@ impl Topo {
     }
 
     /// Creates the namespaces, links, addresses, routes and node configs.
-    /// On failure, removes what it made.
+    /// Refuses if the topology is already up; on failure, removes what it
+    /// made.
     pub fn up(&self) -> Result<(), TopoError> {
-        self.down();
+        if let Some(h) = self.file.hosts.iter().find(|h| Path::new("/var/run/netns").join(self.netns(&h.name)).exists())
+        {
+            return Err(TopoError::AlreadyUp { name: self.name.clone(), netns: self.netns(&h.name) });
+        }
         let r = self.try_up();
         if r.is_err() {
             self.down();
