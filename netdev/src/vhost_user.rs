@@ -186,11 +186,6 @@ impl BackendHandle {
         Ok(Self { socket: socket.to_path_buf(), thread: Some(thread), metrics })
     }
 
-    /// The socket a frontend connects to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// The backend's counters.
     pub fn metrics(&self) -> Arc<NetMetrics> {
         self.metrics.clone()

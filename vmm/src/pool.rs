@@ -76,11 +76,6 @@ impl ShellPool {
         true
     }
 
-    /// Shells ready now.
-    pub fn ready(&self) -> usize {
-        self.lock().ready.len()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.shared.shells.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -27,16 +27,6 @@ impl DmaBuffers {
         Ok(Self { base, layout, size, count })
     }
 
-    /// Size of one buffer.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
-    /// Number of buffers.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     /// Guest-physical (= virtual, identity-mapped) address of buffer `i`.
     pub fn addr(&self, i: usize) -> u64 {
         debug_assert!(i < self.count);

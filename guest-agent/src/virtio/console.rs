@@ -117,9 +117,4 @@ impl VirtioConsole {
         self.reclaim_tx();
         self.tx_free.len() == self.tx.size() as usize
     }
-
-    /// Whether received data is waiting.
-    pub fn has_rx(&self) -> bool {
-        self.rx.has_used()
-    }
 }

@@ -138,20 +138,9 @@ impl VirtioNet {
         }
     }
 
-    /// Whether received frames are waiting.
-    pub fn has_rx(&self) -> bool {
-        self.rx.has_used()
-    }
-
     /// The MAC the device reports, if it offers one.
     pub fn mac(&self) -> Option<[u8; 6]> {
         self.mac
-    }
-
-    /// Whether a frame can be queued now.
-    pub fn can_send(&mut self) -> bool {
-        self.reclaim_tx();
-        !self.tx_free.is_empty()
     }
 
     /// What the driver counted.

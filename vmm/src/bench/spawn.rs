@@ -198,6 +198,12 @@ pub fn run(
     let rss = measure_rss(kvm, image, mem_mib)?;
     let (mut q50, mut q99) = (None, None);
     if let Some(q) = qemu {
+        if !image.has_pvh_note() {
+            return Err(SpawnBenchError::Qemu(format!(
+                "{} has no PVH note, so QEMU cannot boot it",
+                image.path().display()
+            )));
+        }
         let mut qt = measure_qemu(q, image.path(), n)?;
         qt.sort_by(f64::total_cmp);
         q50 = Some(percentile(&qt, 50.0));
