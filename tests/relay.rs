@@ -272,6 +272,22 @@ fn shortest_takes_the_lowest_latency_path_on_mesh6() {
 }
 
 #[test]
+fn widest_takes_the_highest_bandwidth_path_on_mesh6() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("mesh6.toml");
+    // A originates with `widest`; every relay routes by the packet's protocol.
+    let cfg = topo.node_config("a");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("protocol = \"shortest\"", "protocol = \"widest\"", 1)).unwrap();
+    let forwarded = mesh6_forwarded(&topo);
+    // a - r3 - r4 - c is 2000 Mbit/s wide; a - r1 - r2 - c only 500.
+    assert_eq!((forwarded["r3"], forwarded["r4"]), (200, 200), "{forwarded:?}");
+    assert_eq!((forwarded["r1"], forwarded["r2"]), (0, 0), "{forwarded:?}");
+}
+
+#[test]
 fn shortest_moves_off_a_link_whose_latency_rises() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;

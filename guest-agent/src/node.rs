@@ -17,7 +17,7 @@ use crate::routing::{Link, NodeId, Topology};
 use crate::wire::DropCounters;
 
 /// First bytes of an encoded [`NodeConfig`].
-const CONFIG_MAGIC: [u8; 4] = *b"PVN1";
+const CONFIG_MAGIC: [u8; 4] = *b"PVN2";
 const PORT_LEN: usize = 2 + 6 + 4 + 4 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 /// Most ports (virtio-net devices) a node has.
@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub me: NodeId,
     /// Hop limit of packets this node originates.
     pub hop_limit: u8,
+    /// Routing protocol (wire id) of packets this node originates.
+    pub protocol: u8,
     /// Ports, in virtio-net device order.
     pub ports: Vec<PortConfig>,
     /// The topology routing runs on.
@@ -86,6 +88,7 @@ impl NodeConfig {
         out.push(self.hop_limit);
         out.push(self.ports.len() as u8);
         out.extend_from_slice(&(self.links.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[self.protocol, 0]);
         for p in &self.ports {
             out.extend_from_slice(&p.peer.to_be_bytes());
             out.extend_from_slice(&p.peer_mac);
@@ -103,7 +106,7 @@ impl NodeConfig {
 
     /// Bytes [`encode`](Self::encode) writes.
     pub fn encoded_len(&self) -> usize {
-        10 + self.ports.len() * PORT_LEN + self.links.len() * LINK_LEN
+        12 + self.ports.len() * PORT_LEN + self.links.len() * LINK_LEN
     }
 
     /// Decodes what `encode` wrote.
@@ -111,8 +114,8 @@ impl NodeConfig {
         if take(&mut b, 4)? != CONFIG_MAGIC {
             return Err(ConfigError::BadMagic);
         }
-        let h = take(&mut b, 6)?;
-        let (me, hop_limit, nports, nlinks) = (be16(h), h[2], h[3] as usize, be16(&h[4..]) as usize);
+        let h = take(&mut b, 8)?;
+        let (me, hop_limit, nports, nlinks, protocol) = (be16(h), h[2], h[3] as usize, be16(&h[4..]) as usize, h[6]);
         if nports > MAX_PORTS {
             return Err(ConfigError::TooManyPorts);
         }
@@ -136,7 +139,7 @@ impl NodeConfig {
             let l = take(&mut b, LINK_LEN)?;
             links.push(Link { a: be16(l), b: be16(&l[2..]), latency_us: be32(&l[4..]), bandwidth_mbps: be32(&l[8..]) });
         }
-        Ok(Self { me, hop_limit, ports, links })
+        Ok(Self { me, hop_limit, protocol, ports, links })
     }
 
     /// The topology of the config.
@@ -234,6 +237,7 @@ mod tests {
         NodeConfig {
             me: 2,
             hop_limit: 16,
+            protocol: 2,
             ports: vec![
                 PortConfig { peer: 1, peer_mac: [2, 0, 0, 0, 1, 1], tx_link_id: 3, rx_link_id: 2, key: [9; 32] },
                 PortConfig { peer: 3, peer_mac: [2, 0, 0, 0, 2, 3], tx_link_id: 4, rx_link_id: 5, key: [8; 32] },

@@ -45,7 +45,7 @@ pub const PROTOCOLS: [ProtocolProfile; 5] = [
         wire_id: 2,
         levels: [1, 3, 0, 1, 0],
         min_hops: 1,
-        implemented: false,
+        implemented: true,
         summary: "the path with the largest bottleneck bandwidth",
     },
     ProtocolProfile {

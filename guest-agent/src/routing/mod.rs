@@ -1,15 +1,18 @@
 //! Routing protocols: how a node picks the next node for a packet.
 //!
 //! Every protocol sees the same [`Topology`] (nodes, links, their latency
-//! and bandwidth) and answers one question per packet at each node. The
-//! first protocol is [`shortest`]; widest, onion, multipath and redundant
-//! follow behind the same [`Router`] trait.
+//! and bandwidth) and answers one question per packet at each node:
+//! [`shortest`] (lowest latency) and [`widest`] (largest bottleneck
+//! bandwidth) so far; onion, multipath and redundant follow behind the same
+//! [`Router`] trait.
 
 pub mod shortest;
 pub mod topology;
+pub mod widest;
 
 pub use shortest::Shortest;
 pub use topology::{Link, NodeId, Topology};
+pub use widest::Widest;
 
 use crate::wire::Protocol;
 

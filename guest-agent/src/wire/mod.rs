@@ -82,6 +82,8 @@ pub enum WireError {
     NoRoute,
     /// Arrived on a link the node does not have.
     UnknownLink,
+    /// A routing protocol this node does not run.
+    UnsupportedProtocol,
 }
 
 /// One counter per drop reason, for a node's report.
@@ -103,6 +105,8 @@ pub struct DropCounters {
     pub no_route: u64,
     /// [`WireError::UnknownLink`].
     pub unknown_link: u64,
+    /// [`WireError::UnsupportedProtocol`].
+    pub unsupported_protocol: u64,
     /// Frames that were not overlay frames at all.
     pub not_overlay: u64,
 }
@@ -119,6 +123,7 @@ impl DropCounters {
             WireError::HopLimitExceeded => &mut self.hop_limit,
             WireError::NoRoute => &mut self.no_route,
             WireError::UnknownLink => &mut self.unknown_link,
+            WireError::UnsupportedProtocol => &mut self.unsupported_protocol,
         };
         *c += 1;
     }
@@ -133,6 +138,7 @@ impl DropCounters {
             + self.hop_limit
             + self.no_route
             + self.unknown_link
+            + self.unsupported_protocol
             + self.not_overlay
     }
 }
@@ -178,10 +184,11 @@ mod tests {
             WireError::HopLimitExceeded,
             WireError::NoRoute,
             WireError::UnknownLink,
+            WireError::UnsupportedProtocol,
         ] {
             c.count(e);
         }
-        assert_eq!(c.total(), 8);
+        assert_eq!(c.total(), 9);
         assert_eq!((c.bad_mac, c.replayed, c.no_route), (1, 1, 1));
     }
 }

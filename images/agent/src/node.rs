@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use guest_agent::boot::BootParams;
 use guest_agent::node::{NodeConfig, NodeStats, Record, RECORD_HDR, STATS_ADDR, STATS_MAGIC};
 use guest_agent::ports;
-use guest_agent::routing::{NodeId, Router, Shortest};
+use guest_agent::routing::{NodeId, Router, Shortest, Widest};
 use guest_agent::virtio::console::ConsoleEvent;
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::{
@@ -50,7 +50,9 @@ struct Port {
 struct Node {
     me: NodeId,
     hop_limit: u8,
-    router: Shortest,
+    shortest: Shortest,
+    widest: Widest,
+    protocol: Protocol,
     ports: Vec<Port>,
     stats: NodeStats,
     deliver: Vec<u8>,
@@ -85,7 +87,12 @@ impl Node {
     /// Routes a packet for `dst` out of the right port; Ok(false) if the
     /// port's queue was full.
     fn route(&mut self, repr: OverlayRepr, state: &[u8], payload: &[u8]) -> Result<bool, WireError> {
-        let next = self.router.next_hop(repr.dst).ok_or(WireError::NoRoute)?;
+        let router: &dyn Router = match repr.protocol {
+            Protocol::Shortest => &self.shortest,
+            Protocol::Widest => &self.widest,
+            _ => return Err(WireError::UnsupportedProtocol),
+        };
+        let next = router.next_hop(repr.dst).ok_or(WireError::NoRoute)?;
         let j = self.port_to(next).ok_or(WireError::NoRoute)?;
         Ok(self.send(j, repr, state, payload))
     }
@@ -137,7 +144,7 @@ impl Node {
             return;
         }
         let repr = OverlayRepr {
-            protocol: Protocol::Shortest,
+            protocol: self.protocol,
             hop_limit: self.hop_limit,
             flow_id: r.flow,
             src: self.me,
@@ -202,13 +209,15 @@ pub fn run(params: &BootParams) -> ! {
     let mut node = Node {
         me: cfg.me,
         hop_limit: cfg.hop_limit,
-        router: Shortest::compute(&cfg.topology(), cfg.me),
+        shortest: Shortest::compute(&cfg.topology(), cfg.me),
+        widest: Widest::compute(&cfg.topology(), cfg.me),
+        protocol: Protocol::from(cfg.protocol),
         ports,
         stats: NodeStats { magic: STATS_MAGIC, ..Default::default() },
         deliver: Vec::new(),
     };
     node.publish_stats();
-    log!("node {} up: {} ports", node.me, node.ports.len());
+    log!("node {} up: {} ports, originating with {:?}", node.me, node.ports.len(), node.protocol);
     io::ready();
 
     let mut inbuf: Vec<u8> = Vec::new();

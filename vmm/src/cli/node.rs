@@ -56,6 +56,7 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
                     "hop_limit": s.drops.hop_limit,
                     "no_route": s.drops.no_route,
                     "unknown_link": s.drops.unknown_link,
+                    "unsupported_protocol": s.drops.unsupported_protocol,
                     "not_overlay": s.drops.not_overlay,
                 },
             })),

@@ -92,10 +92,17 @@ pub struct NodeFile {
     /// Who serves the ports' queues.
     #[serde(default)]
     pub backend: PortBackend,
+    /// Routing protocol of packets this node originates (shortest, widest).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
     /// Ports.
     pub port: Vec<PortSpec>,
     /// Topology.
     pub link: Vec<TopoLinkSpec>,
+}
+
+fn default_protocol() -> String {
+    "shortest".into()
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -154,7 +161,17 @@ impl NodeFile {
             .iter()
             .map(|l| Link { a: l.a, b: l.b, latency_us: l.latency_us, bandwidth_mbps: l.bandwidth_mbps })
             .collect();
-        let cfg = NodeConfig { me: self.id, hop_limit: self.hop_limit, ports, links };
+        let protocol = match policy::protocols::by_name(&self.protocol) {
+            Some(p) if p.implemented => p.wire_id,
+            Some(p) => return Err(NodeFileError::Invalid(format!("protocol {:?} is not implemented yet", p.name))),
+            None => {
+                return Err(NodeFileError::Invalid(format!(
+                    "unknown protocol {:?}: use shortest or widest",
+                    self.protocol
+                )))
+            }
+        };
+        let cfg = NodeConfig { me: self.id, hop_limit: self.hop_limit, protocol, ports, links };
         if cfg.encoded_len() > guest_agent::boot::ARGS_LEN {
             return Err(NodeFileError::Invalid(format!(
                 "topology too large for the boot block ({} of {} bytes)",
@@ -186,6 +203,7 @@ mod tests {
             hop_limit: 8,
             mem_mib: 64,
             backend: PortBackend::VhostUser,
+            protocol: "widest".into(),
             port: vec![PortSpec {
                 iface: "ln0".into(),
                 tap: "tap0".into(),
@@ -199,7 +217,9 @@ mod tests {
             link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],
         };
         let c = f.node_config().unwrap();
-        assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len()), (2, 1, 1, 1));
+        assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));
+        let bad = NodeFile { protocol: "onion".into(), ..f.clone() };
+        assert!(bad.node_config().unwrap_err().to_string().contains("not implemented"));
         let text = toml::to_string(&f).unwrap();
         let back: NodeFile = toml::from_str(&text).unwrap();
         assert_eq!(back.port[0].tap, "tap0");

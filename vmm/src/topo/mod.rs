@@ -332,6 +332,7 @@ impl Topo {
                 hop_limit: 16,
                 mem_mib: 64,
                 backend: Default::default(),
+                protocol: "shortest".into(),
                 port: ports,
                 link: links.clone(),
             };
