@@ -54,6 +54,7 @@ bench: deps build
 lint:
 	$(CARGO) fmt --all -- --check
 	cd images/agent && $(CARGO) fmt -- --check
+	cd images/agent && $(CARGO) clippy --locked --release --target $(TARGET) -- -D warnings
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 clean:

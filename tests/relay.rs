@@ -108,6 +108,7 @@ fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
 fn frame(link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec<u8> {
     let repr = OverlayRepr {
         protocol: Protocol::Shortest,
+        flags: 0,
         hop_limit: 8,
         flow_id: seq as u32,
         src: 1,

@@ -150,6 +150,26 @@ impl NodeConfig {
 
 /// Header length of a console record.
 pub const RECORD_HDR: usize = 8;
+/// A record with this node id carries data of stream `flow` (both ways).
+pub const RECORD_STREAM: NodeId = 0xfffe;
+/// A record with this node id controls stream `flow`; the first payload
+/// byte is a [`stream_op`].
+pub const RECORD_CONTROL: NodeId = 0xffff;
+
+/// Operations of [`RECORD_CONTROL`] records.
+pub mod stream_op {
+    /// Node to host: a stream asks to be connected; the rest of the
+    /// payload is its open info (`host:port`).
+    pub const OPEN: u8 = 1;
+    /// Host to node: the service is connected; accept the stream.
+    pub const OPENED: u8 = 2;
+    /// Host to node: the service could not be reached; refuse the stream.
+    pub const REFUSED: u8 = 3;
+    /// Either way: no more data will come.
+    pub const EOF: u8 = 4;
+    /// Either way: the stream is gone.
+    pub const RESET: u8 = 5;
+}
 
 /// One datagram crossing the console: to originate (`node` = destination)
 /// or delivered (`node` = source).

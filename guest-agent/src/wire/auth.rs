@@ -73,6 +73,7 @@ mod tests {
         let mut buf = [0u8; 60];
         let repr = OverlayRepr {
             protocol: Protocol::Shortest,
+            flags: 0,
             hop_limit: 4,
             flow_id: 1,
             src: 1,

@@ -19,7 +19,7 @@ pub mod replay;
 use alloc::vec::Vec;
 
 pub use auth::LinkKey;
-pub use overlay::{OverlayPacket, OverlayRepr, Protocol, HEADER_LEN, TAG_LEN};
+pub use overlay::{OverlayPacket, OverlayRepr, Protocol, FLAG_STREAM, HEADER_LEN, TAG_LEN};
 pub use replay::ReplayWindow;
 
 /// EtherType of overlay frames.
@@ -152,6 +152,7 @@ mod tests {
         let key = LinkKey::new(&[3; 32]);
         let repr = OverlayRepr {
             protocol: Protocol::Shortest,
+            flags: 0,
             hop_limit: 5,
             flow_id: 9,
             src: 1,

@@ -31,6 +31,11 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_STATE_LEN: usize = 256;
 /// Most payload bytes (fits a 1500-byte MTU with header, state and tag).
 pub const MAX_PAYLOAD_LEN: usize = 1500 - HEADER_LEN - TAG_LEN;
+/// Flag: the payload is a transport segment of a stream (the flow id names
+/// the stream), not a datagram for the destination's host.
+pub const FLAG_STREAM: u8 = 0x01;
+/// Every flag this version defines.
+const KNOWN_FLAGS: u8 = FLAG_STREAM;
 
 mod field {
     use core::ops::Range;
@@ -151,7 +156,7 @@ impl<T: AsRef<[u8]>> OverlayPacket<T> {
     pub fn protocol(&self) -> Protocol {
         self.buffer.as_ref()[field::PROTOCOL].into()
     }
-    /// Flags (none defined yet; must be zero).
+    /// Flags ([`FLAG_STREAM`]).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
@@ -256,6 +261,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> OverlayPacket<T> {
 pub struct OverlayRepr {
     /// Routing protocol.
     pub protocol: Protocol,
+    /// Flags ([`FLAG_STREAM`]).
+    pub flags: u8,
     /// Hops left.
     pub hop_limit: u8,
     /// End-to-end flow.
@@ -275,15 +282,17 @@ pub struct OverlayRepr {
 }
 
 impl OverlayRepr {
-    /// Reads a checked packet's header. Unknown flags are refused so a
-    /// later version's meaning is never silently ignored.
+    /// Reads a checked packet's header. Unknown flags are refused (as a
+    /// version mismatch) so a later version's meaning is never silently
+    /// ignored.
     pub fn parse<T: AsRef<[u8]>>(p: &OverlayPacket<T>) -> Result<Self, WireError> {
         p.check_len()?;
-        if p.flags() != 0 {
+        if p.flags() & !KNOWN_FLAGS != 0 {
             return Err(WireError::BadVersion(p.version()));
         }
         Ok(Self {
             protocol: p.protocol(),
+            flags: p.flags(),
             hop_limit: p.hop_limit(),
             flow_id: p.flow_id(),
             src: p.src(),
@@ -312,7 +321,7 @@ impl OverlayRepr {
         }
         b[field::VERSION] = VERSION;
         b[field::PROTOCOL] = self.protocol.into();
-        b[field::FLAGS] = 0;
+        b[field::FLAGS] = self.flags;
         b[field::HOP_LIMIT] = self.hop_limit;
         b[field::FLOW_ID].copy_from_slice(&self.flow_id.to_be_bytes());
         b[field::SRC].copy_from_slice(&self.src.to_be_bytes());
@@ -340,6 +349,7 @@ mod tests {
     fn golden_repr() -> OverlayRepr {
         OverlayRepr {
             protocol: Protocol::Shortest,
+            flags: 0,
             hop_limit: 8,
             flow_id: 0x0102_0304,
             src: 3,
@@ -420,6 +430,9 @@ mod tests {
         b[2] = 0x80;
         let p = OverlayPacket::new_checked(&b[..]).unwrap();
         assert!(OverlayRepr::parse(&p).is_err());
+        b[2] = FLAG_STREAM;
+        let p = OverlayPacket::new_checked(&b[..]).unwrap();
+        assert_eq!(OverlayRepr::parse(&p).map(|r| r.flags), Ok(FLAG_STREAM));
     }
 
     #[test]

@@ -6,22 +6,25 @@
 //! the next node's link and sent on, as `shortest` routing decides.
 //! Records read from the console are originated the same way.
 
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use guest_agent::boot::BootParams;
-use guest_agent::node::{NodeConfig, NodeStats, Record, RECORD_HDR, STATS_ADDR, STATS_MAGIC};
+use guest_agent::node::{
+    stream_op, NodeConfig, NodeStats, Record, RECORD_CONTROL, RECORD_HDR, RECORD_STREAM, STATS_ADDR, STATS_MAGIC,
+};
 use guest_agent::ports;
 use guest_agent::routing::{NodeId, Router, Shortest, Widest};
+use guest_agent::transport::{Segment, Stream, StreamState};
 use guest_agent::virtio::console::ConsoleEvent;
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::{
     overlay::MAX_PAYLOAD_LEN, seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
-    WireError, ETHERTYPE, ETH_HDR_LEN,
+    WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_STREAM,
 };
 
 use crate::roles::{console, nets, Pacer};
-use crate::{io, log};
+use crate::{clock, io, log};
 
 /// Frames queued per port before new ones are dropped.
 const MAX_QUEUED: usize = 4096;
@@ -47,6 +50,25 @@ struct Port {
     queue: VecDeque<Vec<u8>>,
 }
 
+/// A stream ending at this node (the destination side of an app's
+/// connection): the transport, and who is at the other end.
+struct Flow {
+    stream: Stream,
+    peer: NodeId,
+    protocol: Protocol,
+    /// The host connected the service (or the stream was refused).
+    answered: bool,
+    eof_sent: bool,
+    /// Bytes from the host the stream's send buffer had no room for yet.
+    pending: Vec<u8>,
+    /// The host's side ended: close the stream once `pending` is sent.
+    host_eof: bool,
+}
+
+/// Most bytes held for streams' send buffers before the node stops reading
+/// the console (backpressure to the host).
+const MAX_STREAM_PENDING: usize = 1 << 20;
+
 struct Node {
     me: NodeId,
     hop_limit: u8,
@@ -56,6 +78,7 @@ struct Node {
     ports: Vec<Port>,
     stats: NodeStats,
     deliver: Vec<u8>,
+    flows: BTreeMap<u32, Flow>,
 }
 
 impl Node {
@@ -98,12 +121,143 @@ impl Node {
     }
 
     fn deliver(&mut self, src: NodeId, flow: u32, payload: &[u8]) {
+        if self.queue_for_host(src, flow, payload) {
+            self.stats.delivered += 1;
+        }
+    }
+
+    /// Queues a record for the host; false (counted) if the backlog is full.
+    fn queue_for_host(&mut self, node: NodeId, flow: u32, payload: &[u8]) -> bool {
         if self.deliver.len() + RECORD_HDR + payload.len() > MAX_DELIVER_BACKLOG {
             self.stats.tx_full += 1;
+            return false;
+        }
+        Record { node, flow, payload }.encode(&mut self.deliver);
+        true
+    }
+
+    /// A transport segment of stream `repr.flow_id` arrived for this node.
+    fn stream_segment(&mut self, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
+        let seg = Segment::parse(payload).map_err(|_| WireError::BadLength)?;
+        let now = clock::now_us();
+        match self.flows.get_mut(&repr.flow_id) {
+            Some(f) if f.peer == repr.src => f.stream.on_segment(now, &seg),
+            // Another source reusing a live flow id: not this stream's.
+            Some(_) => return Err(WireError::UnknownLink),
+            None => {
+                let Some((stream, info)) = Stream::accept(&seg) else { return Ok(()) };
+                let flow = Flow {
+                    stream,
+                    peer: repr.src,
+                    protocol: repr.protocol,
+                    answered: false,
+                    eof_sent: false,
+                    pending: Vec::new(),
+                    host_eof: false,
+                };
+                self.flows.insert(repr.flow_id, flow);
+                let mut open = alloc::vec![stream_op::OPEN];
+                open.extend_from_slice(&info);
+                self.queue_for_host(RECORD_CONTROL, repr.flow_id, &open);
+            }
+        }
+        self.stats.delivered += 1;
+        Ok(())
+    }
+
+    /// A record from the host about stream `flow`.
+    fn host_stream_record(&mut self, r: Record<'_>) {
+        let Some(f) = self.flows.get_mut(&r.flow) else { return };
+        if r.node == RECORD_STREAM {
+            f.pending.extend_from_slice(r.payload);
             return;
         }
-        Record { node: src, flow, payload }.encode(&mut self.deliver);
-        self.stats.delivered += 1;
+        match r.payload.first().copied() {
+            Some(stream_op::OPENED) => {
+                f.answered = true;
+                f.stream.confirm();
+            }
+            Some(stream_op::REFUSED) | Some(stream_op::RESET) => {
+                f.answered = true;
+                f.stream.refuse();
+            }
+            Some(stream_op::EOF) => f.host_eof = true,
+            _ => {}
+        }
+    }
+
+    fn stream_pending(&self) -> usize {
+        self.flows.values().map(|f| f.pending.len()).sum()
+    }
+
+    /// Moves data between streams and the host, and sends what the
+    /// streams want sent. Returns whether anything happened.
+    fn pump_streams(&mut self) -> bool {
+        let now = clock::now_us();
+        let mut worked = false;
+        let mut segments: Vec<(OverlayRepr, Vec<u8>)> = Vec::new();
+        let mut to_host: Vec<(NodeId, u32, Vec<u8>)> = Vec::new();
+        let mut gone: Vec<u32> = Vec::new();
+        for (&id, f) in self.flows.iter_mut() {
+            if !f.pending.is_empty() {
+                let n = f.stream.write(&f.pending);
+                f.pending.drain(..n);
+                if f.stream.state() == StreamState::Reset {
+                    f.pending.clear();
+                }
+            }
+            if f.host_eof && f.pending.is_empty() {
+                f.stream.close();
+            }
+            let mut data = Vec::new();
+            if f.stream.read(&mut data, 16 * 1024) > 0 {
+                to_host.push((RECORD_STREAM, id, data));
+            }
+            if f.stream.peer_finished() && !f.eof_sent {
+                f.eof_sent = true;
+                to_host.push((RECORD_CONTROL, id, alloc::vec![stream_op::EOF]));
+            }
+            let mut seg = Vec::new();
+            while f.stream.poll_transmit(now, &mut seg) {
+                let repr = OverlayRepr {
+                    protocol: f.protocol,
+                    flags: FLAG_STREAM,
+                    hop_limit: self.hop_limit,
+                    flow_id: id,
+                    src: self.me,
+                    dst: f.peer,
+                    state_len: 0,
+                    payload_len: seg.len() as u16,
+                    link_id: 0,
+                    link_seq: 0,
+                };
+                segments.push((repr, core::mem::take(&mut seg)));
+            }
+            match f.stream.state() {
+                StreamState::Closed => gone.push(id),
+                StreamState::Reset => {
+                    if f.answered {
+                        to_host.push((RECORD_CONTROL, id, alloc::vec![stream_op::RESET]));
+                    }
+                    gone.push(id);
+                }
+                _ => {}
+            }
+        }
+        for (node, flow, payload) in to_host {
+            worked = true;
+            self.queue_for_host(node, flow, &payload);
+        }
+        for (repr, seg) in segments {
+            worked = true;
+            if let Err(e) = self.route(repr, &[], &seg) {
+                self.stats.drops.count(e);
+            }
+        }
+        for id in gone {
+            self.flows.remove(&id);
+        }
+        worked
     }
 
     /// Handles one frame that arrived on port `i`.
@@ -120,6 +274,9 @@ impl Node {
         port.key.open(&p)?;
         self.ports[i].window.accept(repr.link_seq);
         if repr.dst == self.me {
+            if repr.flags & FLAG_STREAM != 0 {
+                return self.stream_segment(&repr, p.payload());
+            }
             self.deliver(repr.src, repr.flow_id, p.payload());
             return Ok(());
         }
@@ -145,6 +302,7 @@ impl Node {
         }
         let repr = OverlayRepr {
             protocol: self.protocol,
+            flags: 0,
             hop_limit: self.hop_limit,
             flow_id: r.flow,
             src: self.me,
@@ -215,6 +373,7 @@ pub fn run(params: &BootParams) -> ! {
         ports,
         stats: NodeStats { magic: STATS_MAGIC, ..Default::default() },
         deliver: Vec::new(),
+        flows: BTreeMap::new(),
     };
     node.publish_stats();
     log!("node {} up: {} ports, originating with {:?}", node.me, node.ports.len(), node.protocol);
@@ -242,7 +401,7 @@ pub fn run(params: &BootParams) -> ! {
             }
         }
         // Records from the host, while the ports keep up.
-        if node.ports.iter().all(|p| p.queue.len() < ORIGINATE_BELOW) {
+        if node.ports.iter().all(|p| p.queue.len() < ORIGINATE_BELOW) && node.stream_pending() < MAX_STREAM_PENDING {
             while con.receive_one(|ev| {
                 if let ConsoleEvent::Data(d) = ev {
                     inbuf.extend_from_slice(d)
@@ -255,10 +414,18 @@ pub fn run(params: &BootParams) -> ! {
             }
             let mut used = 0;
             while let Some((r, n)) = Record::decode(&inbuf[used..]) {
-                node.originate(r);
+                if r.node == RECORD_STREAM || r.node == RECORD_CONTROL {
+                    node.host_stream_record(r);
+                } else {
+                    node.originate(r);
+                }
                 used += n;
             }
             inbuf.drain(..used);
+        }
+        // Streams ending here.
+        if !node.flows.is_empty() {
+            worked |= node.pump_streams();
         }
         // Out to the links.
         for p in node.ports.iter_mut() {

@@ -171,6 +171,7 @@ impl Sender {
                 payload[..8].copy_from_slice(&tag.to_be_bytes());
                 let repr = OverlayRepr {
                     protocol: Protocol::Shortest,
+                    flags: 0,
                     hop_limit: 8,
                     flow_id: 1,
                     src: 1,

@@ -8,12 +8,16 @@
 //! socket). `backend = "tap"` in the config serves the ports from the VMM
 //! instead. Frames the VM sends on a
 //! port are redirected out of that link's interface the same way. The VM
-//! routes by the packet's protocol; packets for this node are delivered to
-//! the host over the VM's console.
+//! routes by the packet's protocol; datagrams for this node are delivered
+//! to the host over the VM's console, and streams that end here are
+//! connected to the real service they name ([`connector`]).
 
 mod config;
+pub mod connector;
 mod plumbing;
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 pub use config::{NodeFile, NodeFileError, PortBackend, PortSpec, TopoLinkSpec};
@@ -48,6 +52,24 @@ pub enum NodeError {
     /// A port's vhost-user backend.
     #[error(transparent)]
     Backend(#[from] netdev::vhost_user::BackendError),
+    /// The console's host side.
+    #[error("node console: {0}")]
+    Console(#[source] std::io::Error),
+}
+
+type ConsoleIo = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+/// The user's side of the node's records, from the console choice.
+fn console_io(console: ConsoleConfig) -> std::io::Result<ConsoleIo> {
+    Ok(match console {
+        ConsoleConfig::Stdio => (Box::new(std::io::stdin()), Box::new(std::io::stdout())),
+        ConsoleConfig::Unix(p) => {
+            let s = UnixStream::connect(p)?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+        ConsoleConfig::Stream(s) => (Box::new(s.try_clone()?), Box::new(s)),
+        ConsoleConfig::Sink => (Box::new(std::io::empty()), Box::new(std::io::sink())),
+    })
 }
 
 /// Runs a node from `config_path` until its VM stops. `on_stop_handle`
@@ -81,7 +103,19 @@ pub fn run(
         };
         nets.push(NetConfig { tap: p.tap.clone(), vhost_user, ip: None, mac: config::parse_mac(&p.mac).ok() });
     }
-    let cfg = VmConfig { mem_mib: file.mem_mib, role: Role::Node, console: Some(console), nets, args, guest_log };
+    // The VM's console is one end of a socket pair; the connector owns the
+    // other and serves the user's records and the streams' services.
+    let (vm_end, host_end) = UnixStream::pair().map_err(NodeError::Console)?;
+    let (input, output) = console_io(console).map_err(NodeError::Console)?;
+    connector::start(host_end, input, output).map_err(NodeError::Console)?;
+    let cfg = VmConfig {
+        mem_mib: file.mem_mib,
+        role: Role::Node,
+        console: Some(ConsoleConfig::Stream(vm_end)),
+        nets,
+        args,
+        guest_log,
+    };
     let vm = build_vm(kvm, image, cfg)?;
     on_stop_handle(vm.stop_handle());
     let outcome = vm.run()?;

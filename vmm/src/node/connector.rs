@@ -1,0 +1,260 @@
+//! The host side of a node VM's console: datagram records in and out, and
+//! the real services that streams ending at this node connect to.
+//!
+//! The VM's console is one end of a socket pair; this module owns the
+//! other. Records the host's user writes (datagrams to originate) go into
+//! the VM; datagrams the VM delivers go out to the user. A stream that
+//! reaches this node asks (`OPEN host:port`) to be connected; a thread
+//! connects to the service and answers `OPENED` or `REFUSED`, then moves
+//! the stream's bytes between the service and the VM. Every write into the
+//! VM is one whole record under one lock, so the writers never interleave.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use guest_agent::node::{stream_op, Record, RECORD_CONTROL, RECORD_STREAM};
+
+/// How long a service gets to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest data record sent into the VM.
+const CHUNK: usize = 16 * 1024;
+
+enum ToService {
+    Data(Vec<u8>),
+    Eof,
+}
+
+type Flows = Arc<Mutex<HashMap<u32, Sender<ToService>>>>;
+
+/// Writes whole records into the VM.
+#[derive(Clone)]
+struct VmWriter(Arc<Mutex<UnixStream>>);
+
+impl VmWriter {
+    fn send(&self, node: u16, flow: u32, payload: &[u8]) -> io::Result<()> {
+        let mut rec = Vec::with_capacity(payload.len() + 8);
+        Record { node, flow, payload }.encode(&mut rec);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write_all(&rec)
+    }
+
+    fn control(&self, flow: u32, op: u8) -> io::Result<()> {
+        self.send(RECORD_CONTROL, flow, &[op])
+    }
+}
+
+/// Starts the router on `host_end` of the VM's console: records from
+/// `input` go into the VM, delivered datagrams go to `output`.
+pub fn start(host_end: UnixStream, input: Box<dyn Read + Send>, output: Box<dyn Write + Send>) -> io::Result<()> {
+    let vm = VmWriter(Arc::new(Mutex::new(host_end.try_clone()?)));
+    let flows: Flows = Arc::default();
+    let pump_vm = vm.clone();
+    thread::Builder::new().name("pathvm-node-in".into()).spawn(move || pump_input(input, &pump_vm))?;
+    thread::Builder::new().name("pathvm-node-out".into()).spawn(move || route_output(host_end, output, &vm, &flows))?;
+    Ok(())
+}
+
+/// User records into the VM, one whole record at a time.
+fn pump_input(mut input: Box<dyn Read + Send>, vm: &VmWriter) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        while let Some((r, len)) = Record::decode(&buf[used..]) {
+            if vm.send(r.node, r.flow, r.payload).is_err() {
+                return;
+            }
+            used += len;
+        }
+        buf.drain(..used);
+    }
+}
+
+/// Records from the VM: datagrams to the user, stream records to services.
+fn route_output(mut from_vm: UnixStream, mut output: Box<dyn Write + Send>, vm: &VmWriter, flows: &Flows) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from_vm.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        while let Some((r, len)) = Record::decode(&buf[used..]) {
+            used += len;
+            match r.node {
+                RECORD_STREAM => {
+                    if let Some(tx) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&r.flow) {
+                        let _ = tx.send(ToService::Data(r.payload.to_vec()));
+                    }
+                }
+                RECORD_CONTROL => control(r.flow, r.payload, vm, flows),
+                _ => {
+                    let mut rec = Vec::with_capacity(r.payload.len() + 8);
+                    r.encode(&mut rec);
+                    // The user may have stopped reading; deliveries then drop.
+                    let _ = output.write_all(&rec).and_then(|_| output.flush());
+                }
+            }
+        }
+        buf.drain(..used);
+    }
+}
+
+fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows) {
+    match payload.first().copied() {
+        Some(stream_op::OPEN) => {
+            let target = String::from_utf8_lossy(&payload[1..]).into_owned();
+            let (vm, flows) = (vm.clone(), flows.clone());
+            let _ =
+                thread::Builder::new().name("pathvm-node-conn".into()).spawn(move || open(flow, &target, &vm, &flows));
+        }
+        Some(stream_op::EOF) => {
+            if let Some(tx) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&flow) {
+                let _ = tx.send(ToService::Eof);
+            }
+        }
+        Some(stream_op::RESET) => {
+            flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
+        }
+        _ => tracing::debug!(flow, "node: unknown stream control record"),
+    }
+}
+
+fn connect(target: &str) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
+    for addr in target.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Connects stream `flow` to `target` and moves its bytes until done.
+fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows) {
+    let service = match connect(target) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(flow, target, "node: service refused: {e}");
+            let _ = vm.control(flow, stream_op::REFUSED);
+            return;
+        }
+    };
+    let _ = service.set_nodelay(true);
+    let (tx, rx) = channel();
+    flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow, tx);
+    if vm.control(flow, stream_op::OPENED).is_err() {
+        return;
+    }
+    // VM to service.
+    let Ok(mut writer) = service.try_clone() else { return };
+    let flows_w = flows.clone();
+    let _ = thread::Builder::new().name("pathvm-node-w".into()).spawn(move || {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                ToService::Data(d) => {
+                    if writer.write_all(&d).is_err() {
+                        break;
+                    }
+                }
+                ToService::Eof => {
+                    let _ = writer.shutdown(Shutdown::Write);
+                }
+            }
+        }
+        flows_w.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
+    });
+    // Service to VM, on this thread.
+    let mut reader = service;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                let _ = vm.control(flow, stream_op::EOF);
+                return;
+            }
+            Ok(n) => {
+                if vm.send(RECORD_STREAM, flow, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(_) => {
+                let _ = vm.control(flow, stream_op::RESET);
+                flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_pass_through_and_streams_reach_a_service() {
+        let (vm_end, host_end) = UnixStream::pair().unwrap();
+        let (out_r, out_w) = UnixStream::pair().unwrap();
+        start(host_end, Box::new(io::empty()), Box::new(out_w)).unwrap();
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = service.local_addr().unwrap().to_string();
+        let mut vm = vm_end.try_clone().unwrap();
+
+        // A delivered datagram goes to the user's output unchanged.
+        let mut rec = Vec::new();
+        Record { node: 1, flow: 7, payload: b"dgram" }.encode(&mut rec);
+        vm.write_all(&rec).unwrap();
+        let mut got = vec![0u8; rec.len()];
+        (&out_r).read_exact(&mut got).unwrap();
+        assert_eq!(got, rec);
+
+        // A stream opens, sends, and hears back.
+        let mut open = vec![stream_op::OPEN];
+        open.extend_from_slice(target.as_bytes());
+        rec.clear();
+        Record { node: RECORD_CONTROL, flow: 9, payload: &open }.encode(&mut rec);
+        vm.write_all(&rec).unwrap();
+        let (mut conn, _) = service.accept().unwrap();
+        let mut answer = [0u8; 9];
+        vm.read_exact(&mut answer).unwrap();
+        assert_eq!((answer[0..2] == [0xff, 0xff], answer[8]), (true, stream_op::OPENED));
+        rec.clear();
+        Record { node: RECORD_STREAM, flow: 9, payload: b"ping" }.encode(&mut rec);
+        vm.write_all(&rec).unwrap();
+        let mut four = [0u8; 4];
+        conn.read_exact(&mut four).unwrap();
+        assert_eq!(&four, b"ping");
+        conn.write_all(b"pong").unwrap();
+        let mut back = [0u8; 12];
+        vm.read_exact(&mut back).unwrap();
+        assert_eq!((&back[0..2], &back[8..]), (&[0xff, 0xfe][..], &b"pong"[..]));
+    }
+
+    #[test]
+    fn a_service_that_is_down_is_refused() {
+        let (vm_end, host_end) = UnixStream::pair().unwrap();
+        start(host_end, Box::new(io::empty()), Box::new(io::sink())).unwrap();
+        let mut vm = vm_end;
+        let mut open = vec![stream_op::OPEN];
+        open.extend_from_slice(b"127.0.0.1:1");
+        let mut rec = Vec::new();
+        Record { node: RECORD_CONTROL, flow: 3, payload: &open }.encode(&mut rec);
+        vm.write_all(&rec).unwrap();
+        let mut answer = [0u8; 9];
+        vm.read_exact(&mut answer).unwrap();
+        assert_eq!(answer[8], stream_op::REFUSED);
+    }
+}
