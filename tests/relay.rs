@@ -232,6 +232,95 @@ fn topo_down_is_idempotent_and_removes_namespaces() {
     assert!(!std::path::Path::new(&format!("/var/run/netns/{ns}")).exists());
 }
 
+/// Makes A originate with `protocol`.
+fn set_origin_protocol(topo: &TopoGuard, protocol: &str) {
+    let cfg = topo.node_config("a");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let changed = text.replacen("protocol = \"shortest\"", &format!("protocol = \"{protocol}\""), 1);
+    assert_ne!(text, changed, "node config has no protocol line");
+    std::fs::write(&cfg, changed).unwrap();
+}
+
+#[test]
+fn multipath_spreads_over_both_disjoint_paths_and_delivers_all() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("mesh6.toml");
+    set_origin_protocol(&topo, "multipath");
+    let forwarded = mesh6_forwarded(&topo);
+    assert_eq!(forwarded["r1"] + forwarded["r3"], 200, "{forwarded:?}");
+    assert!(forwarded["r1"] >= 50 && forwarded["r3"] >= 50, "not spread: {forwarded:?}");
+    assert_eq!((forwarded["r2"], forwarded["r4"]), (forwarded["r1"], forwarded["r3"]), "{forwarded:?}");
+}
+
+#[test]
+fn redundant_sends_every_packet_on_two_paths_and_c_delivers_each_once_even_when_a_relay_dies() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("mesh6.toml");
+    set_origin_protocol(&topo, "redundant");
+    let dir = TempDir::new();
+    let mut nodes = HashMap::new();
+    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("a", 1)] {
+        let mut g = ChildGuard::new(topo.node(h, &dir.0.join(format!("{h}.json"))).spawn().unwrap());
+        let e = wait_for_stderr(g.get(), &format!("node {id} up"), UP);
+        nodes.insert(h, (g, e));
+    }
+    let send = |nodes: &mut HashMap<&str, (ChildGuard, std::thread::JoinHandle<String>)>,
+                range: std::ops::Range<u32>| {
+        let mut input = Vec::new();
+        for i in range {
+            Record { node: 3, flow: 1, payload: &i.to_be_bytes() }.encode(&mut input);
+        }
+        let a = &mut nodes.get_mut("a").unwrap().0;
+        a.get().stdin.as_mut().unwrap().write_all(&input).unwrap();
+    };
+    send(&mut nodes, 0..100);
+    let mut c_out = nodes.get_mut("c").unwrap().0.get().stdout.take().unwrap();
+    let first = read_n(&mut c_out, 100);
+    // A relay on the fast path dies; the other copy keeps coming.
+    let (r1, _) = nodes.remove("r1").unwrap();
+    r1.terminate(UP);
+    send(&mut nodes, 100..200);
+    let second = read_n(&mut c_out, 100);
+    let mut got: Vec<u32> =
+        first.iter().chain(second.iter()).map(|p| u32::from_be_bytes(p[..4].try_into().unwrap())).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..200).collect::<Vec<u32>>(), "lost or duplicated packets");
+    for (h, (g, _)) in nodes {
+        g.terminate(UP);
+        let _ = h;
+    }
+    let c = metrics(&dir.0.join("c.json"));
+    assert_eq!(c["node"]["delivered"], 200, "{c}");
+    assert!(c["node"]["duplicates"].as_u64().unwrap() >= 100, "copies did not both arrive: {c}");
+}
+
+/// Reads `n` delivered records' payloads from a node's stdout.
+fn read_n(out: &mut std::process::ChildStdout, n: usize) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < n && Instant::now() < deadline {
+        let k = out.read(&mut chunk).unwrap_or(0);
+        if k == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..k]);
+        let mut used = 0;
+        while let Some((r, len)) = Record::decode(&buf[used..]) {
+            got.push(r.payload.to_vec());
+            used += len;
+        }
+        buf.drain(..used);
+    }
+    assert_eq!(got.len(), n, "records delivered");
+    got
+}
+
 /// Runs nodes on every mesh6 host, sends 200 datagrams A -> C; returns how
 /// many each relay forwarded.
 fn mesh6_forwarded(topo: &TopoGuard) -> HashMap<&'static str, u64> {
@@ -279,9 +368,7 @@ fn widest_takes_the_highest_bandwidth_path_on_mesh6() {
     }
     let topo = TopoGuard::up("mesh6.toml");
     // A originates with `widest`; every relay routes by the packet's protocol.
-    let cfg = topo.node_config("a");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replacen("protocol = \"shortest\"", "protocol = \"widest\"", 1)).unwrap();
+    set_origin_protocol(&topo, "widest");
     let forwarded = mesh6_forwarded(&topo);
     // a - r3 - r4 - c is 2000 Mbit/s wide; a - r1 - r2 - c only 500.
     assert_eq!((forwarded["r3"], forwarded["r4"]), (200, 200), "{forwarded:?}");

@@ -221,6 +221,8 @@ pub struct NodeStats {
     pub originated: u64,
     /// Packets dropped because a port's transmit ring stayed full.
     pub tx_full: u64,
+    /// Second copies of packets (redundant paths) not delivered again.
+    pub duplicates: u64,
     /// Drops by reason.
     pub drops: DropCounters,
 }

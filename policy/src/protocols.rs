@@ -61,7 +61,7 @@ pub const PROTOCOLS: [ProtocolProfile; 5] = [
         wire_id: 4,
         levels: [1, 3, 0, 2, 0],
         min_hops: 1,
-        implemented: false,
+        implemented: true,
         summary: "packets spread over node-disjoint paths",
     },
     ProtocolProfile {
@@ -69,7 +69,7 @@ pub const PROTOCOLS: [ProtocolProfile; 5] = [
         wire_id: 5,
         levels: [2, 0, 0, 3, 0],
         min_hops: 1,
-        implemented: false,
+        implemented: true,
         summary: "every packet on two node-disjoint paths",
     },
 ];

@@ -3,14 +3,19 @@
 //! Every protocol sees the same [`Topology`] (nodes, links, their latency
 //! and bandwidth) and answers one question per packet at each node:
 //! [`shortest`] (lowest latency) and [`widest`] (largest bottleneck
-//! bandwidth) so far; onion, multipath and redundant follow behind the same
-//! [`Router`] trait.
+//! bandwidth) decide hop by hop; `multipath` and `redundant` choose whole
+//! node-disjoint paths ([`disjoint`]) at the source and carry them in the
+//! packet ([`source`]); onion follows.
 
+pub mod disjoint;
 pub mod shortest;
+pub mod source;
 pub mod topology;
 pub mod widest;
 
+pub use disjoint::disjoint_paths;
 pub use shortest::Shortest;
+pub use source::{RouteError, SourceRoute};
 pub use topology::{Link, NodeId, Topology};
 pub use widest::Widest;
 

@@ -14,7 +14,7 @@ use guest_agent::node::{
     stream_op, NodeConfig, NodeStats, Record, RECORD_CONTROL, RECORD_HDR, RECORD_STREAM, STATS_ADDR, STATS_MAGIC,
 };
 use guest_agent::ports;
-use guest_agent::routing::{NodeId, Router, Shortest, Widest};
+use guest_agent::routing::{disjoint_paths, NodeId, Router, Shortest, SourceRoute, Topology, Widest};
 use guest_agent::transport::{Segment, Stream, StreamState};
 use guest_agent::virtio::console::ConsoleEvent;
 use guest_agent::virtio::net::VirtioNet;
@@ -65,6 +65,9 @@ struct Flow {
     host_eof: bool,
 }
 
+/// Flows whose redundant copies are tracked at once.
+const MAX_SEEN_FLOWS: usize = 4096;
+
 /// Most bytes held for streams' send buffers before the node stops reading
 /// the console (backpressure to the host).
 const MAX_STREAM_PENDING: usize = 1 << 20;
@@ -79,6 +82,13 @@ struct Node {
     stats: NodeStats,
     deliver: Vec<u8>,
     flows: BTreeMap<u32, Flow>,
+    topology: Topology,
+    /// Disjoint paths per destination, for source-routed protocols.
+    paths: BTreeMap<NodeId, Vec<Vec<NodeId>>>,
+    next_packet_id: u32,
+    rr: usize,
+    /// Packet ids seen per (source, flow), to deliver redundant copies once.
+    seen: BTreeMap<(NodeId, u32), ReplayWindow>,
 }
 
 impl Node {
@@ -113,11 +123,77 @@ impl Node {
         let router: &dyn Router = match repr.protocol {
             Protocol::Shortest => &self.shortest,
             Protocol::Widest => &self.widest,
+            Protocol::Multipath | Protocol::Redundant => return self.follow_source_route(repr, state, payload),
             _ => return Err(WireError::UnsupportedProtocol),
         };
         let next = router.next_hop(repr.dst).ok_or(WireError::NoRoute)?;
         let j = self.port_to(next).ok_or(WireError::NoRoute)?;
         Ok(self.send(j, repr, state, payload))
+    }
+
+    /// Forwards along the path the origin chose (in the packet's state).
+    fn follow_source_route(&mut self, repr: OverlayRepr, state: &[u8], payload: &[u8]) -> Result<bool, WireError> {
+        let route = SourceRoute::decode(state).map_err(|_| WireError::BadLength)?;
+        let Ok(Some((next, advanced))) = route.advance(self.me) else { return Err(WireError::NoRoute) };
+        let j = self.port_to(next).ok_or(WireError::NoRoute)?;
+        let mut st = Vec::with_capacity(advanced.encoded_len());
+        advanced.encode(&mut st);
+        Ok(self.send(j, repr, &st, payload))
+    }
+
+    /// Sends a packet this node originates (a datagram or a stream's
+    /// segment) by its protocol: hop by hop, or along source routes chosen
+    /// here, one path in turn (`multipath`) or two at once (`redundant`).
+    fn send_from_here(&mut self, mut repr: OverlayRepr, payload: &[u8]) -> Result<bool, WireError> {
+        if !matches!(repr.protocol, Protocol::Multipath | Protocol::Redundant) {
+            return self.route(repr, &[], payload);
+        }
+        let dst = repr.dst;
+        if !self.paths.contains_key(&dst) {
+            let found = disjoint_paths(&self.topology, self.me, dst, 2);
+            self.paths.insert(dst, found);
+        }
+        let paths = self.paths.get(&dst).map(|p| p.as_slice()).unwrap_or(&[]);
+        if paths.is_empty() {
+            return Err(WireError::NoRoute);
+        }
+        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+        let chosen: Vec<Vec<NodeId>> = if repr.protocol == Protocol::Redundant {
+            paths.iter().take(2).cloned().collect()
+        } else {
+            self.rr = self.rr.wrapping_add(1);
+            alloc::vec![paths[self.rr % paths.len()].clone()]
+        };
+        let mut sent = false;
+        for path in chosen {
+            let route = SourceRoute { hop: 0, packet_id: self.next_packet_id, path };
+            let mut st = Vec::with_capacity(route.encoded_len());
+            route.encode(&mut st);
+            repr.state_len = st.len() as u16;
+            sent |= self.follow_source_route(repr, &st, payload)?;
+        }
+        Ok(sent)
+    }
+
+    /// Whether a source-routed packet for this node is new (copies of a
+    /// `redundant` packet arrive twice; deliver once).
+    fn first_copy(&mut self, repr: &OverlayRepr, state: &[u8]) -> bool {
+        if !matches!(repr.protocol, Protocol::Multipath | Protocol::Redundant) {
+            return true;
+        }
+        let Ok(route) = SourceRoute::decode(state) else { return false };
+        if self.seen.len() >= MAX_SEEN_FLOWS && !self.seen.contains_key(&(repr.src, repr.flow_id)) {
+            // Forget the oldest-keyed flow; its late copies may then be
+            // delivered twice, never lost.
+            self.seen.pop_first();
+        }
+        let seen = self.seen.entry((repr.src, repr.flow_id)).or_insert_with(ReplayWindow::new);
+        if seen.accept(route.packet_id as u64) {
+            true
+        } else {
+            self.stats.duplicates += 1;
+            false
+        }
     }
 
     fn deliver(&mut self, src: NodeId, flow: u32, payload: &[u8]) {
@@ -250,7 +326,7 @@ impl Node {
         }
         for (repr, seg) in segments {
             worked = true;
-            if let Err(e) = self.route(repr, &[], &seg) {
+            if let Err(e) = self.send_from_here(repr, &seg) {
                 self.stats.drops.count(e);
             }
         }
@@ -274,6 +350,9 @@ impl Node {
         port.key.open(&p)?;
         self.ports[i].window.accept(repr.link_seq);
         if repr.dst == self.me {
+            if !self.first_copy(&repr, p.state()) {
+                return Ok(());
+            }
             if repr.flags & FLAG_STREAM != 0 {
                 return self.stream_segment(&repr, p.payload());
             }
@@ -312,7 +391,7 @@ impl Node {
             link_id: 0,
             link_seq: 0,
         };
-        match self.route(repr, &[], r.payload) {
+        match self.send_from_here(repr, r.payload) {
             Ok(true) => self.stats.originated += 1,
             Ok(false) => {}
             Err(e) => self.stats.drops.count(e),
@@ -374,6 +453,11 @@ pub fn run(params: &BootParams) -> ! {
         stats: NodeStats { magic: STATS_MAGIC, ..Default::default() },
         deliver: Vec::new(),
         flows: BTreeMap::new(),
+        topology: cfg.topology(),
+        paths: BTreeMap::new(),
+        next_packet_id: 0,
+        rr: 0,
+        seen: BTreeMap::new(),
     };
     node.publish_stats();
     log!("node {} up: {} ports, originating with {:?}", node.me, node.ports.len(), node.protocol);

@@ -47,6 +47,7 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
                 "delivered": s.delivered,
                 "originated": s.originated,
                 "tx_full": s.tx_full,
+                "duplicates": s.duplicates,
                 "drops": {
                     "truncated": s.drops.truncated,
                     "bad_version": s.drops.bad_version,

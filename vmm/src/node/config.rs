@@ -166,7 +166,7 @@ impl NodeFile {
             Some(p) => return Err(NodeFileError::Invalid(format!("protocol {:?} is not implemented yet", p.name))),
             None => {
                 return Err(NodeFileError::Invalid(format!(
-                    "unknown protocol {:?}: use shortest or widest",
+                    "unknown protocol {:?}: use shortest, widest, multipath or redundant",
                     self.protocol
                 )))
             }
