@@ -63,7 +63,7 @@ impl SourceRoute {
     pub fn decode(b: &[u8]) -> Result<Self, RouteError> {
         let h = b.get(..HDR).ok_or(RouteError::Malformed)?;
         let (hop, n) = (h[0], h[1] as usize);
-        if n < 2 || n > MAX_PATH || hop as usize >= n || b.len() != HDR + 2 * n {
+        if !(2..=MAX_PATH).contains(&n) || hop as usize >= n || b.len() != HDR + 2 * n {
             return Err(RouteError::Malformed);
         }
         let packet_id = u32::from_be_bytes([h[2], h[3], h[4], h[5]]);

@@ -187,7 +187,7 @@ impl Node {
             // delivered twice, never lost.
             self.seen.pop_first();
         }
-        let seen = self.seen.entry((repr.src, repr.flow_id)).or_insert_with(ReplayWindow::new);
+        let seen = self.seen.entry((repr.src, repr.flow_id)).or_default();
         if seen.accept(route.packet_id as u64) {
             true
         } else {
