@@ -175,7 +175,7 @@ fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
 
     // A has no node: the test plays A, with A's real link key.
     let (link, key) = port_of(&topo.node_config("a"), "ln0");
-    let key = LinkKey::new(&key);
+    let key = LinkKey::new(&key).derive(link);
     let good1 = frame(link, 1, &key, 3, b"first valid");
     let mut truncated = frame(link, 2, &key, 3, b"cut short");
     truncated.truncate(ETH_HDR_LEN + 20);
@@ -205,6 +205,47 @@ fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
         assert_eq!(d[k], want, "{k}: {node}");
     }
     assert!(d["not_overlay"].as_u64().unwrap() >= 1, "{node}");
+}
+
+#[test]
+fn several_senders_share_a_link_each_under_its_own_id_and_key() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
+    let mut c = ChildGuard::new(topo.node("c", &mc).spawn().unwrap());
+    let _c_err = wait_for_stderr(c.get(), "node 3 up", UP);
+    let mut b = ChildGuard::new(topo.node("b", &mb).spawn().unwrap());
+    let _b_err = wait_for_stderr(b.get(), "node 2 up", UP);
+    // Two senders on A's side of the link (as two request VMs would be),
+    // each with its own id, key and sequence numbers, interleaved.
+    let (base, parent) = port_of(&topo.node_config("a"), "ln0");
+    let parent = LinkKey::new(&parent);
+    let (k0, k1) = (parent.derive(base), parent.derive(base + 1));
+    let mut frames = Vec::new();
+    for seq in 1..=3u64 {
+        frames.push(frame(base, seq, &k0, 3, format!("s0-{seq}").as_bytes()));
+        frames.push(frame(base + 1, seq, &k1, 3, format!("s1-{seq}").as_bytes()));
+    }
+    // Outside A's span, and sealed with the link key itself: both refused.
+    frames.push(frame(base + (1 << 16), 1, &parent.derive(base + (1 << 16)), 3, b"out of span"));
+    frames.push(frame(base + 2, 1, &parent, 3, b"underived key"));
+    inject(&topo.netns("a"), "ln0", frames);
+    let got = read_records(c.get(), 6, Duration::from_secs(20));
+    let mut payloads: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(&r.2).into_owned()).collect();
+    payloads.sort();
+    assert_eq!(payloads, ["s0-1", "s0-2", "s0-3", "s1-1", "s1-2", "s1-3"]);
+    b.terminate(UP);
+    c.terminate(UP);
+    let node = &metrics(&mb)["node"];
+    assert_eq!(node["forwarded"], 6, "{node}");
+    assert_eq!(
+        (node["drops"]["unknown_link"].as_u64(), node["drops"]["bad_mac"].as_u64()),
+        (Some(1), Some(1)),
+        "{node}"
+    );
 }
 
 #[test]

@@ -35,7 +35,8 @@ fn a_port(config: &Path) -> (u32, u32, [u8; 32]) {
 fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>) -> Result<Vec<u8>, String> {
     in_netns(ns, move || {
         let (tx_link, rx_link, key) = port;
-        let key = LinkKey::new(&key);
+        let link_key = LinkKey::new(&key);
+        let (key, rx_key) = (link_key.derive(tx_link), link_key.derive(rx_link));
         let sock = RawSocket::open("ln0").map_err(|e| e.to_string())?;
         let eth = EthAddrs { dst: [2, 0x50, 0, 0, 0, 2], src: [2, 0x50, 0, 0, 0, 1] };
         let flow = 0x5eed_0001;
@@ -82,7 +83,7 @@ fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>)
             }
             let Ok(p) = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]) else { continue };
             let Ok(r) = OverlayRepr::parse(&p) else { continue };
-            if r.link_id != rx_link || !window.check(r.link_seq) || key.open(&p).is_err() {
+            if r.link_id != rx_link || !window.check(r.link_seq) || rx_key.open(&p).is_err() {
                 continue;
             }
             window.accept(r.link_seq);

@@ -17,8 +17,8 @@ use crate::routing::{Link, NodeId, Topology};
 use crate::wire::DropCounters;
 
 /// First bytes of an encoded [`NodeConfig`].
-const CONFIG_MAGIC: [u8; 4] = *b"PVN2";
-const PORT_LEN: usize = 2 + 6 + 4 + 4 + 32;
+const CONFIG_MAGIC: [u8; 4] = *b"PVN3";
+const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 /// Most ports (virtio-net devices) a node has.
 pub const MAX_PORTS: usize = 7;
@@ -32,9 +32,12 @@ pub struct PortConfig {
     pub peer_mac: [u8; 6],
     /// Link id this node sends under.
     pub tx_link_id: u32,
-    /// Link id the neighbour sends under.
+    /// First link id the neighbour's side sends under.
     pub rx_link_id: u32,
-    /// The link's key.
+    /// How many consecutive ids from `rx_link_id` its side may use (its
+    /// node, and each request VM on an edge host, send under one each).
+    pub rx_link_span: u32,
+    /// The link's key (packet keys are derived from it per link id).
     pub key: [u8; 32],
 }
 
@@ -94,6 +97,7 @@ impl NodeConfig {
             out.extend_from_slice(&p.peer_mac);
             out.extend_from_slice(&p.tx_link_id.to_be_bytes());
             out.extend_from_slice(&p.rx_link_id.to_be_bytes());
+            out.extend_from_slice(&p.rx_link_span.to_be_bytes());
             out.extend_from_slice(&p.key);
         }
         for l in &self.links {
@@ -125,12 +129,13 @@ impl NodeConfig {
             let mut peer_mac = [0u8; 6];
             peer_mac.copy_from_slice(&p[2..8]);
             let mut key = [0u8; 32];
-            key.copy_from_slice(&p[16..48]);
+            key.copy_from_slice(&p[20..52]);
             ports.push(PortConfig {
                 peer: be16(p),
                 peer_mac,
                 tx_link_id: be32(&p[8..]),
                 rx_link_id: be32(&p[12..]),
+                rx_link_span: be32(&p[16..]),
                 key,
             });
         }
@@ -261,8 +266,22 @@ mod tests {
             hop_limit: 16,
             protocol: 2,
             ports: vec![
-                PortConfig { peer: 1, peer_mac: [2, 0, 0, 0, 1, 1], tx_link_id: 3, rx_link_id: 2, key: [9; 32] },
-                PortConfig { peer: 3, peer_mac: [2, 0, 0, 0, 2, 3], tx_link_id: 4, rx_link_id: 5, key: [8; 32] },
+                PortConfig {
+                    peer: 1,
+                    peer_mac: [2, 0, 0, 0, 1, 1],
+                    tx_link_id: 3,
+                    rx_link_id: 2,
+                    rx_link_span: 1,
+                    key: [9; 32],
+                },
+                PortConfig {
+                    peer: 3,
+                    peer_mac: [2, 0, 0, 0, 2, 3],
+                    tx_link_id: 4,
+                    rx_link_id: 5,
+                    rx_link_span: 100,
+                    key: [8; 32],
+                },
             ],
             links: vec![
                 Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 1000 },

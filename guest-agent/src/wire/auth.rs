@@ -6,10 +6,13 @@
 //! no ciphertext), so a relay learns nothing it could not read anyway, and
 //! forwards nothing it cannot authenticate.
 //!
-//! The nonce is the directed link id and the sender's sequence number on
-//! it. Link ids are per direction (each end of a link sends under its own
-//! id), so two senders sharing a key never share a nonce; the sequence
-//! number never repeats within one sender's run.
+//! The key a packet is sealed with is derived from the link's key and the
+//! packet's directed link id ([`LinkKey::derive`]): every sender on a link
+//! (a node, or each request VM on an edge host) has an id of its own and so
+//! a key of its own. The nonce is the link id and the sender's sequence
+//! number, which never repeats within one sender's run. The link's own key
+//! only ever derives keys, with nonces no packet uses (link id
+//! `0xffff_ffff` is reserved).
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
@@ -36,10 +39,26 @@ fn nonce(link_id: u32, seq: u64) -> Nonce {
     Nonce::from(n)
 }
 
+/// A link id no sender may use: derivation nonces start with it.
+pub const RESERVED_LINK_ID: u32 = u32::MAX;
+
 impl LinkKey {
     /// A key from 32 secret bytes.
     pub fn new(key: &[u8; 32]) -> Self {
         Self { cipher: ChaCha20Poly1305::new(&Key::from(*key)) }
+    }
+
+    /// The key of directed link id `link_id` under this link key: 32 bytes
+    /// of ChaCha20 keystream (ChaCha20 as a PRF) with a nonce of the
+    /// reserved id followed by `link_id`.
+    pub fn derive(&self, link_id: u32) -> LinkKey {
+        let mut n = [0u8; 12];
+        n[..4].copy_from_slice(&RESERVED_LINK_ID.to_be_bytes());
+        n[4..8].copy_from_slice(&link_id.to_be_bytes());
+        let mut k = [0u8; 32];
+        // Encrypting zeros yields the keystream; the tag is not used.
+        let _ = self.cipher.encrypt_inout_detached(&Nonce::from(n), b"pathvm link key", (&mut k[..]).into());
+        LinkKey::new(&k)
     }
 
     /// Writes the tag of a packet whose header, state and payload are set.
@@ -112,6 +131,18 @@ mod tests {
                 assert_eq!(k.open(&p), Err(WireError::BadMac), "flip at {i} accepted");
             }
         }
+    }
+
+    #[test]
+    fn derived_keys_differ_per_link_id_and_are_stable() {
+        let parent = LinkKey::new(&[7; 32]);
+        let mut buf = packet(1);
+        parent.derive(10).seal(&mut OverlayPacket::new_unchecked(&mut buf[..]));
+        let p = OverlayPacket::new_checked(&buf[..]).unwrap();
+        assert_eq!(parent.derive(10).open(&p), Ok(()), "same id, same key");
+        assert_eq!(parent.derive(11).open(&p), Err(WireError::BadMac), "other id, other key");
+        assert_eq!(parent.open(&p), Err(WireError::BadMac), "the link key itself does not seal");
+        assert_eq!(LinkKey::new(&[8; 32]).derive(10).open(&p), Err(WireError::BadMac));
     }
 
     #[test]

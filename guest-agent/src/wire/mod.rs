@@ -18,7 +18,7 @@ pub mod replay;
 
 use alloc::vec::Vec;
 
-pub use auth::LinkKey;
+pub use auth::{LinkKey, RESERVED_LINK_ID};
 pub use overlay::{OverlayPacket, OverlayRepr, Protocol, FLAG_STREAM, HEADER_LEN, TAG_LEN};
 pub use replay::ReplayWindow;
 

@@ -20,11 +20,15 @@ use guest_agent::virtio::console::ConsoleEvent;
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::{
     overlay::MAX_PAYLOAD_LEN, seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
-    WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_STREAM,
+    WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_STREAM, RESERVED_LINK_ID,
 };
 
 use crate::roles::{console, nets, Pacer};
 use crate::{clock, io, log};
+
+/// Sender ids per port whose replay windows are kept; beyond, the lowest
+/// is forgotten and every id below it refused from then on.
+const MAX_RX_SENDERS: usize = 1024;
 
 /// Frames queued per port before new ones are dropped.
 const MAX_QUEUED: usize = 4096;
@@ -44,9 +48,16 @@ struct Port {
     peer_mac: [u8; 6],
     tx_link_id: u32,
     rx_link_id: u32,
-    key: LinkKey,
+    rx_link_span: u32,
+    /// The link's key: derives one key per link id.
+    link_key: LinkKey,
+    /// The key this node seals with (its own link id's).
+    tx_key: LinkKey,
     next_seq: u64,
-    window: ReplayWindow,
+    /// Per sender id on the other side: its key and replay window.
+    rx: BTreeMap<u32, (LinkKey, ReplayWindow)>,
+    /// Ids below this are refused (their windows were forgotten).
+    rx_low_water: u32,
     queue: VecDeque<Vec<u8>>,
 }
 
@@ -71,6 +82,35 @@ const MAX_SEEN_FLOWS: usize = 4096;
 /// Most bytes held for streams' send buffers before the node stops reading
 /// the console (backpressure to the host).
 const MAX_STREAM_PENDING: usize = 1 << 20;
+
+impl Port {
+    /// Checks a packet from this port's neighbour side: a sender id in its
+    /// span, not replayed, sealed with that id's key. Records the sequence
+    /// number only after the tag checks, so forgeries move nothing.
+    fn authenticate(&mut self, p: &OverlayPacket<&[u8]>, repr: &OverlayRepr) -> Result<(), WireError> {
+        let id = repr.link_id;
+        let offset = id.wrapping_sub(self.rx_link_id);
+        if offset >= self.rx_link_span || id < self.rx_low_water || id == RESERVED_LINK_ID {
+            return Err(WireError::UnknownLink);
+        }
+        if !self.rx.contains_key(&id) && self.rx.len() >= MAX_RX_SENDERS {
+            if let Some((oldest, _)) = self.rx.pop_first() {
+                self.rx_low_water = self.rx_low_water.max(oldest.wrapping_add(1));
+            }
+            if id < self.rx_low_water {
+                return Err(WireError::UnknownLink);
+            }
+        }
+        let link_key = &self.link_key;
+        let (key, window) = self.rx.entry(id).or_insert_with(|| (link_key.derive(id), ReplayWindow::new()));
+        if !window.check(repr.link_seq) {
+            return Err(WireError::Replayed);
+        }
+        key.open(p)?;
+        window.accept(repr.link_seq);
+        Ok(())
+    }
+}
 
 struct Node {
     me: NodeId,
@@ -109,7 +149,7 @@ impl Node {
         port.next_seq += 1;
         let mut frame = Vec::new();
         let eth = EthAddrs { dst: port.peer_mac, src: port.mac };
-        if let Err(e) = seal_frame(&mut frame, eth, &repr, state, payload, &port.key) {
+        if let Err(e) = seal_frame(&mut frame, eth, &repr, state, payload, &port.tx_key) {
             self.stats.drops.count(e);
             return false;
         }
@@ -338,17 +378,9 @@ impl Node {
 
     /// Handles one frame that arrived on port `i`.
     fn receive(&mut self, i: usize, frame: &[u8]) -> Result<(), WireError> {
-        let port = &self.ports[i];
         let p = OverlayPacket::new_checked(&frame[ETH_HDR_LEN..])?;
         let repr = OverlayRepr::parse(&p)?;
-        if repr.link_id != port.rx_link_id {
-            return Err(WireError::UnknownLink);
-        }
-        if !port.window.check(repr.link_seq) {
-            return Err(WireError::Replayed);
-        }
-        port.key.open(&p)?;
-        self.ports[i].window.accept(repr.link_seq);
+        self.ports[i].authenticate(&p, &repr)?;
         if repr.dst == self.me {
             if !self.first_copy(&repr, p.state()) {
                 return Ok(());
@@ -437,9 +469,12 @@ pub fn run(params: &BootParams) -> ! {
             peer_mac: pc.peer_mac,
             tx_link_id: pc.tx_link_id,
             rx_link_id: pc.rx_link_id,
-            key: LinkKey::new(&pc.key),
+            rx_link_span: pc.rx_link_span.max(1),
+            tx_key: LinkKey::new(&pc.key).derive(pc.tx_link_id),
+            link_key: LinkKey::new(&pc.key),
             next_seq: 1,
-            window: ReplayWindow::new(),
+            rx: BTreeMap::new(),
+            rx_low_water: 0,
             queue: VecDeque::new(),
         })
         .collect();

@@ -128,7 +128,7 @@ impl Source {
                 let overhead = TAG_AT + guest_agent::wire::TAG_LEN;
                 Sender::Relay {
                     sock: RawSocket::open("ln0")?,
-                    key: LinkKey::new(&key),
+                    key: LinkKey::new(&key).derive(link_id),
                     link_id,
                     eth,
                     dst_node,

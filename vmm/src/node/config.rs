@@ -46,12 +46,23 @@ pub struct PortSpec {
     pub peer: NodeId,
     /// Neighbour's MAC.
     pub peer_mac: String,
-    /// Link id this node sends under.
+    /// Link id this node sends under (the first of its side's span).
     pub tx_link_id: u32,
-    /// Link id the neighbour sends under.
+    /// How many ids from `tx_link_id` this side may send under (request
+    /// VMs on an edge host take one each).
+    #[serde(default = "one")]
+    pub tx_link_span: u32,
+    /// First link id the neighbour's side sends under.
     pub rx_link_id: u32,
-    /// 32-byte link key, hex.
+    /// How many ids from `rx_link_id` the neighbour's side may use.
+    #[serde(default = "one")]
+    pub rx_link_span: u32,
+    /// 32-byte link key, hex (packet keys are derived from it per id).
     pub key: String,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A link of the topology, by node id.
@@ -146,11 +157,18 @@ impl NodeFile {
             .port
             .iter()
             .map(|p| {
+                let reserved = guest_agent::wire::RESERVED_LINK_ID;
+                let span_ok =
+                    |first: u32, span: u32| span >= 1 && first.checked_add(span - 1).is_some_and(|l| l < reserved);
+                if !span_ok(p.tx_link_id, p.tx_link_span) || !span_ok(p.rx_link_id, p.rx_link_span) {
+                    return Err(format!("port {}: link id spans must be non-empty and below {reserved:#x}", p.iface));
+                }
                 Ok(PortConfig {
                     peer: p.peer,
                     peer_mac: parse_mac(&p.peer_mac)?,
                     tx_link_id: p.tx_link_id,
                     rx_link_id: p.rx_link_id,
+                    rx_link_span: p.rx_link_span,
                     key: parse_key(&p.key)?,
                 })
             })
@@ -211,7 +229,9 @@ mod tests {
                 peer: 1,
                 peer_mac: "02:50:00:00:00:01".into(),
                 tx_link_id: 2,
+                tx_link_span: 1,
                 rx_link_id: 1,
+                rx_link_span: 1,
                 key: "01".repeat(32),
             }],
             link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],

@@ -22,6 +22,9 @@ pub use file::{HostSpec, LinkSpec, TopologyFile};
 
 use crate::node::{NodeFile, PortSpec, TopoLinkSpec};
 
+/// Each side of a link may send under 2^16 directed link ids.
+const LINK_SPAN_BITS: u32 = 16;
+
 /// Where `up` writes node configurations: `STATE_DIR/NAME/HOST.toml`.
 pub const STATE_DIR: &str = "/run/pathvm";
 
@@ -314,16 +317,21 @@ impl Topo {
                 } else {
                     continue;
                 };
-                // Directed link ids: 2i+1 for a->b, 2i+2 for b->a.
+                // Directed link id spans: (2i+1) << 16 onwards for a->b,
+                // (2i+2) << 16 for b->a, 65536 ids each (the node takes the
+                // first; request VMs on an edge host take one each).
                 let (tx, rx) = if end == 1 { (2 * i + 1, 2 * i + 2) } else { (2 * i + 2, 2 * i + 1) };
+                let (tx, rx) = ((tx as u32) << LINK_SPAN_BITS, (rx as u32) << LINK_SPAN_BITS);
                 ports.push(PortSpec {
                     iface: Self::iface(i),
                     tap: format!("tap{i}"),
                     mac: fmt_mac(&Self::mac(i, end)),
                     peer: self.file.host_id(peer),
                     peer_mac: fmt_mac(&Self::mac(i, 3 - end)),
-                    tx_link_id: tx as u32,
-                    rx_link_id: rx as u32,
+                    tx_link_id: tx,
+                    tx_link_span: 1 << LINK_SPAN_BITS,
+                    rx_link_id: rx,
+                    rx_link_span: 1 << LINK_SPAN_BITS,
                     key: keys[i].clone(),
                 });
             }
