@@ -76,6 +76,9 @@ struct Flow {
     host_eof: bool,
 }
 
+/// Streams a node ends at once; further SYNs are refused with a reset.
+const MAX_FLOWS: usize = 1024;
+
 /// Flows whose redundant copies are tracked at once.
 const MAX_SEEN_FLOWS: usize = 4096;
 
@@ -261,7 +264,24 @@ impl Node {
             // Another source reusing a live flow id: not this stream's.
             Some(_) => return Err(WireError::UnknownLink),
             None => {
-                let Some((stream, info)) = Stream::accept(&seg) else { return Ok(()) };
+                let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
+                if self.flows.len() >= MAX_FLOWS {
+                    // Full: refuse at once rather than hold state for it.
+                    stream.refuse();
+                    let mut rst = Vec::new();
+                    if stream.poll_transmit(now, &mut rst) {
+                        let reply = OverlayRepr {
+                            hop_limit: self.hop_limit,
+                            src: self.me,
+                            dst: repr.src,
+                            state_len: 0,
+                            payload_len: rst.len() as u16,
+                            ..*repr
+                        };
+                        self.send_from_here(reply, &rst)?;
+                    }
+                    return Ok(());
+                }
                 let flow = Flow {
                     stream,
                     peer: repr.src,
