@@ -52,12 +52,9 @@ fn ten_thousand_datagrams_cross_line3_through_b_before_its_host_stack() {
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
     let (ma, mb, mc) = (dir.0.join("a.json"), dir.0.join("b.json"), dir.0.join("c.json"));
-    let mut c = ChildGuard::new(topo.node("c", &mc).spawn().unwrap());
-    let c_err = wait_for_stderr(c.get(), "node 3 up", UP);
-    let mut b = ChildGuard::new(topo.node("b", &mb).spawn().unwrap());
-    let b_err = wait_for_stderr(b.get(), "node 2 up", UP);
-    let mut a = ChildGuard::new(topo.node("a", &ma).spawn().unwrap());
-    let _a_err = wait_for_stderr(a.get(), "node 1 up", UP);
+    let mut c = topo.start_node("c", 3, &mc);
+    let b = topo.start_node("b", 2, &mb);
+    let mut a = topo.start_node("a", 1, &ma);
     let b_stack_before = topo.ip_in_receives("b");
 
     const N: usize = 10_000;
@@ -92,7 +89,6 @@ fn ten_thousand_datagrams_cross_line3_through_b_before_its_host_stack() {
     assert!(mb["ports"][1]["tx_frames"].as_u64().unwrap() >= N as u64, "B port to C: {mb}");
     assert_eq!(mb["node"]["tx_full"], 0);
     assert_eq!(mc["node"]["delivered"], N as u64);
-    drop((b_err, c_err));
 }
 
 /// A port of a node config: (tx_link_id, key).
@@ -168,10 +164,8 @@ fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
     let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
-    let mut c = ChildGuard::new(topo.node("c", &mc).spawn().unwrap());
-    let _c_err = wait_for_stderr(c.get(), "node 3 up", UP);
-    let mut b = ChildGuard::new(topo.node("b", &mb).spawn().unwrap());
-    let _b_err = wait_for_stderr(b.get(), "node 2 up", UP);
+    let mut c = topo.start_node("c", 3, &mc);
+    let b = topo.start_node("b", 2, &mb);
 
     // A has no node: the test plays A, with A's real link key.
     let (link, key) = port_of(&topo.node_config("a"), "ln0");
@@ -215,10 +209,8 @@ fn several_senders_share_a_link_each_under_its_own_id_and_key() {
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
     let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
-    let mut c = ChildGuard::new(topo.node("c", &mc).spawn().unwrap());
-    let _c_err = wait_for_stderr(c.get(), "node 3 up", UP);
-    let mut b = ChildGuard::new(topo.node("b", &mb).spawn().unwrap());
-    let _b_err = wait_for_stderr(b.get(), "node 2 up", UP);
+    let mut c = topo.start_node("c", 3, &mc);
+    let b = topo.start_node("b", 2, &mb);
     // Two senders on A's side of the link (as two request VMs would be),
     // each with its own id, key and sequence numbers, interleaved.
     let (base, parent) = port_of(&topo.node_config("a"), "ln0");

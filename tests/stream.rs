@@ -125,10 +125,8 @@ fn a_stream_through_relay_b_fetches_two_mib_intact_from_a_service_on_c() {
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
     let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
-    let mut c = ChildGuard::new(topo.node("c", &mc).spawn().unwrap());
-    let _ce = wait_for_stderr(c.get(), "node 3 up", UP);
-    let mut b = ChildGuard::new(topo.node("b", &mb).spawn().unwrap());
-    let _be = wait_for_stderr(b.get(), "node 2 up", UP);
+    let c = topo.start_node("c", 3, &mc);
+    let b = topo.start_node("b", 2, &mb);
     let body = random_bytes(2 << 20, 99);
     let port = serve(&topo.netns("c"), body.clone());
 
@@ -155,10 +153,8 @@ fn a_stream_survives_five_percent_loss_on_the_b_c_link() {
     let file = dir.0.join("line3-lossy.toml");
     std::fs::write(&file, lossy).unwrap();
     let topo = TopoGuard::up_file(&file);
-    let mut c = ChildGuard::new(topo.node("c", &dir.0.join("c.json")).spawn().unwrap());
-    let _ce = wait_for_stderr(c.get(), "node 3 up", UP);
-    let mut b = ChildGuard::new(topo.node("b", &dir.0.join("b.json")).spawn().unwrap());
-    let _be = wait_for_stderr(b.get(), "node 2 up", UP);
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
     let body = random_bytes(1 << 20, 7);
     let port = serve(&topo.netns("c"), body.clone());
     let got = fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec());
@@ -173,10 +169,8 @@ fn a_stream_to_a_service_that_is_down_is_reset_not_hung() {
     }
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
-    let mut c = ChildGuard::new(topo.node("c", &dir.0.join("c.json")).spawn().unwrap());
-    let _ce = wait_for_stderr(c.get(), "node 3 up", UP);
-    let mut b = ChildGuard::new(topo.node("b", &dir.0.join("b.json")).spawn().unwrap());
-    let _be = wait_for_stderr(b.get(), "node 2 up", UP);
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
     let started = Instant::now();
     let got = fetch(&topo.netns("a"), a_port(&topo.node_config("a")), "10.231.1.2:1".into(), b"GET\n".to_vec());
     assert!(got.unwrap_err().starts_with("stream reset"), "a refused service must reset the stream");

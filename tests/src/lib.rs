@@ -321,6 +321,15 @@ impl TopoGuard {
         c
     }
 
+    /// Starts `pathvm node` for `host` (node id `id`) and waits until its
+    /// VM is up; its stderr keeps draining in the background.
+    pub fn start_node(&self, host: &str, id: u16, metrics: &Path) -> ChildGuard {
+        let mut g = ChildGuard::new(self.node(host, metrics).spawn().expect("spawn pathvm node"));
+        // The drain thread outlives its handle: dropping it only detaches it.
+        let _drain = wait_for_stderr(g.get(), &format!("node {id} up"), Duration::from_secs(20));
+        g
+    }
+
     /// `IpExt`-independent IP receive counter of `host`'s kernel stack.
     pub fn ip_in_receives(&self, host: &str) -> u64 {
         let out =

@@ -67,6 +67,29 @@ impl Topology {
     }
 }
 
+/// The path from `me` to `dst` in a shortest-path-style tree, walking
+/// `prev` (each node's predecessor) back from `dst`; `None` if `dst` is not
+/// in the tree or the walk does not end within `limit` steps.
+pub fn walk_back(
+    me: NodeId,
+    dst: NodeId,
+    limit: usize,
+    prev: impl Fn(NodeId) -> Option<NodeId>,
+) -> Option<Vec<NodeId>> {
+    let mut path = Vec::new();
+    let mut n = dst;
+    while n != me {
+        path.push(n);
+        n = prev(n)?;
+        if path.len() > limit {
+            return None;
+        }
+    }
+    path.push(me);
+    path.reverse();
+    Some(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

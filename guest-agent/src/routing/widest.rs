@@ -10,7 +10,7 @@ use alloc::collections::{BTreeMap, BinaryHeap};
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
-use super::topology::{NodeId, Topology};
+use super::topology::{walk_back, NodeId, Topology};
 use super::Router;
 use crate::wire::Protocol;
 
@@ -59,18 +59,7 @@ impl Widest {
 
     /// The whole path from this node to `dst`.
     pub fn path(&self, dst: NodeId) -> Option<Vec<NodeId>> {
-        let mut path = Vec::new();
-        let mut n = dst;
-        while n != self.me {
-            path.push(n);
-            n = self.table.get(&n)?.3;
-            if path.len() > self.table.len() {
-                return None;
-            }
-        }
-        path.push(self.me);
-        path.reverse();
-        Some(path)
+        walk_back(self.me, dst, self.table.len(), |n| self.table.get(&n).map(|e| e.3))
     }
 }
 
