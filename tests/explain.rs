@@ -53,3 +53,49 @@ fn malformed_criteria_are_a_clear_error() {
     assert_eq!(code, Some(1));
     assert!(err.contains("unknown criterion \"speed\""), "{err}");
 }
+
+/// `pathvm node` with a broken configuration: one clear line, exit 1, and
+/// no VM, tap or namespace left behind.
+fn node_error(config: &str) -> String {
+    let dir = TempDir::new();
+    let path = dir.0.join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(pathvm_bin()).args(["node", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const NODE_OK: &str = r#"id = 2
+hop_limit = 16
+mem_mib = 64
+[[port]]
+iface = "ln0"
+tap = "tap0"
+mac = "02:50:00:00:00:02"
+peer = 1
+peer_mac = "02:50:00:00:00:01"
+tx_link_id = 2
+rx_link_id = 1
+key = "0101010101010101010101010101010101010101010101010101010101010101"
+[[link]]
+a = 1
+b = 2
+latency_us = 100
+bandwidth_mbps = 1000
+"#;
+
+#[test]
+fn node_configuration_errors_are_clear() {
+    let e = node_error(&NODE_OK.replace("key = \"01", "key = \"zz"));
+    assert!(e.contains("a link key must be 64 hex digits"), "{e}");
+    let e = node_error(&NODE_OK.replace("hop_limit = 16", "hop_limit = 16\nprotocol = \"onion\""));
+    assert!(e.contains("protocol \"onion\" is not implemented yet"), "{e}");
+    let e = node_error(&NODE_OK.replace("hop_limit = 16", "hop_limit = 16\nprotocol = \"fastest\""));
+    assert!(e.contains("unknown protocol \"fastest\""), "{e}");
+    let e = node_error(&NODE_OK.replace("peer_mac = \"02:50:00:00:00:01\"", "peer_mac = \"02:50\""));
+    assert!(e.contains("is not a MAC address"), "{e}");
+    let e = node_error(&NODE_OK.replace("mem_mib = 64", "mem_mib = 64\ncolour = 3"));
+    assert!(e.contains("unknown field `colour`"), "{e}");
+    let e = node_error(&NODE_OK.replace("rx_link_id = 1", "rx_link_id = 4294967295"));
+    assert!(e.contains("link id spans"), "{e}");
+}
