@@ -37,6 +37,10 @@ pub enum Role {
     /// [`NodeConfig`](crate::node::NodeConfig) in the arguments, originate
     /// the console's records and deliver its own packets to the console.
     Node = 6,
+    /// A request VM on an edge host: one stream (an
+    /// [`EdgeRequest`](crate::node::EdgeRequest)) whose bytes are the
+    /// console's, over a node's single port.
+    Edge = 7,
 }
 
 impl Role {
@@ -49,6 +53,7 @@ impl Role {
             4 => Self::Panic,
             5 => Self::BadDescriptor,
             6 => Self::Node,
+            7 => Self::Edge,
             _ => return None,
         })
     }

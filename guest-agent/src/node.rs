@@ -153,6 +153,37 @@ impl NodeConfig {
     }
 }
 
+/// What a request VM on an edge host is for: one stream, to `target` on
+/// node `dst`, under flow id `flow`. Encoded after the [`NodeConfig`] in the
+/// boot arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRequest {
+    /// The destination node.
+    pub dst: NodeId,
+    /// The stream's flow id.
+    pub flow: u32,
+    /// `host:port` as the destination node will connect it.
+    pub target: Vec<u8>,
+}
+
+impl EdgeRequest {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.dst.to_be_bytes());
+        out.extend_from_slice(&self.flow.to_be_bytes());
+        out.extend_from_slice(&(self.target.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.target);
+    }
+
+    /// Decodes what `encode` wrote.
+    pub fn decode(b: &[u8]) -> Result<Self, ConfigError> {
+        let h = b.get(..8).ok_or(ConfigError::Truncated)?;
+        let n = be16(&h[6..]) as usize;
+        let target = b.get(8..8 + n).ok_or(ConfigError::Truncated)?.to_vec();
+        Ok(Self { dst: be16(h), flow: be32(&h[2..]), target })
+    }
+}
+
 /// Header length of a console record.
 pub const RECORD_HDR: usize = 8;
 /// A record with this node id carries data of stream `flow` (both ways).
@@ -309,6 +340,17 @@ mod tests {
         let mut many = b.clone();
         many[7] = 200;
         assert_eq!(NodeConfig::decode(&many), Err(ConfigError::TooManyPorts));
+    }
+
+    #[test]
+    fn edge_request_round_trips_after_a_config() {
+        let mut b = Vec::new();
+        config().encode(&mut b);
+        let req = EdgeRequest { dst: 3, flow: 0xabcd, target: b"10.0.0.3:80".to_vec() };
+        req.encode(&mut b);
+        let cfg = NodeConfig::decode(&b).unwrap();
+        assert_eq!(EdgeRequest::decode(&b[cfg.encoded_len()..]), Ok(req));
+        assert_eq!(EdgeRequest::decode(&b[cfg.encoded_len()..b.len() - 1]), Err(ConfigError::Truncated));
     }
 
     #[test]

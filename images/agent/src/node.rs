@@ -11,12 +11,13 @@ use alloc::vec::Vec;
 
 use guest_agent::boot::BootParams;
 use guest_agent::node::{
-    stream_op, NodeConfig, NodeStats, Record, RECORD_CONTROL, RECORD_HDR, RECORD_STREAM, STATS_ADDR, STATS_MAGIC,
+    stream_op, EdgeRequest, NodeConfig, NodeStats, Record, RECORD_CONTROL, RECORD_HDR, RECORD_STREAM, STATS_ADDR,
+    STATS_MAGIC,
 };
 use guest_agent::ports;
 use guest_agent::routing::{disjoint_paths, NodeId, Router, Shortest, SourceRoute, Topology, Widest};
 use guest_agent::transport::{Segment, Stream, StreamState};
-use guest_agent::virtio::console::ConsoleEvent;
+use guest_agent::virtio::console::{ConsoleEvent, VirtioConsole};
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::{
     overlay::MAX_PAYLOAD_LEN, seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
@@ -115,6 +116,23 @@ impl Port {
     }
 }
 
+/// The one stream of a request VM on an edge host: the app's connection.
+struct EdgeStream {
+    flow: u32,
+    dst: NodeId,
+    stream: Stream,
+    /// The SOCKS reply has been written to the app.
+    replied: bool,
+    /// The app closed its side.
+    app_closed: bool,
+    /// App bytes the stream had no room for yet.
+    pending: Vec<u8>,
+    /// Stream bytes the console had no room for yet.
+    backlog: Vec<u8>,
+    /// When the stream started closing, to bound the goodbye.
+    closing_since: Option<u64>,
+}
+
 struct Node {
     me: NodeId,
     hop_limit: u8,
@@ -132,6 +150,8 @@ struct Node {
     rr: usize,
     /// Packet ids seen per (source, flow), to deliver redundant copies once.
     seen: BTreeMap<(NodeId, u32), ReplayWindow>,
+    /// On a request VM: its stream.
+    edge: Option<EdgeStream>,
 }
 
 impl Node {
@@ -259,6 +279,15 @@ impl Node {
     fn stream_segment(&mut self, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
         let seg = Segment::parse(payload).map_err(|_| WireError::BadLength)?;
         let now = clock::now_us();
+        if let Some(e) = self.edge.as_mut() {
+            // A request VM has exactly one stream and accepts no others.
+            if e.flow == repr.flow_id && e.dst == repr.src {
+                e.stream.on_segment(now, &seg);
+                self.stats.delivered += 1;
+                return Ok(());
+            }
+            return Err(WireError::NoRoute);
+        }
         match self.flows.get_mut(&repr.flow_id) {
             Some(f) if f.peer == repr.src => f.stream.on_segment(now, &seg),
             // Another source reusing a live flow id: not this stream's.
@@ -465,20 +494,14 @@ fn is_overlay(frame: &[u8]) -> bool {
 }
 
 /// Runs the node until the VM is stopped.
-pub fn run(params: &BootParams) -> ! {
-    let cfg = match NodeConfig::decode(params.args()) {
-        Ok(c) => c,
-        Err(e) => {
-            log!("node: unusable node configuration: {e:?}");
-            io::exit(ports::EXIT_BAD_BOOT);
-        }
-    };
+/// Decodes the node configuration and brings up ports and console.
+fn build(params: &BootParams, cfg: &NodeConfig) -> (Node, VirtioConsole) {
     let devs = nets(params);
     if devs.len() != cfg.ports.len() {
         log!("node: {} virtio-net devices for {} configured ports", devs.len(), cfg.ports.len());
         io::exit(ports::EXIT_BAD_BOOT);
     }
-    let mut con = console(params);
+    let con = console(params);
     let ports: Vec<Port> = devs
         .into_iter()
         .zip(cfg.ports.iter())
@@ -498,7 +521,7 @@ pub fn run(params: &BootParams) -> ! {
             queue: VecDeque::new(),
         })
         .collect();
-    let mut node = Node {
+    let node = Node {
         me: cfg.me,
         hop_limit: cfg.hop_limit,
         shortest: Shortest::compute(&cfg.topology(), cfg.me),
@@ -513,8 +536,65 @@ pub fn run(params: &BootParams) -> ! {
         next_packet_id: 0,
         rr: 0,
         seen: BTreeMap::new(),
+        edge: None,
     };
     node.publish_stats();
+    (node, con)
+}
+
+fn decode_config(params: &BootParams) -> NodeConfig {
+    match NodeConfig::decode(params.args()) {
+        Ok(c) => c,
+        Err(e) => {
+            log!("node: unusable node configuration: {e:?}");
+            io::exit(ports::EXIT_BAD_BOOT);
+        }
+    }
+}
+
+impl Node {
+    /// Takes frames from the links (while the outputs keep up) and handles
+    /// them. Returns whether any came.
+    fn poll_links(&mut self, frames: &mut Vec<(usize, Vec<u8>)>) -> bool {
+        if self.ports.iter().all(|p| p.queue.len() < RECEIVE_BELOW) {
+            for i in 0..self.ports.len() {
+                self.ports[i].dev.receive(|f| frames.push((i, f.to_vec())));
+            }
+        }
+        let worked = !frames.is_empty();
+        for (i, f) in frames.drain(..) {
+            if !is_overlay(&f) {
+                self.stats.drops.not_overlay += 1;
+                continue;
+            }
+            if let Err(e) = self.receive(i, &f) {
+                self.stats.drops.count(e);
+            }
+        }
+        worked
+    }
+
+    /// Hands queued frames to the ports' devices. Returns whether any went.
+    fn flush_links(&mut self) -> bool {
+        let mut worked = false;
+        for p in self.ports.iter_mut() {
+            while let Some(f) = p.queue.front() {
+                if p.dev.send(f).is_err() {
+                    break;
+                }
+                p.queue.pop_front();
+                worked = true;
+            }
+            p.dev.flush();
+        }
+        worked
+    }
+}
+
+/// Runs the node until the VM is stopped.
+pub fn run(params: &BootParams) -> ! {
+    let cfg = decode_config(params);
+    let (mut node, mut con) = build(params, &cfg);
     log!("node {} up: {} ports, originating with {:?}", node.me, node.ports.len(), node.protocol);
     io::ready();
 
@@ -522,23 +602,7 @@ pub fn run(params: &BootParams) -> ! {
     let mut frames: Vec<(usize, Vec<u8>)> = Vec::new();
     let mut pacer = Pacer::new();
     loop {
-        let mut worked = false;
-        // Frames from the links, while the outputs keep up.
-        if node.ports.iter().all(|p| p.queue.len() < RECEIVE_BELOW) {
-            for i in 0..node.ports.len() {
-                node.ports[i].dev.receive(|f| frames.push((i, f.to_vec())));
-            }
-        }
-        for (i, f) in frames.drain(..) {
-            worked = true;
-            if !is_overlay(&f) {
-                node.stats.drops.not_overlay += 1;
-                continue;
-            }
-            if let Err(e) = node.receive(i, &f) {
-                node.stats.drops.count(e);
-            }
-        }
+        let mut worked = node.poll_links(&mut frames);
         // Records from the host, while the ports keep up.
         if node.ports.iter().all(|p| p.queue.len() < ORIGINATE_BELOW) && node.stream_pending() < MAX_STREAM_PENDING {
             while con.receive_one(|ev| {
@@ -566,17 +630,7 @@ pub fn run(params: &BootParams) -> ! {
         if !node.flows.is_empty() {
             worked |= node.pump_streams();
         }
-        // Out to the links.
-        for p in node.ports.iter_mut() {
-            while let Some(f) = p.queue.front() {
-                if p.dev.send(f).is_err() {
-                    break;
-                }
-                p.queue.pop_front();
-                worked = true;
-            }
-            p.dev.flush();
-        }
+        worked |= node.flush_links();
         // Deliveries to the host.
         if !node.deliver.is_empty() {
             let n = con.send(&node.deliver);
@@ -584,6 +638,133 @@ pub fn run(params: &BootParams) -> ! {
             worked |= n > 0;
         }
         con.flush();
+        if worked {
+            node.publish_stats();
+        }
+        pacer.tick(worked);
+    }
+}
+
+/// SOCKS5 replies the request VM writes to the app (RFC 1928: version,
+/// code, reserved, IPv4, 0.0.0.0:0).
+const SOCKS_OK: [u8; 10] = [5, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+const SOCKS_REFUSED: [u8; 10] = [5, 5, 0, 1, 0, 0, 0, 0, 0, 0];
+/// How long a closing stream may wait for its peer before the VM leaves.
+const GOODBYE_US: u64 = 1_000_000;
+
+/// A request VM: carries one app connection (the console, after the edge
+/// daemon's SOCKS handshake) as a stream to the service on the
+/// destination node, answers the SOCKS request when the stream is up or
+/// refused, and exits when the connection is over.
+pub fn run_edge(params: &BootParams) -> ! {
+    let cfg = decode_config(params);
+    let req = match EdgeRequest::decode(params.args().get(cfg.encoded_len()..).unwrap_or(&[])) {
+        Ok(r) => r,
+        Err(e) => {
+            log!("edge: unusable request: {e:?}");
+            io::exit(ports::EXIT_BAD_BOOT);
+        }
+    };
+    let (mut node, mut con) = build(params, &cfg);
+    node.edge = Some(EdgeStream {
+        flow: req.flow,
+        dst: req.dst,
+        stream: Stream::connect(&req.target),
+        replied: false,
+        app_closed: false,
+        pending: Vec::new(),
+        backlog: Vec::new(),
+        closing_since: None,
+    });
+    io::ready();
+    let mut frames: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut pacer = Pacer::new();
+    loop {
+        let mut worked = node.poll_links(&mut frames);
+        let now = clock::now_us();
+        let (protocol, hop_limit, me) = (node.protocol, node.hop_limit, node.me);
+        let mut segments: Vec<Vec<u8>> = Vec::new();
+        let Some(e) = node.edge.as_mut() else { io::exit(0) };
+        let state = e.stream.state();
+        // The SOCKS answer, once the stream is up or refused.
+        if !e.replied && matches!(state, StreamState::Established | StreamState::Reset | StreamState::Closed) {
+            let reply = if state == StreamState::Reset { &SOCKS_REFUSED } else { &SOCKS_OK };
+            if con.send(reply) == reply.len() {
+                e.replied = true;
+                worked = true;
+            }
+        }
+        // App to stream.
+        if e.replied && state == StreamState::Established {
+            while e.pending.len() < 64 * 1024 && !e.app_closed {
+                let got = con.receive_one(|ev| match ev {
+                    ConsoleEvent::Data(d) => e.pending.extend_from_slice(d),
+                    ConsoleEvent::Closed => e.app_closed = true,
+                });
+                if !got {
+                    break;
+                }
+                worked = true;
+            }
+            if !e.pending.is_empty() {
+                let n = e.stream.write(&e.pending);
+                e.pending.drain(..n);
+                worked |= n > 0;
+            }
+        }
+        // Stream to app.
+        if e.replied {
+            let mut data = Vec::new();
+            if e.stream.read(&mut data, 64 * 1024) > 0 {
+                e.backlog.extend_from_slice(&data);
+            }
+            if !e.backlog.is_empty() {
+                let n = con.send(&e.backlog);
+                e.backlog.drain(..n);
+                worked |= n > 0;
+            }
+        }
+        // Either side done: close ours (the app sees its end when the VM
+        // exits and the VMM closes the connection).
+        let service_done = e.stream.peer_finished() && e.backlog.is_empty();
+        if (e.app_closed && e.pending.is_empty()) || service_done {
+            e.stream.close();
+            e.closing_since.get_or_insert(now);
+        }
+        let mut seg = Vec::new();
+        while e.stream.poll_transmit(now, &mut seg) {
+            segments.push(core::mem::take(&mut seg));
+        }
+        let (flow, dst) = (e.flow, e.dst);
+        let finished = match e.stream.state() {
+            StreamState::Closed => true,
+            StreamState::Reset => e.replied,
+            _ => e.closing_since.is_some_and(|t| now.saturating_sub(t) > GOODBYE_US),
+        };
+        for seg in segments {
+            worked = true;
+            let repr = OverlayRepr {
+                protocol,
+                flags: FLAG_STREAM,
+                hop_limit,
+                flow_id: flow,
+                src: me,
+                dst,
+                state_len: 0,
+                payload_len: seg.len() as u16,
+                link_id: 0,
+                link_seq: 0,
+            };
+            if let Err(err) = node.send_from_here(repr, &seg) {
+                node.stats.drops.count(err);
+            }
+        }
+        worked |= node.flush_links();
+        con.flush();
+        if finished && con.tx_drained() && node.ports.iter().all(|p| p.queue.is_empty()) {
+            node.publish_stats();
+            io::exit(0);
+        }
         if worked {
             node.publish_stats();
         }

@@ -116,6 +116,7 @@ pub fn run(role: Role, params: &BootParams) -> ! {
             }
         }
         Role::Node => crate::node::run(params),
+        Role::Edge => crate::node::run_edge(params),
         Role::Panic => {
             io::ready();
             panic!("role 'panic' asked for a panic");

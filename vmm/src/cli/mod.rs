@@ -2,6 +2,7 @@
 
 mod bench;
 mod boot;
+mod edge;
 mod explain;
 mod node;
 mod topo;
@@ -41,6 +42,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Show which routing protocol an app's criteria select, and why.
     Explain(explain::ExplainArgs),
+    /// The edge host's SOCKS5 front door: one microVM per connection.
+    Edge(edge::EdgeArgs),
 }
 
 /// The guest image to use when `--image` is not given: `$PATHVM_IMAGE`,
@@ -130,6 +133,7 @@ pub fn main() -> i32 {
         Command::Topo(cmd) => topo::run(cmd),
         Command::Node(args) => node::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Edge(args) => edge::run(args),
     };
     match result {
         Ok(code) => code,

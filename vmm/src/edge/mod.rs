@@ -3,9 +3,9 @@
 //!
 //! - [`socks`]: the SOCKS5 front door (RFC 1928 CONNECT, RFC 1929
 //!   username/password, whose username may carry criteria);
-//! - [`peer`]: which process is on the other end of a loopback connection.
-//!
-//! The daemon that ties these to a VM per request follows.
+//! - [`peer`]: which process is on the other end of a loopback connection;
+//! - [`request`]: the VM spawned for one request.
 
 pub mod peer;
+pub mod request;
 pub mod socks;

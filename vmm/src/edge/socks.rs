@@ -81,6 +81,21 @@ pub struct Request {
     /// The RFC 1929 username, if the client authenticated (it may carry
     /// criteria: `pathvm:latency=require,...`).
     pub username: Option<String>,
+    /// The RFC 1929 password (carries the criteria when the username is
+    /// just `pathvm`, as `curl --proxy-user pathvm:latency=require` sends).
+    pub password: Option<String>,
+}
+
+impl Request {
+    /// The criteria string the client sent, if any: the username, or the
+    /// password when the username is `pathvm`.
+    pub fn criteria(&self) -> Option<&str> {
+        match self.username.as_deref() {
+            Some("pathvm") => self.password.as_deref(),
+            Some(u) if !u.is_empty() => Some(u),
+            _ => None,
+        }
+    }
 }
 
 /// Why a handshake failed.
@@ -152,7 +167,7 @@ pub fn accept<S: Read + Write>(s: &mut S) -> Result<Request, SocksError> {
         return Err(SocksError::NoMethod);
     };
     s.write_all(&[VERSION, method])?;
-    let username = if method == METHOD_USERPASS {
+    let (username, password) = if method == METHOD_USERPASS {
         if byte(s)? != AUTH_VERSION {
             s.write_all(&[AUTH_VERSION, 1])?;
             return Err(SocksError::BadAuth);
@@ -160,15 +175,15 @@ pub fn accept<S: Read + Write>(s: &mut S) -> Result<Request, SocksError> {
         let ulen = byte(s)? as usize;
         let user = bytes(s, ulen)?;
         let plen = byte(s)? as usize;
-        let _password = bytes(s, plen)?;
-        let Ok(user) = String::from_utf8(user) else {
+        let password = bytes(s, plen)?;
+        let (Ok(user), Ok(password)) = (String::from_utf8(user), String::from_utf8(password)) else {
             s.write_all(&[AUTH_VERSION, 1])?;
             return Err(SocksError::BadAuth);
         };
         s.write_all(&[AUTH_VERSION, 0])?;
-        Some(user)
+        (Some(user), Some(password))
     } else {
-        None
+        (None, None)
     };
     let head = bytes(s, 4)?;
     if head[0] != VERSION {
@@ -182,7 +197,7 @@ pub fn accept<S: Read + Write>(s: &mut S) -> Result<Request, SocksError> {
         }
     });
     match result {
-        Ok(target) => Ok(Request { target, username }),
+        Ok(target) => Ok(Request { target, username, password }),
         Err(e) => {
             if let Some(code) = e.reply() {
                 reply(s, code)?;
@@ -262,7 +277,7 @@ mod tests {
         let mut s = Script::new(&[5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 3, 0x1f, 0x90]);
         let r = accept(&mut s).unwrap();
         assert_eq!(r.target, Target::Addr("10.0.0.3:8080".parse().unwrap()));
-        assert_eq!(r.username, None);
+        assert_eq!((r.username.as_deref(), r.criteria()), (None, None));
         assert_eq!(s.output, [5, 0]);
     }
 
@@ -279,7 +294,19 @@ mod tests {
         let r = accept(&mut s).unwrap();
         assert_eq!(r.target, Target::Domain("service.c".into(), 80));
         assert_eq!(r.username.as_deref(), Some("pathvm:latency=require"));
+        assert_eq!(r.criteria(), Some("pathvm:latency=require"));
         assert_eq!(s.output, [5, 2, 1, 0]);
+    }
+
+    #[test]
+    fn criteria_in_the_password_when_the_user_is_pathvm() {
+        let mut msg = vec![5, 1, 2, 1, 6];
+        msg.extend_from_slice(b"pathvm");
+        msg.push(15);
+        msg.extend_from_slice(b"latency=require");
+        msg.extend_from_slice(&[5, 1, 0, 1, 10, 0, 0, 3, 0, 80]);
+        let r = accept(&mut Script::new(&msg)).unwrap();
+        assert_eq!(r.criteria(), Some("latency=require"));
     }
 
     #[test]

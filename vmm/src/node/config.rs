@@ -90,6 +90,19 @@ pub enum PortBackend {
     Tap,
 }
 
+/// A host of the topology, by name, node id and addresses (so an edge can
+/// tell which node a destination is on).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostAddrs {
+    /// Host name.
+    pub name: String,
+    /// Its node id.
+    pub node: NodeId,
+    /// Its IPv4 addresses.
+    pub addrs: Vec<String>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +121,9 @@ pub struct NodeFile {
     pub protocol: String,
     /// Ports.
     pub port: Vec<PortSpec>,
+    /// Every host of the topology (for edges resolving destinations).
+    #[serde(default)]
+    pub host: Vec<HostAddrs>,
     /// Topology.
     pub link: Vec<TopoLinkSpec>,
 }
@@ -222,6 +238,7 @@ mod tests {
             mem_mib: 64,
             backend: PortBackend::VhostUser,
             protocol: "widest".into(),
+            host: vec![],
             port: vec![PortSpec {
                 iface: "ln0".into(),
                 tap: "tap0".into(),

@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-pub use config::{NodeFile, NodeFileError, PortBackend, PortSpec, TopoLinkSpec};
+pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, TopoLinkSpec};
 pub use plumbing::{Intake, IntakeError};
 
 use guest_agent::boot::Role;

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 pub use file::{HostSpec, LinkSpec, TopologyFile};
 
-use crate::node::{NodeFile, PortSpec, TopoLinkSpec};
+use crate::node::{HostAddrs, NodeFile, PortSpec, TopoLinkSpec};
 
 /// Each side of a link may send under 2^16 directed link ids.
 const LINK_SPAN_BITS: u32 = 16;
@@ -307,6 +307,24 @@ impl Topo {
             .collect();
         let dir = Path::new(STATE_DIR).join(&self.name);
         fs::create_dir_all(&dir).map_err(|source| TopoError::Write { path: dir.clone(), source })?;
+        let hosts: Vec<HostAddrs> = self
+            .file
+            .hosts
+            .iter()
+            .map(|h| HostAddrs {
+                name: h.name.clone(),
+                node: h.id,
+                addrs: self
+                    .file
+                    .links
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| {
+                        (l.a == h.name).then(|| Self::addr(i, 1)).or_else(|| (l.b == h.name).then(|| Self::addr(i, 2)))
+                    })
+                    .collect(),
+            })
+            .collect();
         for h in &self.file.hosts {
             let mut ports = Vec::new();
             for (i, l) in self.file.links.iter().enumerate() {
@@ -341,6 +359,7 @@ impl Topo {
                 mem_mib: 64,
                 backend: Default::default(),
                 protocol: "shortest".into(),
+                host: hosts.clone(),
                 port: ports,
                 link: links.clone(),
             };

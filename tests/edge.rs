@@ -1,0 +1,163 @@
+//! The whole path, as an application sees it: curl through pathvm's SOCKS5
+//! front door on A; a fresh VM for the request carries the stream through
+//! relay B's VM to C's VM, whose host connects the HTTP server on C.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pathvm_tests::*;
+
+/// An HTTP/1.0 server in `ns` answering every request with `body`.
+fn http_server(ns: &str, body: Vec<u8>) -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let l = TcpListener::bind("0.0.0.0:0").unwrap();
+            tx.send(l.local_addr().unwrap().port()).unwrap();
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(&body));
+                });
+            }
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+}
+
+struct Edge {
+    child: ChildGuard,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Starts `pathvm edge` in A's namespace and waits until it listens.
+fn start_edge(topo: &TopoGuard) -> Edge {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
+    c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = ChildGuard::new(c.spawn().unwrap());
+    let err = child.get().stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("SOCKS5 on") {
+                let _ = tx.send(());
+            }
+            let mut g = l2.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("edge listening");
+    Edge { child, log }
+}
+
+/// `curl` through the edge from A's namespace; (exit code, body).
+fn curl(topo: &TopoGuard, url: &str, proxy_user: Option<&str>) -> (Option<i32>, Vec<u8>) {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &topo.netns("a"),
+        "curl",
+        "-s",
+        "--max-time",
+        "60",
+        "--socks5-hostname",
+        "127.0.0.1:1080",
+    ]);
+    if let Some(u) = proxy_user {
+        c.args(["--proxy-user", u]);
+    }
+    let out = c.arg(url).output().unwrap();
+    (out.status.code(), out.stdout)
+}
+
+#[test]
+fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let body = random_bytes(20 << 20, 5);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let edge = start_edge(&topo);
+
+    // By host name and by address; each request in a VM of its own.
+    let (code, got) = curl(&topo, &format!("http://c:{port}/file"), None);
+    assert_eq!(code, Some(0));
+    assert_eq!(sha256(&got), sha256(&body), "20 MiB through pathvm differ ({} bytes)", got.len());
+    let (code, got) = curl(&topo, &format!("http://10.231.1.2:{port}/file"), Some("pathvm:latency=require"));
+    assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
+
+    // Failures get SOCKS errors (curl: 97), not hangs.
+    let (code, _) = curl(&topo, "http://c:1/", None);
+    assert_eq!(code, Some(97), "service down");
+    let (code, _) = curl(&topo, "http://nowhere:80/", None);
+    assert_eq!(code, Some(97), "unknown destination");
+    let (code, _) = curl(&topo, &format!("http://c:{port}/file"), Some("pathvm:anonymity=require"));
+    assert_eq!(code, Some(97), "criteria no protocol meets");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let log = edge.log.lock().unwrap().clone();
+    let vms = log.matches(" done in ").count();
+    assert_eq!(vms, 3, "one VM per request that reached a VM, each destroyed after:\n{log}");
+    assert!(log.contains("refused (HostUnreachable)") && log.contains("refused (NotAllowed)"), "{log}");
+    let filters = Command::new("ip")
+        .args(["netns", "exec", &topo.netns("a"), "tc", "filter", "show", "dev", "ln0", "ingress"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&filters.stdout).contains("mirred"), "request steering left behind");
+    drop(edge.child);
+}
+
+#[test]
+fn ten_concurrent_requests_each_complete_in_their_own_vm() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let body = random_bytes(256 << 10, 8);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let edge = start_edge(&topo);
+    let topo = std::sync::Arc::new(topo);
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let topo = topo.clone();
+            std::thread::spawn(move || curl(&topo, &format!("http://c:{port}/x"), None))
+        })
+        .collect();
+    for h in handles {
+        let (code, got) = h.join().unwrap();
+        assert_eq!((code, got.len()), (Some(0), body.len()));
+        assert_eq!(sha256(&got), sha256(&body));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = edge.log.lock().unwrap().clone();
+    let flows: std::collections::HashSet<&str> =
+        log.lines().filter(|l| l.contains(" done in ")).filter_map(|l| l.split_whitespace().nth(3)).collect();
+    assert_eq!(flows.len(), 10, "ten VMs, ten flows:\n{log}");
+    drop(edge.child);
+}

@@ -1,0 +1,191 @@
+//! One request, one VM: the edge host's half of a connection.
+//!
+//! The request VM gets a port per link of the edge host: a tap the VMM
+//! serves, joined to the link by tc (frames it sends go out of the link;
+//! frames from the link carrying its flow id come to it), and a directed
+//! link id of its own from the edge side's span, so relays keep its
+//! sequence numbers and key apart from every other sender's. Its console is
+//! the application's connection, after the SOCKS handshake: the agent
+//! writes the SOCKS reply itself once the stream to the service is up or
+//! refused, then carries the bytes.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use guest_agent::boot::Role;
+use guest_agent::node::{EdgeRequest, NodeConfig};
+use thiserror::Error;
+
+use crate::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
+use crate::kvm::KvmContext;
+use crate::loader::AgentImage;
+use crate::node::{NodeFile, NodeFileError};
+use crate::topo::shell;
+use crate::vcpu::{ExitReason, GuestLog};
+use crate::vm::VmError;
+
+/// Why a request VM could not run.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// The edge's configuration.
+    #[error(transparent)]
+    Config(#[from] NodeFileError),
+    /// Building the VM.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Running it.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Joining its tap to the links.
+    #[error("request VM steering: {0}")]
+    Steering(#[from] crate::topo::TopoError),
+}
+
+/// What one request needs.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    /// Flow id of its stream (random, so relays' flow tables do not collide).
+    pub flow: u32,
+    /// Destination node.
+    pub dst: u16,
+    /// `host:port` for the destination node to connect.
+    pub target: String,
+    /// Routing protocol (wire id).
+    pub protocol: u8,
+    /// From [`SlotAllocator::alloc`].
+    pub slot: u32,
+}
+
+/// Hands out request slots (a link-id offset and a tc priority each).
+///
+/// Relays remember each sender id's sequence numbers, so an id must never
+/// be reused by a new VM starting again at sequence 1: the next slot is
+/// kept in a file beside the edge's configuration and survives restarts.
+pub struct SlotAllocator {
+    path: PathBuf,
+    next: Mutex<u32>,
+}
+
+impl SlotAllocator {
+    /// Continues from the slot recorded at `path` (1 if none).
+    pub fn open(path: PathBuf) -> Self {
+        let next = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1);
+        Self { path, next: Mutex::new(next) }
+    }
+
+    /// A slot no earlier request of this edge used.
+    pub fn alloc(&self) -> u32 {
+        let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = *n;
+        *n = n.wrapping_add(1).max(1);
+        // Best effort: an unwritable state dir costs reuse after a restart,
+        // which relays then refuse (as replays), not a security hole.
+        let _ = std::fs::write(&self.path, format!("{}\n", *n));
+        slot
+    }
+}
+
+/// tc steering of one request VM; removed on drop.
+struct Steering {
+    filters: Vec<(String, u32)>,
+}
+
+impl Steering {
+    fn up(taps_and_links: &[(String, String)], flow: u32, prio: u32) -> Result<Self, crate::topo::TopoError> {
+        let mut s = Self { filters: Vec::new() };
+        for (tap, link) in taps_and_links {
+            shell::run(&["ip", "link", "set", "dev", tap, "up"])?;
+            shell::quiet(&["tc", "qdisc", "add", "dev", link, "ingress"]);
+            let (flow_s, prio_s) = (format!("{flow:#010x}"), prio.to_string());
+            // The overlay flow id sits 4 bytes into the overlay header,
+            // which starts where tc's u32 offsets start (after Ethernet).
+            shell::run(&[
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                link,
+                "parent",
+                "ffff:",
+                "prio",
+                &prio_s,
+                "protocol",
+                "all",
+                "u32",
+                "match",
+                "u32",
+                &flow_s,
+                "0xffffffff",
+                "at",
+                "4",
+                "action",
+                "mirred",
+                "egress",
+                "redirect",
+                "dev",
+                tap,
+            ])?;
+            s.filters.push((link.clone(), prio));
+            shell::run(&["tc", "qdisc", "add", "dev", tap, "ingress"])?;
+            shell::run(&[
+                "tc", "filter", "add", "dev", tap, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0",
+                "0", "action", "mirred", "egress", "redirect", "dev", link,
+            ])?;
+        }
+        Ok(s)
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        for (link, prio) in &self.filters {
+            shell::quiet(&["tc", "filter", "del", "dev", link, "parent", "ffff:", "prio", &prio.to_string()]);
+        }
+    }
+}
+
+/// Runs the request VM for `spec` with `app` (the client's socket, SOCKS
+/// request already read) as its console, until the connection ends.
+pub fn run(
+    kvm: &KvmContext,
+    image: &AgentImage,
+    edge: &NodeFile,
+    spec: &RequestSpec,
+    app: OwnedFd,
+    guest_log: GuestLog,
+) -> Result<ExitReason, RequestError> {
+    let slot = spec.slot;
+    let mut cfg: NodeConfig = edge.node_config()?;
+    cfg.protocol = spec.protocol;
+    let mut nets = Vec::new();
+    let mut steer = Vec::new();
+    for (i, (pc, ps)) in cfg.ports.iter_mut().zip(&edge.port).enumerate() {
+        // Offset 0 of the span is the edge host's node; requests take the rest.
+        let offset = 1 + slot % ps.tx_link_span.saturating_sub(1).max(1);
+        pc.tx_link_id = ps.tx_link_id + offset;
+        let tap = format!("r{:08x}{i}", spec.flow);
+        nets.push(NetConfig {
+            tap: tap.clone(),
+            vhost_user: None,
+            ip: None,
+            mac: crate::node::parse_mac(&ps.mac).ok(),
+        });
+        steer.push((tap, ps.iface.clone()));
+    }
+    let mut args = Vec::new();
+    cfg.encode(&mut args);
+    EdgeRequest { dst: spec.dst, flow: spec.flow, target: spec.target.as_bytes().to_vec() }.encode(&mut args);
+    let vm_cfg = VmConfig {
+        mem_mib: edge.mem_mib.min(64),
+        role: Role::Edge,
+        console: Some(ConsoleConfig::Stream(UnixStream::from(app))),
+        nets,
+        args,
+        guest_log,
+    };
+    let vm = build_vm(kvm, image, vm_cfg)?;
+    let _steering = Steering::up(&steer, spec.flow, 1 + slot % 40_000)?;
+    Ok(vm.run()?.reason)
+}
