@@ -8,7 +8,7 @@ CARGO      ?= cargo
 TARGET     := x86_64-unknown-linux-gnu
 IMAGE      := images/out/agent.elf
 AGENT_ELF  := images/agent/target/$(TARGET)/release/pathvm-agent
-APT_PKGS   := iproute2 iputils-ping qemu-system-x86 nftables
+APT_PKGS   := iproute2 iputils-ping qemu-system-x86 nftables curl
 PATHVM     := target/release/pathvm
 
 .PHONY: all deps image build demo test bench lint clean
@@ -30,9 +30,9 @@ image:
 	cp $(AGENT_ELF) $(IMAGE)
 	@echo "guest image: $(IMAGE) ($$(stat -c %s $(IMAGE)) bytes)"
 
-## build: the guest image and the pathvm binary (release)
+## build: the guest image, the pathvm binary and its preload shim (release)
 build: image
-	$(CARGO) build --release --locked --bins
+	$(CARGO) build --release --locked --workspace
 
 ## demo: build everything and show it working with real VMs
 demo: deps build
@@ -40,7 +40,7 @@ demo: deps build
 
 ## test: install what tests need, then run every test
 test: deps image
-	$(CARGO) build --locked --bins
+	$(CARGO) build --locked --workspace
 	PATHVM_IMAGE=$(CURDIR)/$(IMAGE) $(CARGO) test --locked --workspace
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings

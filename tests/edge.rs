@@ -161,3 +161,30 @@ fn ten_concurrent_requests_each_complete_in_their_own_vm() {
     assert_eq!(flows.len(), 10, "ten VMs, ten flows:\n{log}");
     drop(edge.child);
 }
+
+#[test]
+fn pathvm_run_carries_an_unmodified_curl_through_the_edge() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let body = random_bytes(1 << 20, 21);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let edge = start_edge(&topo);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.netns("a")])
+        .arg(pathvm_bin())
+        .args(["run", "--criteria", "latency=require", "--", "curl", "-s", "--max-time", "60"])
+        .arg(format!("http://10.231.1.2:{port}/file"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sha256(&out.stdout), sha256(&body));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = edge.log.lock().unwrap().clone();
+    assert!(log.contains("/usr/bin/curl -> 10.231.1.2:") && log.contains("criteria latency=require"), "{log}");
+    drop(edge.child);
+}

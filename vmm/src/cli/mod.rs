@@ -5,6 +5,7 @@ mod boot;
 mod edge;
 mod explain;
 mod node;
+mod run;
 mod topo;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// The edge host's SOCKS5 front door: one microVM per connection.
     Edge(edge::EdgeArgs),
+    /// Start an unmodified app whose TCP connections go through the edge.
+    Run(run::RunArgs),
 }
 
 /// The guest image to use when `--image` is not given: `$PATHVM_IMAGE`,
@@ -134,6 +137,7 @@ pub fn main() -> i32 {
         Command::Node(args) => node::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Edge(args) => edge::run(args),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,
