@@ -48,31 +48,37 @@ kill -TERM "$VM_PID"; wait "$VM_PID" || true; VM_PID=""
 echo "virtio-net counters: $(tr -d ' \n' < "/tmp/$NS.ping.json" | grep -o '"net":\[{[^}]*}')"
 rm -f "/tmp/$NS.ping.json"
 
-step "3. three hosts: A's node VM sends 1000 datagrams to C through relay B's node VM"
+step "3. an app's connection in a VM of its own: curl -> SOCKS5 edge on A -> relay VM on B -> VM on C -> HTTP server on C"
 "$PATHVM" topo up "$TOPO" --name "$TNAME"
 D="/tmp/$TNAME"
-mkdir -p "$D"
-ip netns exec "$TNAME-c" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/c.toml" --quiet --metrics "$D/c.json" < /dev/null > "$D/delivered.bin" &
+mkdir -p "$D/www"
+head -c 10485760 /dev/urandom > "$D/www/file.bin"
+ip netns exec "$TNAME-c" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$D/www" > /dev/null 2>&1 &
+HTTP_PID=$!
+ip netns exec "$TNAME-c" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/c.toml" --quiet --metrics "$D/c.json" < /dev/null > /dev/null &
 C_PID=$!
 ip netns exec "$TNAME-b" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/b.toml" --quiet --metrics "$D/b.json" < /dev/null > /dev/null &
 B_PID=$!
-sleep 1
+ip netns exec "$TNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$TNAME/a.toml" 2> "$D/edge.log" &
+E_PID=$!
+sleep 1.5
+echo "-- the decision for curl asking for low latency:"
+"$PATHVM" explain --app curl --criteria latency=require --manifests /nonexistent
 before=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
-python3 - "$D/records.bin" <<'PY'
-import struct, sys, hashlib
-with open(sys.argv[1], "wb") as f:
-    for i in range(1000):
-        p = hashlib.sha256(str(i).encode()).digest() * 8   # 256 bytes
-        f.write(struct.pack(">HIH", 3, i, len(p)) + p)
-PY
-ip netns exec "$TNAME-a" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/a.toml" --quiet --metrics "$D/a.json" < "$D/records.bin" > /dev/null &
-A_PID=$!
-for _ in $(seq 100); do [ "$(stat -c %s "$D/delivered.bin")" -ge $((1000 * 264)) ] && break; sleep 0.1; done
+echo "-- curl --socks5-hostname 127.0.0.1:1080 --proxy-user pathvm:latency=require http://c:8080/file.bin"
+start=$(date +%s%N)
+ip netns exec "$TNAME-a" curl -s --max-time 60 --socks5-hostname 127.0.0.1:1080 --proxy-user pathvm:latency=require http://c:8080/file.bin -o "$D/got.bin"
+end=$(date +%s%N)
+echo "10 MiB in $(( (end - start) / 1000000 )) ms; sha256 sent $(sha256sum < "$D/www/file.bin" | cut -c1-16)…, received $(sha256sum < "$D/got.bin" | cut -c1-16)…"
+cmp -s "$D/www/file.bin" "$D/got.bin" && echo "identical: yes" || { echo "identical: NO"; exit 1; }
+echo "-- the same, transparently: pathvm run -- curl http://10.231.1.2:8080/file.bin"
+ip netns exec "$TNAME-a" "$PATHVM" run -- curl -s --max-time 60 http://10.231.1.2:8080/file.bin | cmp -s - "$D/www/file.bin" && echo "identical: yes"
 after=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
-kill -TERM $A_PID $B_PID $C_PID; wait $A_PID $B_PID $C_PID 2>/dev/null || true
-echo "delivered at C: $(( $(stat -c %s "$D/delivered.bin") / 264 )) of 1000 datagrams"
-echo "B's node VM forwarded: $(grep -o '"forwarded": [0-9]*' "$D/b.json" | cut -d' ' -f2); B's host IP stack received: $((after - before)) packets"
-echo "B's drops by reason: $(tr -d ' \n' < "$D/b.json" | grep -o '"drops":{[^}]*}')"
+sleep 0.5
+kill -TERM $E_PID $B_PID $C_PID $HTTP_PID; wait $E_PID $B_PID $C_PID $HTTP_PID 2>/dev/null || true
+echo "-- the edge's log (one VM per request):"
+sed 's/^/   /' "$D/edge.log"
+echo "-- the path: B's relay VM forwarded $(grep -o '"forwarded": [0-9]*' "$D/b.json" | cut -d' ' -f2) packets, B's host IP stack received $((after - before)); C's VM took $(grep -o '"delivered": [0-9]*' "$D/c.json" | cut -d' ' -f2) packets"
 rm -rf "$D"
 "$PATHVM" topo down "$TOPO" --name "$TNAME"
 
