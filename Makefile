@@ -45,10 +45,11 @@ test: deps image
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## bench: spawn beside QEMU microvm; relay beside kernel forwarding
+## bench: spawn beside QEMU microvm; relay and connect beside the kernel
 bench: deps build
 	$(PATHVM) bench spawn -n 200 --compare-qemu --json --image $(IMAGE)
 	$(PATHVM) bench relay --json --image $(IMAGE)
+	$(PATHVM) bench connect --json --image $(IMAGE)
 
 ## lint: formatting and clippy only
 lint:

@@ -188,3 +188,17 @@ fn pathvm_run_carries_an_unmodified_curl_through_the_edge() {
     assert!(log.contains("/usr/bin/curl -> 10.231.1.2:") && log.contains("criteria latency=require"), "{log}");
     drop(edge.child);
 }
+
+#[test]
+fn connect_benchmark_prints_its_fields_beside_kernel_routing() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let out = Command::new(pathvm_bin()).args(["bench", "connect", "--json", "--image"]).arg(image()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for f in ["connect_p50_ms", "connect_p99_ms", "direct_connect_p50_ms", "throughput_mbps", "kernel_throughput_mbps"]
+    {
+        assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f} missing or zero: {r}");
+    }
+}

@@ -1,6 +1,8 @@
 //! Measurements behind `pathvm bench`: each reports medians and p99 beside
 //! a baseline measured in the same run, as JSON.
 
+pub mod connect;
+pub mod hosts;
 pub mod netns_io;
 pub mod relay;
 pub mod spawn;

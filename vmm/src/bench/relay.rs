@@ -11,12 +11,12 @@
 //! send to C's receive of a tagged probe, one probe at a time.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_agent::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol};
 use serde::Serialize;
 
+use super::hosts::{start_node, Down};
 use super::netns_io::{in_netns, pin_to, rx_packets, RawSocket};
 use super::{machine, percentile};
 use crate::node::NodeFile;
@@ -66,29 +66,12 @@ pub enum RelayBenchError {
     /// Traffic or processes.
     #[error("relay benchmark: {0}")]
     Io(#[from] std::io::Error),
-    /// B's node never came up.
-    #[error("B's node VM did not start: {0}")]
-    Node(String),
-}
-
-/// Kills and reaps a child on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        // SAFETY: signals our own child by PID, then reaps it.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-/// Takes the topology down on drop.
-struct Down<'a>(&'a Topo);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        self.0.down();
-    }
+    /// A daemon never came up.
+    #[error(transparent)]
+    Daemon(#[from] super::hosts::DaemonError),
+    /// A's configuration has no port.
+    #[error("the edge host has no port")]
+    NoPort,
 }
 
 /// A frame source: kernel UDP or sealed overlay frames.
@@ -250,38 +233,6 @@ fn measure_latency(t: &Topo, src: &Source, seq0: &mut u64) -> std::io::Result<Ve
     Ok(times)
 }
 
-fn start_node(exe: &Path, image: &Path, t: &Topo, host: &str) -> Result<Reaped, RelayBenchError> {
-    use std::io::BufRead;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &t.netns(host), "taskset", "-c", "0"])
-        .arg(exe)
-        .args(["node", "--image"])
-        .arg(image)
-        .arg("--config")
-        .arg(t.node_config_path(host))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let err = child.stderr.take().ok_or_else(|| RelayBenchError::Node("no stderr".into()))?;
-    let node = Reaped(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains(" up: ") {
-                let _ = tx.send(Ok(()));
-            } else if line.contains("error") {
-                let _ = tx.send(Err(line));
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Ok(())) => Ok(node),
-        Ok(Err(line)) => Err(RelayBenchError::Node(line)),
-        Err(_) => Err(RelayBenchError::Node("no ready line within 20 s".into())),
-    }
-}
-
 /// Runs the benchmark on `topo_file` (line3), sending for `window` per rate.
 pub fn run(exe: &Path, image: &Path, topo_file: &Path, window: Duration) -> Result<RelayReport, RelayBenchError> {
     // A name of its own, so concurrent runs (or a test) never collide.
@@ -314,14 +265,14 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path, window: Duration) -> Resu
 
     // A plays its own node: its link key and ids come from its config.
     let a_cfg = NodeFile::load(&t.node_config_path("a"))?.node_config()?;
-    let port = a_cfg.ports.first().ok_or_else(|| RelayBenchError::Node("A has no port".into()))?;
+    let port = a_cfg.ports.first().ok_or(RelayBenchError::NoPort)?;
     let relay = Source::Relay {
         link_id: port.tx_link_id,
         key: port.key,
         eth: EthAddrs { dst: port.peer_mac, src: Topo::mac(0, 1) },
         dst_node: t.file.host_id("c"),
     };
-    let _b = start_node(exe, image, &t, "b")?;
+    let _b = start_node(exe, image, &t, "b", true)?;
     let r_lat = measure_latency(&t, &relay, &mut seq)?;
     let (r64, offered64) = measure_rate(&t, &relay, 64, window, &mut seq)?;
     let (r1400, _) = measure_rate(&t, &relay, 1400, window, &mut seq)?;

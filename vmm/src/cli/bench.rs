@@ -15,6 +15,23 @@ pub enum BenchCommand {
     /// Packet rates and per-hop latency through relay B's node VM beside
     /// kernel forwarding through B, on line3 test hosts made for the run.
     Relay(RelayArgs),
+    /// Connect-to-first-byte and one flow's throughput through pathvm
+    /// (edge, a VM per request, relay, destination VM) beside kernel routing.
+    Connect(ConnectArgs),
+}
+
+/// Arguments of `pathvm bench connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Guest image. Default: $PATHVM_IMAGE, else images/out/agent.elf.
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// Topology (hosts a, b, c in a line, like line3).
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/topologies/line3.toml"))]
+    topology: PathBuf,
+    /// Print one JSON object (the output is JSON either way).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `pathvm bench relay`.
@@ -69,6 +86,14 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             let kvm = Arc::new(KvmContext::open()?);
             let qemu = a.compare_qemu.then_some(a.qemu.as_path());
             let report = vmm::bench::spawn::run(&kvm, &image, a.count, a.mem, qemu)?;
+            let _ = a.json;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(0)
+        }
+        BenchCommand::Connect(a) => {
+            let image = a.image.unwrap_or_else(super::default_image);
+            let exe = std::env::current_exe()?;
+            let report = vmm::bench::connect::run(&exe, &image, &a.topology)?;
             let _ = a.json;
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
