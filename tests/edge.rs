@@ -45,9 +45,15 @@ struct Edge {
 
 /// Starts `pathvm edge` in A's namespace and waits until it listens.
 fn start_edge(topo: &TopoGuard) -> Edge {
+    start_edge_with(topo, std::path::Path::new("/nonexistent"))
+}
+
+/// The same, with a manifest directory.
+fn start_edge_with(topo: &TopoGuard, manifests: &std::path::Path) -> Edge {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
     c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
+    c.arg("--manifests").arg(manifests);
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = ChildGuard::new(c.spawn().unwrap());
     let err = child.get().stderr.take().unwrap();
@@ -70,18 +76,15 @@ fn start_edge(topo: &TopoGuard) -> Edge {
 
 /// `curl` through the edge from A's namespace; (exit code, body).
 fn curl(topo: &TopoGuard, url: &str, proxy_user: Option<&str>) -> (Option<i32>, Vec<u8>) {
+    curl_as(topo, "curl", url, proxy_user)
+}
+
+/// The same with another curl binary (another app, as far as the edge's
+/// manifests go).
+fn curl_as(topo: &TopoGuard, program: &str, url: &str, proxy_user: Option<&str>) -> (Option<i32>, Vec<u8>) {
     let mut c = Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        &topo.netns("a"),
-        "curl",
-        "-s",
-        "--max-time",
-        "60",
-        "--socks5-hostname",
-        "127.0.0.1:1080",
-    ]);
+    c.args(["netns", "exec", &topo.netns("a"), program, "-s", "--max-time", "60"]);
+    c.args(["--socks5-hostname", "127.0.0.1:1080"]);
     if let Some(u) = proxy_user {
         c.args(["--proxy-user", u]);
     }
@@ -201,4 +204,36 @@ fn connect_benchmark_prints_its_fields_beside_kernel_routing() {
     {
         assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f} missing or zero: {r}");
     }
+}
+
+#[test]
+fn two_apps_with_different_manifests_get_different_protocols() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let manifests = dir.0.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("curl.toml"), "[criteria]\nlatency = \"require\"\n").unwrap();
+    std::fs::write(manifests.join("fetcher.toml"), "[criteria]\nbandwidth = \"prefer\"\n").unwrap();
+    // A second app: curl under another name.
+    let fetcher = dir.0.join("fetcher");
+    std::fs::copy("/usr/bin/curl", &fetcher).unwrap();
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let body = random_bytes(256 << 10, 3);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let edge = start_edge_with(&topo, &manifests);
+    let url = format!("http://c:{port}/x");
+    let (code, got) = curl(&topo, &url, None);
+    assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
+    let (code, got) = curl_as(&topo, fetcher.to_str().unwrap(), &url, None);
+    assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = edge.log.lock().unwrap().clone();
+    let line_of = |app: &str| log.lines().find(|l| l.contains(app) && l.contains(" -> c:")).unwrap_or("").to_string();
+    assert!(line_of("/usr/bin/curl").contains(": shortest"), "{log}");
+    assert!(line_of("fetcher").contains(": widest"), "{log}");
+    drop(edge.child);
 }
