@@ -134,7 +134,7 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
 }
 
 #[test]
-fn ten_concurrent_requests_each_complete_in_their_own_vm() {
+fn fifty_concurrent_requests_each_complete_in_their_own_vm() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
@@ -146,7 +146,7 @@ fn ten_concurrent_requests_each_complete_in_their_own_vm() {
     let port = http_server(&topo.netns("c"), body.clone());
     let edge = start_edge(&topo);
     let topo = std::sync::Arc::new(topo);
-    let handles: Vec<_> = (0..10)
+    let handles: Vec<_> = (0..50)
         .map(|_| {
             let topo = topo.clone();
             std::thread::spawn(move || curl(&topo, &format!("http://c:{port}/x"), None))
@@ -161,7 +161,7 @@ fn ten_concurrent_requests_each_complete_in_their_own_vm() {
     let log = edge.log.lock().unwrap().clone();
     let flows: std::collections::HashSet<&str> =
         log.lines().filter(|l| l.contains(" done in ")).filter_map(|l| l.split_whitespace().nth(3)).collect();
-    assert_eq!(flows.len(), 10, "ten VMs, ten flows:\n{log}");
+    assert_eq!(flows.len(), 50, "fifty VMs, fifty flows:\n{log}");
     drop(edge.child);
 }
 
@@ -235,5 +235,62 @@ fn two_apps_with_different_manifests_get_different_protocols() {
     let line_of = |app: &str| log.lines().find(|l| l.contains(app) && l.contains(" -> c:")).unwrap_or("").to_string();
     assert!(line_of("/usr/bin/curl").contains(": shortest"), "{log}");
     assert!(line_of("fetcher").contains(": widest"), "{log}");
+    drop(edge.child);
+}
+
+#[test]
+fn an_app_hanging_up_mid_transfer_ends_its_vm_and_leaves_nothing_behind() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let port = http_server(&topo.netns("c"), random_bytes(20 << 20, 4));
+    let edge = start_edge(&topo);
+    // Garbage on the SOCKS port first: refused, and the edge keeps serving.
+    let ns = topo.netns("a");
+    in_netns(&ns, || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:1080").unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    // An app that reads 1 MiB of a 20 MiB answer and hangs up.
+    in_netns(&ns, move || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:1080").unwrap();
+        s.write_all(&[5, 1, 0]).unwrap();
+        let mut m = [0u8; 2];
+        s.read_exact(&mut m).unwrap();
+        let mut req = vec![5, 1, 0, 1, 10, 231, 1, 2];
+        req.extend_from_slice(&port.to_be_bytes());
+        s.write_all(&req).unwrap();
+        let mut rep = [0u8; 10];
+        s.read_exact(&mut rep).unwrap();
+        assert_eq!(rep[1], 0, "SOCKS success");
+        s.write_all(b"GET /x HTTP/1.0\r\n\r\n").unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        s.read_exact(&mut got).unwrap();
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !edge.log.lock().unwrap().contains(" done in ") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = edge.log.lock().unwrap().clone();
+    assert!(log.contains(" done in "), "the request VM did not end after the app hung up:\n{log}");
+    let links = Command::new("ip").args(["netns", "exec", &ns, "ip", "-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(
+        !links.lines().any(|l| l.split(':').nth(1).is_some_and(|n| n.trim().starts_with('r'))),
+        "tap left: {links}"
+    );
+    let filters = Command::new("ip")
+        .args(["netns", "exec", &ns, "tc", "filter", "show", "dev", "ln0", "ingress"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&filters.stdout).contains("mirred"), "steering left behind");
+    let (code, _) = curl(&topo, &format!("http://c:{port}/x"), None);
+    assert_eq!(code, Some(0), "edge still serves");
     drop(edge.child);
 }
