@@ -99,8 +99,8 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
     }
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
-    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
-    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let b = topo.start_node("b", 2, &dir.0.join("b.json"));
     let body = random_bytes(20 << 20, 5);
     let port = http_server(&topo.netns("c"), body.clone());
     let edge = start_edge(&topo);
@@ -131,6 +131,15 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&filters.stdout).contains("mirred"), "request steering left behind");
     drop(edge.child);
+    // The path: B's relay VM forwarded the streams both ways, C's VM ended them.
+    b.terminate(Duration::from_secs(20));
+    c.terminate(Duration::from_secs(20));
+    let metrics = |h: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap()
+    };
+    let forwarded = metrics("b")["node"]["forwarded"].as_u64().unwrap();
+    assert!(forwarded > 2 * (20 << 20) / 1400, "B's relay VM forwarded only {forwarded} packets");
+    assert!(metrics("c")["node"]["delivered"].as_u64().unwrap() > 0);
 }
 
 #[test]
