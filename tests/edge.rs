@@ -3,7 +3,6 @@
 //! relay B's VM to C's VM, whose host connects the HTTP server on C.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -11,31 +10,18 @@ use pathvm_tests::*;
 
 /// An HTTP/1.0 server in `ns` answering every request with `body`.
 fn http_server(ns: &str, body: Vec<u8>) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        in_netns(&ns, move || {
-            let l = TcpListener::bind("0.0.0.0:0").unwrap();
-            tx.send(l.local_addr().unwrap().port()).unwrap();
-            for conn in l.incoming() {
-                let Ok(mut c) = conn else { continue };
-                let body = body.clone();
-                std::thread::spawn(move || {
-                    let mut req = Vec::new();
-                    let mut b = [0u8; 1024];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match c.read(&mut b) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                    let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(&body));
-                });
+    serve_in(ns, move |mut c| {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&b[..n]),
             }
-        })
-    });
-    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+        }
+        let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(&body));
+    })
 }
 
 struct Edge {

@@ -3,7 +3,6 @@
 //! node VM, C's node VM ends the stream and C's node connects the service.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -97,24 +96,14 @@ fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>)
     })
 }
 
-/// A service in `ns`: answers each connection with `body`, then closes.
+/// A service in `ns`: answers `GET\n` with `body`, then closes.
 fn serve(ns: &str, body: Vec<u8>) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        in_netns(&ns, move || {
-            let l = TcpListener::bind("0.0.0.0:0").unwrap();
-            tx.send(l.local_addr().unwrap().port()).unwrap();
-            for conn in l.incoming() {
-                let Ok(mut c) = conn else { continue };
-                let mut req = [0u8; 4];
-                if c.read_exact(&mut req).is_ok() && &req == b"GET\n" {
-                    let _ = c.write_all(&body);
-                }
-            }
-        })
-    });
-    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    serve_in(ns, move |mut c| {
+        let mut req = [0u8; 4];
+        if c.read_exact(&mut req).is_ok() && &req == b"GET\n" {
+            let _ = c.write_all(&body);
+        }
+    })
 }
 
 #[test]

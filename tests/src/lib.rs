@@ -383,3 +383,22 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .join()
     .expect("namespace thread")
 }
+
+/// A TCP service in namespace `ns` on an ephemeral port: each connection
+/// is handed to `handle` on a thread of its own. Returns the port.
+pub fn serve_in(ns: &str, handle: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let handle = std::sync::Arc::new(handle);
+    std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind in namespace");
+            tx.send(l.local_addr().expect("local addr").port()).expect("port");
+            for conn in l.incoming().map_while(Result::ok) {
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(conn));
+            }
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("service listening")
+}
