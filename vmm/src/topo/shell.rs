@@ -20,6 +20,36 @@ pub fn run(args: &[&str]) -> Result<(), TopoError> {
     Ok(())
 }
 
+/// Runs `args` with `input` on its stdin; fails with its stderr.
+pub fn run_with_input(args: &[&str], input: &str) -> Result<(), TopoError> {
+    use std::io::Write;
+    let fail = |msg: String| TopoError::Command { cmd: args.join(" "), msg };
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run {}: {e}", args[0])))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // tc -force keeps going past errors but still reports them; only a
+    // failed filter matters (an existing ingress qdisc is fine).
+    let benign = |l: &str| {
+        l.contains("File exists")
+            || l.contains("Exclusivity flag on")
+            || l.contains("Command failed")
+            || l.trim().is_empty()
+    };
+    if !out.status.success() && !err.lines().all(benign) {
+        return Err(fail(err.trim().to_string()));
+    }
+    Ok(())
+}
+
 /// Runs `args` inside network namespace `ns`.
 pub fn in_ns(ns: &str, args: &[&str]) -> Result<(), TopoError> {
     let mut full = vec!["ip", "netns", "exec", ns];
