@@ -92,6 +92,18 @@ struct Steering {
     filters: Vec<(String, u32)>,
 }
 
+/// Adds the ingress qdisc of `link` once per process: concurrent requests
+/// must not race to create it.
+fn ensure_ingress(link: &str) {
+    static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if !done.iter().any(|l| l == link) {
+        // Exists already (an earlier edge, a node): fine either way.
+        shell::quiet(&["tc", "qdisc", "add", "dev", link, "ingress"]);
+        done.push(link.to_string());
+    }
+}
+
 impl Steering {
     /// Brings the taps up (ioctl) and installs every filter with one `tc
     /// -batch` run: each process start costs milliseconds on the connect
@@ -104,7 +116,7 @@ impl Steering {
                 .map_err(|e| crate::topo::TopoError::Command { cmd: format!("set {tap} up"), msg: e.to_string() })?;
             // The overlay flow id sits 4 bytes into the overlay header,
             // which is where tc's u32 offsets start (after Ethernet).
-            batch.push_str(&format!("qdisc add dev {link} ingress\n"));
+            ensure_ingress(link);
             batch.push_str(&format!(
                 "filter add dev {link} parent ffff: prio {prio} protocol all u32 match u32 {flow:#010x} 0xffffffff at 4 action mirred egress redirect dev {tap}\n"
             ));
@@ -114,8 +126,7 @@ impl Steering {
             ));
             s.filters.push((link.clone(), prio));
         }
-        // -force: an ingress qdisc that exists already is not an error.
-        shell::run_with_input(&["tc", "-force", "-batch", "-"], &batch)?;
+        shell::run_with_input(&["tc", "-batch", "-"], &batch)?;
         Ok(s)
     }
 }

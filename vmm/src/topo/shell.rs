@@ -35,17 +35,8 @@ pub fn run_with_input(args: &[&str], input: &str) -> Result<(), TopoError> {
         stdin.write_all(input.as_bytes()).map_err(|e| fail(e.to_string()))?;
     }
     let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    // tc -force keeps going past errors but still reports them; only a
-    // failed filter matters (an existing ingress qdisc is fine).
-    let benign = |l: &str| {
-        l.contains("File exists")
-            || l.contains("Exclusivity flag on")
-            || l.contains("Command failed")
-            || l.trim().is_empty()
-    };
-    if !out.status.success() && !err.lines().all(benign) {
-        return Err(fail(err.trim().to_string()));
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
     Ok(())
 }
