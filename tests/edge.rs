@@ -289,3 +289,61 @@ fn an_app_hanging_up_mid_transfer_ends_its_vm_and_leaves_nothing_behind() {
     assert_eq!(code, Some(0), "edge still serves");
     drop(edge.child);
 }
+
+/// mesh6 with every node up and the edge on A: (topo, nodes by host, edge).
+fn mesh6_with_edge(dir: &std::path::Path) -> (TopoGuard, std::collections::HashMap<&'static str, ChildGuard>, Edge) {
+    let topo = TopoGuard::up("mesh6.toml");
+    let mut nodes = std::collections::HashMap::new();
+    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14)] {
+        nodes.insert(h, topo.start_node(h, id, &dir.join(format!("{h}.json"))));
+    }
+    let edge = start_edge(&topo);
+    (topo, nodes, edge)
+}
+
+#[test]
+fn every_protocol_carries_a_ten_mib_stream_across_mesh6() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (topo, _nodes, edge) = mesh6_with_edge(&dir.0);
+    let body = random_bytes(10 << 20, 61);
+    let port = http_server(&topo.netns("c"), body.clone());
+    // Criteria that select each protocol (see `pathvm explain`).
+    for (criteria, protocol) in [
+        ("latency=require", "shortest"),
+        ("bandwidth=prefer", "widest"),
+        ("reliability=require,bandwidth=prefer", "multipath"),
+        ("reliability=prefer", "redundant"),
+    ] {
+        let (code, got) = curl(&topo, &format!("http://c:{port}/x"), Some(&format!("pathvm:{criteria}")));
+        assert_eq!(code, Some(0), "{protocol}");
+        assert!(sha256(&got) == sha256(&body), "{protocol}: stream corrupted ({} bytes)", got.len());
+        let log = edge.log.lock().unwrap().clone();
+        assert!(log.contains(&format!(": {protocol} (")), "{criteria} did not select {protocol}:\n{log}");
+    }
+    drop(edge.child);
+}
+
+#[test]
+fn redundant_loses_no_byte_when_a_relay_dies_mid_transfer() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (topo, mut nodes, edge) = mesh6_with_edge(&dir.0);
+    let body = random_bytes(20 << 20, 62);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let topo = std::sync::Arc::new(topo);
+    let t2 = topo.clone();
+    let fetch = std::thread::spawn(move || curl(&t2, &format!("http://c:{port}/x"), Some("pathvm:reliability=prefer")));
+    // Let the transfer start, then kill a relay on one of the two paths.
+    std::thread::sleep(Duration::from_millis(150));
+    nodes.remove("r1").unwrap().terminate(Duration::from_secs(10));
+    let (code, got) = fetch.join().unwrap();
+    assert_eq!(code, Some(0));
+    assert!(sha256(&got) == sha256(&body), "lost bytes: {} of {}", got.len(), body.len());
+    assert!(edge.log.lock().unwrap().contains(": redundant ("));
+    drop(edge.child);
+}
