@@ -122,38 +122,14 @@ fn frame(link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec
 
 /// Sends raw frames out of `iface` inside namespace `ns`.
 fn inject(ns: &str, iface: &str, frames: Vec<Vec<u8>>) {
-    let ns_path = format!("/var/run/netns/{ns}");
-    let iface = std::ffi::CString::new(iface).unwrap();
-    std::thread::spawn(move || {
-        let nsfd = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on this thread only, with a namespace fd we opened;
-        // the socket calls use buffers that outlive them.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            assert_eq!(libc::setns(nsfd.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
-            let s = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(s >= 0, "AF_PACKET socket");
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
-            addr.sll_halen = 6;
-            for f in &frames {
-                let n = libc::sendto(
-                    s,
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(n as usize, f.len(), "sendto");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            libc::close(s);
+    let iface = iface.to_string();
+    in_netns(ns, move || {
+        let sock = netdev::packet_socket::RawSocket::open(&iface).expect("AF_PACKET socket");
+        for f in &frames {
+            sock.send(f).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
         }
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]

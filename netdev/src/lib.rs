@@ -12,12 +12,14 @@
 //!   VMs' ports from.
 //!
 //! - [`packet_socket`]: AF_PACKET sockets for test traffic and link
-//!   emulation.
+//!   emulation;
+//! - [`netns`]: running code inside a test host's network namespace.
 //!
 //! Nothing here knows about the VMM.
 
 pub mod chain;
 pub mod metrics;
+pub mod netns;
 pub mod packet_socket;
 pub mod queue_pair;
 pub mod tap;

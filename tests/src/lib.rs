@@ -372,16 +372,7 @@ pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> st
 
 /// Runs `f` on a thread that joined network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let nsfd = std::fs::File::open(&path).expect("namespace file");
-        // SAFETY: setns on this thread only, with a namespace fd we own.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&nsfd), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}");
-        f()
-    })
-    .join()
-    .expect("namespace thread")
+    netdev::netns::in_netns(ns, f).unwrap_or_else(|e| panic!("cannot enter namespace {ns}: {e}"))
 }
 
 /// A TCP service in namespace `ns` on an ephemeral port: each connection

@@ -5,23 +5,12 @@
 //! and receiver on C with one clock.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 pub use netdev::packet_socket::RawSocket;
 
-/// Runs `f` on a thread inside network namespace `ns`.
+/// Runs fallible `f` on a thread inside network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let nsfd = std::fs::File::open(&path)?;
-        // SAFETY: setns on this thread with a namespace fd we own.
-        if unsafe { libc::setns(nsfd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| io::Error::other("namespace thread panicked"))?
+    netdev::netns::in_netns(ns, f)?
 }
 
 /// Pins the calling thread to `cpu` (best effort).
