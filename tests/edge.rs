@@ -326,24 +326,56 @@ fn every_protocol_carries_a_ten_mib_stream_across_mesh6() {
     drop(edge.child);
 }
 
+/// Downloads 20 MiB across mesh6 under `criteria` and kills relay r1 (on
+/// the fast path) mid-transfer: every byte must still arrive.
+fn survives_relay_death(criteria: &str, protocol: &str, seed: u64) {
+    let dir = TempDir::new();
+    let (topo, mut nodes, edge) = mesh6_with_edge(&dir.0);
+    let body = random_bytes(20 << 20, seed);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let topo = std::sync::Arc::new(topo);
+    let t2 = topo.clone();
+    let user = format!("pathvm:{criteria}");
+    let fetch = std::thread::spawn(move || curl(&t2, &format!("http://c:{port}/x"), Some(&user)));
+    // Let the transfer start, then kill a relay on one of the two paths.
+    std::thread::sleep(Duration::from_millis(150));
+    nodes.remove("r1").unwrap().terminate(Duration::from_secs(10));
+    let (code, got) = fetch.join().unwrap();
+    assert_eq!(code, Some(0), "{protocol}");
+    assert!(sha256(&got) == sha256(&body), "{protocol} lost bytes: {} of {}", got.len(), body.len());
+    let log = edge.log.lock().unwrap().clone();
+    assert!(log.contains(&format!(": {protocol} (")), "{criteria} did not select {protocol}:\n{log}");
+    // The request VM saw r1 stop answering its probes and moved off it.
+    let changes: u64 = log
+        .split("route changes ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no route change count in the edge log:\n{log}"));
+    assert!(changes >= 1, "{protocol}: the request VM never rerouted:\n{log}");
+    drop(edge.child);
+}
+
 #[test]
 fn redundant_loses_no_byte_when_a_relay_dies_mid_transfer() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    let dir = TempDir::new();
-    let (topo, mut nodes, edge) = mesh6_with_edge(&dir.0);
-    let body = random_bytes(20 << 20, 62);
-    let port = http_server(&topo.netns("c"), body.clone());
-    let topo = std::sync::Arc::new(topo);
-    let t2 = topo.clone();
-    let fetch = std::thread::spawn(move || curl(&t2, &format!("http://c:{port}/x"), Some("pathvm:reliability=prefer")));
-    // Let the transfer start, then kill a relay on one of the two paths.
-    std::thread::sleep(Duration::from_millis(150));
-    nodes.remove("r1").unwrap().terminate(Duration::from_secs(10));
-    let (code, got) = fetch.join().unwrap();
-    assert_eq!(code, Some(0));
-    assert!(sha256(&got) == sha256(&body), "lost bytes: {} of {}", got.len(), body.len());
-    assert!(edge.log.lock().unwrap().contains(": redundant ("));
-    drop(edge.child);
+    survives_relay_death("reliability=prefer", "redundant", 62);
+}
+
+#[test]
+fn multipath_loses_no_byte_when_a_relay_dies_mid_transfer() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    survives_relay_death("reliability=require,bandwidth=prefer", "multipath", 63);
+}
+
+#[test]
+fn shortest_moves_a_stream_off_a_dead_relay_without_losing_a_byte() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    survives_relay_death("latency=require", "shortest", 64);
 }

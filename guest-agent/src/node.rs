@@ -259,6 +259,15 @@ pub struct NodeStats {
     pub tx_full: u64,
     /// Second copies of packets (redundant paths) not delivered again.
     pub duplicates: u64,
+    /// Link probes sent.
+    pub probes_sent: u64,
+    /// Acks of this node's probes received.
+    pub probe_acks: u64,
+    /// Link-state advertisements accepted from other nodes.
+    pub lsas_accepted: u64,
+    /// Times the topology routing runs on changed (links down or up,
+    /// measured metrics moved).
+    pub topology_changes: u64,
     /// Drops by reason.
     pub drops: DropCounters,
 }

@@ -5,15 +5,19 @@
 //! [`shortest`] (lowest latency) and [`widest`] (largest bottleneck
 //! bandwidth) decide hop by hop; `multipath` and `redundant` choose whole
 //! node-disjoint paths ([`disjoint`]) at the source and carry them in the
-//! packet ([`source`]); onion follows.
+//! packet ([`source`]); onion follows. Link metrics are measured and
+//! flooded ([`linkstate`]), so every protocol runs on the network as it is.
 
 pub mod disjoint;
+pub mod linkstate;
+pub mod pathset;
 pub mod shortest;
 pub mod source;
 pub mod topology;
 pub mod widest;
 
 pub use disjoint::disjoint_paths;
+pub use pathset::PathSet;
 pub use shortest::Shortest;
 pub use source::{RouteError, SourceRoute};
 pub use topology::{Link, NodeId, Topology};

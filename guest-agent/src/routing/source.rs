@@ -51,10 +51,16 @@ impl SourceRoute {
 
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.hop);
-        out.push(self.path.len() as u8);
-        out.extend_from_slice(&self.packet_id.to_be_bytes());
-        for n in &self.path {
+        Self::encode_parts(self.hop, self.packet_id, &self.path, out);
+    }
+
+    /// Appends the encoding of a route given by its parts (no route value
+    /// needed, so a source does not copy its path per packet).
+    pub fn encode_parts(hop: u8, packet_id: u32, path: &[NodeId], out: &mut Vec<u8>) {
+        out.push(hop);
+        out.push(path.len() as u8);
+        out.extend_from_slice(&packet_id.to_be_bytes());
+        for n in path {
             out.extend_from_slice(&n.to_be_bytes());
         }
     }

@@ -48,6 +48,11 @@ impl Topology {
         })
     }
 
+    /// The link between `a` and `b`, either way round.
+    pub fn link(&self, a: NodeId, b: NodeId) -> Option<&Link> {
+        self.links.iter().find(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a))
+    }
+
     /// Every node named by a link, sorted, without duplicates.
     pub fn nodes(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self.links.iter().flat_map(|l| [l.a, l.b]).collect();

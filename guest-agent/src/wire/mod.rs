@@ -13,13 +13,14 @@
 //! replays ([`replay`]): a relay is silent to anything unauthenticated.
 
 pub mod auth;
+pub mod control;
 pub mod overlay;
 pub mod replay;
 
 use alloc::vec::Vec;
 
 pub use auth::{LinkKey, RESERVED_LINK_ID};
-pub use overlay::{OverlayPacket, OverlayRepr, Protocol, FLAG_STREAM, HEADER_LEN, TAG_LEN};
+pub use overlay::{OverlayPacket, OverlayRepr, Protocol, FLAG_CONTROL, FLAG_STREAM, HEADER_LEN, TAG_LEN};
 pub use replay::ReplayWindow;
 
 /// EtherType of overlay frames.

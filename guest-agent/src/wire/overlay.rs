@@ -34,8 +34,11 @@ pub const MAX_PAYLOAD_LEN: usize = 1500 - HEADER_LEN - TAG_LEN;
 /// Flag: the payload is a transport segment of a stream (the flow id names
 /// the stream), not a datagram for the destination's host.
 pub const FLAG_STREAM: u8 = 0x01;
+/// Flag: the payload is a link-local control message ([`super::control`])
+/// for the node at the other end of the link; never forwarded.
+pub const FLAG_CONTROL: u8 = 0x02;
 /// Every flag this version defines.
-const KNOWN_FLAGS: u8 = FLAG_STREAM;
+const KNOWN_FLAGS: u8 = FLAG_STREAM | FLAG_CONTROL;
 
 mod field {
     use core::ops::Range;

@@ -15,13 +15,15 @@ use guest_agent::node::{
     STATS_MAGIC,
 };
 use guest_agent::ports;
-use guest_agent::routing::{disjoint_paths, NodeId, Router, Shortest, SourceRoute, Topology, Widest};
+use guest_agent::routing::linkstate::{significant_change, LinkMonitor, LinkReport, LinkStateDb, Lsa, LSA_REFRESH_US};
+use guest_agent::routing::{NodeId, PathSet, Router, Shortest, SourceRoute, Topology, Widest};
 use guest_agent::transport::{Segment, Stream, StreamState};
 use guest_agent::virtio::console::{ConsoleEvent, VirtioConsole};
 use guest_agent::virtio::net::VirtioNet;
+use guest_agent::wire::control::Control;
 use guest_agent::wire::{
     overlay::MAX_PAYLOAD_LEN, seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
-    WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_STREAM, RESERVED_LINK_ID,
+    WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL, FLAG_STREAM, RESERVED_LINK_ID,
 };
 
 use crate::roles::{console, nets, Pacer};
@@ -60,6 +62,8 @@ struct Port {
     /// Ids below this are refused (their windows were forgotten).
     rx_low_water: u32,
     queue: VecDeque<Vec<u8>>,
+    /// Probing of this link.
+    monitor: LinkMonitor,
 }
 
 /// A stream ending at this node (the destination side of an app's
@@ -79,6 +83,9 @@ struct Flow {
 
 /// Streams a node ends at once; further SYNs are refused with a reset.
 const MAX_FLOWS: usize = 1024;
+
+/// How often a node runs its link maintenance ([`Node::maintain`]).
+const MAINTENANCE_US: u64 = 5_000;
 
 /// Flows whose redundant copies are tracked at once.
 const MAX_SEEN_FLOWS: usize = 4096;
@@ -143,11 +150,25 @@ struct Node {
     stats: NodeStats,
     deliver: Vec<u8>,
     flows: BTreeMap<u32, Flow>,
+    /// The topology routing runs on now (configured, as measured).
     topology: Topology,
     /// Disjoint paths per destination, for source-routed protocols.
-    paths: BTreeMap<NodeId, Vec<Vec<NodeId>>>,
+    paths: BTreeMap<NodeId, PathSet>,
     next_packet_id: u32,
-    rr: usize,
+    /// What other nodes advertise.
+    lsdb: LinkStateDb,
+    /// Whether this node takes part in flooding (node VMs; a request VM
+    /// only probes its own links).
+    floods: bool,
+    /// Flow id of this node's control packets: 0 for a node VM, the
+    /// request's flow on a request VM (so the edge host steers the acks to
+    /// it).
+    control_flow: u32,
+    lsa_seq: u32,
+    /// What this node last advertised, and when.
+    advertised: Vec<LinkReport>,
+    advertised_at: u64,
+    next_maintenance: u64,
     /// Packet ids seen per (source, flow), to deliver redundant copies once.
     seen: BTreeMap<(NodeId, u32), ReplayWindow>,
     /// On a request VM: its stream.
@@ -206,34 +227,36 @@ impl Node {
 
     /// Sends a packet this node originates (a datagram or a stream's
     /// segment) by its protocol: hop by hop, or along source routes chosen
-    /// here, one path in turn (`multipath`) or two at once (`redundant`).
+    /// here, one path at a time weighted by bandwidth (`multipath`) or two
+    /// at once (`redundant`).
     fn send_from_here(&mut self, mut repr: OverlayRepr, payload: &[u8]) -> Result<bool, WireError> {
         if !matches!(repr.protocol, Protocol::Multipath | Protocol::Redundant) {
             return self.route(repr, &[], payload);
         }
         let dst = repr.dst;
         if !self.paths.contains_key(&dst) {
-            let found = disjoint_paths(&self.topology, self.me, dst, 2);
-            self.paths.insert(dst, found);
-        }
-        let paths = self.paths.get(&dst).map(|p| p.as_slice()).unwrap_or(&[]);
-        if paths.is_empty() {
-            return Err(WireError::NoRoute);
+            let set = PathSet::new(&self.topology, self.me, dst, 2);
+            self.paths.insert(dst, set);
         }
         self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-        let chosen: Vec<Vec<NodeId>> = if repr.protocol == Protocol::Redundant {
-            paths.iter().take(2).cloned().collect()
+        let packet_id = self.next_packet_id;
+        let mut states: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let set = self.paths.get_mut(&dst).ok_or(WireError::NoRoute)?;
+        if repr.protocol == Protocol::Redundant {
+            for (st, path) in states.iter_mut().zip(set.paths()) {
+                SourceRoute::encode_parts(0, packet_id, path, st);
+            }
         } else {
-            self.rr = self.rr.wrapping_add(1);
-            alloc::vec![paths[self.rr % paths.len()].clone()]
-        };
+            let path = set.pick().ok_or(WireError::NoRoute)?;
+            SourceRoute::encode_parts(0, packet_id, path, &mut states[0]);
+        }
+        if states[0].is_empty() {
+            return Err(WireError::NoRoute);
+        }
         let mut sent = false;
-        for path in chosen {
-            let route = SourceRoute { hop: 0, packet_id: self.next_packet_id, path };
-            let mut st = Vec::with_capacity(route.encoded_len());
-            route.encode(&mut st);
+        for st in states.iter().filter(|s| !s.is_empty()) {
             repr.state_len = st.len() as u16;
-            sent |= self.follow_source_route(repr, &st, payload)?;
+            sent |= self.follow_source_route(repr, st, payload)?;
         }
         Ok(sent)
     }
@@ -430,6 +453,9 @@ impl Node {
         let p = OverlayPacket::new_checked(&frame[ETH_HDR_LEN..])?;
         let repr = OverlayRepr::parse(&p)?;
         self.ports[i].authenticate(&p, &repr)?;
+        if repr.flags & FLAG_CONTROL != 0 {
+            return self.control(i, &repr, p.payload());
+        }
         if repr.dst == self.me {
             if !self.first_copy(&repr, p.state()) {
                 return Ok(());
@@ -479,6 +505,127 @@ impl Node {
         }
     }
 
+    /// Sends a control message to the neighbour on port `j`.
+    fn send_control(&mut self, j: usize, flow_id: u32, dst: NodeId, msg: &Control) {
+        let mut payload = Vec::with_capacity(32);
+        msg.encode(&mut payload);
+        let repr = OverlayRepr {
+            protocol: Protocol::Shortest,
+            flags: FLAG_CONTROL,
+            hop_limit: 1,
+            flow_id,
+            src: self.me,
+            dst,
+            state_len: 0,
+            payload_len: payload.len() as u16,
+            link_id: 0,
+            link_seq: 0,
+        };
+        self.send(j, repr, &[], &payload);
+    }
+
+    /// A control message from the neighbour on port `i`.
+    fn control(&mut self, i: usize, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
+        let msg = Control::decode(payload).map_err(|_| WireError::BadLength)?;
+        let now = clock::now_us();
+        match msg {
+            // Echo under the probe's flow id, so an edge host steers the
+            // ack to the request VM that probed.
+            Control::Probe { seq, sent_us } => {
+                self.send_control(i, repr.flow_id, repr.src, &Control::ProbeAck { seq, sent_us })
+            }
+            Control::ProbeAck { seq, sent_us } => {
+                if repr.flow_id == self.control_flow {
+                    self.ports[i].monitor.on_ack(now, seq, sent_us);
+                    self.stats.probe_acks += 1;
+                }
+            }
+            Control::LinkState(lsa) => {
+                if self.lsdb.accept(self.me, now, lsa.clone()) {
+                    self.stats.lsas_accepted += 1;
+                    if self.floods {
+                        self.flood(&lsa, Some(i));
+                    }
+                    self.refresh_topology(now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `lsa` to every neighbour but the one on port `except`.
+    fn flood(&mut self, lsa: &Lsa, except: Option<usize>) {
+        let msg = Control::LinkState(lsa.clone());
+        for j in 0..self.ports.len() {
+            if Some(j) != except {
+                let peer = self.ports[j].peer;
+                self.send_control(j, 0, peer, &msg);
+            }
+        }
+    }
+
+    /// This node's links as measured now.
+    fn own_reports(&self, now: u64) -> Vec<LinkReport> {
+        self.ports.iter().map(|p| p.monitor.report(now)).collect()
+    }
+
+    /// Recomputes the topology routing runs on; on a change, the routers
+    /// and the source paths follow.
+    fn refresh_topology(&mut self, now: u64) {
+        // A flooding node routes on what it advertised, as every other node
+        // does, so hop-by-hop choices agree; a request VM on what it sees.
+        let own = if self.floods { self.advertised.clone() } else { self.own_reports(now) };
+        let topology = self.lsdb.effective(self.me, &own);
+        if topology == self.topology {
+            return;
+        }
+        let (before, after) = (self.topology.links().len(), topology.links().len());
+        if before != after {
+            log!("node {}: {} of the configured links usable now (was {})", self.me, after, before);
+        }
+        self.shortest = Shortest::compute(&topology, self.me);
+        self.widest = Widest::compute(&topology, self.me);
+        self.topology = topology;
+        self.paths.clear();
+        self.stats.topology_changes += 1;
+    }
+
+    /// Probes links, notices dead neighbours, advertises what changed and
+    /// ages out what others advertised. Runs every few milliseconds.
+    fn maintain(&mut self, now: u64) {
+        if now < self.next_maintenance {
+            return;
+        }
+        self.next_maintenance = now + MAINTENANCE_US;
+        for j in 0..self.ports.len() {
+            if let Some((seq, sent_us)) = self.ports[j].monitor.poll_probe(now) {
+                let (flow, peer) = (self.control_flow, self.ports[j].peer);
+                self.send_control(j, flow, peer, &Control::Probe { seq, sent_us });
+                self.stats.probes_sent += 1;
+            }
+            if self.ports[j].monitor.tick(now) {
+                log!("node {}: link to {} is down (no answer to probes)", self.me, self.ports[j].peer);
+            }
+        }
+        let expired = self.lsdb.expire(now);
+        if self.floods {
+            let own = self.own_reports(now);
+            let due = now.saturating_sub(self.advertised_at) >= LSA_REFRESH_US;
+            if due || significant_change(&self.advertised, &own) {
+                self.lsa_seq = self.lsa_seq.wrapping_add(1);
+                let lsa = Lsa { origin: self.me, seq: self.lsa_seq, links: own.clone() };
+                self.flood(&lsa, None);
+                self.advertised = own;
+                self.advertised_at = now;
+                self.refresh_topology(now);
+                return;
+            }
+        }
+        if expired || !self.floods {
+            self.refresh_topology(now);
+        }
+    }
+
     fn publish_stats(&self) {
         // SAFETY: STATS_ADDR is a page the VMM reserves for this struct
         // (below the page tables, above the boot block); only the agent
@@ -519,6 +666,7 @@ fn build(params: &BootParams, cfg: &NodeConfig) -> (Node, VirtioConsole) {
             rx: BTreeMap::new(),
             rx_low_water: 0,
             queue: VecDeque::new(),
+            monitor: LinkMonitor::new(pc.peer, clock::now_us()),
         })
         .collect();
     let node = Node {
@@ -534,7 +682,13 @@ fn build(params: &BootParams, cfg: &NodeConfig) -> (Node, VirtioConsole) {
         topology: cfg.topology(),
         paths: BTreeMap::new(),
         next_packet_id: 0,
-        rr: 0,
+        lsdb: LinkStateDb::new(&cfg.topology()),
+        floods: true,
+        control_flow: 0,
+        lsa_seq: 0,
+        advertised: Vec::new(),
+        advertised_at: 0,
+        next_maintenance: 0,
         seen: BTreeMap::new(),
         edge: None,
     };
@@ -603,6 +757,7 @@ pub fn run(params: &BootParams) -> ! {
     let mut pacer = Pacer::new();
     loop {
         let mut worked = node.poll_links(&mut frames);
+        node.maintain(clock::now_us());
         // Records from the host, while the ports keep up.
         if node.ports.iter().all(|p| p.queue.len() < ORIGINATE_BELOW) && node.stream_pending() < MAX_STREAM_PENDING {
             while con.receive_one(|ev| {
@@ -666,6 +821,10 @@ pub fn run_edge(params: &BootParams) -> ! {
         }
     };
     let (mut node, mut con) = build(params, &cfg);
+    // A request VM probes its own links (a dead first relay is noticed
+    // here) but takes no part in flooding.
+    node.floods = false;
+    node.control_flow = req.flow;
     node.edge = Some(EdgeStream {
         flow: req.flow,
         dst: req.dst,
@@ -682,6 +841,7 @@ pub fn run_edge(params: &BootParams) -> ! {
     loop {
         let mut worked = node.poll_links(&mut frames);
         let now = clock::now_us();
+        node.maintain(now);
         let (protocol, hop_limit, me) = (node.protocol, node.hop_limit, node.me);
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let Some(e) = node.edge.as_mut() else { io::exit(0) };

@@ -143,11 +143,15 @@ fn serve(edge: &Edge, mut conn: TcpStream) {
     );
     let reply_conn = conn.try_clone();
     match request::run(&edge.kvm, &edge.image, &edge.file, &spec, OwnedFd::from(conn), GuestLog::Discard) {
-        Ok(reason) => eprintln!(
-            "pathvm edge: flow {:#010x} done in {:.1} ms ({reason:?})",
-            spec.flow,
-            started.elapsed().as_secs_f64() * 1e3
-        ),
+        Ok(outcome) => {
+            let changes = outcome.guest_stats.map_or(0, |s| s.topology_changes);
+            eprintln!(
+                "pathvm edge: flow {:#010x} done in {:.1} ms ({:?}; route changes {changes})",
+                spec.flow,
+                started.elapsed().as_secs_f64() * 1e3,
+                outcome.reason
+            )
+        }
         Err(e) => {
             eprintln!("pathvm edge: flow {:#010x}: {e}", spec.flow);
             if let Ok(mut c) = reply_conn {

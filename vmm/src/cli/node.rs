@@ -48,6 +48,10 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
                 "originated": s.originated,
                 "tx_full": s.tx_full,
                 "duplicates": s.duplicates,
+                "probes_sent": s.probes_sent,
+                "probe_acks": s.probe_acks,
+                "lsas_accepted": s.lsas_accepted,
+                "topology_changes": s.topology_changes,
                 "drops": {
                     "truncated": s.drops.truncated,
                     "bad_version": s.drops.bad_version,

@@ -23,8 +23,8 @@ use crate::kvm::KvmContext;
 use crate::loader::AgentImage;
 use crate::node::{NodeFile, NodeFileError};
 use crate::topo::shell;
-use crate::vcpu::{ExitReason, GuestLog};
-use crate::vm::VmError;
+use crate::vcpu::GuestLog;
+use crate::vm::{RunOutcome, VmError};
 
 /// Why a request VM could not run.
 #[derive(Debug, Error)]
@@ -140,7 +140,8 @@ impl Drop for Steering {
 }
 
 /// Runs the request VM for `spec` with `app` (the client's socket, SOCKS
-/// request already read) as its console, until the connection ends.
+/// request already read) as its console, until the connection ends; its
+/// exit and the counters the request VM kept.
 pub fn run(
     kvm: &KvmContext,
     image: &AgentImage,
@@ -148,7 +149,7 @@ pub fn run(
     spec: &RequestSpec,
     app: OwnedFd,
     guest_log: GuestLog,
-) -> Result<ExitReason, RequestError> {
+) -> Result<RunOutcome, RequestError> {
     let slot = spec.slot;
     let mut cfg: NodeConfig = edge.node_config()?;
     cfg.protocol = spec.protocol;
@@ -180,5 +181,5 @@ pub fn run(
     };
     let vm = build_vm(kvm, image, vm_cfg)?;
     let _steering = Steering::up(&steer, spec.flow, 1 + slot % 40_000)?;
-    Ok(vm.run()?.reason)
+    Ok(vm.run()?)
 }

@@ -1,0 +1,455 @@
+//! Measured link metrics and link-state flooding.
+//!
+//! Each node probes each of its links ([`LinkMonitor`]): a probe carries
+//! the sender's clock, the neighbour echoes it, so the sender measures the
+//! round trip without synchronised clocks. From the acks it keeps the
+//! minimum RTT over a short window (queueing and vCPU scheduling only ever
+//! add delay, so the minimum is the link's own), the share of probes lost,
+//! and whether the neighbour is alive. A link whose neighbour answered
+//! once and then went silent for [`DEAD_AFTER_US`] is down; a neighbour
+//! that never answered (an edge host without a node VM) keeps the
+//! configured metrics.
+//!
+//! Nodes flood what they measure as link-state advertisements ([`Lsa`]),
+//! as OSPF does: every node keeps the newest advertisement per origin,
+//! re-floods new ones, and forgets those not refreshed within
+//! [`LSA_MAX_AGE_US`]. [`LinkStateDb::effective`] turns the configured
+//! topology plus what is measured into the topology routing runs on.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use super::{Link, NodeId, Topology};
+
+/// How often a node probes each link.
+pub const PROBE_INTERVAL_US: u64 = 50_000;
+/// Silence after which an answering neighbour is declared dead.
+pub const DEAD_AFTER_US: u64 = 600_000;
+/// Window over which the minimum RTT is taken.
+pub const RTT_WINDOW_US: u64 = 1_000_000;
+/// A probe unanswered this long is lost.
+pub const PROBE_LOST_AFTER_US: u64 = 1_000_000;
+/// Measurements within this of the configured latency do not override it.
+/// Every probe also carries the nodes' own processing (vCPU wake-ups,
+/// 0.1-1 ms on a nested host), which is no property of the link and would
+/// otherwise drown sub-millisecond configured differences in noise.
+pub const LATENCY_NOISE_US: u32 = 2_000;
+/// Advertisements not refreshed within this are forgotten.
+pub const LSA_MAX_AGE_US: u64 = 3_000_000;
+/// A node re-advertises at least this often.
+pub const LSA_REFRESH_US: u64 = 1_000_000;
+
+const PROBES_KEPT: usize = 32;
+const RTTS_KEPT: usize = 32;
+
+/// What a node knows about one of its links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkStatus {
+    /// The neighbour never answered a probe: configured metrics apply.
+    #[default]
+    Unknown,
+    /// Answering.
+    Up,
+    /// Answered before, silent now.
+    Down,
+}
+
+impl LinkStatus {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Unknown => 0,
+            Self::Up => 1,
+            Self::Down => 2,
+        }
+    }
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Unknown,
+            1 => Self::Up,
+            2 => Self::Down,
+            _ => return None,
+        })
+    }
+}
+
+/// One link as its end node measures it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkReport {
+    /// The neighbour at the other end.
+    pub peer: NodeId,
+    /// Alive or not.
+    pub status: LinkStatus,
+    /// Measured one-way latency (half the minimum RTT), 0 if unmeasured.
+    pub latency_us: u32,
+    /// Probes lost, per thousand.
+    pub loss_permille: u16,
+}
+
+/// Probing state of one link.
+#[derive(Debug, Clone)]
+pub struct LinkMonitor {
+    peer: NodeId,
+    next_probe_at: u64,
+    next_seq: u32,
+    /// (seq, sent at, acked) of recent probes.
+    probes: Vec<(u32, u64, bool)>,
+    /// (measured at, rtt) of recent acks.
+    rtts: Vec<(u64, u64)>,
+    last_ack_at: Option<u64>,
+    status: LinkStatus,
+}
+
+impl LinkMonitor {
+    /// A monitor of the link to `peer`, first probing at `now`.
+    pub fn new(peer: NodeId, now: u64) -> Self {
+        Self {
+            peer,
+            next_probe_at: now,
+            next_seq: 1,
+            probes: Vec::with_capacity(PROBES_KEPT),
+            rtts: Vec::with_capacity(RTTS_KEPT),
+            last_ack_at: None,
+            status: LinkStatus::Unknown,
+        }
+    }
+
+    /// The probe to send now, if one is due: `(seq, sent_us)`.
+    pub fn poll_probe(&mut self, now: u64) -> Option<(u32, u64)> {
+        if now < self.next_probe_at {
+            return None;
+        }
+        self.next_probe_at = now + PROBE_INTERVAL_US;
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        if self.probes.len() == PROBES_KEPT {
+            self.probes.remove(0);
+        }
+        self.probes.push((seq, now, false));
+        Some((seq, now))
+    }
+
+    /// An ack for probe `seq` sent at `sent_us` came back at `now`. Acks
+    /// for probes this monitor does not remember (forged, or very late)
+    /// are ignored.
+    pub fn on_ack(&mut self, now: u64, seq: u32, sent_us: u64) {
+        let Some(p) = self.probes.iter_mut().find(|p| p.0 == seq && p.1 == sent_us && !p.2) else { return };
+        p.2 = true;
+        if self.rtts.len() == RTTS_KEPT {
+            self.rtts.remove(0);
+        }
+        self.rtts.push((now, now.saturating_sub(sent_us)));
+        self.last_ack_at = Some(now);
+        self.status = LinkStatus::Up;
+    }
+
+    /// Updates the status at `now`; true if it changed.
+    pub fn tick(&mut self, now: u64) -> bool {
+        let silent = self.last_ack_at.is_some_and(|t| now.saturating_sub(t) > DEAD_AFTER_US);
+        if self.status == LinkStatus::Up && silent {
+            self.status = LinkStatus::Down;
+            return true;
+        }
+        false
+    }
+
+    /// The link as measured at `now`.
+    pub fn report(&self, now: u64) -> LinkReport {
+        let recent = self.rtts.iter().filter(|(at, _)| now.saturating_sub(*at) <= RTT_WINDOW_US);
+        let min_rtt = recent.map(|(_, r)| *r).min();
+        let old: Vec<&(u32, u64, bool)> =
+            self.probes.iter().filter(|p| now.saturating_sub(p.1) > PROBE_LOST_AFTER_US).collect();
+        let lost = old.iter().filter(|p| !p.2).count();
+        let loss_permille = if old.is_empty() { 0 } else { (lost * 1000 / old.len()) as u16 };
+        LinkReport {
+            peer: self.peer,
+            status: self.status,
+            latency_us: min_rtt.map_or(0, |r| (r / 2).clamp(1, u32::MAX as u64) as u32),
+            loss_permille,
+        }
+    }
+
+    /// The neighbour this monitor probes.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+}
+
+/// A link-state advertisement: what `origin` measures on its links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lsa {
+    /// The advertising node.
+    pub origin: NodeId,
+    /// Increases with every advertisement of the origin.
+    pub seq: u32,
+    /// Its links.
+    pub links: Vec<LinkReport>,
+}
+
+/// Why an advertisement was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedLsa;
+
+const LSA_HDR: usize = 7;
+const REPORT_LEN: usize = 9;
+/// Most links one advertisement carries.
+pub const MAX_LSA_LINKS: usize = 32;
+
+impl Lsa {
+    /// Appends the encoding (origin, seq, count, then per link: peer,
+    /// latency, loss, status; big-endian).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.origin.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.push(self.links.len().min(MAX_LSA_LINKS) as u8);
+        for r in self.links.iter().take(MAX_LSA_LINKS) {
+            out.extend_from_slice(&r.peer.to_be_bytes());
+            out.extend_from_slice(&r.latency_us.to_be_bytes());
+            out.extend_from_slice(&r.loss_permille.to_be_bytes());
+            out.push(r.status.to_u8());
+        }
+    }
+
+    /// Decodes what `encode` wrote; any inconsistency is an error.
+    pub fn decode(b: &[u8]) -> Result<Self, MalformedLsa> {
+        let h = b.get(..LSA_HDR).ok_or(MalformedLsa)?;
+        let n = h[6] as usize;
+        if n > MAX_LSA_LINKS || b.len() != LSA_HDR + n * REPORT_LEN {
+            return Err(MalformedLsa);
+        }
+        let mut links = Vec::with_capacity(n);
+        for r in b[LSA_HDR..].chunks_exact(REPORT_LEN) {
+            links.push(LinkReport {
+                peer: u16::from_be_bytes([r[0], r[1]]),
+                latency_us: u32::from_be_bytes([r[2], r[3], r[4], r[5]]),
+                loss_permille: u16::from_be_bytes([r[6], r[7]]).min(1000),
+                status: LinkStatus::from_u8(r[8]).ok_or(MalformedLsa)?,
+            });
+        }
+        Ok(Self { origin: u16::from_be_bytes([h[0], h[1]]), seq: u32::from_be_bytes([h[2], h[3], h[4], h[5]]), links })
+    }
+}
+
+/// The newest advertisement of every origin, and the configured links.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStateDb {
+    base: Vec<Link>,
+    lsas: BTreeMap<NodeId, (u64, Lsa)>,
+}
+
+impl LinkStateDb {
+    /// A database over the configured topology.
+    pub fn new(base: &Topology) -> Self {
+        Self { base: base.links().to_vec(), lsas: BTreeMap::new() }
+    }
+
+    /// Stores `lsa` received at `now` if it is newer than what is known of
+    /// its origin (or that has aged out); true if stored, i.e. it should
+    /// be flooded on. An advertisement claiming to be from `me` is never
+    /// stored.
+    pub fn accept(&mut self, me: NodeId, now: u64, lsa: Lsa) -> bool {
+        if lsa.origin == me {
+            return false;
+        }
+        let newer = match self.lsas.get(&lsa.origin) {
+            None => true,
+            Some((at, old)) => lsa.seq > old.seq || now.saturating_sub(*at) > LSA_MAX_AGE_US,
+        };
+        if newer {
+            self.lsas.insert(lsa.origin, (now, lsa));
+        }
+        newer
+    }
+
+    /// Forgets advertisements older than [`LSA_MAX_AGE_US`]; true if any
+    /// went (the effective topology may have changed).
+    pub fn expire(&mut self, now: u64) -> bool {
+        let before = self.lsas.len();
+        self.lsas.retain(|_, (at, _)| now.saturating_sub(*at) <= LSA_MAX_AGE_US);
+        self.lsas.len() != before
+    }
+
+    /// The topology routing should use at node `me`, whose own links
+    /// measure `own`: configured links minus those either end reports
+    /// down; latency is the configured (the floor) unless a measurement
+    /// exceeds it by more than [`LATENCY_NOISE_US`]; bandwidth the
+    /// configured, discounted by measured loss.
+    pub fn effective(&self, me: NodeId, own: &[LinkReport]) -> Topology {
+        let mut links = Vec::with_capacity(self.base.len());
+        'link: for l in &self.base {
+            let (mut latency, mut loss) = (l.latency_us, 0u16);
+            for (end, other) in [(l.a, l.b), (l.b, l.a)] {
+                let reports: &[LinkReport] = if end == me {
+                    own
+                } else {
+                    match self.lsas.get(&end) {
+                        Some((_, lsa)) => &lsa.links,
+                        None => continue,
+                    }
+                };
+                for r in reports.iter().filter(|r| r.peer == other) {
+                    if r.status == LinkStatus::Down {
+                        continue 'link;
+                    }
+                    if r.latency_us > l.latency_us.saturating_add(LATENCY_NOISE_US) {
+                        latency = latency.max(r.latency_us);
+                    }
+                    loss = loss.max(r.loss_permille);
+                }
+            }
+            let bandwidth = (l.bandwidth_mbps as u64 * (1000 - loss.min(999)) as u64 / 1000).max(1) as u32;
+            links.push(Link { latency_us: latency, bandwidth_mbps: bandwidth, ..*l });
+        }
+        Topology::new(links)
+    }
+}
+
+/// Whether `now` differs enough from what was last advertised to flood at
+/// once rather than at the next refresh: a status change, latency moved by
+/// half and by at least 500 µs, or loss by 10 points.
+pub fn significant_change(last: &[LinkReport], now: &[LinkReport]) -> bool {
+    if last.len() != now.len() {
+        return true;
+    }
+    last.iter().zip(now).any(|(a, b)| {
+        let (la, lb) = (a.latency_us as i64, b.latency_us as i64);
+        let moved = (la - lb).abs();
+        a.peer != b.peer
+            || a.status != b.status
+            || (moved >= 500 && moved * 2 >= la.max(lb))
+            || (a.loss_permille as i32 - b.loss_permille as i32).abs() >= 100
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::Router;
+    use alloc::vec;
+
+    fn mesh() -> Topology {
+        // 1 - 2 - 3 (fast) and 1 - 4 - 3 (slow).
+        Topology::new(vec![
+            Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 500 },
+            Link { a: 2, b: 3, latency_us: 100, bandwidth_mbps: 500 },
+            Link { a: 1, b: 4, latency_us: 300, bandwidth_mbps: 2000 },
+            Link { a: 4, b: 3, latency_us: 300, bandwidth_mbps: 2000 },
+        ])
+    }
+
+    #[test]
+    fn probes_measure_minimum_rtt_and_loss() {
+        let mut m = LinkMonitor::new(2, 0);
+        let mut now = 0;
+        for i in 0..20u64 {
+            let (seq, sent) = m.poll_probe(now).unwrap();
+            assert!(m.poll_probe(now).is_none(), "one probe per interval");
+            // Every fourth probe is lost; RTTs vary, the minimum is 400.
+            if i % 4 != 3 {
+                m.on_ack(now + 400 + (i % 3) * 1000, seq, sent);
+            }
+            now += PROBE_INTERVAL_US;
+        }
+        let r = m.report(now);
+        assert_eq!((r.peer, r.status, r.latency_us), (2, LinkStatus::Up, 200));
+        assert_eq!(m.report(now + PROBE_LOST_AFTER_US).loss_permille, 250);
+    }
+
+    #[test]
+    fn forged_or_repeated_acks_measure_nothing() {
+        let mut m = LinkMonitor::new(2, 0);
+        let (seq, sent) = m.poll_probe(0).unwrap();
+        m.on_ack(10, seq + 1, sent);
+        m.on_ack(10, seq, sent + 1);
+        assert_eq!(m.report(10).status, LinkStatus::Unknown);
+        m.on_ack(10, seq, sent);
+        m.on_ack(5_000, seq, sent);
+        assert_eq!(m.report(5_000).latency_us, 5);
+    }
+
+    #[test]
+    fn a_silent_neighbour_is_down_only_if_it_ever_answered() {
+        let mut never = LinkMonitor::new(2, 0);
+        let mut was = LinkMonitor::new(3, 0);
+        let (s, t) = was.poll_probe(0).unwrap();
+        was.on_ack(100, s, t);
+        for now in (0..2_000_000).step_by(50_000) {
+            never.poll_probe(now);
+            was.poll_probe(now);
+            never.tick(now);
+            was.tick(now);
+        }
+        assert_eq!(never.report(2_000_000).status, LinkStatus::Unknown);
+        assert_eq!(was.report(2_000_000).status, LinkStatus::Down);
+    }
+
+    #[test]
+    fn lsa_round_trips_and_refuses_garbage() {
+        let lsa = Lsa {
+            origin: 12,
+            seq: 7,
+            links: vec![
+                LinkReport { peer: 11, status: LinkStatus::Down, latency_us: 0, loss_permille: 1000 },
+                LinkReport { peer: 3, status: LinkStatus::Up, latency_us: 150, loss_permille: 20 },
+            ],
+        };
+        let mut b = Vec::new();
+        lsa.encode(&mut b);
+        assert_eq!(Lsa::decode(&b), Ok(lsa));
+        for n in 0..b.len() {
+            assert_eq!(Lsa::decode(&b[..n]), Err(MalformedLsa), "prefix {n}");
+        }
+        let mut bad = b.clone();
+        *bad.last_mut().unwrap() = 9;
+        assert_eq!(Lsa::decode(&bad), Err(MalformedLsa));
+    }
+
+    #[test]
+    fn only_newer_advertisements_are_stored_until_they_age_out() {
+        let mut db = LinkStateDb::new(&mesh());
+        let lsa = |seq| Lsa { origin: 2, seq, links: vec![] };
+        assert!(db.accept(1, 0, lsa(5)));
+        assert!(!db.accept(1, 10, lsa(5)), "a flooded copy is not re-flooded");
+        assert!(!db.accept(1, 10, lsa(4)));
+        assert!(db.accept(1, 10, lsa(6)));
+        // A restarted origin counts from 1 again; its old state ages out.
+        assert!(db.accept(1, 10 + LSA_MAX_AGE_US + 1, lsa(1)));
+        assert!(!db.accept(1, 0, Lsa { origin: 1, seq: 99, links: vec![] }), "own origin");
+    }
+
+    #[test]
+    fn a_link_either_end_reports_down_leaves_the_topology() {
+        let mut db = LinkStateDb::new(&mesh());
+        let down = LinkReport { peer: 2, status: LinkStatus::Down, ..Default::default() };
+        db.accept(1, 0, Lsa { origin: 3, seq: 1, links: vec![down] });
+        let t = db.effective(1, &[]);
+        assert_eq!(t.links().len(), 3);
+        assert!(!t.links().iter().any(|l| (l.a, l.b) == (2, 3)));
+        // Node 1's own view counts the same way.
+        let t = db.effective(1, &[down]);
+        assert_eq!(t.links().len(), 2);
+        // Once the advertisement ages out the link is back.
+        assert!(db.expire(LSA_MAX_AGE_US + 1));
+        assert_eq!(db.effective(1, &[]).links().len(), 4);
+    }
+
+    #[test]
+    fn measured_latency_raises_the_metric_and_loss_lowers_bandwidth() {
+        let mut db = LinkStateDb::new(&mesh());
+        let slow = LinkReport { peer: 3, status: LinkStatus::Up, latency_us: 100_000, loss_permille: 500 };
+        db.accept(1, 0, Lsa { origin: 2, seq: 1, links: vec![slow] });
+        let t = db.effective(1, &[LinkReport { peer: 2, status: LinkStatus::Up, latency_us: 1_500, loss_permille: 0 }]);
+        let l12 = t.links().iter().find(|l| (l.a, l.b) == (1, 2)).unwrap();
+        assert_eq!(l12.latency_us, 100, "measurement noise does not move the configured latency");
+        let l23 = t.links().iter().find(|l| (l.a, l.b) == (2, 3)).unwrap();
+        assert_eq!((l23.latency_us, l23.bandwidth_mbps), (100_000, 250));
+        assert_eq!(super::super::Shortest::compute(&t, 1).next_hop(3), Some(4));
+    }
+
+    #[test]
+    fn small_jitter_is_not_worth_a_flood() {
+        let r = |latency_us, status| LinkReport { peer: 2, status, latency_us, loss_permille: 0 };
+        assert!(!significant_change(&[r(200, LinkStatus::Up)], &[r(350, LinkStatus::Up)]));
+        assert!(significant_change(&[r(200, LinkStatus::Up)], &[r(100_000, LinkStatus::Up)]));
+        assert!(significant_change(&[r(200, LinkStatus::Up)], &[r(200, LinkStatus::Down)]));
+    }
+}

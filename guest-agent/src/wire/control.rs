@@ -1,0 +1,118 @@
+//! Link-local control messages: probes, their acks, and link-state
+//! advertisements. They ride in overlay packets flagged
+//! [`FLAG_CONTROL`](super::overlay::FLAG_CONTROL), sealed with the link's
+//! key like any packet, and are never forwarded: each is for the node at
+//! the other end of the link it arrived on.
+//!
+//! ```text
+//! probe, ack:  kind(1) seq(4) sent_us(8)
+//! lsa:         kind(1) Lsa (see routing::linkstate)
+//! ```
+
+use alloc::vec::Vec;
+
+use crate::routing::linkstate::Lsa;
+
+const PROBE: u8 = 1;
+const PROBE_ACK: u8 = 2;
+const LSA: u8 = 3;
+
+/// One control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// "Echo this": a sequence number and the sender's clock.
+    Probe {
+        /// Probe number.
+        seq: u32,
+        /// The sender's clock when sent, µs.
+        sent_us: u64,
+    },
+    /// The echo of a probe.
+    ProbeAck {
+        /// The probe's number.
+        seq: u32,
+        /// The probe's send time, as it came.
+        sent_us: u64,
+    },
+    /// A link-state advertisement being flooded.
+    LinkState(Lsa),
+}
+
+/// A control payload this code does not understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedControl;
+
+impl Control {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Probe { seq, sent_us } | Self::ProbeAck { seq, sent_us } => {
+                out.push(if matches!(self, Self::Probe { .. }) { PROBE } else { PROBE_ACK });
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&sent_us.to_be_bytes());
+            }
+            Self::LinkState(lsa) => {
+                out.push(LSA);
+                lsa.encode(out);
+            }
+        }
+    }
+
+    /// Decodes a control payload.
+    pub fn decode(b: &[u8]) -> Result<Self, MalformedControl> {
+        let (&kind, rest) = b.split_first().ok_or(MalformedControl)?;
+        match kind {
+            PROBE | PROBE_ACK => {
+                if rest.len() != 12 {
+                    return Err(MalformedControl);
+                }
+                let seq = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&rest[4..12]);
+                let sent_us = u64::from_be_bytes(t);
+                Ok(if kind == PROBE { Self::Probe { seq, sent_us } } else { Self::ProbeAck { seq, sent_us } })
+            }
+            LSA => Lsa::decode(rest).map(Self::LinkState).map_err(|_| MalformedControl),
+            _ => Err(MalformedControl),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::linkstate::{LinkReport, LinkStatus};
+    use alloc::vec;
+
+    #[test]
+    fn every_message_round_trips() {
+        let lsa = Lsa {
+            origin: 3,
+            seq: 9,
+            links: vec![LinkReport { peer: 1, status: LinkStatus::Up, ..Default::default() }],
+        };
+        for m in [
+            Control::Probe { seq: 1, sent_us: 2 },
+            Control::ProbeAck { seq: u32::MAX, sent_us: u64::MAX },
+            Control::LinkState(lsa),
+        ] {
+            let mut b = Vec::new();
+            m.encode(&mut b);
+            assert_eq!(Control::decode(&b), Ok(m));
+        }
+    }
+
+    #[test]
+    fn golden_probe() {
+        let mut b = Vec::new();
+        Control::Probe { seq: 0x0102_0304, sent_us: 5 }.encode(&mut b);
+        assert_eq!(b, [1, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for b in [&[][..], &[0], &[1, 0, 0], &[2; 14], &[3, 0], &[9; 13]] {
+            assert_eq!(Control::decode(b), Err(MalformedControl), "{b:?}");
+        }
+    }
+}
