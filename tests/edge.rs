@@ -2,81 +2,12 @@
 //! front door on A; a fresh VM for the request carries the stream through
 //! relay B's VM to C's VM, whose host connects the HTTP server on C.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::Duration;
 
+use pathvm_tests::edge::*;
 use pathvm_tests::*;
-
-/// An HTTP/1.0 server in `ns` answering every request with `body`.
-fn http_server(ns: &str, body: Vec<u8>) -> u16 {
-    serve_in(ns, move |mut c| {
-        let mut req = Vec::new();
-        let mut b = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match c.read(&mut b) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => req.extend_from_slice(&b[..n]),
-            }
-        }
-        let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-        let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(&body));
-    })
-}
-
-struct Edge {
-    child: ChildGuard,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-/// Starts `pathvm edge` in A's namespace and waits until it listens.
-fn start_edge(topo: &TopoGuard) -> Edge {
-    start_edge_with(topo, std::path::Path::new("/nonexistent"))
-}
-
-/// The same, with a manifest directory.
-fn start_edge_with(topo: &TopoGuard, manifests: &std::path::Path) -> Edge {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
-    c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
-    c.arg("--manifests").arg(manifests);
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = ChildGuard::new(c.spawn().unwrap());
-    let err = child.get().stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let l2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("SOCKS5 on") {
-                let _ = tx.send(());
-            }
-            let mut g = l2.lock().unwrap();
-            g.push_str(&line);
-            g.push('\n');
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10)).expect("edge listening");
-    Edge { child, log }
-}
-
-/// `curl` through the edge from A's namespace; (exit code, body).
-fn curl(topo: &TopoGuard, url: &str, proxy_user: Option<&str>) -> (Option<i32>, Vec<u8>) {
-    curl_as(topo, "curl", url, proxy_user)
-}
-
-/// The same with another curl binary (another app, as far as the edge's
-/// manifests go).
-fn curl_as(topo: &TopoGuard, program: &str, url: &str, proxy_user: Option<&str>) -> (Option<i32>, Vec<u8>) {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &topo.netns("a"), program, "-s", "--max-time", "60"]);
-    c.args(["--socks5-hostname", "127.0.0.1:1080"]);
-    if let Some(u) = proxy_user {
-        c.args(["--proxy-user", u]);
-    }
-    let out = c.arg(url).output().unwrap();
-    (out.status.code(), out.stdout)
-}
 
 #[test]
 fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
@@ -103,7 +34,7 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
     assert_eq!(code, Some(97), "service down");
     let (code, _) = curl(&topo, "http://nowhere:80/", None);
     assert_eq!(code, Some(97), "unknown destination");
-    let (code, _) = curl(&topo, &format!("http://c:{port}/file"), Some("pathvm:anonymity=require"));
+    let (code, _) = curl(&topo, &format!("http://c:{port}/file"), Some("pathvm:anonymity=require,latency=require"));
     assert_eq!(code, Some(97), "criteria no protocol meets");
 
     std::thread::sleep(Duration::from_millis(300));
@@ -316,6 +247,7 @@ fn every_protocol_carries_a_ten_mib_stream_across_mesh6() {
         ("bandwidth=prefer", "widest"),
         ("reliability=require,bandwidth=prefer", "multipath"),
         ("reliability=prefer", "redundant"),
+        ("anonymity=require", "onion"),
     ] {
         let (code, got) = curl(&topo, &format!("http://c:{port}/x"), Some(&format!("pathvm:{criteria}")));
         assert_eq!(code, Some(0), "{protocol}");

@@ -29,7 +29,7 @@ fn sent_criteria_override_the_manifest_and_the_table_says_why() {
 #[test]
 fn an_unmet_requirement_refuses_with_reasons() {
     let dir = TempDir::new();
-    let (code, out, _) = explain(&["--app", "x", "--criteria", "anonymity=require"], &dir.0);
+    let (code, out, _) = explain(&["--app", "x", "--criteria", "anonymity=require,latency=require"], &dir.0);
     assert_eq!(code, Some(2));
     assert!(out.contains("no routing protocol meets the criteria"), "{out}");
     assert!(out.contains("shortest: anonymity is required, it offers none"), "{out}");
@@ -89,7 +89,7 @@ fn node_configuration_errors_are_clear() {
     let e = node_error(&NODE_OK.replace("key = \"01", "key = \"zz"));
     assert!(e.contains("a link key must be 64 hex digits"), "{e}");
     let e = node_error(&NODE_OK.replace("hop_limit = 16", "hop_limit = 16\nprotocol = \"onion\""));
-    assert!(e.contains("protocol \"onion\" is not implemented yet"), "{e}");
+    assert!(e.contains("protocol \"onion\" carries streams from an edge"), "{e}");
     let e = node_error(&NODE_OK.replace("hop_limit = 16", "hop_limit = 16\nprotocol = \"fastest\""));
     assert!(e.contains("unknown protocol \"fastest\""), "{e}");
     let e = node_error(&NODE_OK.replace("peer_mac = \"02:50:00:00:00:01\"", "peer_mac = \"02:50\""));

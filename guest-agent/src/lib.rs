@@ -20,6 +20,7 @@ extern crate alloc;
 pub mod boot;
 pub mod net;
 pub mod node;
+pub mod onion;
 pub mod ports;
 pub mod routing;
 pub mod transport;

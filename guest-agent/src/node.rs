@@ -17,9 +17,13 @@ use crate::routing::{Link, NodeId, Topology};
 use crate::wire::DropCounters;
 
 /// First bytes of an encoded [`NodeConfig`].
-const CONFIG_MAGIC: [u8; 4] = *b"PVN3";
+const CONFIG_MAGIC: [u8; 4] = *b"PVN4";
 const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
+const KEY_ENTRY_LEN: usize = 2 + 32;
+const HEAD_LEN: usize = 4 + 8 + 32 + 32;
+/// Most entries of the onion key directory.
+pub const MAX_DIRECTORY: usize = 255;
 /// Most ports (virtio-net devices) a node has.
 pub const MAX_PORTS: usize = 7;
 
@@ -54,6 +58,13 @@ pub struct NodeConfig {
     pub ports: Vec<PortConfig>,
     /// The topology routing runs on.
     pub links: Vec<Link>,
+    /// Fresh random bytes from the host for this boot (ephemeral onion
+    /// keys, circuit ids).
+    pub seed: [u8; 32],
+    /// This node's static onion secret (X25519).
+    pub onion_secret: [u8; 32],
+    /// Every node's static onion public key, for building circuits.
+    pub directory: Vec<(NodeId, [u8; 32])>,
 }
 
 /// Why an encoded config was refused.
@@ -91,7 +102,9 @@ impl NodeConfig {
         out.push(self.hop_limit);
         out.push(self.ports.len() as u8);
         out.extend_from_slice(&(self.links.len() as u16).to_be_bytes());
-        out.extend_from_slice(&[self.protocol, 0]);
+        out.extend_from_slice(&[self.protocol, self.directory.len().min(MAX_DIRECTORY) as u8]);
+        out.extend_from_slice(&self.seed);
+        out.extend_from_slice(&self.onion_secret);
         for p in &self.ports {
             out.extend_from_slice(&p.peer.to_be_bytes());
             out.extend_from_slice(&p.peer_mac);
@@ -106,11 +119,18 @@ impl NodeConfig {
             out.extend_from_slice(&l.latency_us.to_be_bytes());
             out.extend_from_slice(&l.bandwidth_mbps.to_be_bytes());
         }
+        for (n, k) in self.directory.iter().take(MAX_DIRECTORY) {
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(k);
+        }
     }
 
     /// Bytes [`encode`](Self::encode) writes.
     pub fn encoded_len(&self) -> usize {
-        12 + self.ports.len() * PORT_LEN + self.links.len() * LINK_LEN
+        HEAD_LEN
+            + self.ports.len() * PORT_LEN
+            + self.links.len() * LINK_LEN
+            + self.directory.len().min(MAX_DIRECTORY) * KEY_ENTRY_LEN
     }
 
     /// Decodes what `encode` wrote.
@@ -120,6 +140,11 @@ impl NodeConfig {
         }
         let h = take(&mut b, 8)?;
         let (me, hop_limit, nports, nlinks, protocol) = (be16(h), h[2], h[3] as usize, be16(&h[4..]) as usize, h[6]);
+        let ndir = h[7] as usize;
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(take(&mut b, 32)?);
+        let mut onion_secret = [0u8; 32];
+        onion_secret.copy_from_slice(take(&mut b, 32)?);
         if nports > MAX_PORTS {
             return Err(ConfigError::TooManyPorts);
         }
@@ -144,7 +169,14 @@ impl NodeConfig {
             let l = take(&mut b, LINK_LEN)?;
             links.push(Link { a: be16(l), b: be16(&l[2..]), latency_us: be32(&l[4..]), bandwidth_mbps: be32(&l[8..]) });
         }
-        Ok(Self { me, hop_limit, protocol, ports, links })
+        let mut directory = Vec::with_capacity(ndir.min(b.len() / KEY_ENTRY_LEN));
+        for _ in 0..ndir {
+            let e = take(&mut b, KEY_ENTRY_LEN)?;
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&e[2..]);
+            directory.push((be16(e), k));
+        }
+        Ok(Self { me, hop_limit, protocol, ports, links, seed, onion_secret, directory })
     }
 
     /// The topology of the config.
@@ -164,6 +196,8 @@ pub struct EdgeRequest {
     pub flow: u32,
     /// `host:port` as the destination node will connect it.
     pub target: Vec<u8>,
+    /// Nodes the app asked not to relay through (onion honours it).
+    pub avoid: Vec<NodeId>,
 }
 
 impl EdgeRequest {
@@ -173,6 +207,10 @@ impl EdgeRequest {
         out.extend_from_slice(&self.flow.to_be_bytes());
         out.extend_from_slice(&(self.target.len() as u16).to_be_bytes());
         out.extend_from_slice(&self.target);
+        out.push(self.avoid.len().min(255) as u8);
+        for n in self.avoid.iter().take(255) {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
     }
 
     /// Decodes what `encode` wrote.
@@ -180,7 +218,10 @@ impl EdgeRequest {
         let h = b.get(..8).ok_or(ConfigError::Truncated)?;
         let n = be16(&h[6..]) as usize;
         let target = b.get(8..8 + n).ok_or(ConfigError::Truncated)?.to_vec();
-        Ok(Self { dst: be16(h), flow: be32(&h[2..]), target })
+        let navoid = *b.get(8 + n).ok_or(ConfigError::Truncated)? as usize;
+        let list = b.get(9 + n..9 + n + 2 * navoid).ok_or(ConfigError::Truncated)?;
+        let avoid = list.chunks_exact(2).map(be16).collect();
+        Ok(Self { dst: be16(h), flow: be32(&h[2..]), target, avoid })
     }
 }
 
@@ -265,6 +306,8 @@ pub struct NodeStats {
     pub probe_acks: u64,
     /// Link-state advertisements accepted from other nodes.
     pub lsas_accepted: u64,
+    /// Onion circuits this node relayed or ended.
+    pub circuits: u64,
     /// Times the topology routing runs on changed (links down or up,
     /// measured metrics moved).
     pub topology_changes: u64,
@@ -327,6 +370,9 @@ mod tests {
                 Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 1000 },
                 Link { a: 2, b: 3, latency_us: 200, bandwidth_mbps: 500 },
             ],
+            seed: [3; 32],
+            onion_secret: [4; 32],
+            directory: vec![(1, [5; 32]), (3, [6; 32])],
         }
     }
 
@@ -355,7 +401,7 @@ mod tests {
     fn edge_request_round_trips_after_a_config() {
         let mut b = Vec::new();
         config().encode(&mut b);
-        let req = EdgeRequest { dst: 3, flow: 0xabcd, target: b"10.0.0.3:80".to_vec() };
+        let req = EdgeRequest { dst: 3, flow: 0xabcd, target: b"10.0.0.3:80".to_vec(), avoid: vec![11, 12] };
         req.encode(&mut b);
         let cfg = NodeConfig::decode(&b).unwrap();
         assert_eq!(EdgeRequest::decode(&b[cfg.encoded_len()..]), Ok(req));

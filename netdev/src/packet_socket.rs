@@ -69,6 +69,12 @@ impl RawSocket {
     /// itself sends out are skipped), waiting up to `timeout_ms` (-1:
     /// forever); `Ok(None)` on timeout.
     pub fn recv_incoming(&self, buf: &mut [u8], timeout_ms: i32) -> io::Result<Option<usize>> {
+        Ok(self.recv_any(buf, timeout_ms)?.and_then(|(n, outgoing)| (!outgoing).then_some(n)))
+    }
+
+    /// Receives one frame crossing the interface either way (a capture):
+    /// its length and whether the host sent it; `Ok(None)` on timeout.
+    pub fn recv_any(&self, buf: &mut [u8], timeout_ms: i32) -> io::Result<Option<(usize, bool)>> {
         let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
@@ -97,10 +103,7 @@ impl RawSocket {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
         }
-        if from.sll_pkttype == libc::PACKET_OUTGOING {
-            return Ok(None);
-        }
-        Ok(Some(n as usize))
+        Ok(Some((n as usize, from.sll_pkttype == libc::PACKET_OUTGOING)))
     }
 
     /// Waits up to `timeout` for a frame whose bytes at `at` equal `tag`;

@@ -53,7 +53,7 @@ pub const PROTOCOLS: [ProtocolProfile; 5] = [
         wire_id: 3,
         levels: [0, 1, 3, 1, 3],
         min_hops: 4,
-        implemented: false,
+        implemented: true,
         summary: "source-chosen path of >= 3 relays, one encryption layer per hop",
     },
     ProtocolProfile {

@@ -147,16 +147,21 @@ mod tests {
 
     #[test]
     fn unmet_requirement_refuses_with_every_reason() {
-        let e = select(&c("anonymity=require")).unwrap_err();
+        let e = select(&c("anonymity=require,latency=require")).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("shortest: anonymity is required, it offers none"), "{msg}");
-        assert!(msg.contains("onion: not implemented yet"), "{msg}");
+        assert!(msg.contains("onion: latency is required, it offers none"), "{msg}");
+    }
+
+    #[test]
+    fn anonymity_requirement_picks_onion() {
+        assert_eq!(select(&c("anonymity=require")).unwrap().chosen.name, "onion");
     }
 
     #[test]
     fn prohibition_refuses_protocols_that_provide_it() {
-        let e = select(&c("latency=prohibit")).unwrap_err();
-        assert!(e.to_string().contains("latency is prohibited"), "{e}");
+        let e = select(&c("reliability=prohibit")).unwrap_err();
+        assert!(e.to_string().contains("reliability is prohibited"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! missing a test fails loudly under `CI=true`; elsewhere it prints why it
 //! did not run (never a silent pass).
 
+pub mod capture;
+pub mod edge;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -29,6 +29,7 @@ pub mod loader;
 pub mod memory;
 pub mod node;
 pub mod pool;
+pub mod random;
 pub mod topo;
 pub mod vcpu;
 pub mod vm;

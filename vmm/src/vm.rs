@@ -171,11 +171,18 @@ impl Vm {
 
     /// Runs the guest on the calling thread until it ends.
     pub fn run(self) -> Result<RunOutcome, VmError> {
+        self.run_then(|_| {})
+    }
+
+    /// Runs the guest until it ends, then lets `inspect` read its memory
+    /// before it is freed (an audit of what a guest held).
+    pub fn run_then(self, inspect: impl FnOnce(&vm_memory::GuestMemoryMmap)) -> Result<RunOutcome, VmError> {
         let Vm { vm_fd, mut runner, subscribers, metrics, ready_rx } = self;
         let devices = DeviceThread::start(subscribers)?;
         let reason = runner.run();
         devices.stop();
         let guest_stats = read_guest_stats(&runner.mem);
+        inspect(&runner.mem);
         drop(runner);
         drop(vm_fd);
         Ok(RunOutcome { reason, metrics, ready_at: ready_rx.try_recv().ok(), guest_stats })

@@ -58,6 +58,8 @@ pub struct Stream {
     dupacks: u32,
     recover: Option<u32>,
     fast_rtx: bool,
+    /// Most data bytes per segment (smaller when segments ride in cells).
+    mss: usize,
     rto_us: u64,
     rto_deadline: Option<u64>,
     timeouts: u32,
@@ -95,6 +97,7 @@ impl Stream {
             dupacks: 0,
             recover: None,
             fast_rtx: false,
+            mss: MSS,
             rto_us: INITIAL_RTO_US,
             rto_deadline: None,
             timeouts: 0,
@@ -132,6 +135,12 @@ impl Stream {
         s.snd_nxt = 0;
         s.peer_wnd = seg.window_kib as usize * 1024;
         Some((s, seg.data.to_vec()))
+    }
+
+    /// Limits data segments to `mss` bytes (at most [`MSS`]), for carriers
+    /// with less room than an overlay packet, like onion cells.
+    pub fn set_mss(&mut self, mss: usize) {
+        self.mss = mss.clamp(1, MSS);
     }
 
     /// The acceptor agrees: the SYN-ACK goes out.
@@ -181,7 +190,7 @@ impl Stream {
         let n = self.rbuf.len().min(max);
         out.extend(self.rbuf.drain(..n));
         // Reopening a window the peer may be stalled on deserves an ACK.
-        if self.advertised < MSS && self.free_rcv() >= MSS {
+        if self.advertised < self.mss && self.free_rcv() >= self.mss {
             self.ack_pending = true;
         }
         n
@@ -358,15 +367,15 @@ impl Stream {
                     self.cwnd = self.ssthresh;
                 }
                 Some(_) => self.fast_rtx = true,
-                None if self.cwnd < self.ssthresh => self.cwnd += acked.min(MSS),
-                None => self.cwnd += (MSS * MSS / self.cwnd).max(1),
+                None if self.cwnd < self.ssthresh => self.cwnd += acked.min(self.mss),
+                None => self.cwnd += (self.mss * self.mss / self.cwnd).max(1),
             }
             self.rto_deadline = (self.flight() > 0).then_some(now_us + self.rto_us);
         } else if pure && ack == self.snd_una && self.flight() > 0 {
             self.dupacks += 1;
             if self.dupacks == 3 && self.recover.is_none() {
-                self.ssthresh = (self.flight() / 2).max(2 * MSS);
-                self.cwnd = self.ssthresh + 3 * MSS;
+                self.ssthresh = (self.flight() / 2).max(2 * self.mss);
+                self.cwnd = self.ssthresh + 3 * self.mss;
                 self.recover = Some(self.snd_nxt);
                 self.fast_rtx = true;
                 self.rtt_probe = None;
@@ -392,7 +401,7 @@ impl Stream {
         if off >= self.sbuf.len() {
             return false;
         }
-        let n = (self.sbuf.len() - off).min(MSS);
+        let n = (self.sbuf.len() - off).min(self.mss);
         let (a, b) = self.sbuf.as_slices();
         let mut chunk = Vec::with_capacity(n);
         for &byte in a.iter().chain(b.iter()).skip(off).take(n) {
@@ -470,7 +479,7 @@ impl Stream {
                 return true;
             }
         }
-        let limit = self.cwnd.min(self.peer_wnd.max(MSS));
+        let limit = self.cwnd.min(self.peer_wnd.max(self.mss));
         if self.flight() < limit {
             let seq = self.snd_nxt;
             if self.data_segment(seq, out) {
@@ -509,8 +518,8 @@ impl Stream {
         if self.timeouts > MAX_TIMEOUTS {
             return true;
         }
-        self.ssthresh = (self.flight() / 2).max(2 * MSS);
-        self.cwnd = MSS;
+        self.ssthresh = (self.flight() / 2).max(2 * self.mss);
+        self.cwnd = self.mss;
         self.recover = None;
         self.dupacks = 0;
         self.rtt_probe = None;

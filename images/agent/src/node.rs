@@ -29,6 +29,9 @@ use guest_agent::wire::{
 use crate::roles::{console, nets, Pacer};
 use crate::{clock, io, log};
 
+mod onion;
+use onion::{Onion, ONION_MSS};
+
 /// Sender ids per port whose replay windows are kept; beyond, the lowest
 /// is forgotten and every id below it refused from then on.
 const MAX_RX_SENDERS: usize = 1024;
@@ -79,6 +82,24 @@ struct Flow {
     pending: Vec<u8>,
     /// The host's side ended: close the stream once `pending` is sent.
     host_eof: bool,
+    /// For a stream that came over an onion circuit: the circuit's port
+    /// and id here (the source is unknown, by design).
+    circuit: Option<(usize, u32)>,
+}
+
+impl Flow {
+    fn new(stream: Stream, peer: NodeId, protocol: Protocol, circuit: Option<(usize, u32)>) -> Self {
+        Self {
+            stream,
+            peer,
+            protocol,
+            answered: false,
+            eof_sent: false,
+            pending: Vec::new(),
+            host_eof: false,
+            circuit,
+        }
+    }
 }
 
 /// Streams a node ends at once; further SYNs are refused with a reset.
@@ -138,6 +159,8 @@ struct EdgeStream {
     backlog: Vec<u8>,
     /// When the stream started closing, to bound the goodbye.
     closing_since: Option<u64>,
+    /// Nodes the app asked not to relay through.
+    avoid: Vec<NodeId>,
 }
 
 struct Node {
@@ -169,6 +192,9 @@ struct Node {
     advertised: Vec<LinkReport>,
     advertised_at: u64,
     next_maintenance: u64,
+    next_expiry: u64,
+    /// Onion circuits through, ending at, or starting at this node.
+    onion: Onion,
     /// Packet ids seen per (source, flow), to deliver redundant copies once.
     seen: BTreeMap<(NodeId, u32), ReplayWindow>,
     /// On a request VM: its stream.
@@ -334,23 +360,20 @@ impl Node {
                     }
                     return Ok(());
                 }
-                let flow = Flow {
-                    stream,
-                    peer: repr.src,
-                    protocol: repr.protocol,
-                    answered: false,
-                    eof_sent: false,
-                    pending: Vec::new(),
-                    host_eof: false,
-                };
-                self.flows.insert(repr.flow_id, flow);
-                let mut open = alloc::vec![stream_op::OPEN];
-                open.extend_from_slice(&info);
-                self.queue_for_host(RECORD_CONTROL, repr.flow_id, &open);
+                self.open_flow(repr.flow_id, Flow::new(stream, repr.src, repr.protocol, None), &info);
             }
         }
         self.stats.delivered += 1;
         Ok(())
+    }
+
+    /// Starts a stream ending here and asks the host to connect it to
+    /// `info` (`host:port`).
+    fn open_flow(&mut self, id: u32, flow: Flow, info: &[u8]) {
+        self.flows.insert(id, flow);
+        let mut open = alloc::vec![stream_op::OPEN];
+        open.extend_from_slice(info);
+        self.queue_for_host(RECORD_CONTROL, id, &open);
     }
 
     /// A record from the host about stream `flow`.
@@ -438,7 +461,12 @@ impl Node {
         }
         for (repr, seg) in segments {
             worked = true;
-            if let Err(e) = self.send_from_here(repr, &seg) {
+            let circuit = self.flows.get(&repr.flow_id).and_then(|f| f.circuit);
+            let sent = match circuit {
+                Some((port, circ)) => self.onion_send_backward(port, circ, &seg),
+                None => self.send_from_here(repr, &seg),
+            };
+            if let Err(e) = sent {
                 self.stats.drops.count(e);
             }
         }
@@ -455,6 +483,9 @@ impl Node {
         self.ports[i].authenticate(&p, &repr)?;
         if repr.flags & FLAG_CONTROL != 0 {
             return self.control(i, &repr, p.payload());
+        }
+        if repr.protocol == Protocol::Onion {
+            return self.onion_cell(i, repr.flow_id, p.payload());
         }
         if repr.dst == self.me {
             if !self.first_copy(&repr, p.state()) {
@@ -608,6 +639,10 @@ impl Node {
             }
         }
         let expired = self.lsdb.expire(now);
+        if now >= self.next_expiry {
+            self.next_expiry = now + 1_000_000;
+            self.onion.expire(now);
+        }
         if self.floods {
             let own = self.own_reports(now);
             let due = now.saturating_sub(self.advertised_at) >= LSA_REFRESH_US;
@@ -689,6 +724,8 @@ fn build(params: &BootParams, cfg: &NodeConfig) -> (Node, VirtioConsole) {
         advertised: Vec::new(),
         advertised_at: 0,
         next_maintenance: 0,
+        next_expiry: 0,
+        onion: Onion::new(cfg.onion_secret, cfg.directory.clone(), cfg.seed),
         seen: BTreeMap::new(),
         edge: None,
     };
@@ -825,16 +862,30 @@ pub fn run_edge(params: &BootParams) -> ! {
     // here) but takes no part in flooding.
     node.floods = false;
     node.control_flow = req.flow;
+    let mut stream = Stream::connect(&req.target);
+    if node.protocol == Protocol::Onion {
+        stream.set_mss(ONION_MSS);
+    }
     node.edge = Some(EdgeStream {
         flow: req.flow,
         dst: req.dst,
-        stream: Stream::connect(&req.target),
+        stream,
         replied: false,
         app_closed: false,
         pending: Vec::new(),
         backlog: Vec::new(),
         closing_since: None,
+        avoid: req.avoid.clone(),
     });
+    if node.protocol == Protocol::Onion {
+        // No circuit, no stream: the app gets its refusal at once.
+        if let Err(e) = node.onion_prepare(req.dst) {
+            log!("edge: no onion circuit to node {}: {e:?}", req.dst);
+            if let Some(e) = node.edge.as_mut() {
+                e.stream.refuse();
+            }
+        }
+    }
     io::ready();
     let mut frames: Vec<(usize, Vec<u8>)> = Vec::new();
     let mut pacer = Pacer::new();
@@ -915,7 +966,12 @@ pub fn run_edge(params: &BootParams) -> ! {
                 link_id: 0,
                 link_seq: 0,
             };
-            if let Err(err) = node.send_from_here(repr, &seg) {
+            let sent = if protocol == Protocol::Onion {
+                node.onion_send_forward(dst, &seg)
+            } else {
+                node.send_from_here(repr, &seg)
+            };
+            if let Err(err) = sent {
                 node.stats.drops.count(err);
             }
         }

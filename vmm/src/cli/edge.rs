@@ -89,10 +89,7 @@ fn resolve(file: &NodeFile, target: &Target) -> Option<(u16, String)> {
 }
 
 fn random_flow() -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most 4 bytes into b.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
-    u32::from_ne_bytes(b) | 1
+    u32::from_ne_bytes(vmm::random::bytes()) | 1
 }
 
 fn serve(edge: &Edge, mut conn: TcpStream) {
@@ -132,8 +129,14 @@ fn serve(edge: &Edge, mut conn: TcpStream) {
     let Some((dst, target)) = resolve(&edge.file, &req.target) else {
         return refuse(&mut conn, Reply::HostUnreachable, "not a host of this topology".into());
     };
-    let spec =
-        RequestSpec { flow: random_flow(), dst, target, protocol: decision.chosen.wire_id, slot: edge.slots.alloc() };
+    let spec = RequestSpec {
+        flow: random_flow(),
+        dst,
+        target,
+        protocol: decision.chosen.wire_id,
+        slot: edge.slots.alloc(),
+        avoid: criteria.avoid_nodes.clone(),
+    };
     eprintln!(
         "pathvm edge: {} -> {} (node {dst}, flow {:#010x}): {}",
         exe.display(),

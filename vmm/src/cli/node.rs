@@ -29,6 +29,11 @@ pub struct NodeArgs {
     /// Do not print the guest's log lines.
     #[arg(long)]
     quiet: bool,
+    /// Write the node VM's memory to FILE when it stops: an audit of what
+    /// a relay holds (tests check no onion relay knows a source and a
+    /// destination together).
+    #[arg(long, value_name = "FILE")]
+    dump_memory: Option<PathBuf>,
 }
 
 /// Runs a node until stopped.
@@ -36,7 +41,15 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let image = AgentImage::open(&args.image.unwrap_or_else(super::default_image))?;
     let kvm = KvmContext::open()?;
     let log = if args.quiet { GuestLog::Discard } else { GuestLog::Stderr };
-    let outcome = vmm::node::run(&kvm, &image, &args.config, args.console.into(), log, super::stop_on_signals)?;
+    let outcome = vmm::node::run(
+        &kvm,
+        &image,
+        &args.config,
+        args.console.into(),
+        log,
+        super::stop_on_signals,
+        args.dump_memory.as_deref(),
+    )?;
     if let Some(path) = args.metrics {
         let s = outcome.guest_stats;
         let report = serde_json::json!({
@@ -52,6 +65,7 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
                 "probe_acks": s.probe_acks,
                 "lsas_accepted": s.lsas_accepted,
                 "topology_changes": s.topology_changes,
+                "circuits": s.circuits,
                 "drops": {
                     "truncated": s.drops.truncated,
                     "bad_version": s.drops.bad_version,

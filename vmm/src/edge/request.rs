@@ -56,6 +56,8 @@ pub struct RequestSpec {
     pub protocol: u8,
     /// From [`SlotAllocator::alloc`].
     pub slot: u32,
+    /// Nodes the app asked not to relay through.
+    pub avoid: Vec<u16>,
 }
 
 /// Hands out request slots (a link-id offset and a tc priority each).
@@ -170,7 +172,8 @@ pub fn run(
     }
     let mut args = Vec::new();
     cfg.encode(&mut args);
-    EdgeRequest { dst: spec.dst, flow: spec.flow, target: spec.target.as_bytes().to_vec() }.encode(&mut args);
+    EdgeRequest { dst: spec.dst, flow: spec.flow, target: spec.target.as_bytes().to_vec(), avoid: spec.avoid.clone() }
+        .encode(&mut args);
     let vm_cfg = VmConfig {
         mem_mib: edge.mem_mib.min(64),
         role: Role::Edge,

@@ -103,6 +103,16 @@ pub struct HostAddrs {
     pub addrs: Vec<String>,
 }
 
+/// One node's static onion public key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnionKeySpec {
+    /// The node.
+    pub node: NodeId,
+    /// Its X25519 public key, hex.
+    pub public: String,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +136,13 @@ pub struct NodeFile {
     pub host: Vec<HostAddrs>,
     /// Topology.
     pub link: Vec<TopoLinkSpec>,
+    /// This node's static onion secret (X25519), hex; `topo up` makes one.
+    /// Without it the node relays no onion circuits.
+    #[serde(default)]
+    pub onion_secret: String,
+    /// Every node's onion public key (sources build circuits with them).
+    #[serde(default)]
+    pub onion_key: Vec<OnionKeySpec>,
 }
 
 fn default_protocol() -> String {
@@ -146,15 +163,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 fn parse_key(s: &str) -> Result<[u8; 32], String> {
-    let mut k = [0u8; 32];
-    if s.len() != 64 {
-        return Err("a link key must be 64 hex digits".into());
-    }
-    for (i, o) in k.iter_mut().enumerate() {
-        *o =
-            u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| "a link key must be 64 hex digits".to_string())?;
-    }
-    Ok(k)
+    crate::random::parse_hex32(s, "a link key")
 }
 
 impl NodeFile {
@@ -196,6 +205,13 @@ impl NodeFile {
             .map(|l| Link { a: l.a, b: l.b, latency_us: l.latency_us, bandwidth_mbps: l.bandwidth_mbps })
             .collect();
         let protocol = match policy::protocols::by_name(&self.protocol) {
+            Some(p) if p.name == "onion" => {
+                return Err(NodeFileError::Invalid(
+                    "protocol \"onion\" carries streams from an edge (pathvm edge), not datagrams a node \
+                     originates: use shortest, widest, multipath or redundant"
+                        .into(),
+                ))
+            }
             Some(p) if p.implemented => p.wire_id,
             Some(p) => return Err(NodeFileError::Invalid(format!("protocol {:?} is not implemented yet", p.name))),
             None => {
@@ -205,7 +221,26 @@ impl NodeFile {
                 )))
             }
         };
-        let cfg = NodeConfig { me: self.id, hop_limit: self.hop_limit, protocol, ports, links };
+        let onion_secret = match self.onion_secret.as_str() {
+            "" => [0; 32],
+            s => crate::random::parse_hex32(s, "onion_secret").map_err(NodeFileError::Invalid)?,
+        };
+        let directory = self
+            .onion_key
+            .iter()
+            .map(|k| Ok((k.node, crate::random::parse_hex32(&k.public, &format!("onion key of node {}", k.node))?)))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(NodeFileError::Invalid)?;
+        let cfg = NodeConfig {
+            me: self.id,
+            hop_limit: self.hop_limit,
+            protocol,
+            ports,
+            links,
+            seed: crate::random::bytes(),
+            onion_secret,
+            directory,
+        };
         if cfg.encoded_len() > guest_agent::boot::ARGS_LEN {
             return Err(NodeFileError::Invalid(format!(
                 "topology too large for the boot block ({} of {} bytes)",
@@ -252,11 +287,17 @@ mod tests {
                 key: "01".repeat(32),
             }],
             link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],
+            onion_secret: "02".repeat(32),
+            onion_key: vec![OnionKeySpec { node: 1, public: "03".repeat(32) }],
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));
+        assert_eq!((c.onion_secret, c.directory.clone()), ([2; 32], vec![(1, [3; 32])]));
+        assert_ne!(c.seed, f.node_config().unwrap().seed, "a fresh seed per boot");
         let bad = NodeFile { protocol: "onion".into(), ..f.clone() };
-        assert!(bad.node_config().unwrap_err().to_string().contains("not implemented"));
+        assert!(bad.node_config().unwrap_err().to_string().contains("carries streams from an edge"));
+        let bad = NodeFile { onion_secret: "zz".into(), ..f.clone() };
+        assert!(bad.node_config().unwrap_err().to_string().contains("onion_secret must be 64 hex digits"));
         let text = toml::to_string(&f).unwrap();
         let back: NodeFile = toml::from_str(&text).unwrap();
         assert_eq!(back.port[0].tap, "tap0");

@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, TopoLinkSpec};
+pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, OnionKeySpec, PortBackend, PortSpec, TopoLinkSpec};
 pub use plumbing::{Intake, IntakeError};
 
 use guest_agent::boot::Role;
@@ -72,8 +72,28 @@ fn console_io(console: ConsoleConfig) -> std::io::Result<ConsoleIo> {
     })
 }
 
+/// Writes all of a guest's RAM to `path`, region after region.
+pub fn dump_memory(mem: &vm_memory::GuestMemoryMmap, path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut buf = vec![0u8; 1 << 20];
+    for r in mem.iter() {
+        let (start, len) = (r.start_addr().0, r.len());
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(buf.len() as u64) as usize;
+            mem.read_slice(&mut buf[..n], vm_memory::GuestAddress(start + off)).map_err(std::io::Error::other)?;
+            out.write_all(&buf[..n])?;
+            off += n as u64;
+        }
+    }
+    out.flush()
+}
+
 /// Runs a node from `config_path` until its VM stops. `on_stop_handle`
-/// receives the handle that stops it (for signal handlers).
+/// receives the handle that stops it (for signal handlers); with
+/// `dump_to`, the guest's memory is written there when it stops.
 pub fn run(
     kvm: &KvmContext,
     image: &AgentImage,
@@ -81,6 +101,7 @@ pub fn run(
     console: ConsoleConfig,
     guest_log: GuestLog,
     on_stop_handle: impl FnOnce(std::sync::Arc<StopHandle>),
+    dump_to: Option<&Path>,
 ) -> Result<RunOutcome, NodeError> {
     let file = NodeFile::load(config_path)?;
     let node_cfg = file.node_config()?;
@@ -118,7 +139,13 @@ pub fn run(
     };
     let vm = build_vm(kvm, image, cfg)?;
     on_stop_handle(vm.stop_handle());
-    let outcome = vm.run()?;
+    let outcome = vm.run_then(|mem| {
+        if let Some(path) = dump_to {
+            if let Err(e) = dump_memory(mem, path) {
+                tracing::warn!("cannot write guest memory to {}: {e}", path.display());
+            }
+        }
+    })?;
     drop(backends);
     drop(intake);
     Ok(outcome)

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 pub use file::{HostSpec, LinkSpec, TopologyFile};
 
-use crate::node::{HostAddrs, NodeFile, PortSpec, TopoLinkSpec};
+use crate::node::{HostAddrs, NodeFile, OnionKeySpec, PortSpec, TopoLinkSpec};
 
 /// Each side of a link may send under 2^16 directed link ids.
 const LINK_SPAN_BITS: u32 = 16;
@@ -325,7 +325,17 @@ impl Topo {
                     .collect(),
             })
             .collect();
-        for h in &self.file.hosts {
+        // Every host's static onion key; each node gets its secret and
+        // everyone's public key.
+        let onion: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| crate::random::bytes::<32>()).collect();
+        let directory: Vec<OnionKeySpec> = self
+            .file
+            .hosts
+            .iter()
+            .zip(&onion)
+            .map(|(h, s)| OnionKeySpec { node: h.id, public: crate::random::hex(&guest_agent::onion::public_key(s)) })
+            .collect();
+        for (h, secret) in self.file.hosts.iter().zip(&onion) {
             let mut ports = Vec::new();
             for (i, l) in self.file.links.iter().enumerate() {
                 let (end, peer) = if l.a == h.name {
@@ -362,6 +372,8 @@ impl Topo {
                 host: hosts.clone(),
                 port: ports,
                 link: links.clone(),
+                onion_secret: crate::random::hex(secret),
+                onion_key: directory.clone(),
             };
             let path = self.node_config_path(&h.name);
             let text = toml::to_string(&node).expect("node config serialises");
@@ -417,12 +429,7 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
 }
 
 fn random_key_hex() -> String {
-    let mut k = [0u8; 32];
-    // getrandom(2) never fails for 32 bytes once the pool is initialised;
-    // if it did, the key would be all zero and the links still work.
-    // SAFETY: writes at most k.len() bytes into k.
-    unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
-    k.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::hex(&crate::random::bytes::<32>())
 }
 
 #[cfg(test)]

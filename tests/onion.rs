@@ -1,0 +1,133 @@
+//! `onion` as an observer, and as a relay, would see it: mesh6 with the
+//! edge on A, a download through a circuit of four relays
+//! (a - r1 - r2 - r3 - r4 - c, the only path with at least three), every
+//! link captured, every relay's memory written out when it stops.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use pathvm_tests::capture::{contains, Capture};
+use pathvm_tests::edge::*;
+use pathvm_tests::*;
+
+/// mesh6's links in file order: (index, end a, end b) as host names.
+const LINKS: [(usize, &str, &str); 7] =
+    [(0, "a", "r1"), (1, "r1", "r2"), (2, "r2", "c"), (3, "a", "r3"), (4, "r3", "r4"), (5, "r4", "c"), (6, "r2", "r3")];
+
+fn id(host: &str) -> u16 {
+    match host {
+        "a" => 1,
+        "c" => 3,
+        "r1" => 11,
+        "r2" => 12,
+        "r3" => 13,
+        "r4" => 14,
+        _ => unreachable!(),
+    }
+}
+
+fn capture_all(topo: &TopoGuard) -> Vec<(usize, Capture)> {
+    LINKS.iter().map(|&(i, a, _)| (i, Capture::start(&topo.netns(a), &format!("ln{i}")))).collect()
+}
+
+fn stop_all(caps: Vec<(usize, Capture)>) -> HashMap<usize, Vec<Vec<u8>>> {
+    caps.into_iter().map(|(i, c)| (i, c.stop())).collect()
+}
+
+/// Overlay frames (EtherType 0x88b5) of protocol `proto` (3 = onion).
+fn overlay(frames: &[Vec<u8>], proto: u8) -> Vec<&Vec<u8>> {
+    frames.iter().filter(|f| f.len() > 16 && f[12..14] == [0x88, 0xb5] && f[15] == proto).collect()
+}
+
+fn grep(file: &std::path::Path, needle: &str) -> bool {
+    Command::new("grep").args(["-q", "-a", "-F", needle]).arg(file).status().unwrap().success()
+}
+
+#[test]
+fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let topo = TopoGuard::up("mesh6.toml");
+    let mut nodes = Vec::new();
+    for h in ["c", "r1", "r2", "r3", "r4"] {
+        let mut cmd = topo.node(h, &dir.0.join(format!("{h}.json")));
+        cmd.arg("--dump-memory").arg(dir.0.join(format!("{h}.mem")));
+        let mut g = ChildGuard::new(cmd.spawn().unwrap());
+        let log = wait_for_stderr(g.get(), &format!("node {} up", id(h)), Duration::from_secs(20));
+        nodes.push((h, g, log));
+    }
+    let edge = start_edge(&topo);
+    let plain = |tag: &str| tag.as_bytes().iter().copied().cycle().take(2 << 20).collect::<Vec<u8>>();
+    let (visible, secret) = (plain("SHORTEST-PLAINTEXT-"), plain("ONION-PLAINTEXT-"));
+    let visible_port = http_server(&topo.netns("c"), visible.clone());
+    let secret_port = http_server(&topo.netns("c"), secret.clone());
+
+    // Control: under `shortest` an observer of the links reads the bytes.
+    let caps = capture_all(&topo);
+    let (code, got) =
+        curl(&topo, &format!("http://c:{visible_port}/shortest-visible-path"), Some("pathvm:latency=require"));
+    assert_eq!((code, sha256(&got)), (Some(0), sha256(&visible)));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = stop_all(caps);
+    assert!(
+        seen.values().flatten().any(|f| contains(f, b"SHORTEST-PLAINTEXT-")),
+        "the capture cannot see plaintext, so it proves nothing"
+    );
+
+    // The same through an onion circuit.
+    let caps = capture_all(&topo);
+    let (code, got) =
+        curl(&topo, &format!("http://c:{secret_port}/onion-secret-path"), Some("pathvm:anonymity=require"));
+    assert_eq!(code, Some(0));
+    assert!(sha256(&got) == sha256(&secret), "onion stream corrupted ({} bytes)", got.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = stop_all(caps);
+    let log = edge.log.lock().unwrap().clone();
+    assert!(log.contains(": onion ("), "anonymity=require did not select onion:\n{log}");
+    let target = format!("c:{secret_port}");
+    for (i, a, b) in LINKS {
+        let frames = &seen[&i];
+        for f in frames {
+            for needle in [&b"ONION-PLAINTEXT-"[..], b"onion-secret-path", target.as_bytes()] {
+                assert!(
+                    !contains(f, needle),
+                    "link {a}-{b} carried {:?} in the clear",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+        let cells = overlay(frames, 3);
+        let on_path = !matches!(i, 2 | 3);
+        assert_eq!(!cells.is_empty(), on_path, "link {a}-{b}: {} onion cells", cells.len());
+        for f in cells {
+            assert_eq!(f.len(), 14 + 28 + 1400 + 16, "link {a}-{b}: an onion frame of another size");
+            let (src, dst) = (u16::from_be_bytes([f[22], f[23]]), u16::from_be_bytes([f[24], f[25]]));
+            let ends = [id(a), id(b)];
+            assert!(ends.contains(&src) && ends.contains(&dst) && src != dst, "link {a}-{b} names {src} -> {dst}");
+        }
+    }
+
+    // The relays: what they logged and what their memory held at the end.
+    drop(edge.child);
+    for (h, g, log) in nodes {
+        g.terminate(Duration::from_secs(20));
+        let log = log.join().unwrap();
+        if h == "c" {
+            continue;
+        }
+        assert!(!log.contains(&target) && !log.contains("onion-secret-path"), "{h} logged the destination:\n{log}");
+        let mem = dir.0.join(format!("{h}.mem"));
+        assert!(std::fs::metadata(&mem).map(|m| m.len() > 1 << 20).unwrap_or(false), "{h}: no memory dump");
+        for needle in ["ONION-PLAINTEXT-", "onion-secret-path", &target] {
+            assert!(!grep(&mem, needle), "relay {h} held {needle:?}");
+        }
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap();
+        assert!(m["node"]["circuits"].as_u64().unwrap() >= 1, "{h} relayed no circuit: {m}");
+    }
+    // The control again: a relay on the shortest path did hold its plaintext.
+    assert!(grep(&dir.0.join("r1.mem"), "SHORTEST-PLAINTEXT-"), "memory dumps cannot show what a relay held");
+}

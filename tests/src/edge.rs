@@ -1,0 +1,81 @@
+//! Helpers for tests through the edge: an HTTP service on a host, the
+//! edge daemon on A, curl through it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{image, pathvm_bin, serve_in, ChildGuard, TopoGuard};
+
+/// An HTTP/1.0 server in `ns` answering every request with `body`.
+pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
+    serve_in(ns, move |mut c| {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&b[..n]),
+            }
+        }
+        let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(&body));
+    })
+}
+
+/// A running `pathvm edge` and its log.
+pub struct Edge {
+    /// The daemon.
+    pub child: ChildGuard,
+    /// Its stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Starts `pathvm edge` in A's namespace and waits until it listens.
+pub fn start_edge(topo: &TopoGuard) -> Edge {
+    start_edge_with(topo, std::path::Path::new("/nonexistent"))
+}
+
+/// The same, with a manifest directory.
+pub fn start_edge_with(topo: &TopoGuard, manifests: &std::path::Path) -> Edge {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
+    c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
+    c.arg("--manifests").arg(manifests);
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = ChildGuard::new(c.spawn().unwrap());
+    let err = child.get().stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("SOCKS5 on") {
+                let _ = tx.send(());
+            }
+            let mut g = l2.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("edge listening");
+    Edge { child, log }
+}
+
+/// `curl` through the edge from A's namespace; (exit code, body).
+pub fn curl(topo: &TopoGuard, url: &str, proxy_user: Option<&str>) -> (Option<i32>, Vec<u8>) {
+    curl_as(topo, "curl", url, proxy_user)
+}
+
+/// The same with another curl binary (another app, as far as the edge's
+/// manifests go).
+pub fn curl_as(topo: &TopoGuard, program: &str, url: &str, proxy_user: Option<&str>) -> (Option<i32>, Vec<u8>) {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &topo.netns("a"), program, "-s", "--max-time", "60"]);
+    c.args(["--socks5-hostname", "127.0.0.1:1080"]);
+    if let Some(u) = proxy_user {
+        c.args(["--proxy-user", u]);
+    }
+    let out = c.arg(url).output().unwrap();
+    (out.status.code(), out.stdout)
+}

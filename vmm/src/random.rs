@@ -1,0 +1,50 @@
+//! Secret random bytes from the kernel, and their hex form in config files.
+
+/// `N` bytes from getrandom(2).
+pub fn bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: writes at most N - filled bytes into the rest of b.
+        let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n <= 0 {
+            // Interrupted before the first byte: try again. Other errors
+            // cannot happen for a valid buffer and flags 0.
+            continue;
+        }
+        filled += n as usize;
+    }
+    b
+}
+
+/// Lower-case hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// 32 bytes from 64 hex digits; `what` names the value in the error.
+pub fn parse_hex32(s: &str, what: &str) -> Result<[u8; 32], String> {
+    let mut k = [0u8; 32];
+    if s.len() != 64 || !s.is_ascii() {
+        return Err(format!("{what} must be 64 hex digits"));
+    }
+    for (i, o) in k.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| format!("{what} must be 64 hex digits"))?;
+    }
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_bad_hex_is_named() {
+        let k: [u8; 32] = bytes();
+        assert_eq!(parse_hex32(&hex(&k), "a key"), Ok(k));
+        assert_ne!(bytes::<32>(), k);
+        assert_eq!(parse_hex32("abc", "a link key").unwrap_err(), "a link key must be 64 hex digits");
+        assert!(parse_hex32(&"zz".repeat(32), "x").is_err());
+        assert!(parse_hex32(&"é".repeat(32), "x").is_err());
+    }
+}
