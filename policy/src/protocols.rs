@@ -3,9 +3,14 @@
 //! Levels run 0 (does not provide) to 3 (provides strongly); a requirement
 //! is met at level 2 or more, a prohibition only at 0.
 
+use guest_agent::routing::{Profile, PROFILES};
+use guest_agent::wire::Protocol;
+
 use crate::criteria::Property;
 
-/// One routing protocol as policy sees it.
+/// One routing protocol as policy sees it: the [`Profile`] its routing
+/// module declares (`guest_agent::routing`), so what policy scores is what
+/// the data path runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProtocolProfile {
     /// Its name.
@@ -16,8 +21,6 @@ pub struct ProtocolProfile {
     pub levels: [u8; 5],
     /// Fewest hops its paths have (onion needs three relays).
     pub min_hops: u8,
-    /// Whether pathvm can run it yet.
-    pub implemented: bool,
     /// One line on what it does.
     pub summary: &'static str,
 }
@@ -28,50 +31,27 @@ impl ProtocolProfile {
         let i = Property::ALL.iter().position(|q| *q == p).unwrap_or(0);
         self.levels[i]
     }
+
+    const fn of(p: Profile) -> Self {
+        let wire_id = match p.wire {
+            Protocol::Shortest => 1,
+            Protocol::Widest => 2,
+            Protocol::Onion => 3,
+            Protocol::Multipath => 4,
+            Protocol::Redundant => 5,
+            Protocol::Unknown(v) => v,
+        };
+        Self { name: p.name, wire_id, levels: p.levels, min_hops: p.min_hops, summary: p.summary }
+    }
 }
 
 /// Every protocol, in tie-break order.
 pub const PROTOCOLS: [ProtocolProfile; 5] = [
-    ProtocolProfile {
-        name: "shortest",
-        wire_id: 1,
-        levels: [3, 1, 0, 1, 0],
-        min_hops: 1,
-        implemented: true,
-        summary: "link-state, hop by hop, lowest total latency",
-    },
-    ProtocolProfile {
-        name: "widest",
-        wire_id: 2,
-        levels: [1, 3, 0, 1, 0],
-        min_hops: 1,
-        implemented: true,
-        summary: "the path with the largest bottleneck bandwidth",
-    },
-    ProtocolProfile {
-        name: "onion",
-        wire_id: 3,
-        levels: [0, 1, 3, 1, 3],
-        min_hops: 4,
-        implemented: true,
-        summary: "source-chosen path of >= 3 relays, one encryption layer per hop",
-    },
-    ProtocolProfile {
-        name: "multipath",
-        wire_id: 4,
-        levels: [1, 3, 0, 2, 0],
-        min_hops: 1,
-        implemented: true,
-        summary: "packets spread over node-disjoint paths",
-    },
-    ProtocolProfile {
-        name: "redundant",
-        wire_id: 5,
-        levels: [2, 0, 0, 3, 0],
-        min_hops: 1,
-        implemented: true,
-        summary: "every packet on two node-disjoint paths",
-    },
+    ProtocolProfile::of(PROFILES[0]),
+    ProtocolProfile::of(PROFILES[1]),
+    ProtocolProfile::of(PROFILES[2]),
+    ProtocolProfile::of(PROFILES[3]),
+    ProtocolProfile::of(PROFILES[4]),
 ];
 
 /// The profile called `name`.
@@ -90,6 +70,14 @@ mod tests {
         assert_eq!(onion.level(Property::Latency), 0);
         assert_eq!(by_name("shortest").unwrap().level(Property::Latency), 3);
         assert!(by_name("nope").is_none());
+    }
+
+    #[test]
+    fn wire_ids_match_the_overlay() {
+        for p in PROTOCOLS {
+            assert_eq!(u8::from(Protocol::from(p.wire_id)), p.wire_id);
+            assert_eq!(format!("{:?}", Protocol::from(p.wire_id)).to_lowercase(), p.name);
+        }
     }
 
     #[test]

@@ -52,9 +52,6 @@ fn word(level: u8) -> &'static str {
 fn score(p: &'static ProtocolProfile, c: &Criteria) -> Row {
     let mut s = 0i32;
     let mut refused = None;
-    if !p.implemented {
-        refused = Some(format!("{}: not implemented yet", p.name));
-    }
     for prop in Property::ALL {
         let level = p.level(prop);
         match c.get(prop) {

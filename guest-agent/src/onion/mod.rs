@@ -21,10 +21,8 @@ pub mod cell;
 pub mod circuit;
 pub mod header;
 pub mod keys;
-pub mod path;
 
 pub use cell::{CellError, CELL_LEN, MAX_CREATE_DATA, MAX_DATA};
 pub use circuit::{ExitHop, RelayHop, SourceCircuit};
 pub use header::{Hop, Processed, EXIT, HEADER_LEN, MAX_HOPS};
 pub use keys::{public_key, Drbg, HopKeys};
-pub use path::onion_path;

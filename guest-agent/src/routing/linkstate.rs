@@ -33,7 +33,10 @@ pub const PROBE_LOST_AFTER_US: u64 = 1_000_000;
 /// Every probe also carries the nodes' own processing (vCPU wake-ups,
 /// 0.1-1 ms on a nested host), which is no property of the link and would
 /// otherwise drown sub-millisecond configured differences in noise.
-pub const LATENCY_NOISE_US: u32 = 2_000;
+pub const LATENCY_NOISE_US: u32 = 5_000;
+/// Acks within the RTT window needed before a latency is reported: one
+/// late ack (a VM still booting, a busy host) is no measurement.
+pub const MIN_RTT_SAMPLES: usize = 4;
 /// Advertisements not refreshed within this are forgotten.
 pub const LSA_MAX_AGE_US: u64 = 3_000_000;
 /// A node re-advertises at least this often.
@@ -154,8 +157,9 @@ impl LinkMonitor {
 
     /// The link as measured at `now`.
     pub fn report(&self, now: u64) -> LinkReport {
-        let recent = self.rtts.iter().filter(|(at, _)| now.saturating_sub(*at) <= RTT_WINDOW_US);
-        let min_rtt = recent.map(|(_, r)| *r).min();
+        let recent: Vec<u64> =
+            self.rtts.iter().filter(|(at, _)| now.saturating_sub(*at) <= RTT_WINDOW_US).map(|(_, r)| *r).collect();
+        let min_rtt = if recent.len() >= MIN_RTT_SAMPLES { recent.iter().min().copied() } else { None };
         let old: Vec<&(u32, u64, bool)> =
             self.probes.iter().filter(|p| now.saturating_sub(p.1) > PROBE_LOST_AFTER_US).collect();
         let lost = old.iter().filter(|p| !p.2).count();
@@ -323,7 +327,6 @@ pub fn significant_change(last: &[LinkReport], now: &[LinkReport]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::Router;
     use alloc::vec;
 
     fn mesh() -> Topology {
@@ -363,7 +366,13 @@ mod tests {
         assert_eq!(m.report(10).status, LinkStatus::Unknown);
         m.on_ack(10, seq, sent);
         m.on_ack(5_000, seq, sent);
-        assert_eq!(m.report(5_000).latency_us, 5);
+        assert_eq!(m.report(5_000).status, LinkStatus::Up);
+        assert_eq!(m.report(5_000).latency_us, 0, "one ack is not a measurement");
+        for t in [60_000, 120_000, 180_000] {
+            let (seq, sent) = m.poll_probe(t).unwrap();
+            m.on_ack(t + 10, seq, sent);
+        }
+        assert_eq!(m.report(200_000).latency_us, 5, "the minimum of four acks");
     }
 
     #[test]
@@ -437,7 +446,7 @@ mod tests {
         let mut db = LinkStateDb::new(&mesh());
         let slow = LinkReport { peer: 3, status: LinkStatus::Up, latency_us: 100_000, loss_permille: 500 };
         db.accept(1, 0, Lsa { origin: 2, seq: 1, links: vec![slow] });
-        let t = db.effective(1, &[LinkReport { peer: 2, status: LinkStatus::Up, latency_us: 1_500, loss_permille: 0 }]);
+        let t = db.effective(1, &[LinkReport { peer: 2, status: LinkStatus::Up, latency_us: 4_500, loss_permille: 0 }]);
         let l12 = t.links().iter().find(|l| (l.a, l.b) == (1, 2)).unwrap();
         assert_eq!(l12.latency_us, 100, "measurement noise does not move the configured latency");
         let l23 = t.links().iter().find(|l| (l.a, l.b) == (2, 3)).unwrap();

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::cmp::Reverse;
 
 use super::topology::{walk_back, NodeId, Topology};
-use super::Router;
+use super::{Profile, Route, RouteContext, RoutingProtocol};
 use crate::wire::Protocol;
 
 /// Next hops of one node.
@@ -57,13 +57,29 @@ impl Shortest {
     }
 }
 
-impl Router for Shortest {
-    fn protocol(&self) -> Protocol {
-        Protocol::Shortest
+impl Shortest {
+    /// The next node towards `dst`, or `None` if there is no route. A
+    /// packet for the node itself is delivered, never routed.
+    pub fn next_hop(&self, dst: NodeId) -> Option<NodeId> {
+        self.table.get(&dst).map(|e| e.1)
+    }
+}
+
+impl RoutingProtocol for Shortest {
+    const PROFILE: Profile = Profile {
+        name: "shortest",
+        wire: Protocol::Shortest,
+        levels: [3, 1, 0, 1, 0],
+        min_hops: 1,
+        summary: "link-state, hop by hop, lowest total latency",
+    };
+
+    fn compute(topo: &Topology, me: NodeId) -> Self {
+        Shortest::compute(topo, me)
     }
 
-    fn next_hop(&self, dst: NodeId) -> Option<NodeId> {
-        self.table.get(&dst).map(|e| e.1)
+    fn route(&mut self, dst: NodeId, _: &mut RouteContext<'_>) -> Option<Route<'_>> {
+        self.next_hop(dst).map(Route::NextHop)
     }
 }
 

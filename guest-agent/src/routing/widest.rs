@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::cmp::Reverse;
 
 use super::topology::{walk_back, NodeId, Topology};
-use super::Router;
+use super::{Profile, Route, RouteContext, RoutingProtocol};
 use crate::wire::Protocol;
 
 /// Next hops of one node.
@@ -63,13 +63,29 @@ impl Widest {
     }
 }
 
-impl Router for Widest {
-    fn protocol(&self) -> Protocol {
-        Protocol::Widest
+impl Widest {
+    /// The next node towards `dst`, or `None` if there is no route. A
+    /// packet for the node itself is delivered, never routed.
+    pub fn next_hop(&self, dst: NodeId) -> Option<NodeId> {
+        self.table.get(&dst).map(|e| e.2)
+    }
+}
+
+impl RoutingProtocol for Widest {
+    const PROFILE: Profile = Profile {
+        name: "widest",
+        wire: Protocol::Widest,
+        levels: [1, 3, 0, 1, 0],
+        min_hops: 1,
+        summary: "the path with the largest bottleneck bandwidth",
+    };
+
+    fn compute(topo: &Topology, me: NodeId) -> Self {
+        Widest::compute(topo, me)
     }
 
-    fn next_hop(&self, dst: NodeId) -> Option<NodeId> {
-        self.table.get(&dst).map(|e| e.2)
+    fn route(&mut self, dst: NodeId, _: &mut RouteContext<'_>) -> Option<Route<'_>> {
+        self.next_hop(dst).map(Route::NextHop)
     }
 }
 

@@ -16,7 +16,7 @@ use guest_agent::node::{
 };
 use guest_agent::ports;
 use guest_agent::routing::linkstate::{significant_change, LinkMonitor, LinkReport, LinkStateDb, Lsa, LSA_REFRESH_US};
-use guest_agent::routing::{NodeId, PathSet, Router, Shortest, SourceRoute, Topology, Widest};
+use guest_agent::routing::{NodeId, Route, RouteContext, Routes, SourceRoute, Topology};
 use guest_agent::transport::{Segment, Stream, StreamState};
 use guest_agent::virtio::console::{ConsoleEvent, VirtioConsole};
 use guest_agent::virtio::net::VirtioNet;
@@ -166,8 +166,8 @@ struct EdgeStream {
 struct Node {
     me: NodeId,
     hop_limit: u8,
-    shortest: Shortest,
-    widest: Widest,
+    /// Every protocol's routes over `topology`.
+    routes: Routes,
     protocol: Protocol,
     ports: Vec<Port>,
     stats: NodeStats,
@@ -175,8 +175,6 @@ struct Node {
     flows: BTreeMap<u32, Flow>,
     /// The topology routing runs on now (configured, as measured).
     topology: Topology,
-    /// Disjoint paths per destination, for source-routed protocols.
-    paths: BTreeMap<NodeId, PathSet>,
     next_packet_id: u32,
     /// What other nodes advertise.
     lsdb: LinkStateDb,
@@ -227,17 +225,17 @@ impl Node {
         true
     }
 
-    /// Routes a packet for `dst` out of the right port; Ok(false) if the
-    /// port's queue was full.
+    /// Forwards a packet a relay received: hop by hop (`shortest`,
+    /// `widest`) or along the path in its state (`multipath`,
+    /// `redundant`). Ok(false) if the port's queue was full.
     fn route(&mut self, repr: OverlayRepr, state: &[u8], payload: &[u8]) -> Result<bool, WireError> {
-        let router: &dyn Router = match repr.protocol {
-            Protocol::Shortest => &self.shortest,
-            Protocol::Widest => &self.widest,
+        let next = match repr.protocol {
+            Protocol::Shortest => self.routes.shortest.next_hop(repr.dst),
+            Protocol::Widest => self.routes.widest.next_hop(repr.dst),
             Protocol::Multipath | Protocol::Redundant => return self.follow_source_route(repr, state, payload),
             _ => return Err(WireError::UnsupportedProtocol),
         };
-        let next = router.next_hop(repr.dst).ok_or(WireError::NoRoute)?;
-        let j = self.port_to(next).ok_or(WireError::NoRoute)?;
+        let j = self.port_to(next.ok_or(WireError::NoRoute)?).ok_or(WireError::NoRoute)?;
         Ok(self.send(j, repr, state, payload))
     }
 
@@ -252,32 +250,29 @@ impl Node {
     }
 
     /// Sends a packet this node originates (a datagram or a stream's
-    /// segment) by its protocol: hop by hop, or along source routes chosen
-    /// here, one path at a time weighted by bandwidth (`multipath`) or two
-    /// at once (`redundant`).
+    /// segment) the way its protocol routes it: to a next hop, or along
+    /// source routes chosen here (one weighted path for `multipath`, a copy
+    /// on each of two for `redundant`). Onion circuits carry streams only
+    /// ([`Node::onion_send_forward`]).
     fn send_from_here(&mut self, mut repr: OverlayRepr, payload: &[u8]) -> Result<bool, WireError> {
-        if !matches!(repr.protocol, Protocol::Multipath | Protocol::Redundant) {
-            return self.route(repr, &[], payload);
-        }
-        let dst = repr.dst;
-        if !self.paths.contains_key(&dst) {
-            let set = PathSet::new(&self.topology, self.me, dst, 2);
-            self.paths.insert(dst, set);
-        }
         self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
         let packet_id = self.next_packet_id;
         let mut states: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-        let set = self.paths.get_mut(&dst).ok_or(WireError::NoRoute)?;
-        if repr.protocol == Protocol::Redundant {
-            for (st, path) in states.iter_mut().zip(set.paths()) {
-                SourceRoute::encode_parts(0, packet_id, path, st);
+        let avoid = self.edge.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
+        let mut ctx = RouteContext { avoid, rng: &mut self.onion.rng };
+        match self.routes.route(repr.protocol, repr.dst, &mut ctx) {
+            None => return Err(WireError::NoRoute),
+            Some(Route::NextHop(next)) => {
+                let j = self.port_to(next).ok_or(WireError::NoRoute)?;
+                return Ok(self.send(j, repr, &[], payload));
             }
-        } else {
-            let path = set.pick().ok_or(WireError::NoRoute)?;
-            SourceRoute::encode_parts(0, packet_id, path, &mut states[0]);
-        }
-        if states[0].is_empty() {
-            return Err(WireError::NoRoute);
+            Some(Route::Path(path)) => SourceRoute::encode_parts(0, packet_id, path, &mut states[0]),
+            Some(Route::Copies(paths)) => {
+                for (st, path) in states.iter_mut().zip(paths) {
+                    SourceRoute::encode_parts(0, packet_id, path, st);
+                }
+            }
+            Some(Route::Circuit(_)) => return Err(WireError::UnsupportedProtocol),
         }
         let mut sent = false;
         for st in states.iter().filter(|s| !s.is_empty()) {
@@ -614,10 +609,8 @@ impl Node {
         if before != after {
             log!("node {}: {} of the configured links usable now (was {})", self.me, after, before);
         }
-        self.shortest = Shortest::compute(&topology, self.me);
-        self.widest = Widest::compute(&topology, self.me);
+        self.routes = Routes::compute(&topology, self.me);
         self.topology = topology;
-        self.paths.clear();
         self.stats.topology_changes += 1;
     }
 
@@ -707,15 +700,13 @@ fn build(params: &BootParams, cfg: &NodeConfig) -> (Node, VirtioConsole) {
     let node = Node {
         me: cfg.me,
         hop_limit: cfg.hop_limit,
-        shortest: Shortest::compute(&cfg.topology(), cfg.me),
-        widest: Widest::compute(&cfg.topology(), cfg.me),
+        routes: Routes::compute(&cfg.topology(), cfg.me),
         protocol: Protocol::from(cfg.protocol),
         ports,
         stats: NodeStats { magic: STATS_MAGIC, ..Default::default() },
         deliver: Vec::new(),
         flows: BTreeMap::new(),
         topology: cfg.topology(),
-        paths: BTreeMap::new(),
         next_packet_id: 0,
         lsdb: LinkStateDb::new(&cfg.topology()),
         floods: true,

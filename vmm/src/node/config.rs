@@ -212,8 +212,7 @@ impl NodeFile {
                         .into(),
                 ))
             }
-            Some(p) if p.implemented => p.wire_id,
-            Some(p) => return Err(NodeFileError::Invalid(format!("protocol {:?} is not implemented yet", p.name))),
+            Some(p) => p.wire_id,
             None => {
                 return Err(NodeFileError::Invalid(format!(
                     "unknown protocol {:?}: use shortest, widest, multipath or redundant",

@@ -15,7 +15,7 @@ pub mod shell;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use guest_agent::routing::{Router, Shortest};
+use guest_agent::routing::Shortest;
 use thiserror::Error;
 
 pub use file::{HostSpec, LinkSpec, TopologyFile};

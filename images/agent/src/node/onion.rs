@@ -9,17 +9,15 @@ use alloc::vec::Vec;
 use guest_agent::onion::cell::{CMD_STREAM, NONCE_LEN};
 use guest_agent::onion::header::process;
 use guest_agent::onion::{
-    onion_path, public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_DATA,
+    public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_DATA,
 };
-use guest_agent::routing::NodeId;
+use guest_agent::routing::{NodeId, Route, RouteContext};
 use guest_agent::transport::{Segment, Stream};
 use guest_agent::wire::{OverlayRepr, Protocol, WireError};
 
 use super::{Flow, Node, MAX_FLOWS};
 use crate::clock;
 
-/// Relays an onion circuit has at least.
-pub const MIN_RELAYS: usize = 3;
 /// Circuit ends a node keeps; creates beyond are dropped.
 const MAX_CIRCUITS: usize = 8192;
 /// A circuit idle this long is forgotten.
@@ -208,14 +206,16 @@ impl Node {
     }
 
     /// Builds a request VM's circuit to `dst` (if it has none yet): at
-    /// least [`MIN_RELAYS`] relays, none the app asked to avoid, each with a
+    /// least three relays (`routing::onion`), none the app asked to avoid, each with a
     /// key in the directory.
     pub(super) fn onion_prepare(&mut self, dst: NodeId) -> Result<(), WireError> {
         let circ = self.control_flow;
         if self.onion.source.is_none() {
-            let avoid = self.edge.as_ref().map(|e| e.avoid.clone()).unwrap_or_default();
-            let path = onion_path(&self.topology, self.me, dst, MIN_RELAYS, &avoid, &mut self.onion.rng)
-                .ok_or(WireError::NoRoute)?;
+            let avoid = self.edge.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
+            let mut ctx = RouteContext { avoid, rng: &mut self.onion.rng };
+            let Some(Route::Circuit(path)) = self.routes.route(Protocol::Onion, dst, &mut ctx) else {
+                return Err(WireError::NoRoute);
+            };
             let mut hops = Vec::with_capacity(path.len() - 1);
             for &n in &path[1..] {
                 let public = self.onion.directory.iter().find(|(id, _)| *id == n).map(|(_, k)| *k);

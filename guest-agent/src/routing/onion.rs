@@ -1,10 +1,41 @@
-//! Which relays a circuit goes through.
+//! `onion`: which relays a circuit goes through. The source draws a
+//! random path of at least [`MIN_RELAYS`] relays, none the application
+//! asked to avoid; the circuit over it (one key per hop, fixed-size cells)
+//! is [`crate::onion`].
 
 use alloc::vec::Vec;
 
-use super::header::MAX_HOPS;
-use super::keys::Drbg;
-use crate::routing::{NodeId, Topology};
+use super::{NodeId, Profile, Route, RouteContext, RoutingProtocol, Topology};
+use crate::onion::{Drbg, MAX_HOPS};
+use crate::wire::Protocol;
+
+/// Relays an onion circuit has at least.
+pub const MIN_RELAYS: usize = 3;
+
+/// Circuit paths of one source.
+#[derive(Debug, Clone, Default)]
+pub struct OnionPaths {
+    topo: Topology,
+    me: NodeId,
+}
+
+impl RoutingProtocol for OnionPaths {
+    const PROFILE: Profile = Profile {
+        name: "onion",
+        wire: Protocol::Onion,
+        levels: [0, 1, 3, 1, 3],
+        min_hops: MIN_RELAYS as u8 + 1,
+        summary: "source-chosen path of >= 3 relays, one encryption layer per hop",
+    };
+
+    fn compute(topo: &Topology, me: NodeId) -> Self {
+        Self { topo: topo.clone(), me }
+    }
+
+    fn route(&mut self, dst: NodeId, ctx: &mut RouteContext<'_>) -> Option<Route<'_>> {
+        onion_path(&self.topo, self.me, dst, MIN_RELAYS, ctx.avoid, ctx.rng).map(Route::Circuit)
+    }
+}
 
 /// Paths considered before one is drawn.
 const MAX_CANDIDATES: usize = 256;
