@@ -258,9 +258,9 @@ fn every_protocol_carries_a_ten_mib_stream_across_mesh6() {
     drop(edge.child);
 }
 
-/// Downloads 20 MiB across mesh6 under `criteria` and kills relay r1 (on
+/// Downloads 20 MiB across mesh6 under `criteria` and kills `relay` (on
 /// the fast path) mid-transfer: every byte must still arrive.
-fn survives_relay_death(criteria: &str, protocol: &str, seed: u64) {
+fn survives_relay_death(criteria: &str, protocol: &str, relay: &str, seed: u64) {
     let dir = TempDir::new();
     let (topo, mut nodes, edge) = mesh6_with_edge(&dir.0);
     let body = random_bytes(20 << 20, seed);
@@ -271,7 +271,7 @@ fn survives_relay_death(criteria: &str, protocol: &str, seed: u64) {
     let fetch = std::thread::spawn(move || curl(&t2, &format!("http://c:{port}/x"), Some(&user)));
     // Let the transfer start, then kill a relay on one of the two paths.
     std::thread::sleep(Duration::from_millis(150));
-    nodes.remove("r1").unwrap().terminate(Duration::from_secs(10));
+    nodes.remove(relay).unwrap().terminate(Duration::from_secs(10));
     let (code, got) = fetch.join().unwrap();
     assert_eq!(code, Some(0), "{protocol}");
     assert!(sha256(&got) == sha256(&body), "{protocol} lost bytes: {} of {}", got.len(), body.len());
@@ -293,7 +293,7 @@ fn redundant_loses_no_byte_when_a_relay_dies_mid_transfer() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    survives_relay_death("reliability=prefer", "redundant", 62);
+    survives_relay_death("reliability=prefer", "redundant", "r1", 62);
 }
 
 #[test]
@@ -301,7 +301,40 @@ fn multipath_loses_no_byte_when_a_relay_dies_mid_transfer() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    survives_relay_death("reliability=require,bandwidth=prefer", "multipath", 63);
+    survives_relay_death("reliability=require,bandwidth=prefer", "multipath", "r1", 63);
+}
+
+#[test]
+fn multipath_loses_no_byte_when_a_relay_two_hops_away_dies() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    // r2 is not A's neighbour: the request VM learns of it from the link
+    // state its neighbours hold (r1 floods that its link to r2 died).
+    survives_relay_death("reliability=require,bandwidth=prefer", "multipath", "r2", 65);
+}
+
+#[test]
+fn a_request_after_a_relay_died_routes_around_it_from_the_start() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (topo, mut nodes, edge) = mesh6_with_edge(&dir.0);
+    let body = random_bytes(4 << 20, 66);
+    let port = http_server(&topo.netns("c"), body.clone());
+    nodes.remove("r2").unwrap().terminate(Duration::from_secs(10));
+    // Its neighbours notice within a second and flood it.
+    std::thread::sleep(Duration::from_secs(2));
+    for criteria in ["latency=require", "reliability=require,bandwidth=prefer"] {
+        let (code, got) = curl(&topo, &format!("http://c:{port}/x"), Some(&format!("pathvm:{criteria}")));
+        assert_eq!(code, Some(0), "{criteria}");
+        assert!(sha256(&got) == sha256(&body), "{criteria}: {} of {} bytes", got.len(), body.len());
+    }
+    let log = edge.log.lock().unwrap().clone();
+    assert_eq!(log.matches("(Exited(0); route changes ").count(), 2, "{log}");
+    assert!(!log.contains("route changes 0)"), "a request VM never learned r2 is gone:\n{log}");
+    drop(edge.child);
 }
 
 #[test]
@@ -309,5 +342,5 @@ fn shortest_moves_a_stream_off_a_dead_relay_without_losing_a_byte() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    survives_relay_death("latency=require", "shortest", 64);
+    survives_relay_death("latency=require", "shortest", "r1", 64);
 }

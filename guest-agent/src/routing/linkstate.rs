@@ -264,6 +264,11 @@ impl LinkStateDb {
         newer
     }
 
+    /// Every advertisement held.
+    pub fn lsas(&self) -> impl Iterator<Item = &Lsa> {
+        self.lsas.values().map(|(_, l)| l)
+    }
+
     /// Forgets advertisements older than [`LSA_MAX_AGE_US`]; true if any
     /// went (the effective topology may have changed).
     pub fn expire(&mut self, now: u64) -> bool {

@@ -5,8 +5,9 @@
 //! the other end of the link it arrived on.
 //!
 //! ```text
-//! probe, ack:  kind(1) seq(4) sent_us(8)
-//! lsa:         kind(1) Lsa (see routing::linkstate)
+//! probe, ack:   kind(1) seq(4) sent_us(8)
+//! lsa:          kind(1) Lsa (see routing::linkstate)
+//! lsa request:  kind(1)
 //! ```
 
 use alloc::vec::Vec;
@@ -16,6 +17,7 @@ use crate::routing::linkstate::Lsa;
 const PROBE: u8 = 1;
 const PROBE_ACK: u8 = 2;
 const LSA: u8 = 3;
+const LSA_REQUEST: u8 = 4;
 
 /// One control message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +36,11 @@ pub enum Control {
         /// The probe's send time, as it came.
         sent_us: u64,
     },
-    /// A link-state advertisement being flooded.
+    /// A link-state advertisement being flooded (or sent on request).
     LinkState(Lsa),
+    /// "Send me every advertisement you hold": a request VM, which takes
+    /// no part in flooding, asks its neighbours for the network's state.
+    LsaRequest,
 }
 
 /// A control payload this code does not understand.
@@ -55,6 +60,7 @@ impl Control {
                 out.push(LSA);
                 lsa.encode(out);
             }
+            Self::LsaRequest => out.push(LSA_REQUEST),
         }
     }
 
@@ -73,6 +79,7 @@ impl Control {
                 Ok(if kind == PROBE { Self::Probe { seq, sent_us } } else { Self::ProbeAck { seq, sent_us } })
             }
             LSA => Lsa::decode(rest).map(Self::LinkState).map_err(|_| MalformedControl),
+            LSA_REQUEST if rest.is_empty() => Ok(Self::LsaRequest),
             _ => Err(MalformedControl),
         }
     }
@@ -95,6 +102,7 @@ mod tests {
             Control::Probe { seq: 1, sent_us: 2 },
             Control::ProbeAck { seq: u32::MAX, sent_us: u64::MAX },
             Control::LinkState(lsa),
+            Control::LsaRequest,
         ] {
             let mut b = Vec::new();
             m.encode(&mut b);
@@ -111,7 +119,7 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        for b in [&[][..], &[0], &[1, 0, 0], &[2; 14], &[3, 0], &[9; 13]] {
+        for b in [&[][..], &[0], &[1, 0, 0], &[2; 14], &[3, 0], &[4, 0], &[9; 13]] {
             assert_eq!(Control::decode(b), Err(MalformedControl), "{b:?}");
         }
     }

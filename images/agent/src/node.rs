@@ -105,6 +105,9 @@ impl Flow {
 /// Streams a node ends at once; further SYNs are refused with a reset.
 const MAX_FLOWS: usize = 1024;
 
+/// How often a request VM asks its neighbours for the link state.
+const LSA_REQUEST_US: u64 = 500_000;
+
 /// How often a node runs its link maintenance ([`Node::maintain`]).
 const MAINTENANCE_US: u64 = 5_000;
 
@@ -191,6 +194,8 @@ struct Node {
     advertised_at: u64,
     next_maintenance: u64,
     next_expiry: u64,
+    /// On a request VM: when to ask the neighbours for link state again.
+    next_lsa_request: u64,
     /// Onion circuits through, ending at, or starting at this node.
     onion: Onion,
     /// Packet ids seen per (source, flow), to deliver redundant copies once.
@@ -566,6 +571,15 @@ impl Node {
                     self.stats.probe_acks += 1;
                 }
             }
+            Control::LsaRequest => {
+                let mut all: Vec<Lsa> = self.lsdb.lsas().cloned().collect();
+                if self.floods {
+                    all.push(Lsa { origin: self.me, seq: self.lsa_seq, links: self.advertised.clone() });
+                }
+                for lsa in all {
+                    self.send_control(i, repr.flow_id, repr.src, &Control::LinkState(lsa));
+                }
+            }
             Control::LinkState(lsa) => {
                 if self.lsdb.accept(self.me, now, lsa.clone()) {
                     self.stats.lsas_accepted += 1;
@@ -649,6 +663,14 @@ impl Node {
                 return;
             }
         }
+        if !self.floods && now >= self.next_lsa_request {
+            // A request VM hears no floods: it asks its neighbours.
+            self.next_lsa_request = now + LSA_REQUEST_US;
+            for j in 0..self.ports.len() {
+                let (flow, peer) = (self.control_flow, self.ports[j].peer);
+                self.send_control(j, flow, peer, &Control::LsaRequest);
+            }
+        }
         if expired || !self.floods {
             self.refresh_topology(now);
         }
@@ -716,6 +738,7 @@ fn build(params: &BootParams, cfg: &NodeConfig) -> (Node, VirtioConsole) {
         advertised_at: 0,
         next_maintenance: 0,
         next_expiry: 0,
+        next_lsa_request: 0,
         onion: Onion::new(cfg.onion_secret, cfg.directory.clone(), cfg.seed),
         seen: BTreeMap::new(),
         edge: None,
