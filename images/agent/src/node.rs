@@ -2,9 +2,11 @@
 //!
 //! Each virtio-net is one link port. A frame that arrives is checked
 //! (overlay EtherType, total parse, link id, replay window, link key),
-//! then delivered to the console if it is for this node, or re-sealed for
-//! the next node's link and sent on, as `shortest` routing decides.
-//! Records read from the console are originated the same way.
+//! then handled as a link-local control message (probes, link state), an
+//! onion cell ([`onion`]), delivered to the console if it is for this
+//! node, or re-sealed for the next node's link and sent on as the packet's
+//! protocol decides. Records read from the console are originated the same
+//! way; streams ending here are served through the console too.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
