@@ -12,11 +12,17 @@ VM_PID=""
 TOPO="tests/topologies/line3.toml"
 TNAME="demo$$"
 TNAME=${TNAME:0:8}
+MESH="tests/topologies/mesh6.toml"
+MNAME="dm$$"
+MNAME=${MNAME:0:8}
+MESH_PIDS=""
 
 cleanup() {
     [ -n "$VM_PID" ] && kill "$VM_PID" 2>/dev/null && wait "$VM_PID" 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
+    [ -n "$MESH_PIDS" ] && kill $MESH_PIDS 2>/dev/null || true
     "$PATHVM" topo down "$TOPO" --name "$TNAME" 2>/dev/null || true
+    "$PATHVM" topo down "$MESH" --name "$MNAME" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -82,8 +88,55 @@ echo "-- the path: B's relay VM forwarded $(grep -o '"forwarded": [0-9]*' "$D/b.
 rm -rf "$D"
 "$PATHVM" topo down "$TOPO" --name "$TNAME"
 
-step "4. relay beside kernel forwarding on the same hosts"
+step "4. five routing protocols on mesh6 (a - r1 - r2 - c fast, a - r3 - r4 - c wide, r2 - r3 across)"
+"$PATHVM" topo up "$MESH" --name "$MNAME"
+D="/tmp/$MNAME"
+mkdir -p "$D/www"
+head -c 10485760 /dev/urandom > "$D/www/file.bin"
+ip netns exec "$MNAME-c" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$D/www" > /dev/null 2>&1 &
+MESH_PIDS="$!"
+declare -A NODE_PID
+for h in c r1 r2 r3 r4; do
+    ip netns exec "$MNAME-$h" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$MNAME/$h.toml" --quiet \
+        --metrics "$D/$h.json" < /dev/null > /dev/null &
+    NODE_PID[$h]=$!
+    MESH_PIDS="$MESH_PIDS $!"
+done
+ip netns exec "$MNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$MNAME/a.toml" 2> "$D/edge.log" &
+MESH_PIDS="$MESH_PIDS $!"
+sleep 2
+fetch() { # criteria label
+    local start end
+    start=$(date +%s%N)
+    ip netns exec "$MNAME-a" curl -s --max-time 60 --socks5-hostname 127.0.0.1:1080 --proxy-user "pathvm:$1" \
+        http://c:8080/file.bin -o "$D/got.bin" || true
+    end=$(date +%s%N)
+    local same=NO
+    cmp -s "$D/www/file.bin" "$D/got.bin" && same=yes
+    printf '   %-38s -> %-9s 10 MiB in %5d ms, identical: %s\n' "$1" \
+        "$(tail -n 3 "$D/edge.log" | grep -o ': [a-z]* (score' | tail -n1 | cut -d' ' -f2)" $(( (end - start) / 1000000 )) "$same"
+    [ "$same" = yes ] || exit 1
+}
+for c in latency=require bandwidth=prefer reliability=require,bandwidth=prefer reliability=prefer anonymity=require; do
+    fetch "$c"
+done
+echo "-- redundant while relay r1 is killed 150 ms into the transfer:"
+( sleep 0.15; kill -TERM "${NODE_PID[r1]}" ) &
+fetch reliability=prefer
+sleep 2
+echo "-- shortest once r1 is gone (its neighbours flooded it; the request VM asked them):"
+fetch latency=require
+echo "-- the edge's log:"
+sed 's/^/   /' "$D/edge.log"
+kill -TERM $MESH_PIDS 2>/dev/null; wait $MESH_PIDS 2>/dev/null || true; MESH_PIDS=""
+for h in r2 r3 r4; do
+    echo "   relay $h: forwarded $(grep -o '"forwarded": [0-9]*' "$D/$h.json" | cut -d' ' -f2), onion circuits $(grep -o '"circuits": [0-9]*' "$D/$h.json" | cut -d' ' -f2), link-state updates taken $(grep -o '"lsas_accepted": [0-9]*' "$D/$h.json" | cut -d' ' -f2)"
+done
+rm -rf "$D"
+"$PATHVM" topo down "$MESH" --name "$MNAME"
+
+step "5. relay beside kernel forwarding on the same hosts"
 "$PATHVM" bench relay --json --seconds 1 --image "$IMAGE"
 
-step "5. spawn time: 50 VMs one after another, beside QEMU microvm on the same image"
+step "6. spawn time: 50 VMs one after another, beside QEMU microvm on the same image"
 "$PATHVM" bench spawn -n 50 --compare-qemu --json --image "$IMAGE"

@@ -163,7 +163,10 @@ impl LinkMonitor {
         let old: Vec<&(u32, u64, bool)> =
             self.probes.iter().filter(|p| now.saturating_sub(p.1) > PROBE_LOST_AFTER_US).collect();
         let lost = old.iter().filter(|p| !p.2).count();
-        let loss_permille = if old.is_empty() { 0 } else { (lost * 1000 / old.len()) as u16 };
+        // A neighbour that never answers (no node VM there) has no loss
+        // to speak of: its probes go nowhere by design.
+        let loss_permille =
+            if old.is_empty() || self.status == LinkStatus::Unknown { 0 } else { (lost * 1000 / old.len()) as u16 };
         LinkReport {
             peer: self.peer,
             status: self.status,
@@ -393,6 +396,8 @@ mod tests {
             was.tick(now);
         }
         assert_eq!(never.report(2_000_000).status, LinkStatus::Unknown);
+        assert_eq!(never.report(2_000_000).loss_permille, 0, "no loss without an answering neighbour");
+        assert_eq!(was.report(2_000_000).loss_permille, 1000);
         assert_eq!(was.report(2_000_000).status, LinkStatus::Down);
     }
 

@@ -48,6 +48,31 @@ pub fn seal_frame(
     payload: &[u8],
     key: &LinkKey,
 ) -> Result<(), WireError> {
+    build_frame(out, eth, repr, state, payload)?;
+    key.seal(&mut OverlayPacket::new_unchecked(&mut out[ETH_HDR_LEN..]));
+    Ok(())
+}
+
+/// Seals a frame [`build_frame`] made, under link sequence number `seq`:
+/// a sender that queues frames numbers them as they leave, so frames sent
+/// ahead of the queue (probes) keep the sequence in order.
+pub fn seal_built(frame: &mut [u8], seq: u64, key: &LinkKey) {
+    if frame.len() <= ETH_HDR_LEN {
+        return;
+    }
+    let mut p = OverlayPacket::new_unchecked(&mut frame[ETH_HDR_LEN..]);
+    p.set_link_seq(seq);
+    key.seal(&mut p);
+}
+
+/// [`seal_frame`] without the sealing.
+pub fn build_frame(
+    out: &mut Vec<u8>,
+    eth: EthAddrs,
+    repr: &OverlayRepr,
+    state: &[u8],
+    payload: &[u8],
+) -> Result<(), WireError> {
     if state.len() != repr.state_len as usize || payload.len() != repr.payload_len as usize {
         return Err(WireError::BadLength);
     }
@@ -60,7 +85,6 @@ pub fn seal_frame(
     repr.emit(&mut p)?;
     p.state_mut().copy_from_slice(state);
     p.payload_mut().copy_from_slice(payload);
-    key.seal(&mut p);
     Ok(())
 }
 
@@ -172,6 +196,12 @@ mod tests {
         assert_eq!(key.open(&p), Ok(()));
         assert_eq!(p.payload(), b"data");
         assert_eq!(seal_frame(&mut f, eth, &repr, &[], b"data", &key), Err(WireError::BadLength));
+        // Built now, numbered and sealed when it leaves: the same frame.
+        let mut g = Vec::new();
+        build_frame(&mut g, eth, &OverlayRepr { link_seq: 0, ..repr }, &[0xee], b"data").unwrap();
+        seal_built(&mut g, 1, &key);
+        seal_frame(&mut f, eth, &repr, &[0xee], b"data", &key).unwrap();
+        assert_eq!(f, g);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use guest_agent::virtio::console::{ConsoleEvent, VirtioConsole};
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::control::Control;
 use guest_agent::wire::{
-    overlay::MAX_PAYLOAD_LEN, seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
+    build_frame, overlay::MAX_PAYLOAD_LEN, seal_built, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
     WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL, FLAG_STREAM, RESERVED_LINK_ID,
 };
 
@@ -213,22 +213,32 @@ impl Node {
 
     /// Seals `repr` + `payload` for port `j` and queues the frame; false
     /// (and counted) if the port's queue is full.
-    fn send(&mut self, j: usize, mut repr: OverlayRepr, state: &[u8], payload: &[u8]) -> bool {
+    fn send(&mut self, j: usize, repr: OverlayRepr, state: &[u8], payload: &[u8]) -> bool {
+        self.enqueue(j, repr, state, payload, false)
+    }
+
+    /// Queues a frame for port `j`, at the front if `urgent` (probes, so
+    /// they measure the link rather than this node's queue). Frames are
+    /// numbered and sealed as they leave ([`Node::flush_links`]), so the
+    /// link sequence stays in order either way.
+    fn enqueue(&mut self, j: usize, mut repr: OverlayRepr, state: &[u8], payload: &[u8], urgent: bool) -> bool {
         let port = &mut self.ports[j];
         if port.queue.len() >= MAX_QUEUED {
             self.stats.tx_full += 1;
             return false;
         }
         repr.link_id = port.tx_link_id;
-        repr.link_seq = port.next_seq;
-        port.next_seq += 1;
         let mut frame = Vec::new();
         let eth = EthAddrs { dst: port.peer_mac, src: port.mac };
-        if let Err(e) = seal_frame(&mut frame, eth, &repr, state, payload, &port.tx_key) {
+        if let Err(e) = build_frame(&mut frame, eth, &repr, state, payload) {
             self.stats.drops.count(e);
             return false;
         }
-        port.queue.push_back(frame);
+        if urgent {
+            port.queue.push_front(frame);
+        } else {
+            port.queue.push_back(frame);
+        }
         true
     }
 
@@ -554,7 +564,9 @@ impl Node {
             link_id: 0,
             link_seq: 0,
         };
-        self.send(j, repr, &[], &payload);
+        // Probes and acks jump the queue; floods wait their turn.
+        let urgent = matches!(msg, Control::Probe { .. } | Control::ProbeAck { .. });
+        self.enqueue(j, repr, &[], &payload, urgent);
     }
 
     /// A control message from the neighbour on port `i`.
@@ -785,10 +797,12 @@ impl Node {
     fn flush_links(&mut self) -> bool {
         let mut worked = false;
         for p in self.ports.iter_mut() {
-            while let Some(f) = p.queue.front() {
+            while let Some(f) = p.queue.front_mut() {
+                seal_built(f, p.next_seq, &p.tx_key);
                 if p.dev.send(f).is_err() {
                     break;
                 }
+                p.next_seq += 1;
                 p.queue.pop_front();
                 worked = true;
             }
