@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub mod connect;
 pub mod hosts;
 pub mod netns_io;
+pub mod protocols;
 pub mod relay;
 pub mod spawn;
 pub mod traffic;
