@@ -45,11 +45,12 @@ test: deps image
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## bench: spawn beside QEMU microvm; relay and connect beside the kernel
+## bench: spawn beside QEMU microvm; relay, connect and each protocol beside the kernel
 bench: deps build
 	$(PATHVM) bench spawn -n 200 --compare-qemu --json --image $(IMAGE)
 	$(PATHVM) bench relay --json --image $(IMAGE)
 	$(PATHVM) bench connect --json --image $(IMAGE)
+	$(PATHVM) bench protocols --json --image $(IMAGE)
 
 ## lint: formatting and clippy only
 lint:

@@ -13,11 +13,14 @@
 //!
 //! - [`packet_socket`]: AF_PACKET sockets for test traffic and link
 //!   emulation;
-//! - [`netns`]: running code inside a test host's network namespace.
+//! - [`netns`]: running code inside a test host's network namespace;
+//! - [`ethtool`]: switching offloads off on interfaces a program carries
+//!   frames between.
 //!
 //! Nothing here knows about the VMM.
 
 pub mod chain;
+pub mod ethtool;
 pub mod metrics;
 pub mod netns;
 pub mod packet_socket;

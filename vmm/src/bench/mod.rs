@@ -1,11 +1,43 @@
 //! Measurements behind `pathvm bench`: each reports medians and p99 beside
 //! a baseline measured in the same run, as JSON.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub mod connect;
 pub mod hosts;
 pub mod netns_io;
+pub mod protocols;
 pub mod relay;
 pub mod spawn;
+pub mod traffic;
+
+/// Set by SIGINT or SIGTERM once [`catch_interrupts`] ran.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM set a flag ([`interrupted`]) instead of ending
+/// the process, so a benchmark can stop at its next step and take its test
+/// hosts down on the way out.
+pub fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only stores to an atomic (async-
+        // signal-safe); the sigaction struct is fully initialised.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_interrupt as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`catch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
 
 /// The `p`-th percentile (nearest rank) of `sorted`, or 0 if empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

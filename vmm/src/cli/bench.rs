@@ -18,6 +18,51 @@ pub enum BenchCommand {
     /// Connect-to-first-byte and one flow's throughput through pathvm
     /// (edge, a VM per request, relay, destination VM) beside kernel routing.
     Connect(ConnectArgs),
+    /// Each routing protocol (shortest, widest, multipath, redundant,
+    /// onion) across mesh6 through the edge: connect time, one flow's
+    /// throughput and the stall when a relay on its path dies, beside
+    /// kernel routing measured in the same run.
+    Protocols(ProtocolsArgs),
+}
+
+/// Arguments of `pathvm bench protocols`.
+#[derive(Debug, Args)]
+#[command(after_help = "Needs root, /dev/kvm and /dev/net/tun. Brings up mesh6 under a name of its own \
+(ppPID; taken down again on every exit), starts a service on c and measures from a:\n  \
+1. kernel routing (no pathvm): connect-to-first-byte of --connects connections, and one --bytes download;\n  \
+2. `pathvm edge` on a, fresh `pathvm node`s on c, r1, r2, r3, r4 per protocol, and through the edge with \
+the protocol's criteria in the SOCKS5 username (pathvm:<criteria>): the same two, then a --bytes download \
+during which, 300 ms in, the node of a relay on the protocol's path is killed (SIGKILL).\n\n\
+protocol   criteria                              relay killed\n\
+shortest   latency=require                       r1\n\
+widest     bandwidth=prefer                      r3\n\
+multipath  reliability=require,bandwidth=prefer  r1\n\
+redundant  reliability=prefer                    r1\n\
+onion      anonymity=require                     r2\n\n\
+The edge's log must show the protocol chosen for every request. --json prints one object per protocol \
+per line: protocol, criteria, connect_p50_ms, connect_p99_ms, throughput_mbps, kernel_connect_p50_ms, \
+kernel_connect_p99_ms, kernel_throughput_mbps, throughput_ratio (pathvm/kernel), stall_after_relay_kill_ms \
+(longest gap between reads from the kill on), killed_relay, complete (every byte arrived), samples, machine. \
+A protocol that cannot be measured (refused, another protocol chosen, a stuck path) gets an \"error\" field \
+instead of the pathvm numbers, and the run goes on. Takes about 20 s per protocol with the defaults.")]
+pub struct ProtocolsArgs {
+    /// Guest image. Default: $PATHVM_IMAGE, else images/out/agent.elf.
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// Topology (hosts a, r1, r2, r3, r4, c like mesh6).
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/topologies/mesh6.toml"))]
+    topology: PathBuf,
+    /// Bytes of each throughput download and of each relay-kill download
+    /// (1 MiB to 16 GiB).
+    #[arg(long, value_name = "N", default_value_t = vmm::bench::protocols::DEFAULT_BYTES)]
+    bytes: u64,
+    /// Connections timed for connect-to-first-byte, per protocol and for
+    /// the kernel baseline (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = vmm::bench::protocols::DEFAULT_CONNECTS)]
+    connects: usize,
+    /// One JSON object per protocol, one per line, instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `pathvm bench connect`.
@@ -98,6 +143,37 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
         }
+        BenchCommand::Protocols(a) => {
+            if !(1..=1000).contains(&a.connects) {
+                return Err("--connects must be between 1 and 1000".into());
+            }
+            if !((1 << 20)..=(16 << 30)).contains(&a.bytes) {
+                return Err("--bytes must be between 1048576 (1 MiB; the relay dies 300 ms into the download) \
+                    and 17179869184 (16 GiB)"
+                    .into());
+            }
+            let image = a.image.unwrap_or_else(super::default_image);
+            let exe = std::env::current_exe()?;
+            let opts = vmm::bench::protocols::Options { connects: a.connects, bytes: a.bytes };
+            let mut first = true;
+            let rows = vmm::bench::protocols::run(&exe, &image, &a.topology, opts, |r| {
+                if a.json {
+                    match serde_json::to_string(r) {
+                        Ok(line) => println!("{line}"),
+                        Err(e) => eprintln!("pathvm bench protocols: {e}"),
+                    }
+                    return;
+                }
+                if std::mem::take(&mut first) {
+                    print_table_head(r);
+                }
+                print_table_row(r);
+            })?;
+            if let (false, Some(r)) = (a.json, rows.first()) {
+                println!("\n{} connections per protocol and for the kernel; {}", r.samples, r.machine);
+            }
+            Ok(0)
+        }
         BenchCommand::Relay(a) => {
             if !(0.1..=60.0).contains(&a.seconds) {
                 return Err("--seconds must be between 0.1 and 60".into());
@@ -110,5 +186,43 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
         }
+    }
+}
+
+/// The table's header and the kernel baseline's line (`pathvm bench
+/// protocols` without --json).
+fn print_table_head(r: &vmm::bench::protocols::ProtocolReport) {
+    println!(
+        "{:<10} {:<37} {:>8} {:>8} {:>9} {:>7} {:>9} {:>6} {:>8}",
+        "protocol", "criteria", "p50 ms", "p99 ms", "Mbit/s", "×kernel", "stall ms", "killed", "complete"
+    );
+    println!(
+        "{:<10} {:<37} {:>8.2} {:>8.2} {:>9.0} {:>7.2}",
+        "kernel",
+        "(plain routing, no pathvm)",
+        r.kernel_connect_p50_ms,
+        r.kernel_connect_p99_ms,
+        r.kernel_throughput_mbps,
+        1.0
+    );
+}
+
+/// One protocol's line of the table.
+fn print_table_row(r: &vmm::bench::protocols::ProtocolReport) {
+    use vmm::bench::protocols::Outcome;
+    match &r.outcome {
+        Outcome::Measured(m) => println!(
+            "{:<10} {:<37} {:>8.2} {:>8.2} {:>9.0} {:>7.2} {:>9.0} {:>6} {:>8}",
+            r.protocol,
+            r.criteria,
+            m.connect_p50_ms,
+            m.connect_p99_ms,
+            m.throughput_mbps,
+            m.throughput_ratio,
+            m.stall_after_relay_kill_ms,
+            r.killed_relay,
+            if m.complete { "yes" } else { "NO" }
+        ),
+        Outcome::Failed { error } => println!("{:<10} {:<37} error: {error}", r.protocol, r.criteria),
     }
 }

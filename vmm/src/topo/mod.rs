@@ -218,6 +218,18 @@ impl Topo {
         for end in ["end-a", "end-b"] {
             shell::in_ns(&wire, &["ip", "link", "set", "dev", end, "promisc", "on", "up"])?;
         }
+        // The emulator carries frames as they are: the hosts must send
+        // them complete (checksums filled in) and MTU-sized, as onto a wire,
+        // or kernel TCP across the link breaks.
+        for ns in [&na, &nb] {
+            let iface = ifc.clone();
+            netdev::netns::in_netns(ns, move || netdev::ethtool::wire_like(&iface)).and_then(|r| r).map_err(|e| {
+                TopoError::Command {
+                    cmd: format!("ethtool -K {ifc} tso off gso off tx off in {ns}"),
+                    msg: e.to_string(),
+                }
+            })?;
+        }
         let control = self.link_control_path(i);
         let dir = control.parent().unwrap_or(Path::new(STATE_DIR));
         fs::create_dir_all(dir).map_err(|source| TopoError::Write { path: dir.into(), source })?;

@@ -1,0 +1,298 @@
+//! Application traffic for the connect and protocols benchmarks: a service
+//! on the destination host, connections to it (over kernel routing, or
+//! through the SOCKS5 edge with routing criteria in the RFC 1929 username),
+//! and the two measurements made on them. Every connect, read and write
+//! has a timeout, so a dead path ends a measurement with an error instead
+//! of hanging it.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::netns_io::in_netns;
+
+/// Where `pathvm edge` listens inside the edge host's namespace.
+pub const EDGE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 1080));
+/// Longest any one connect, read or write may take.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Service command: answer one byte.
+const PING: u8 = b'P';
+/// Service command: answer the number of bytes that follows (u64, big-endian).
+const DOWNLOAD: u8 = b'D';
+/// Size of the service's and the reader's buffers.
+const CHUNK: usize = 256 * 1024;
+
+/// How a connection reaches the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// Plain TCP over the hosts' kernel routes.
+    Kernel,
+    /// A SOCKS5 CONNECT to `pathvm edge` on [`EDGE`]; with criteria, they
+    /// go in the RFC 1929 username as `pathvm:<criteria>`.
+    Edge {
+        /// Routing criteria, e.g. `latency=require`.
+        criteria: Option<String>,
+    },
+}
+
+/// Starts a service in namespace `ns` on an ephemeral port and returns the
+/// port. Per connection it reads one command: `P` is answered with one
+/// byte, `D` and a u64 (big-endian) with that many bytes.
+pub fn serve(ns: &str) -> io::Result<u16> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let _ = in_netns(&ns, move || {
+            let l = TcpListener::bind("0.0.0.0:0")?;
+            let _ = tx.send(l.local_addr()?.port());
+            for conn in l.incoming() {
+                let Ok(c) = conn else { continue };
+                std::thread::spawn(move || answer(c));
+            }
+            Ok(())
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("the benchmark's service did not start"))
+}
+
+/// Serves one connection (see [`serve`]).
+fn answer(mut c: TcpStream) {
+    let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = c.set_write_timeout(Some(IO_TIMEOUT));
+    let mut cmd = [0u8; 1];
+    if c.read_exact(&mut cmd).is_err() {
+        return;
+    }
+    let n = match cmd[0] {
+        PING => 1,
+        DOWNLOAD => {
+            let mut len = [0u8; 8];
+            if c.read_exact(&mut len).is_err() {
+                return;
+            }
+            u64::from_be_bytes(len)
+        }
+        _ => return,
+    };
+    let chunk = vec![0x5au8; CHUNK];
+    let mut sent = 0u64;
+    while sent < n {
+        let k = usize::try_from(n - sent).map_or(chunk.len(), |left| left.min(chunk.len()));
+        if c.write_all(&chunk[..k]).is_err() {
+            return;
+        }
+        sent += k as u64;
+    }
+}
+
+/// Meaning of a SOCKS5 reply code (RFC 1928), for error messages.
+fn reply_meaning(code: u8) -> &'static str {
+    match code {
+        1 => "general failure",
+        2 => "refused by the edge's policy",
+        3 => "network unreachable",
+        4 => "unknown destination",
+        5 => "the service refused the connection",
+        6 => "TTL expired",
+        7 => "command not supported",
+        8 => "address type not supported",
+        _ => "unknown reply code",
+    }
+}
+
+/// Opens a connection to `target` the way `via` says (call it inside the
+/// source host's namespace). Through the edge, returns once the edge has
+/// replied success, i.e. the stream to the service is up.
+pub fn open(target: SocketAddrV4, via: &Via) -> io::Result<TcpStream> {
+    open_at(EDGE, target, via)
+}
+
+/// [`open`] with the edge at `edge`.
+fn open_at(edge: SocketAddr, target: SocketAddrV4, via: &Via) -> io::Result<TcpStream> {
+    let first = match via {
+        Via::Kernel => SocketAddr::V4(target),
+        Via::Edge { .. } => edge,
+    };
+    let mut s = TcpStream::connect_timeout(&first, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let Via::Edge { criteria } = via else {
+        return Ok(s);
+    };
+    let edge_err = |what: String| io::Error::other(format!("SOCKS5 edge on {edge}: {what}"));
+    let mut m = [0u8; 2];
+    match criteria {
+        None => {
+            s.write_all(&[5, 1, 0])?;
+            s.read_exact(&mut m)?;
+            if m != [5, 0] {
+                return Err(edge_err(format!("refused the no-authentication method ({m:?})")));
+            }
+        }
+        Some(c) => {
+            // RFC 1929: the username carries the criteria; any password.
+            let user = format!("pathvm:{c}");
+            let len = u8::try_from(user.len()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("criteria {c:?} longer than a SOCKS5 username"))
+            })?;
+            s.write_all(&[5, 1, 2])?;
+            s.read_exact(&mut m)?;
+            if m != [5, 2] {
+                return Err(edge_err(format!("refused username/password authentication ({m:?})")));
+            }
+            let mut auth = vec![1, len];
+            auth.extend_from_slice(user.as_bytes());
+            auth.extend_from_slice(&[1, b'-']);
+            s.write_all(&auth)?;
+            s.read_exact(&mut m)?;
+            if m[1] != 0 {
+                return Err(edge_err(format!("authentication as {user:?} failed (status {})", m[1])));
+            }
+        }
+    }
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&target.ip().octets());
+    req.extend_from_slice(&target.port().to_be_bytes());
+    s.write_all(&req)?;
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep)?;
+    if rep[1] != 0 {
+        return Err(edge_err(format!("reply {} ({})", rep[1], reply_meaning(rep[1]))));
+    }
+    Ok(s)
+}
+
+/// Asks the service on `s` for `bytes` bytes.
+pub fn request_download(s: &mut TcpStream, bytes: u64) -> io::Result<()> {
+    let mut cmd = vec![DOWNLOAD];
+    cmd.extend_from_slice(&bytes.to_be_bytes());
+    s.write_all(&cmd)
+}
+
+/// `n` sequential connect-to-first-byte times to `target`, in ms, sorted
+/// (call it inside the source host's namespace).
+pub fn connect_times(target: SocketAddrV4, via: &Via, n: usize) -> io::Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut s = open(target, via)?;
+        s.write_all(&[PING])?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// One flow's throughput downloading `bytes` from `target`, Mbit/s (call it
+/// inside the source host's namespace). Fails if the flow stalls for
+/// [`IO_TIMEOUT`] or ends early.
+pub fn throughput(target: SocketAddrV4, via: &Via, bytes: u64) -> io::Result<f64> {
+    let mut s = open(target, via)?;
+    let t0 = Instant::now();
+    request_download(&mut s, bytes)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    while got < bytes {
+        match s.read(&mut buf)? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the download ended after {got} of {bytes} bytes"),
+                ))
+            }
+            n => got += n as u64,
+        }
+    }
+    Ok(got as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Connect-to-first-byte times (ms, sorted) of `connects` connections,
+/// then one `bytes` download's Mbit/s, from namespace `ns` to `target`.
+pub fn measure(ns: &str, target: SocketAddrV4, via: Via, connects: usize, bytes: u64) -> io::Result<(Vec<f64>, f64)> {
+    in_netns(ns, move || Ok((connect_times(target, &via, connects)?, throughput(target, &via, bytes)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SOCKS5 edge stand-in on loopback: checks the client's handshake
+    /// and replies `code`; returns the username it saw.
+    fn fake_edge(code: u8) -> (SocketAddr, std::thread::JoinHandle<Option<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut hello = [0u8; 3];
+            c.read_exact(&mut hello).unwrap();
+            let mut user = None;
+            if hello == [5, 1, 2] {
+                c.write_all(&[5, 2]).unwrap();
+                let mut h = [0u8; 2];
+                c.read_exact(&mut h).unwrap();
+                let mut u = vec![0u8; h[1] as usize];
+                c.read_exact(&mut u).unwrap();
+                let mut plen = [0u8; 1];
+                c.read_exact(&mut plen).unwrap();
+                let mut p = vec![0u8; plen[0] as usize];
+                c.read_exact(&mut p).unwrap();
+                assert!(!p.is_empty(), "RFC 1929 passwords are 1-255 bytes");
+                c.write_all(&[1, 0]).unwrap();
+                user = Some(String::from_utf8(u).unwrap());
+            } else {
+                assert_eq!(hello, [5, 1, 0]);
+                c.write_all(&[5, 0]).unwrap();
+            }
+            let mut req = [0u8; 10];
+            c.read_exact(&mut req).unwrap();
+            assert_eq!(&req[..4], &[5, 1, 0, 1]);
+            c.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+            user
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn criteria_ride_in_the_username() {
+        let (addr, h) = fake_edge(0);
+        let target: SocketAddrV4 = "10.231.2.2:80".parse().unwrap();
+        open_at(addr, target, &Via::Edge { criteria: Some("latency=require".into()) }).unwrap();
+        assert_eq!(h.join().unwrap().as_deref(), Some("pathvm:latency=require"));
+        let (addr, h) = fake_edge(2);
+        let e = open_at(addr, target, &Via::Edge { criteria: None }).unwrap_err();
+        assert!(e.to_string().contains("policy"), "{e}");
+        assert_eq!(h.join().unwrap(), None);
+    }
+
+    #[test]
+    fn too_long_criteria_are_an_error_not_a_panic() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let target: SocketAddrV4 = "10.231.2.2:80".parse().unwrap();
+        let via = Via::Edge { criteria: Some("latency=require,".repeat(20)) };
+        let e = open_at(addr, target, &via).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    }
+
+    #[test]
+    fn the_service_answers_pings_and_downloads_on_loopback() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = match l.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        std::thread::spawn(move || {
+            for c in l.incoming().take(3) {
+                let c = c.unwrap();
+                std::thread::spawn(move || answer(c));
+            }
+        });
+        let times = connect_times(addr, &Via::Kernel, 2).unwrap();
+        assert!(times.len() == 2 && times[0] <= times[1]);
+        let mbps = throughput(addr, &Via::Kernel, 3 << 20).unwrap();
+        assert!(mbps > 0.0);
+    }
+}
