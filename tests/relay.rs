@@ -91,6 +91,41 @@ fn ten_thousand_datagrams_cross_line3_through_b_before_its_host_stack() {
     assert_eq!(mc["node"]["delivered"], N as u64);
 }
 
+#[test]
+fn a_restarted_relay_is_heard_at_once_not_refused_as_a_replay() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let mut c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let b = topo.start_node("b", 2, &dir.0.join("b1.json"));
+    let mut a = topo.start_node("a", 1, &dir.0.join("a.json"));
+    let send = |a: &mut ChildGuard, range: std::ops::Range<u32>| {
+        let mut input = Vec::new();
+        for i in range {
+            Record { node: 3, flow: i, payload: &i.to_be_bytes() }.encode(&mut input);
+        }
+        a.get().stdin.as_mut().unwrap().write_all(&input).unwrap();
+    };
+    let mut c_out = c.get().stdout.take().unwrap();
+    send(&mut a, 0..100);
+    read_n(&mut c_out, 100);
+    // B restarts: its link sequence numbers start from its new boot time,
+    // above anything A and C saw from it, so nothing it sends is refused.
+    b.terminate(UP);
+    let b = topo.start_node("b", 2, &dir.0.join("b2.json"));
+    send(&mut a, 100..200);
+    read_n(&mut c_out, 100);
+    for g in [a, b, c] {
+        g.terminate(UP);
+    }
+    for h in ["a", "c"] {
+        let m = metrics(&dir.0.join(format!("{h}.json")));
+        assert_eq!(m["node"]["drops"]["replayed"], 0, "{h} refused the restarted B: {m}");
+    }
+}
+
 /// A port of a node config: (tx_link_id, key).
 fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
     let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();

@@ -21,7 +21,7 @@ const CONFIG_MAGIC: [u8; 4] = *b"PVN4";
 const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 const KEY_ENTRY_LEN: usize = 2 + 32;
-const HEAD_LEN: usize = 4 + 8 + 32 + 32;
+const HEAD_LEN: usize = 4 + 8 + 8 + 32 + 32;
 /// Most entries of the onion key directory.
 pub const MAX_DIRECTORY: usize = 255;
 /// Most ports (virtio-net devices) a node has.
@@ -58,6 +58,11 @@ pub struct NodeConfig {
     pub ports: Vec<PortConfig>,
     /// The topology routing runs on.
     pub links: Vec<Link>,
+    /// The host's wall clock at boot, µs since the Unix epoch. Link
+    /// sequence numbers start there, so a restarted node's packets are
+    /// newer than any its neighbours saw from it before (their replay
+    /// windows would refuse a count restarting at 1).
+    pub epoch_us: u64,
     /// Fresh random bytes from the host for this boot (ephemeral onion
     /// keys, circuit ids).
     pub seed: [u8; 32],
@@ -103,6 +108,7 @@ impl NodeConfig {
         out.push(self.ports.len() as u8);
         out.extend_from_slice(&(self.links.len() as u16).to_be_bytes());
         out.extend_from_slice(&[self.protocol, self.directory.len().min(MAX_DIRECTORY) as u8]);
+        out.extend_from_slice(&self.epoch_us.to_be_bytes());
         out.extend_from_slice(&self.seed);
         out.extend_from_slice(&self.onion_secret);
         for p in &self.ports {
@@ -141,6 +147,9 @@ impl NodeConfig {
         let h = take(&mut b, 8)?;
         let (me, hop_limit, nports, nlinks, protocol) = (be16(h), h[2], h[3] as usize, be16(&h[4..]) as usize, h[6]);
         let ndir = h[7] as usize;
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(take(&mut b, 8)?);
+        let epoch_us = u64::from_be_bytes(epoch);
         let mut seed = [0u8; 32];
         seed.copy_from_slice(take(&mut b, 32)?);
         let mut onion_secret = [0u8; 32];
@@ -176,7 +185,7 @@ impl NodeConfig {
             k.copy_from_slice(&e[2..]);
             directory.push((be16(e), k));
         }
-        Ok(Self { me, hop_limit, protocol, ports, links, seed, onion_secret, directory })
+        Ok(Self { me, hop_limit, protocol, ports, links, epoch_us, seed, onion_secret, directory })
     }
 
     /// The topology of the config.
@@ -370,6 +379,7 @@ mod tests {
                 Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 1000 },
                 Link { a: 2, b: 3, latency_us: 200, bandwidth_mbps: 500 },
             ],
+            epoch_us: 1_700_000_000_000_000,
             seed: [3; 32],
             onion_secret: [4; 32],
             directory: vec![(1, [5; 32]), (3, [6; 32])],

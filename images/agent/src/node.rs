@@ -726,7 +726,7 @@ fn build(params: &BootParams, cfg: &NodeConfig) -> (Node, VirtioConsole) {
             rx_link_span: pc.rx_link_span.max(1),
             tx_key: LinkKey::new(&pc.key).derive(pc.tx_link_id),
             link_key: LinkKey::new(&pc.key),
-            next_seq: 1,
+            next_seq: cfg.epoch_us.max(1),
             rx: BTreeMap::new(),
             rx_low_water: 0,
             queue: VecDeque::new(),

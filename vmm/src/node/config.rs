@@ -236,6 +236,9 @@ impl NodeFile {
             protocol,
             ports,
             links,
+            epoch_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64),
             seed: crate::random::bytes(),
             onion_secret,
             directory,
