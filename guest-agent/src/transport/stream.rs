@@ -56,6 +56,9 @@ pub struct Stream {
     cwnd: usize,
     ssthresh: usize,
     dupacks: u32,
+    /// Duplicate acks that mean a loss (3, as TCP; more where packets
+    /// take paths of different delay and arrive out of order anyway).
+    dupack_threshold: u32,
     recover: Option<u32>,
     fast_rtx: bool,
     /// Most data bytes per segment (smaller when segments ride in cells).
@@ -95,6 +98,7 @@ impl Stream {
             cwnd: MSS * 10,
             ssthresh: BUF,
             dupacks: 0,
+            dupack_threshold: 3,
             recover: None,
             fast_rtx: false,
             mss: MSS,
@@ -141,6 +145,15 @@ impl Stream {
     /// with less room than an overlay packet, like onion cells.
     pub fn set_mss(&mut self, mss: usize) {
         self.mss = mss.clamp(1, MSS);
+    }
+
+    /// Takes `n` duplicate acknowledgements (at least 3) as the sign of a
+    /// loss: a stream spread over paths of different delay sees segments
+    /// overtake each other all the time, and halving its window for each
+    /// such reordering would throttle it for nothing. Losses beyond are
+    /// still repaired, by the retransmission timer at worst.
+    pub fn set_reorder_tolerance(&mut self, n: u32) {
+        self.dupack_threshold = n.max(3);
     }
 
     /// The acceptor agrees: the SYN-ACK goes out.
@@ -373,7 +386,7 @@ impl Stream {
             self.rto_deadline = (self.flight() > 0).then_some(now_us + self.rto_us);
         } else if pure && ack == self.snd_una && self.flight() > 0 {
             self.dupacks += 1;
-            if self.dupacks == 3 && self.recover.is_none() {
+            if self.dupacks == self.dupack_threshold && self.recover.is_none() {
                 self.ssthresh = (self.flight() / 2).max(2 * self.mss);
                 self.cwnd = self.ssthresh + 3 * self.mss;
                 self.recover = Some(self.snd_nxt);
@@ -655,6 +668,47 @@ mod tests {
                 b.state()
             );
         }
+    }
+
+    /// Whether `a` goes into loss recovery when its first data segment
+    /// is overtaken by the rest (reordering, not loss).
+    fn recovers_after_reordering(tolerance: u32) -> bool {
+        let mut a = Stream::connect(b"s:1");
+        a.set_reorder_tolerance(tolerance);
+        let mut out = Vec::new();
+        assert!(a.poll_transmit(0, &mut out));
+        let (mut b, _) = Stream::accept(&Segment::parse(&out).unwrap()).unwrap();
+        b.confirm();
+        out.clear();
+        assert!(b.poll_transmit(0, &mut out));
+        a.on_segment(0, &Segment::parse(&out).unwrap());
+        a.write(&[7u8; 8 * MSS]);
+        let mut data_segs = Vec::new();
+        loop {
+            out.clear();
+            if !a.poll_transmit(1, &mut out) {
+                break;
+            }
+            if !Segment::parse(&out).unwrap().data.is_empty() {
+                data_segs.push(out.clone());
+            }
+        }
+        assert!(data_segs.len() >= 6, "{} segments in flight", data_segs.len());
+        for seg in &data_segs[1..] {
+            b.on_segment(2, &Segment::parse(seg).unwrap());
+            out.clear();
+            while b.poll_transmit(2, &mut out) {
+                a.on_segment(3, &Segment::parse(&out).unwrap());
+                out.clear();
+            }
+        }
+        a.recover.is_some()
+    }
+
+    #[test]
+    fn reordering_is_a_loss_for_tcp_defaults_but_not_for_a_multipath_stream() {
+        assert!(recovers_after_reordering(3), "three duplicate acks: fast retransmit");
+        assert!(!recovers_after_reordering(16), "a tolerant stream waits");
     }
 
     #[test]

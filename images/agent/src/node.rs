@@ -372,6 +372,7 @@ impl Node {
                     }
                     return Ok(());
                 }
+                fit_stream(&mut stream, repr.protocol);
                 self.open_flow(repr.flow_id, Flow::new(stream, repr.src, repr.protocol, None), &info);
             }
         }
@@ -698,6 +699,20 @@ impl Node {
     }
 }
 
+/// Duplicate acks a `multipath` stream takes as a loss: its paths differ
+/// in delay, so segments overtake each other by several all the time.
+const MULTIPATH_REORDER: u32 = 16;
+
+/// Shapes a stream for the protocol carrying it: smaller segments in onion
+/// cells, tolerance of reordering over several paths.
+fn fit_stream(stream: &mut Stream, protocol: Protocol) {
+    match protocol {
+        Protocol::Onion => stream.set_mss(ONION_MSS),
+        Protocol::Multipath => stream.set_reorder_tolerance(MULTIPATH_REORDER),
+        _ => {}
+    }
+}
+
 /// Whether a frame claims to be overlay; whether it is a valid one is the
 /// wire parser's call (and a counted drop if not).
 fn is_overlay(frame: &[u8]) -> bool {
@@ -893,9 +908,7 @@ pub fn run_edge(params: &BootParams) -> ! {
     node.floods = false;
     node.control_flow = req.flow;
     let mut stream = Stream::connect(&req.target);
-    if node.protocol == Protocol::Onion {
-        stream.set_mss(ONION_MSS);
-    }
+    fit_stream(&mut stream, node.protocol);
     node.edge = Some(EdgeStream {
         flow: req.flow,
         dst: req.dst,

@@ -179,7 +179,7 @@ impl Node {
                 if self.flows.len() >= MAX_FLOWS {
                     return Err(WireError::NoRoute);
                 }
-                stream.set_mss(ONION_MSS);
+                super::fit_stream(&mut stream, Protocol::Onion);
                 let flow = loop {
                     let f = self.onion.rng.u32();
                     if !self.flows.contains_key(&f) {
