@@ -1,18 +1,26 @@
 //! Secret random bytes from the kernel, and their hex form in config files.
 
-/// `N` bytes from getrandom(2).
+/// `N` bytes from getrandom(2) (or /dev/urandom where that call is
+/// missing). Without a source of randomness no key can be made, so that
+/// ends the process with a message rather than weak keys.
 pub fn bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     let mut filled = 0;
     while filled < N {
         // SAFETY: writes at most N - filled bytes into the rest of b.
         let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), N - filled, 0) };
-        if n <= 0 {
-            // Interrupted before the first byte: try again. Other errors
-            // cannot happen for a valid buffer and flags 0.
+        if n > 0 {
+            filled += n as usize;
             continue;
         }
-        filled += n as usize;
+        if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b[filled..]))
+            .expect("no randomness: getrandom(2) failed and /dev/urandom cannot be read");
+        break;
     }
     b
 }

@@ -17,9 +17,8 @@
 //!    from then on is recorded, with whether every byte arrived.
 //!
 //! Nodes are started afresh for every protocol rather than restarting only
-//! the killed relay: a restarted node counts its link sequence numbers
-//! from 1 again, and the neighbours that kept running refuse those frames
-//! as replays, so the relay would stay cut off for the protocols after.
+//! the killed relay, so no protocol inherits another's link state,
+//! circuits or queues.
 //!
 //! A protocol that cannot be measured (refused by the edge, another
 //! protocol chosen, a path that stalls for longer than the I/O timeout)
