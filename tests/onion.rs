@@ -131,3 +131,48 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
     // The control again: a relay on the shortest path did hold its plaintext.
     assert!(grep(&dir.0.join("r1.mem"), "SHORTEST-PLAINTEXT-"), "memory dumps cannot show what a relay held");
 }
+
+/// Bytes host `host` has sent on interface `iface`.
+fn tx_bytes(topo: &TopoGuard, host: &str, iface: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.netns(host), "cat", &format!("/sys/class/net/{iface}/statistics/tx_bytes")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn an_onion_stream_moves_to_a_new_circuit_when_a_relay_dies_and_loses_no_byte() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    // ladder8: a - r1 - r2 - r3 - c and a - r4 - r5 - r6 - c.
+    let dir = TempDir::new();
+    let topo = std::sync::Arc::new(TopoGuard::up("ladder8.toml"));
+    let mut nodes = HashMap::new();
+    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("r5", 15), ("r6", 16)] {
+        nodes.insert(h, topo.start_node(h, id, &dir.0.join(format!("{h}.json"))));
+    }
+    let edge = start_edge(&topo);
+    let body = random_bytes(20 << 20, 67);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let t2 = topo.clone();
+    let fetch = std::thread::spawn(move || curl(&t2, &format!("http://c:{port}/x"), Some("pathvm:anonymity=require")));
+    // Which way did the circuit go? A sends on ln0 (to r1) or ln4 (to r4).
+    std::thread::sleep(Duration::from_millis(300));
+    let (via_r1, via_r4) = (tx_bytes(&topo, "a", "ln0"), tx_bytes(&topo, "a", "ln4"));
+    let middle = if via_r1 > via_r4 { "r2" } else { "r5" };
+    nodes.remove(middle).unwrap().terminate(Duration::from_secs(10));
+    let (code, got) = fetch.join().unwrap();
+    let log = edge.log.lock().unwrap().clone();
+    assert_eq!(code, Some(0), "the download broke off after {middle} died:\n{log}");
+    assert!(sha256(&got) == sha256(&body), "lost bytes: {} of {}", got.len(), body.len());
+    let log = edge.log.lock().unwrap().clone();
+    assert!(log.contains(": onion ("), "{log}");
+    assert!(!log.contains("route changes 0)"), "the request VM never saw {middle} go:\n{log}");
+    drop(edge.child);
+    // The exit took the stream on a second circuit.
+    nodes.remove("c").unwrap().terminate(Duration::from_secs(20));
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.0.join("c.json")).unwrap()).unwrap();
+    assert!(c["node"]["circuits"].as_u64().unwrap() >= 2, "{c}");
+}

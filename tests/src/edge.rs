@@ -41,7 +41,7 @@ pub fn start_edge_with(topo: &TopoGuard, manifests: &std::path::Path) -> Edge {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
     c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
-    c.arg("--manifests").arg(manifests);
+    c.arg("--manifests").arg(manifests).arg("--guest-log");
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = ChildGuard::new(c.spawn().unwrap());
     let err = child.get().stderr.take().unwrap();

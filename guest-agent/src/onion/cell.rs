@@ -30,6 +30,13 @@ pub const MAX_DATA: usize = BODY_LEN - INNER;
 pub const MAX_CREATE_DATA: usize = BODY_LEN - HEADER_LEN - INNER;
 /// Command: the data is a transport segment of the circuit's stream.
 pub const CMD_STREAM: u8 = 1;
+/// Command (create cells): the data is the stream's token, then
+/// optionally a segment. A token the exit does not know opens a stream (the
+/// segment is its SYN); a known one moves that stream onto this circuit,
+/// which is how a source replaces a circuit whose relay died.
+pub const CMD_ATTACH: u8 = 2;
+/// Bytes of a stream token.
+pub const TOKEN_LEN: usize = 16;
 
 /// Why a cell was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -147,6 +147,39 @@ impl Stream {
         self.mss = mss.clamp(1, MSS);
     }
 
+    /// Sends an acknowledgement at the next chance even with nothing new
+    /// to acknowledge: it tells a peer whose path changed that this end
+    /// hears it again.
+    pub fn ack_now(&mut self) {
+        if self.state == StreamState::Established {
+            self.ack_pending = true;
+        }
+    }
+
+    /// The stream's packets take a new path from now (an onion circuit
+    /// replaced one whose relay died): what the old path taught (its RTT,
+    /// the timer's back-off, the window) says nothing of the new one, so
+    /// start over as RFC 6298 allows after a route change, resend what is
+    /// unacknowledged at once, and acknowledge so the peer hears the path.
+    pub fn path_changed(&mut self, now_us: u64) {
+        if self.state != StreamState::Established {
+            return;
+        }
+        self.timeouts = 0;
+        self.rto_us = INITIAL_RTO_US;
+        self.srtt_us = None;
+        self.rttvar_us = 0;
+        self.rtt_probe = None;
+        self.recover = None;
+        self.dupacks = 0;
+        self.cwnd = self.cwnd.min(10 * self.mss).max(2 * self.mss);
+        if self.flight() > 0 {
+            self.snd_nxt = self.snd_una;
+            self.rto_deadline = Some(now_us + self.rto_us);
+        }
+        self.ack_pending = true;
+    }
+
     /// Takes `n` duplicate acknowledgements (at least 3) as the sign of a
     /// loss: a stream spread over paths of different delay sees segments
     /// overtake each other all the time, and halving its window for each
@@ -709,6 +742,31 @@ mod tests {
     fn reordering_is_a_loss_for_tcp_defaults_but_not_for_a_multipath_stream() {
         assert!(recovers_after_reordering(3), "three duplicate acks: fast retransmit");
         assert!(!recovers_after_reordering(16), "a tolerant stream waits");
+    }
+
+    #[test]
+    fn a_new_path_resends_at_once_without_the_old_back_off() {
+        let mut a = Stream::connect(b"s:1");
+        let mut out = Vec::new();
+        assert!(a.poll_transmit(0, &mut out));
+        let (mut b, _) = Stream::accept(&Segment::parse(&out).unwrap()).unwrap();
+        b.confirm();
+        assert!(b.poll_transmit(0, &mut out));
+        a.on_segment(0, &Segment::parse(&out).unwrap());
+        a.write(&[1u8; 3 * MSS]);
+        while a.poll_transmit(1, &mut out) {}
+        // The path dies: every retransmission is lost, the timer backs off.
+        let mut now = 1;
+        for _ in 0..4 {
+            now = a.next_deadline().unwrap();
+            while a.poll_transmit(now, &mut out) {}
+        }
+        assert!(a.rto_us > INITIAL_RTO_US, "backed off");
+        a.path_changed(now + 1);
+        assert_eq!(a.rto_us, INITIAL_RTO_US);
+        assert!(a.poll_transmit(now + 1, &mut out), "resends without waiting for the old timer");
+        let seg = Segment::parse(&out).unwrap();
+        assert_eq!((seg.seq, seg.data.len()), (a.snd_una, MSS), "from the first unacknowledged byte");
     }
 
     #[test]

@@ -87,6 +87,8 @@ struct Flow {
     /// For a stream that came over an onion circuit: the circuit's port
     /// and id here (the source is unknown, by design).
     circuit: Option<(usize, u32)>,
+    /// For such a stream: the token its source attaches new circuits with.
+    token: Option<[u8; guest_agent::onion::cell::TOKEN_LEN]>,
 }
 
 impl Flow {
@@ -100,6 +102,7 @@ impl Flow {
             pending: Vec::new(),
             host_eof: false,
             circuit,
+            token: None,
         }
     }
 }
@@ -936,6 +939,11 @@ pub fn run_edge(params: &BootParams) -> ! {
         let mut worked = node.poll_links(&mut frames);
         let now = clock::now_us();
         node.maintain(now);
+        if node.protocol == Protocol::Onion && !node.onion_check(req.dst, now) {
+            if let Some(e) = node.edge.as_mut() {
+                e.stream.refuse();
+            }
+        }
         let (protocol, hop_limit, me) = (node.protocol, node.hop_limit, node.me);
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let Some(e) = node.edge.as_mut() else { io::exit(0) };

@@ -38,9 +38,14 @@ pub struct EdgeArgs {
     /// Manifest directory.
     #[arg(long, value_name = "DIR", default_value = super::explain::DEFAULT_MANIFESTS)]
     manifests: PathBuf,
+    /// Print the request VMs' own log lines (circuits built, links seen
+    /// down) on stderr, beside the edge's.
+    #[arg(long)]
+    guest_log: bool,
 }
 
 struct Edge {
+    guest_log: bool,
     slots: SlotAllocator,
     kvm: KvmContext,
     image: AgentImage,
@@ -55,6 +60,7 @@ pub fn run(a: EdgeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let mut slots_path = a.config.clone().into_os_string();
     slots_path.push(".slots");
     let edge = Arc::new(Edge {
+        guest_log: a.guest_log,
         slots: SlotAllocator::open(slots_path.into()),
         kvm: KvmContext::open()?,
         image: AgentImage::open(&a.image.unwrap_or_else(super::default_image))?,
@@ -145,7 +151,8 @@ fn serve(edge: &Edge, mut conn: TcpStream) {
         decision.summary()
     );
     let reply_conn = conn.try_clone();
-    match request::run(&edge.kvm, &edge.image, &edge.file, &spec, OwnedFd::from(conn), GuestLog::Discard) {
+    let log = if edge.guest_log { GuestLog::Stderr } else { GuestLog::Discard };
+    match request::run(&edge.kvm, &edge.image, &edge.file, &spec, OwnedFd::from(conn), log) {
         Ok(outcome) => {
             let changes = outcome.guest_stats.map_or(0, |s| s.topology_changes);
             eprintln!(

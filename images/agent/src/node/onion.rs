@@ -1,15 +1,17 @@
 //! The node's part in onion circuits: relaying cells between the two links
 //! of each circuit through it, ending circuits at their exit, and, on a
-//! request VM, building the one circuit its stream takes.
+//! request VM, building the circuit its stream takes (and another one
+//! around a relay that died).
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use guest_agent::onion::cell::{CMD_STREAM, NONCE_LEN};
+use guest_agent::onion::cell::{CMD_ATTACH, CMD_STREAM, NONCE_LEN, TOKEN_LEN};
 use guest_agent::onion::header::process;
 use guest_agent::onion::{
-    public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_DATA,
+    public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_CREATE_DATA,
+    MAX_DATA,
 };
 use guest_agent::routing::{NodeId, Route, RouteContext};
 use guest_agent::transport::{Segment, Stream};
@@ -22,6 +24,9 @@ use crate::clock;
 const MAX_CIRCUITS: usize = 8192;
 /// A circuit idle this long is forgotten.
 const CIRCUIT_IDLE_US: u64 = 120_000_000;
+/// How often a replacement circuit's attach is repeated until the exit
+/// answers.
+const ATTACH_RETRY_US: u64 = 200_000;
 /// Transport segment bytes one data cell carries.
 pub const ONION_MSS: usize = MAX_DATA - guest_agent::transport::segment::HEADER_LEN;
 
@@ -37,6 +42,25 @@ enum End {
     Source,
 }
 
+/// A request VM's circuit.
+struct Source {
+    circuit: SourceCircuit,
+    /// The path, this node first.
+    path: Vec<NodeId>,
+    /// The port and circuit id it starts on.
+    port: usize,
+    circ: u32,
+    /// It replaces a circuit the stream used before (the exit must be told
+    /// to move the stream, even if the stream has nothing to send).
+    replaces: bool,
+    /// When the last attach went out unanswered.
+    attach_sent: u64,
+    /// The exit has answered on this circuit; until then every segment
+    /// rides in a create cell (so a lost create is repeated with the next
+    /// retransmission).
+    established: bool,
+}
+
 /// A node's onion state.
 pub struct Onion {
     secret: [u8; 32],
@@ -44,17 +68,20 @@ pub struct Onion {
     directory: Vec<(NodeId, [u8; 32])>,
     pub(super) rng: Drbg,
     ends: BTreeMap<(usize, u32), (End, u64)>,
-    /// On a request VM: its circuit, the port and id it starts on, and
-    /// whether the exit has answered (until then segments ride in create
-    /// cells, so a lost create is repeated with the next retransmission).
-    source: Option<(SourceCircuit, usize, u32, bool)>,
+    source: Option<Source>,
+    /// A request VM's stream token: the exit knows the stream by it, on
+    /// whichever circuit it arrives.
+    token: [u8; TOKEN_LEN],
 }
 
 impl Onion {
     /// Onion state from the node's static secret, the directory and the
     /// boot seed.
     pub fn new(secret: [u8; 32], directory: Vec<(NodeId, [u8; 32])>, seed: [u8; 32]) -> Self {
-        Self { public: public_key(&secret), secret, directory, rng: Drbg::new(seed), ends: BTreeMap::new(), source: None }
+        let mut rng = Drbg::new(seed);
+        let mut token = [0u8; TOKEN_LEN];
+        rng.fill(&mut token);
+        Self { public: public_key(&secret), secret, directory, rng, ends: BTreeMap::new(), source: None, token }
     }
 
     /// Forgets circuits idle for long (their streams are long gone).
@@ -76,6 +103,15 @@ fn alpha_of(cell: &[u8]) -> [u8; 32] {
     let mut a = [0u8; 32];
     a.copy_from_slice(&cell[NONCE_LEN..NONCE_LEN + 32]);
     a
+}
+
+/// Splits an opened cell's data by command: `(token, segment)`.
+fn attach_parts(cmd: u8, data: &[u8]) -> Result<(Option<&[u8]>, &[u8]), WireError> {
+    match cmd {
+        CMD_STREAM => Ok((None, data)),
+        CMD_ATTACH if data.len() >= TOKEN_LEN => Ok((Some(&data[..TOKEN_LEN]), &data[TOKEN_LEN..])),
+        _ => Err(WireError::BadLength),
+    }
 }
 
 impl Node {
@@ -127,23 +163,38 @@ impl Node {
             End::Exit { hop, flow, alpha } => {
                 let create = alpha_of(&cell) == *alpha;
                 let flow = *flow;
-                let (_, range) = hop.open(&mut cell, create).map_err(|_| WireError::BadMac)?;
-                let seg = Segment::parse(&cell[range]).map_err(|_| WireError::BadLength)?;
-                if let Some(f) = self.flows.get_mut(&flow) {
-                    f.stream.on_segment(now, &seg);
-                    self.stats.delivered += 1;
-                }
+                let (cmd, range) = hop.open(&mut cell, create).map_err(|_| WireError::BadMac)?;
+                let (_, seg) = attach_parts(cmd, &cell[range])?;
+                self.exit_segment(flow, seg, now)?;
             }
             End::Source => {
-                let Some((src, _, _, established)) = self.onion.source.as_mut() else { return Err(WireError::NoRoute) };
-                let (_, range) = src.open(&mut cell).map_err(|_| WireError::BadMac)?;
-                *established = true;
+                let Some(src) = self.onion.source.as_mut() else { return Err(WireError::NoRoute) };
+                if (src.port, src.circ) != (i, circ) {
+                    // A circuit this source has given up.
+                    return Ok(());
+                }
+                let (_, range) = src.circuit.open(&mut cell).map_err(|_| WireError::BadMac)?;
+                src.established = true;
                 let seg = Segment::parse(&cell[range]).map_err(|_| WireError::BadLength)?;
                 if let Some(e) = self.edge.as_mut() {
                     e.stream.on_segment(now, &seg);
                     self.stats.delivered += 1;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A segment for the stream `flow` that ends here (nothing if empty:
+    /// an attach without data).
+    fn exit_segment(&mut self, flow: u32, seg: &[u8], now: u64) -> Result<(), WireError> {
+        if seg.is_empty() {
+            return Ok(());
+        }
+        let seg = Segment::parse(seg).map_err(|_| WireError::BadLength)?;
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.stream.on_segment(now, &seg);
+            self.stats.delivered += 1;
         }
         Ok(())
     }
@@ -173,8 +224,23 @@ impl Node {
             }
             Processed::Exit { keys } => {
                 let hop = ExitHop::new(keys);
-                let (_, range) = hop.open(&mut cell, true).map_err(|_| WireError::BadMac)?;
-                let seg = Segment::parse(&cell[range]).map_err(|_| WireError::BadLength)?;
+                let (cmd, range) = hop.open(&mut cell, true).map_err(|_| WireError::BadMac)?;
+                let (token, seg) = attach_parts(cmd, &cell[range])?;
+                let token: Option<[u8; TOKEN_LEN]> = token.and_then(|t| t.try_into().ok());
+                // A stream this exit already carries, on a new circuit.
+                let known = token.and_then(|t| self.flows.iter().find(|(_, f)| f.token == Some(t)).map(|(id, _)| *id));
+                if let Some(flow) = known {
+                    self.onion.ends.insert((i, circ), (End::Exit { hop, flow, alpha }, now));
+                    self.stats.circuits += 1;
+                    if let Some(f) = self.flows.get_mut(&flow) {
+                        f.circuit = Some((i, circ));
+                        // Resend at once what the dead circuit swallowed;
+                        // the acknowledgement tells the source it works.
+                        f.stream.path_changed(now);
+                    }
+                    return self.exit_segment(flow, seg, now);
+                }
+                let seg = Segment::parse(seg).map_err(|_| WireError::BadLength)?;
                 let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
                 if self.flows.len() >= MAX_FLOWS {
                     return Err(WireError::NoRoute);
@@ -189,7 +255,9 @@ impl Node {
                 self.onion.ends.insert((i, circ), (End::Exit { hop, flow, alpha }, now));
                 self.stats.circuits += 1;
                 self.stats.delivered += 1;
-                self.open_flow(flow, Flow::new(stream, 0, Protocol::Onion, Some((i, circ))), &info);
+                let mut f = Flow::new(stream, 0, Protocol::Onion, Some((i, circ)));
+                f.token = token;
+                self.open_flow(flow, f, &info);
                 Ok(())
             }
         }
@@ -205,38 +273,100 @@ impl Node {
         Ok(self.send_cell(port, circ, &cell))
     }
 
-    /// Builds a request VM's circuit to `dst` (if it has none yet): at
-    /// least three relays (`routing::onion`), none the app asked to avoid, each with a
-    /// key in the directory.
-    pub(super) fn onion_prepare(&mut self, dst: NodeId) -> Result<(), WireError> {
+    /// A new circuit to `dst` for a request VM: at least three relays
+    /// (`routing::onion`), none the app asked to avoid, each with a key in
+    /// the directory, starting on a port other than `not_via`.
+    fn onion_build(&mut self, dst: NodeId, not_via: Option<usize>) -> Result<Source, WireError> {
+        let avoid = self.edge.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
+        let mut ctx = RouteContext { avoid, rng: &mut self.onion.rng };
+        let Some(Route::Circuit(path)) = self.routes.route(Protocol::Onion, dst, &mut ctx) else {
+            return Err(WireError::NoRoute);
+        };
+        let port = self.port_to(path[1]).ok_or(WireError::NoRoute)?;
+        // The edge host steers a request's frames by its flow id, and the
+        // first relay knows that id on that link as the old circuit's.
+        if Some(port) == not_via {
+            return Err(WireError::NoRoute);
+        }
+        let mut hops = Vec::with_capacity(path.len() - 1);
+        for &n in &path[1..] {
+            let public = self.onion.directory.iter().find(|(id, _)| *id == n).map(|(_, k)| *k);
+            hops.push(Hop { node: n, public: public.ok_or(WireError::NoRoute)? });
+        }
+        let circuit = SourceCircuit::new(&hops, &mut self.onion.rng).map_err(|_| WireError::NoRoute)?;
         let circ = self.control_flow;
+        crate::log!("edge: onion circuit through {} relays", path.len() - 2);
+        self.onion.ends.insert((port, circ), (End::Source, 0));
+        Ok(Source { circuit, path, port, circ, established: false, replaces: false, attach_sent: 0 })
+    }
+
+    /// Builds a request VM's circuit to `dst` if it has none yet.
+    pub(super) fn onion_prepare(&mut self, dst: NodeId) -> Result<(), WireError> {
         if self.onion.source.is_none() {
-            let avoid = self.edge.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
-            let mut ctx = RouteContext { avoid, rng: &mut self.onion.rng };
-            let Some(Route::Circuit(path)) = self.routes.route(Protocol::Onion, dst, &mut ctx) else {
-                return Err(WireError::NoRoute);
-            };
-            let mut hops = Vec::with_capacity(path.len() - 1);
-            for &n in &path[1..] {
-                let public = self.onion.directory.iter().find(|(id, _)| *id == n).map(|(_, k)| *k);
-                hops.push(Hop { node: n, public: public.ok_or(WireError::NoRoute)? });
-            }
-            let circuit = SourceCircuit::new(&hops, &mut self.onion.rng).map_err(|_| WireError::NoRoute)?;
-            let port = self.port_to(path[1]).ok_or(WireError::NoRoute)?;
-            crate::log!("edge: onion circuit through {} relays", path.len() - 2);
-            self.onion.ends.insert((port, circ), (End::Source, 0));
-            self.onion.source = Some((circuit, port, circ, false));
+            let s = self.onion_build(dst, None)?;
+            self.onion.source = Some(s);
         }
         Ok(())
     }
 
-    /// Sends a segment of a request VM's stream to `dst` on its circuit.
+    /// On a request VM: whether its circuit still stands in the topology as
+    /// measured; if a link of it is gone, a new circuit (the stream
+    /// re-attaches to the exit by its token and retransmits), else false:
+    /// the stream cannot go on. While a replacement circuit is unanswered,
+    /// the stream acknowledges every [`ATTACH_RETRY_US`] so an attach goes
+    /// out even when it has nothing to send.
+    pub(super) fn onion_check(&mut self, dst: NodeId, now: u64) -> bool {
+        let Some(src) = self.onion.source.as_mut() else { return true };
+        if src.replaces && !src.established && now.saturating_sub(src.attach_sent) >= ATTACH_RETRY_US {
+            src.attach_sent = now;
+            if let Some(e) = self.edge.as_mut() {
+                e.stream.ack_now();
+            }
+        }
+        if src.path.windows(2).all(|w| self.topology.link(w[0], w[1]).is_some()) {
+            return true;
+        }
+        let old_port = src.port;
+        match self.onion_build(dst, Some(old_port)) {
+            Ok(mut s) => {
+                crate::log!("edge: a relay of the onion circuit is gone; moved to a new circuit");
+                s.replaces = true;
+                s.attach_sent = now;
+                self.onion.source = Some(s);
+                if let Some(e) = self.edge.as_mut() {
+                    e.stream.path_changed(now);
+                }
+                true
+            }
+            Err(_) => {
+                crate::log!("edge: a relay of the onion circuit is gone and no other circuit is possible");
+                self.onion.source = None;
+                false
+            }
+        }
+    }
+
+    /// Sends a segment of a request VM's stream to `dst` on its circuit:
+    /// in a create cell with the stream's token until the exit answers,
+    /// then in data cells.
     pub(super) fn onion_send_forward(&mut self, dst: NodeId, seg: &[u8]) -> Result<bool, WireError> {
         self.onion_prepare(dst)?;
-        let Some((src, port, circ, established)) = self.onion.source.as_mut() else { return Err(WireError::NoRoute) };
-        let (port, circ) = (*port, *circ);
+        let token = self.onion.token;
+        let Some(src) = self.onion.source.as_mut() else { return Err(WireError::NoRoute) };
+        let (port, circ) = (src.port, src.circ);
         let mut cell = Vec::with_capacity(CELL_LEN);
-        src.seal(!*established, CMD_STREAM, seg, &mut cell).map_err(|_| WireError::BadLength)?;
+        if src.established {
+            src.circuit.seal(false, CMD_STREAM, seg, &mut cell).map_err(|_| WireError::BadLength)?;
+        } else {
+            // A full-sized segment does not fit beside the header: the
+            // create carries the token alone and the stream sends the
+            // segment again once the circuit is up.
+            let mut data = token.to_vec();
+            if TOKEN_LEN + seg.len() <= MAX_CREATE_DATA {
+                data.extend_from_slice(seg);
+            }
+            src.circuit.seal(true, CMD_ATTACH, &data, &mut cell).map_err(|_| WireError::BadLength)?;
+        }
         Ok(self.send_cell(port, circ, &cell))
     }
 }
