@@ -24,15 +24,22 @@ use guest_agent::virtio::console::{ConsoleEvent, VirtioConsole};
 use guest_agent::virtio::net::VirtioNet;
 use guest_agent::wire::control::Control;
 use guest_agent::wire::{
-    build_frame, overlay::MAX_PAYLOAD_LEN, seal_built, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow,
-    WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL, FLAG_STREAM, RESERVED_LINK_ID,
+    build_frame, overlay::MAX_PAYLOAD_LEN, seal_built, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol,
+    ReplayWindow, WireError, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL, FLAG_STREAM, RESERVED_LINK_ID,
 };
 
 use crate::roles::{console, nets, Pacer};
 use crate::{clock, io, log};
 
+mod control;
+mod edge;
 mod onion;
-use onion::{Onion, ONION_MSS};
+mod streams;
+
+pub use edge::run_edge;
+use edge::EdgeStream;
+use onion::Onion;
+use streams::{fit_stream, Flow, MAX_FLOWS, MAX_STREAM_PENDING};
 
 /// Sender ids per port whose replay windows are kept; beyond, the lowest
 /// is forgotten and every id below it refused from then on.
@@ -71,57 +78,8 @@ struct Port {
     monitor: LinkMonitor,
 }
 
-/// A stream ending at this node (the destination side of an app's
-/// connection): the transport, and who is at the other end.
-struct Flow {
-    stream: Stream,
-    peer: NodeId,
-    protocol: Protocol,
-    /// The host connected the service (or the stream was refused).
-    answered: bool,
-    eof_sent: bool,
-    /// Bytes from the host the stream's send buffer had no room for yet.
-    pending: Vec<u8>,
-    /// The host's side ended: close the stream once `pending` is sent.
-    host_eof: bool,
-    /// For a stream that came over an onion circuit: the circuit's port
-    /// and id here (the source is unknown, by design).
-    circuit: Option<(usize, u32)>,
-    /// For such a stream: the token its source attaches new circuits with.
-    token: Option<[u8; guest_agent::onion::cell::TOKEN_LEN]>,
-}
-
-impl Flow {
-    fn new(stream: Stream, peer: NodeId, protocol: Protocol, circuit: Option<(usize, u32)>) -> Self {
-        Self {
-            stream,
-            peer,
-            protocol,
-            answered: false,
-            eof_sent: false,
-            pending: Vec::new(),
-            host_eof: false,
-            circuit,
-            token: None,
-        }
-    }
-}
-
-/// Streams a node ends at once; further SYNs are refused with a reset.
-const MAX_FLOWS: usize = 1024;
-
-/// How often a request VM asks its neighbours for the link state.
-const LSA_REQUEST_US: u64 = 500_000;
-
-/// How often a node runs its link maintenance ([`Node::maintain`]).
-const MAINTENANCE_US: u64 = 5_000;
-
 /// Flows whose redundant copies are tracked at once.
 const MAX_SEEN_FLOWS: usize = 4096;
-
-/// Most bytes held for streams' send buffers before the node stops reading
-/// the console (backpressure to the host).
-const MAX_STREAM_PENDING: usize = 1 << 20;
 
 impl Port {
     /// Checks a packet from this port's neighbour side: a sender id in its
@@ -150,25 +108,6 @@ impl Port {
         window.accept(repr.link_seq);
         Ok(())
     }
-}
-
-/// The one stream of a request VM on an edge host: the app's connection.
-struct EdgeStream {
-    flow: u32,
-    dst: NodeId,
-    stream: Stream,
-    /// The SOCKS reply has been written to the app.
-    replied: bool,
-    /// The app closed its side.
-    app_closed: bool,
-    /// App bytes the stream had no room for yet.
-    pending: Vec<u8>,
-    /// Stream bytes the console had no room for yet.
-    backlog: Vec<u8>,
-    /// When the stream started closing, to bound the goodbye.
-    closing_since: Option<u64>,
-    /// Nodes the app asked not to relay through.
-    avoid: Vec<NodeId>,
 }
 
 struct Node {
@@ -339,159 +278,6 @@ impl Node {
         true
     }
 
-    /// A transport segment of stream `repr.flow_id` arrived for this node.
-    fn stream_segment(&mut self, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
-        let seg = Segment::parse(payload).map_err(|_| WireError::BadLength)?;
-        let now = clock::now_us();
-        if let Some(e) = self.edge.as_mut() {
-            // A request VM has exactly one stream and accepts no others.
-            if e.flow == repr.flow_id && e.dst == repr.src {
-                e.stream.on_segment(now, &seg);
-                self.stats.delivered += 1;
-                return Ok(());
-            }
-            return Err(WireError::NoRoute);
-        }
-        match self.flows.get_mut(&repr.flow_id) {
-            Some(f) if f.peer == repr.src => f.stream.on_segment(now, &seg),
-            // Another source reusing a live flow id: not this stream's.
-            Some(_) => return Err(WireError::UnknownLink),
-            None => {
-                let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
-                if self.flows.len() >= MAX_FLOWS {
-                    // Full: refuse at once rather than hold state for it.
-                    stream.refuse();
-                    let mut rst = Vec::new();
-                    if stream.poll_transmit(now, &mut rst) {
-                        let reply = OverlayRepr {
-                            hop_limit: self.hop_limit,
-                            src: self.me,
-                            dst: repr.src,
-                            state_len: 0,
-                            payload_len: rst.len() as u16,
-                            ..*repr
-                        };
-                        self.send_from_here(reply, &rst)?;
-                    }
-                    return Ok(());
-                }
-                fit_stream(&mut stream, repr.protocol);
-                self.open_flow(repr.flow_id, Flow::new(stream, repr.src, repr.protocol, None), &info);
-            }
-        }
-        self.stats.delivered += 1;
-        Ok(())
-    }
-
-    /// Starts a stream ending here and asks the host to connect it to
-    /// `info` (`host:port`).
-    fn open_flow(&mut self, id: u32, flow: Flow, info: &[u8]) {
-        self.flows.insert(id, flow);
-        let mut open = alloc::vec![stream_op::OPEN];
-        open.extend_from_slice(info);
-        self.queue_for_host(RECORD_CONTROL, id, &open);
-    }
-
-    /// A record from the host about stream `flow`.
-    fn host_stream_record(&mut self, r: Record<'_>) {
-        let Some(f) = self.flows.get_mut(&r.flow) else { return };
-        if r.node == RECORD_STREAM {
-            f.pending.extend_from_slice(r.payload);
-            return;
-        }
-        match r.payload.first().copied() {
-            Some(stream_op::OPENED) => {
-                f.answered = true;
-                f.stream.confirm();
-            }
-            Some(stream_op::REFUSED) | Some(stream_op::RESET) => {
-                f.answered = true;
-                f.stream.refuse();
-            }
-            Some(stream_op::EOF) => f.host_eof = true,
-            _ => {}
-        }
-    }
-
-    fn stream_pending(&self) -> usize {
-        self.flows.values().map(|f| f.pending.len()).sum()
-    }
-
-    /// Moves data between streams and the host, and sends what the
-    /// streams want sent. Returns whether anything happened.
-    fn pump_streams(&mut self) -> bool {
-        let now = clock::now_us();
-        let mut worked = false;
-        let mut segments: Vec<(OverlayRepr, Vec<u8>)> = Vec::new();
-        let mut to_host: Vec<(NodeId, u32, Vec<u8>)> = Vec::new();
-        let mut gone: Vec<u32> = Vec::new();
-        for (&id, f) in self.flows.iter_mut() {
-            if !f.pending.is_empty() {
-                let n = f.stream.write(&f.pending);
-                f.pending.drain(..n);
-                if f.stream.state() == StreamState::Reset {
-                    f.pending.clear();
-                }
-            }
-            if f.host_eof && f.pending.is_empty() {
-                f.stream.close();
-            }
-            let mut data = Vec::new();
-            if f.stream.read(&mut data, 16 * 1024) > 0 {
-                to_host.push((RECORD_STREAM, id, data));
-            }
-            if f.stream.peer_finished() && !f.eof_sent {
-                f.eof_sent = true;
-                to_host.push((RECORD_CONTROL, id, alloc::vec![stream_op::EOF]));
-            }
-            let mut seg = Vec::new();
-            while f.stream.poll_transmit(now, &mut seg) {
-                let repr = OverlayRepr {
-                    protocol: f.protocol,
-                    flags: FLAG_STREAM,
-                    hop_limit: self.hop_limit,
-                    flow_id: id,
-                    src: self.me,
-                    dst: f.peer,
-                    state_len: 0,
-                    payload_len: seg.len() as u16,
-                    link_id: 0,
-                    link_seq: 0,
-                };
-                segments.push((repr, core::mem::take(&mut seg)));
-            }
-            match f.stream.state() {
-                StreamState::Closed => gone.push(id),
-                StreamState::Reset => {
-                    if f.answered {
-                        to_host.push((RECORD_CONTROL, id, alloc::vec![stream_op::RESET]));
-                    }
-                    gone.push(id);
-                }
-                _ => {}
-            }
-        }
-        for (node, flow, payload) in to_host {
-            worked = true;
-            self.queue_for_host(node, flow, &payload);
-        }
-        for (repr, seg) in segments {
-            worked = true;
-            let circuit = self.flows.get(&repr.flow_id).and_then(|f| f.circuit);
-            let sent = match circuit {
-                Some((port, circ)) => self.onion_send_backward(port, circ, &seg),
-                None => self.send_from_here(repr, &seg),
-            };
-            if let Err(e) = sent {
-                self.stats.drops.count(e);
-            }
-        }
-        for id in gone {
-            self.flows.remove(&id);
-        }
-        worked
-    }
-
     /// Handles one frame that arrived on port `i`.
     fn receive(&mut self, i: usize, frame: &[u8]) -> Result<(), WireError> {
         let p = OverlayPacket::new_checked(&frame[ETH_HDR_LEN..])?;
@@ -552,167 +338,11 @@ impl Node {
         }
     }
 
-    /// Sends a control message to the neighbour on port `j`.
-    fn send_control(&mut self, j: usize, flow_id: u32, dst: NodeId, msg: &Control) {
-        let mut payload = Vec::with_capacity(32);
-        msg.encode(&mut payload);
-        let repr = OverlayRepr {
-            protocol: Protocol::Shortest,
-            flags: FLAG_CONTROL,
-            hop_limit: 1,
-            flow_id,
-            src: self.me,
-            dst,
-            state_len: 0,
-            payload_len: payload.len() as u16,
-            link_id: 0,
-            link_seq: 0,
-        };
-        // Probes and acks jump the queue; floods wait their turn.
-        let urgent = matches!(msg, Control::Probe { .. } | Control::ProbeAck { .. });
-        self.enqueue(j, repr, &[], &payload, urgent);
-    }
-
-    /// A control message from the neighbour on port `i`.
-    fn control(&mut self, i: usize, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
-        let msg = Control::decode(payload).map_err(|_| WireError::BadLength)?;
-        let now = clock::now_us();
-        match msg {
-            // Echo under the probe's flow id, so an edge host steers the
-            // ack to the request VM that probed.
-            Control::Probe { seq, sent_us } => {
-                self.send_control(i, repr.flow_id, repr.src, &Control::ProbeAck { seq, sent_us })
-            }
-            Control::ProbeAck { seq, sent_us } => {
-                if repr.flow_id == self.control_flow {
-                    self.ports[i].monitor.on_ack(now, seq, sent_us);
-                    self.stats.probe_acks += 1;
-                }
-            }
-            Control::LsaRequest => {
-                let mut all: Vec<Lsa> = self.lsdb.lsas().cloned().collect();
-                if self.floods {
-                    all.push(Lsa { origin: self.me, seq: self.lsa_seq, links: self.advertised.clone() });
-                }
-                for lsa in all {
-                    self.send_control(i, repr.flow_id, repr.src, &Control::LinkState(lsa));
-                }
-            }
-            Control::LinkState(lsa) => {
-                if self.lsdb.accept(self.me, now, lsa.clone()) {
-                    self.stats.lsas_accepted += 1;
-                    if self.floods {
-                        self.flood(&lsa, Some(i));
-                    }
-                    self.refresh_topology(now);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends `lsa` to every neighbour but the one on port `except`.
-    fn flood(&mut self, lsa: &Lsa, except: Option<usize>) {
-        let msg = Control::LinkState(lsa.clone());
-        for j in 0..self.ports.len() {
-            if Some(j) != except {
-                let peer = self.ports[j].peer;
-                self.send_control(j, 0, peer, &msg);
-            }
-        }
-    }
-
-    /// This node's links as measured now.
-    fn own_reports(&self, now: u64) -> Vec<LinkReport> {
-        self.ports.iter().map(|p| p.monitor.report(now)).collect()
-    }
-
-    /// Recomputes the topology routing runs on; on a change, the routers
-    /// and the source paths follow.
-    fn refresh_topology(&mut self, now: u64) {
-        // A flooding node routes on what it advertised, as every other node
-        // does, so hop-by-hop choices agree; a request VM on what it sees.
-        let own = if self.floods { self.advertised.clone() } else { self.own_reports(now) };
-        let topology = self.lsdb.effective(self.me, &own);
-        if topology == self.topology {
-            return;
-        }
-        let (before, after) = (self.topology.links().len(), topology.links().len());
-        if before != after {
-            log!("node {}: {} of the configured links usable now (was {})", self.me, after, before);
-        }
-        self.routes = Routes::compute(&topology, self.me);
-        self.topology = topology;
-        self.stats.topology_changes += 1;
-    }
-
-    /// Probes links, notices dead neighbours, advertises what changed and
-    /// ages out what others advertised. Runs every few milliseconds.
-    fn maintain(&mut self, now: u64) {
-        if now < self.next_maintenance {
-            return;
-        }
-        self.next_maintenance = now + MAINTENANCE_US;
-        for j in 0..self.ports.len() {
-            if let Some((seq, sent_us)) = self.ports[j].monitor.poll_probe(now) {
-                let (flow, peer) = (self.control_flow, self.ports[j].peer);
-                self.send_control(j, flow, peer, &Control::Probe { seq, sent_us });
-                self.stats.probes_sent += 1;
-            }
-            if self.ports[j].monitor.tick(now) {
-                log!("node {}: link to {} is down (no answer to probes)", self.me, self.ports[j].peer);
-            }
-        }
-        let expired = self.lsdb.expire(now);
-        if now >= self.next_expiry {
-            self.next_expiry = now + 1_000_000;
-            self.onion.expire(now);
-        }
-        if self.floods {
-            let own = self.own_reports(now);
-            let due = now.saturating_sub(self.advertised_at) >= LSA_REFRESH_US;
-            if due || significant_change(&self.advertised, &own) {
-                self.lsa_seq = self.lsa_seq.wrapping_add(1);
-                let lsa = Lsa { origin: self.me, seq: self.lsa_seq, links: own.clone() };
-                self.flood(&lsa, None);
-                self.advertised = own;
-                self.advertised_at = now;
-                self.refresh_topology(now);
-                return;
-            }
-        }
-        if !self.floods && now >= self.next_lsa_request {
-            // A request VM hears no floods: it asks its neighbours.
-            self.next_lsa_request = now + LSA_REQUEST_US;
-            for j in 0..self.ports.len() {
-                let (flow, peer) = (self.control_flow, self.ports[j].peer);
-                self.send_control(j, flow, peer, &Control::LsaRequest);
-            }
-        }
-        if expired || !self.floods {
-            self.refresh_topology(now);
-        }
-    }
-
     fn publish_stats(&self) {
         // SAFETY: STATS_ADDR is a page the VMM reserves for this struct
         // (below the page tables, above the boot block); only the agent
         // writes it, the VMM reads it after the vCPU stopped.
         unsafe { core::ptr::write_volatile(STATS_ADDR as *mut NodeStats, self.stats) };
-    }
-}
-
-/// Duplicate acks a `multipath` stream takes as a loss: its paths differ
-/// in delay, so segments overtake each other by several all the time.
-const MULTIPATH_REORDER: u32 = 16;
-
-/// Shapes a stream for the protocol carrying it: smaller segments in onion
-/// cells, tolerance of reordering over several paths.
-fn fit_stream(stream: &mut Stream, protocol: Protocol) {
-    match protocol {
-        Protocol::Onion => stream.set_mss(ONION_MSS),
-        Protocol::Multipath => stream.set_reorder_tolerance(MULTIPATH_REORDER),
-        _ => {}
     }
 }
 
@@ -878,160 +508,6 @@ pub fn run(params: &BootParams) -> ! {
             worked |= n > 0;
         }
         con.flush();
-        if worked {
-            node.publish_stats();
-        }
-        pacer.tick(worked);
-    }
-}
-
-/// SOCKS5 replies the request VM writes to the app (RFC 1928: version,
-/// code, reserved, IPv4, 0.0.0.0:0).
-const SOCKS_OK: [u8; 10] = [5, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-const SOCKS_REFUSED: [u8; 10] = [5, 5, 0, 1, 0, 0, 0, 0, 0, 0];
-/// How long a closing stream may wait for its peer before the VM leaves.
-const GOODBYE_US: u64 = 1_000_000;
-
-/// A request VM: carries one app connection (the console, after the edge
-/// daemon's SOCKS handshake) as a stream to the service on the
-/// destination node, answers the SOCKS request when the stream is up or
-/// refused, and exits when the connection is over.
-pub fn run_edge(params: &BootParams) -> ! {
-    let cfg = decode_config(params);
-    let req = match EdgeRequest::decode(params.args().get(cfg.encoded_len()..).unwrap_or(&[])) {
-        Ok(r) => r,
-        Err(e) => {
-            log!("edge: unusable request: {e:?}");
-            io::exit(ports::EXIT_BAD_BOOT);
-        }
-    };
-    let (mut node, mut con) = build(params, &cfg);
-    // A request VM probes its own links (a dead first relay is noticed
-    // here) but takes no part in flooding.
-    node.floods = false;
-    node.control_flow = req.flow;
-    let mut stream = Stream::connect(&req.target);
-    fit_stream(&mut stream, node.protocol);
-    node.edge = Some(EdgeStream {
-        flow: req.flow,
-        dst: req.dst,
-        stream,
-        replied: false,
-        app_closed: false,
-        pending: Vec::new(),
-        backlog: Vec::new(),
-        closing_since: None,
-        avoid: req.avoid.clone(),
-    });
-    if node.protocol == Protocol::Onion {
-        // No circuit, no stream: the app gets its refusal at once.
-        if let Err(e) = node.onion_prepare(req.dst) {
-            log!("edge: no onion circuit to node {}: {e:?}", req.dst);
-            if let Some(e) = node.edge.as_mut() {
-                e.stream.refuse();
-            }
-        }
-    }
-    io::ready();
-    let mut frames: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut pacer = Pacer::new();
-    loop {
-        let mut worked = node.poll_links(&mut frames);
-        let now = clock::now_us();
-        node.maintain(now);
-        if node.protocol == Protocol::Onion && !node.onion_check(req.dst, now) {
-            if let Some(e) = node.edge.as_mut() {
-                e.stream.refuse();
-            }
-        }
-        let (protocol, hop_limit, me) = (node.protocol, node.hop_limit, node.me);
-        let mut segments: Vec<Vec<u8>> = Vec::new();
-        let Some(e) = node.edge.as_mut() else { io::exit(0) };
-        let state = e.stream.state();
-        // The SOCKS answer, once the stream is up or refused.
-        if !e.replied && matches!(state, StreamState::Established | StreamState::Reset | StreamState::Closed) {
-            let reply = if state == StreamState::Reset { &SOCKS_REFUSED } else { &SOCKS_OK };
-            if con.send(reply) == reply.len() {
-                e.replied = true;
-                worked = true;
-            }
-        }
-        // App to stream.
-        if e.replied && state == StreamState::Established {
-            while e.pending.len() < 64 * 1024 && !e.app_closed {
-                let got = con.receive_one(|ev| match ev {
-                    ConsoleEvent::Data(d) => e.pending.extend_from_slice(d),
-                    ConsoleEvent::Closed => e.app_closed = true,
-                });
-                if !got {
-                    break;
-                }
-                worked = true;
-            }
-            if !e.pending.is_empty() {
-                let n = e.stream.write(&e.pending);
-                e.pending.drain(..n);
-                worked |= n > 0;
-            }
-        }
-        // Stream to app.
-        if e.replied {
-            let mut data = Vec::new();
-            if e.stream.read(&mut data, 64 * 1024) > 0 {
-                e.backlog.extend_from_slice(&data);
-            }
-            if !e.backlog.is_empty() {
-                let n = con.send(&e.backlog);
-                e.backlog.drain(..n);
-                worked |= n > 0;
-            }
-        }
-        // Either side done: close ours (the app sees its end when the VM
-        // exits and the VMM closes the connection).
-        let service_done = e.stream.peer_finished() && e.backlog.is_empty();
-        if (e.app_closed && e.pending.is_empty()) || service_done {
-            e.stream.close();
-            e.closing_since.get_or_insert(now);
-        }
-        let mut seg = Vec::new();
-        while e.stream.poll_transmit(now, &mut seg) {
-            segments.push(core::mem::take(&mut seg));
-        }
-        let (flow, dst) = (e.flow, e.dst);
-        let finished = match e.stream.state() {
-            StreamState::Closed => true,
-            StreamState::Reset => e.replied,
-            _ => e.closing_since.is_some_and(|t| now.saturating_sub(t) > GOODBYE_US),
-        };
-        for seg in segments {
-            worked = true;
-            let repr = OverlayRepr {
-                protocol,
-                flags: FLAG_STREAM,
-                hop_limit,
-                flow_id: flow,
-                src: me,
-                dst,
-                state_len: 0,
-                payload_len: seg.len() as u16,
-                link_id: 0,
-                link_seq: 0,
-            };
-            let sent = if protocol == Protocol::Onion {
-                node.onion_send_forward(dst, &seg)
-            } else {
-                node.send_from_here(repr, &seg)
-            };
-            if let Err(err) = sent {
-                node.stats.drops.count(err);
-            }
-        }
-        worked |= node.flush_links();
-        con.flush();
-        if finished && con.tx_drained() && node.ports.iter().all(|p| p.queue.is_empty()) {
-            node.publish_stats();
-            io::exit(0);
-        }
         if worked {
             node.publish_stats();
         }

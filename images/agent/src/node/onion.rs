@@ -10,8 +10,7 @@ use alloc::vec::Vec;
 use guest_agent::onion::cell::{CMD_ATTACH, CMD_STREAM, NONCE_LEN, TOKEN_LEN};
 use guest_agent::onion::header::process;
 use guest_agent::onion::{
-    public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_CREATE_DATA,
-    MAX_DATA,
+    public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_CREATE_DATA, MAX_DATA,
 };
 use guest_agent::routing::{NodeId, Route, RouteContext};
 use guest_agent::transport::{Segment, Stream};
@@ -212,7 +211,9 @@ impl Node {
                 let out_circ = self.onion.fresh_circ(j);
                 let hop = RelayHop::new(keys);
                 hop.forward(&mut cell, Some(&*header)).map_err(|_| WireError::BadLength)?;
-                self.onion.ends.insert((j, out_circ), (End::RelayOut { in_port: i, in_circ: circ, hop: hop.clone() }, now));
+                self.onion
+                    .ends
+                    .insert((j, out_circ), (End::RelayOut { in_port: i, in_circ: circ, hop: hop.clone() }, now));
                 self.onion
                     .ends
                     .insert((i, circ), (End::RelayIn { out_port: j, out_circ, hop, alpha, next_header: header }, now));
@@ -267,7 +268,9 @@ impl Node {
     pub(super) fn onion_send_backward(&mut self, port: usize, circ: u32, seg: &[u8]) -> Result<bool, WireError> {
         let mut cell = Vec::with_capacity(CELL_LEN);
         match self.onion.ends.get_mut(&(port, circ)) {
-            Some((End::Exit { hop, .. }, _)) => hop.seal(CMD_STREAM, seg, &mut cell).map_err(|_| WireError::BadLength)?,
+            Some((End::Exit { hop, .. }, _)) => {
+                hop.seal(CMD_STREAM, seg, &mut cell).map_err(|_| WireError::BadLength)?
+            }
             _ => return Err(WireError::NoRoute),
         }
         Ok(self.send_cell(port, circ, &cell))

@@ -1,0 +1,155 @@
+//! Link-local control: probing this node's links, flooding what it
+//! measures, taking in what others advertise, and the topology routing
+//! runs on as a result.
+
+use super::*;
+
+/// How often a request VM asks its neighbours for the link state.
+pub(super) const LSA_REQUEST_US: u64 = 500_000;
+
+/// How often a node runs its link maintenance ([`Node::maintain`]).
+pub(super) const MAINTENANCE_US: u64 = 5_000;
+
+impl Node {
+    /// Sends a control message to the neighbour on port `j`.
+    pub(super) fn send_control(&mut self, j: usize, flow_id: u32, dst: NodeId, msg: &Control) {
+        let mut payload = Vec::with_capacity(32);
+        msg.encode(&mut payload);
+        let repr = OverlayRepr {
+            protocol: Protocol::Shortest,
+            flags: FLAG_CONTROL,
+            hop_limit: 1,
+            flow_id,
+            src: self.me,
+            dst,
+            state_len: 0,
+            payload_len: payload.len() as u16,
+            link_id: 0,
+            link_seq: 0,
+        };
+        // Probes and acks jump the queue; floods wait their turn.
+        let urgent = matches!(msg, Control::Probe { .. } | Control::ProbeAck { .. });
+        self.enqueue(j, repr, &[], &payload, urgent);
+    }
+
+    /// A control message from the neighbour on port `i`.
+    pub(super) fn control(&mut self, i: usize, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
+        let msg = Control::decode(payload).map_err(|_| WireError::BadLength)?;
+        let now = clock::now_us();
+        match msg {
+            // Echo under the probe's flow id, so an edge host steers the
+            // ack to the request VM that probed.
+            Control::Probe { seq, sent_us } => {
+                self.send_control(i, repr.flow_id, repr.src, &Control::ProbeAck { seq, sent_us })
+            }
+            Control::ProbeAck { seq, sent_us } => {
+                if repr.flow_id == self.control_flow {
+                    self.ports[i].monitor.on_ack(now, seq, sent_us);
+                    self.stats.probe_acks += 1;
+                }
+            }
+            Control::LsaRequest => {
+                let mut all: Vec<Lsa> = self.lsdb.lsas().cloned().collect();
+                if self.floods {
+                    all.push(Lsa { origin: self.me, seq: self.lsa_seq, links: self.advertised.clone() });
+                }
+                for lsa in all {
+                    self.send_control(i, repr.flow_id, repr.src, &Control::LinkState(lsa));
+                }
+            }
+            Control::LinkState(lsa) => {
+                if self.lsdb.accept(self.me, now, lsa.clone()) {
+                    self.stats.lsas_accepted += 1;
+                    if self.floods {
+                        self.flood(&lsa, Some(i));
+                    }
+                    self.refresh_topology(now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `lsa` to every neighbour but the one on port `except`.
+    pub(super) fn flood(&mut self, lsa: &Lsa, except: Option<usize>) {
+        let msg = Control::LinkState(lsa.clone());
+        for j in 0..self.ports.len() {
+            if Some(j) != except {
+                let peer = self.ports[j].peer;
+                self.send_control(j, 0, peer, &msg);
+            }
+        }
+    }
+
+    /// This node's links as measured now.
+    pub(super) fn own_reports(&self, now: u64) -> Vec<LinkReport> {
+        self.ports.iter().map(|p| p.monitor.report(now)).collect()
+    }
+
+    /// Recomputes the topology routing runs on; on a change, the routers
+    /// and the source paths follow.
+    pub(super) fn refresh_topology(&mut self, now: u64) {
+        // A flooding node routes on what it advertised, as every other node
+        // does, so hop-by-hop choices agree; a request VM on what it sees.
+        let own = if self.floods { self.advertised.clone() } else { self.own_reports(now) };
+        let topology = self.lsdb.effective(self.me, &own);
+        if topology == self.topology {
+            return;
+        }
+        let (before, after) = (self.topology.links().len(), topology.links().len());
+        if before != after {
+            log!("node {}: {} of the configured links usable now (was {})", self.me, after, before);
+        }
+        self.routes = Routes::compute(&topology, self.me);
+        self.topology = topology;
+        self.stats.topology_changes += 1;
+    }
+
+    /// Probes links, notices dead neighbours, advertises what changed and
+    /// ages out what others advertised. Runs every few milliseconds.
+    pub(super) fn maintain(&mut self, now: u64) {
+        if now < self.next_maintenance {
+            return;
+        }
+        self.next_maintenance = now + MAINTENANCE_US;
+        for j in 0..self.ports.len() {
+            if let Some((seq, sent_us)) = self.ports[j].monitor.poll_probe(now) {
+                let (flow, peer) = (self.control_flow, self.ports[j].peer);
+                self.send_control(j, flow, peer, &Control::Probe { seq, sent_us });
+                self.stats.probes_sent += 1;
+            }
+            if self.ports[j].monitor.tick(now) {
+                log!("node {}: link to {} is down (no answer to probes)", self.me, self.ports[j].peer);
+            }
+        }
+        let expired = self.lsdb.expire(now);
+        if now >= self.next_expiry {
+            self.next_expiry = now + 1_000_000;
+            self.onion.expire(now);
+        }
+        if self.floods {
+            let own = self.own_reports(now);
+            let due = now.saturating_sub(self.advertised_at) >= LSA_REFRESH_US;
+            if due || significant_change(&self.advertised, &own) {
+                self.lsa_seq = self.lsa_seq.wrapping_add(1);
+                let lsa = Lsa { origin: self.me, seq: self.lsa_seq, links: own.clone() };
+                self.flood(&lsa, None);
+                self.advertised = own;
+                self.advertised_at = now;
+                self.refresh_topology(now);
+                return;
+            }
+        }
+        if !self.floods && now >= self.next_lsa_request {
+            // A request VM hears no floods: it asks its neighbours.
+            self.next_lsa_request = now + LSA_REQUEST_US;
+            for j in 0..self.ports.len() {
+                let (flow, peer) = (self.control_flow, self.ports[j].peer);
+                self.send_control(j, flow, peer, &Control::LsaRequest);
+            }
+        }
+        if expired || !self.floods {
+            self.refresh_topology(now);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Streams that end at this node (the destination side of an app's
+//! connection): the transport, the host's service behind the console, and
+//! how each routing protocol shapes a stream.
+
+use super::onion::ONION_MSS;
+use super::*;
+
+/// A stream ending at this node (the destination side of an app's
+/// connection): the transport, and who is at the other end.
+pub(super) struct Flow {
+    pub(super) stream: Stream,
+    pub(super) peer: NodeId,
+    pub(super) protocol: Protocol,
+    /// The host connected the service (or the stream was refused).
+    pub(super) answered: bool,
+    pub(super) eof_sent: bool,
+    /// Bytes from the host the stream's send buffer had no room for yet.
+    pub(super) pending: Vec<u8>,
+    /// The host's side ended: close the stream once `pending` is sent.
+    pub(super) host_eof: bool,
+    /// For a stream that came over an onion circuit: the circuit's port
+    /// and id here (the source is unknown, by design).
+    pub(super) circuit: Option<(usize, u32)>,
+    /// For such a stream: the token its source attaches new circuits with.
+    pub(super) token: Option<[u8; guest_agent::onion::cell::TOKEN_LEN]>,
+}
+
+impl Flow {
+    pub(super) fn new(stream: Stream, peer: NodeId, protocol: Protocol, circuit: Option<(usize, u32)>) -> Self {
+        Self {
+            stream,
+            peer,
+            protocol,
+            answered: false,
+            eof_sent: false,
+            pending: Vec::new(),
+            host_eof: false,
+            circuit,
+            token: None,
+        }
+    }
+}
+
+/// Streams a node ends at once; further SYNs are refused with a reset.
+pub(super) const MAX_FLOWS: usize = 1024;
+
+/// Most bytes held for streams' send buffers before the node stops reading
+/// the console (backpressure to the host).
+pub(super) const MAX_STREAM_PENDING: usize = 1 << 20;
+
+/// Duplicate acks a `multipath` stream takes as a loss: its paths differ
+/// in delay, so segments overtake each other by several all the time.
+pub(super) const MULTIPATH_REORDER: u32 = 16;
+
+/// Shapes a stream for the protocol carrying it: smaller segments in onion
+/// cells, tolerance of reordering over several paths.
+pub(super) fn fit_stream(stream: &mut Stream, protocol: Protocol) {
+    match protocol {
+        Protocol::Onion => stream.set_mss(ONION_MSS),
+        Protocol::Multipath => stream.set_reorder_tolerance(MULTIPATH_REORDER),
+        _ => {}
+    }
+}
+
+impl Node {
+    /// A transport segment of stream `repr.flow_id` arrived for this node.
+    pub(super) fn stream_segment(&mut self, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
+        let seg = Segment::parse(payload).map_err(|_| WireError::BadLength)?;
+        let now = clock::now_us();
+        if let Some(e) = self.edge.as_mut() {
+            // A request VM has exactly one stream and accepts no others.
+            if e.flow == repr.flow_id && e.dst == repr.src {
+                e.stream.on_segment(now, &seg);
+                self.stats.delivered += 1;
+                return Ok(());
+            }
+            return Err(WireError::NoRoute);
+        }
+        match self.flows.get_mut(&repr.flow_id) {
+            Some(f) if f.peer == repr.src => f.stream.on_segment(now, &seg),
+            // Another source reusing a live flow id: not this stream's.
+            Some(_) => return Err(WireError::UnknownLink),
+            None => {
+                let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
+                if self.flows.len() >= MAX_FLOWS {
+                    // Full: refuse at once rather than hold state for it.
+                    stream.refuse();
+                    let mut rst = Vec::new();
+                    if stream.poll_transmit(now, &mut rst) {
+                        let reply = OverlayRepr {
+                            hop_limit: self.hop_limit,
+                            src: self.me,
+                            dst: repr.src,
+                            state_len: 0,
+                            payload_len: rst.len() as u16,
+                            ..*repr
+                        };
+                        self.send_from_here(reply, &rst)?;
+                    }
+                    return Ok(());
+                }
+                fit_stream(&mut stream, repr.protocol);
+                self.open_flow(repr.flow_id, Flow::new(stream, repr.src, repr.protocol, None), &info);
+            }
+        }
+        self.stats.delivered += 1;
+        Ok(())
+    }
+
+    /// Starts a stream ending here and asks the host to connect it to
+    /// `info` (`host:port`).
+    pub(super) fn open_flow(&mut self, id: u32, flow: Flow, info: &[u8]) {
+        self.flows.insert(id, flow);
+        let mut open = alloc::vec![stream_op::OPEN];
+        open.extend_from_slice(info);
+        self.queue_for_host(RECORD_CONTROL, id, &open);
+    }
+
+    /// A record from the host about stream `flow`.
+    pub(super) fn host_stream_record(&mut self, r: Record<'_>) {
+        let Some(f) = self.flows.get_mut(&r.flow) else { return };
+        if r.node == RECORD_STREAM {
+            f.pending.extend_from_slice(r.payload);
+            return;
+        }
+        match r.payload.first().copied() {
+            Some(stream_op::OPENED) => {
+                f.answered = true;
+                f.stream.confirm();
+            }
+            Some(stream_op::REFUSED) | Some(stream_op::RESET) => {
+                f.answered = true;
+                f.stream.refuse();
+            }
+            Some(stream_op::EOF) => f.host_eof = true,
+            _ => {}
+        }
+    }
+
+    pub(super) fn stream_pending(&self) -> usize {
+        self.flows.values().map(|f| f.pending.len()).sum()
+    }
+
+    /// Moves data between streams and the host, and sends what the
+    /// streams want sent. Returns whether anything happened.
+    pub(super) fn pump_streams(&mut self) -> bool {
+        let now = clock::now_us();
+        let mut worked = false;
+        let mut segments: Vec<(OverlayRepr, Vec<u8>)> = Vec::new();
+        let mut to_host: Vec<(NodeId, u32, Vec<u8>)> = Vec::new();
+        let mut gone: Vec<u32> = Vec::new();
+        for (&id, f) in self.flows.iter_mut() {
+            if !f.pending.is_empty() {
+                let n = f.stream.write(&f.pending);
+                f.pending.drain(..n);
+                if f.stream.state() == StreamState::Reset {
+                    f.pending.clear();
+                }
+            }
+            if f.host_eof && f.pending.is_empty() {
+                f.stream.close();
+            }
+            let mut data = Vec::new();
+            if f.stream.read(&mut data, 16 * 1024) > 0 {
+                to_host.push((RECORD_STREAM, id, data));
+            }
+            if f.stream.peer_finished() && !f.eof_sent {
+                f.eof_sent = true;
+                to_host.push((RECORD_CONTROL, id, alloc::vec![stream_op::EOF]));
+            }
+            let mut seg = Vec::new();
+            while f.stream.poll_transmit(now, &mut seg) {
+                let repr = OverlayRepr {
+                    protocol: f.protocol,
+                    flags: FLAG_STREAM,
+                    hop_limit: self.hop_limit,
+                    flow_id: id,
+                    src: self.me,
+                    dst: f.peer,
+                    state_len: 0,
+                    payload_len: seg.len() as u16,
+                    link_id: 0,
+                    link_seq: 0,
+                };
+                segments.push((repr, core::mem::take(&mut seg)));
+            }
+            match f.stream.state() {
+                StreamState::Closed => gone.push(id),
+                StreamState::Reset => {
+                    if f.answered {
+                        to_host.push((RECORD_CONTROL, id, alloc::vec![stream_op::RESET]));
+                    }
+                    gone.push(id);
+                }
+                _ => {}
+            }
+        }
+        for (node, flow, payload) in to_host {
+            worked = true;
+            self.queue_for_host(node, flow, &payload);
+        }
+        for (repr, seg) in segments {
+            worked = true;
+            let circuit = self.flows.get(&repr.flow_id).and_then(|f| f.circuit);
+            let sent = match circuit {
+                Some((port, circ)) => self.onion_send_backward(port, circ, &seg),
+                None => self.send_from_here(repr, &seg),
+            };
+            if let Err(e) = sent {
+                self.stats.drops.count(e);
+            }
+        }
+        for id in gone {
+            self.flows.remove(&id);
+        }
+        worked
+    }
+}
