@@ -176,3 +176,39 @@ fn an_onion_stream_moves_to_a_new_circuit_when_a_relay_dies_and_loses_no_byte() 
     let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.0.join("c.json")).unwrap()).unwrap();
     assert!(c["node"]["circuits"].as_u64().unwrap() >= 2, "{c}");
 }
+
+#[test]
+fn onion_circuits_never_use_a_relay_the_app_avoids() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let topo = TopoGuard::up("ladder8.toml");
+    let mut nodes = Vec::new();
+    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("r5", 15), ("r6", 16)] {
+        nodes.push((h, topo.start_node(h, id, &dir.0.join(format!("{h}.json")))));
+    }
+    let edge = start_edge(&topo);
+    let body = random_bytes(2 << 20, 68);
+    let port = http_server(&topo.netns("c"), body.clone());
+    for _ in 0..3 {
+        let (code, got) = curl(&topo, &format!("http://c:{port}/x"), Some("pathvm:anonymity=require,avoid=12"));
+        assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
+    }
+    // Avoiding a relay of each path leaves no circuit: refused at once.
+    let (code, _) = curl(&topo, &format!("http://c:{port}/x"), Some("pathvm:anonymity=require,avoid=12+15"));
+    assert_eq!(code, Some(97), "a circuit through an avoided relay?");
+    let log = edge.log.lock().unwrap().clone();
+    assert!(log.contains("no onion circuit"), "{log}");
+    drop(edge.child);
+    for (h, g) in nodes {
+        g.terminate(Duration::from_secs(20));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap();
+        let circuits = m["node"]["circuits"].as_u64().unwrap();
+        match h {
+            "r1" | "r2" | "r3" => assert_eq!(circuits, 0, "{h} relayed a circuit that avoids r2"),
+            _ => assert!(circuits >= 3, "{h}: {circuits} circuits"),
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use guest_agent::node::Record;
-use guest_agent::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol, ETH_HDR_LEN};
+use guest_agent::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol, ETH_HDR_LEN, FLAG_CONTROL};
 use pathvm_tests::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -137,9 +137,14 @@ fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
 
 /// An Ethernet frame carrying a sealed overlay packet.
 fn frame(link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec<u8> {
+    frame_of(Protocol::Shortest, 0, link_id, seq, key, dst, payload)
+}
+
+/// The same with any protocol and flags.
+fn frame_of(protocol: Protocol, flags: u8, link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec<u8> {
     let repr = OverlayRepr {
-        protocol: Protocol::Shortest,
-        flags: 0,
+        protocol,
+        flags,
         hop_limit: 8,
         flow_id: seq as u32,
         src: 1,
@@ -210,6 +215,44 @@ fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
         assert_eq!(d[k], want, "{k}: {node}");
     }
     assert!(d["not_overlay"].as_u64().unwrap() >= 1, "{node}");
+}
+
+#[test]
+fn hostile_onion_cells_and_control_messages_are_counted_drops_and_the_relay_keeps_forwarding() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
+    let mut c = topo.start_node("c", 3, &mc);
+    let b = topo.start_node("b", 2, &mb);
+    let (link, key) = port_of(&topo.node_config("a"), "ln0");
+    let key = LinkKey::new(&key).derive(link);
+    let onion = |seq: u64, payload: &[u8]| frame_of(Protocol::Onion, 0, link, seq, &key, 2, payload);
+    let control = |seq: u64, payload: &[u8]| frame_of(Protocol::Shortest, FLAG_CONTROL, link, seq, &key, 2, payload);
+    let frames = vec![
+        frame(link, 1, &key, 3, b"first valid"),
+        // A cell of the wrong size.
+        onion(2, &[7u8; 100]),
+        // A full-size "create" whose header is noise: its MAC fails.
+        onion(3, &random_bytes(guest_agent::onion::CELL_LEN, 9)),
+        // Control messages that are no message, or a truncated one.
+        control(4, &[9, 9, 9]),
+        control(5, &[3, 0, 12, 0]),
+        frame(link, 6, &key, 3, b"second valid"),
+    ];
+    inject(&topo.netns("a"), "ln0", frames);
+    let got = read_records(c.get(), 2, Duration::from_secs(20));
+    let payloads: Vec<&[u8]> = got.iter().map(|r| r.2.as_slice()).collect();
+    assert_eq!(payloads, vec![&b"first valid"[..], &b"second valid"[..]]);
+    assert_eq!(b.terminate(UP).0, Some(130), "relay VM did not keep running");
+    c.terminate(UP);
+    let node = &metrics(&mb)["node"];
+    assert_eq!(node["forwarded"], 2, "{node}");
+    assert_eq!(node["circuits"], 0, "{node}");
+    let d = &node["drops"];
+    assert_eq!((d["bad_length"].as_u64(), d["bad_mac"].as_u64()), (Some(3), Some(1)), "{node}");
 }
 
 #[test]
