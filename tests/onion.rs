@@ -178,7 +178,7 @@ fn an_onion_stream_moves_to_a_new_circuit_when_a_relay_dies_and_loses_no_byte() 
 }
 
 #[test]
-fn onion_circuits_never_use_a_relay_the_app_avoids() {
+fn circuits_and_source_routes_never_use_a_relay_the_app_avoids() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
@@ -195,6 +195,11 @@ fn onion_circuits_never_use_a_relay_the_app_avoids() {
         let (code, got) = curl(&topo, &format!("http://c:{port}/x"), Some("pathvm:anonymity=require,avoid=12"));
         assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
     }
+    // A source-routed protocol honours the list too.
+    let (code, got) =
+        curl(&topo, &format!("http://c:{port}/x"), Some("pathvm:reliability=require,bandwidth=prefer,avoid=12"));
+    assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
+    assert!(edge.log.lock().unwrap().contains(": multipath ("));
     // Avoiding a relay of each path leaves no circuit: refused at once.
     let (code, _) = curl(&topo, &format!("http://c:{port}/x"), Some("pathvm:anonymity=require,avoid=12+15"));
     assert_eq!(code, Some(97), "a circuit through an avoided relay?");
@@ -207,7 +212,10 @@ fn onion_circuits_never_use_a_relay_the_app_avoids() {
             serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap();
         let circuits = m["node"]["circuits"].as_u64().unwrap();
         match h {
-            "r1" | "r2" | "r3" => assert_eq!(circuits, 0, "{h} relayed a circuit that avoids r2"),
+            "r1" | "r2" | "r3" => {
+                assert_eq!(circuits, 0, "{h} relayed a circuit that avoids r2");
+                assert_eq!(m["node"]["forwarded"], 0, "{h} relayed a packet whose app avoids r2");
+            }
             _ => assert!(circuits >= 3, "{h}: {circuits} circuits"),
         }
     }

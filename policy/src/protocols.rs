@@ -21,6 +21,8 @@ pub struct ProtocolProfile {
     pub levels: [u8; 5],
     /// Fewest hops its paths have (onion needs three relays).
     pub min_hops: u8,
+    /// Whether it can keep relays the app names out of its paths.
+    pub avoids_relays: bool,
     /// One line on what it does.
     pub summary: &'static str,
 }
@@ -41,7 +43,14 @@ impl ProtocolProfile {
             Protocol::Redundant => 5,
             Protocol::Unknown(v) => v,
         };
-        Self { name: p.name, wire_id, levels: p.levels, min_hops: p.min_hops, summary: p.summary }
+        Self {
+            name: p.name,
+            wire_id,
+            levels: p.levels,
+            min_hops: p.min_hops,
+            avoids_relays: p.avoids_relays,
+            summary: p.summary,
+        }
     }
 }
 

@@ -66,6 +66,9 @@ fn score(p: &'static ProtocolProfile, c: &Criteria) -> Row {
             _ => {}
         }
     }
+    if !c.avoid_nodes.is_empty() && !p.avoids_relays && refused.is_none() {
+        refused = Some(format!("{}: routes hop by hop, so it cannot keep relays out of the path (avoid)", p.name));
+    }
     if let Some(h) = c.max_hops {
         if h < p.min_hops && refused.is_none() {
             refused = Some(format!("{}: needs at least {} hops, {h} allowed", p.name, p.min_hops));
@@ -148,6 +151,14 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("shortest: anonymity is required, it offers none"), "{msg}");
         assert!(msg.contains("onion: latency is required, it offers none"), "{msg}");
+    }
+
+    #[test]
+    fn avoiding_relays_rules_out_hop_by_hop_protocols() {
+        let d = select(&c("latency=prefer,avoid=12")).unwrap();
+        assert!(d.chosen.avoids_relays, "{}", d.chosen.name);
+        let row = d.rows.iter().find(|r| r.protocol.name == "shortest").unwrap();
+        assert!(row.refused.as_deref().is_some_and(|r| r.contains("cannot keep relays out")), "{row:?}");
     }
 
     #[test]

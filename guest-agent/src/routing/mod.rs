@@ -20,6 +20,7 @@ pub mod multipath;
 pub mod onion;
 pub mod pathset;
 pub mod redundant;
+pub mod reply;
 pub mod shortest;
 pub mod source;
 pub mod topology;
@@ -32,6 +33,7 @@ pub use multipath::Multipath;
 pub use onion::{onion_path, OnionPaths};
 pub use pathset::PathSet;
 pub use redundant::Redundant;
+pub use reply::ReplyPaths;
 pub use shortest::Shortest;
 pub use source::{RouteError, SourceRoute};
 pub use topology::{Link, NodeId, Topology};
@@ -52,6 +54,9 @@ pub struct Profile {
     pub levels: [u8; 5],
     /// Fewest hops its paths have.
     pub min_hops: u8,
+    /// Whether the source chooses the whole path, and so can keep relays
+    /// the application names out of it (hop-by-hop protocols cannot).
+    pub avoids_relays: bool,
     /// One line on what it does.
     pub summary: &'static str,
 }

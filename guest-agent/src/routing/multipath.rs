@@ -24,6 +24,7 @@ impl RoutingProtocol for Multipath {
         wire: Protocol::Multipath,
         levels: [1, 3, 0, 2, 0],
         min_hops: 1,
+        avoids_relays: true,
         summary: "packets spread over node-disjoint paths, weighted by bandwidth",
     };
 
@@ -31,9 +32,10 @@ impl RoutingProtocol for Multipath {
         Self { topo: topo.clone(), me, sets: BTreeMap::new() }
     }
 
-    fn route(&mut self, dst: NodeId, _: &mut RouteContext<'_>) -> Option<Route<'_>> {
+    fn route(&mut self, dst: NodeId, ctx: &mut RouteContext<'_>) -> Option<Route<'_>> {
         let (topo, me) = (&self.topo, self.me);
-        let set = self.sets.entry(dst).or_insert_with(|| PathSet::new(topo, me, dst, PATHS));
+        let set =
+            self.sets.entry(dst).or_insert_with(|| PathSet::new(&topo.without(ctx.avoid, [me, dst]), me, dst, PATHS));
         set.pick().map(Route::Path)
     }
 }

@@ -25,6 +25,7 @@ impl RoutingProtocol for OnionPaths {
         wire: Protocol::Onion,
         levels: [0, 1, 3, 1, 3],
         min_hops: MIN_RELAYS as u8 + 1,
+        avoids_relays: true,
         summary: "source-chosen path of >= 3 relays, one encryption layer per hop",
     };
 

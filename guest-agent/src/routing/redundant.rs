@@ -21,6 +21,7 @@ impl RoutingProtocol for Redundant {
         wire: Protocol::Redundant,
         levels: [2, 0, 0, 3, 0],
         min_hops: 1,
+        avoids_relays: true,
         summary: "every packet on two node-disjoint paths",
     };
 
@@ -28,9 +29,10 @@ impl RoutingProtocol for Redundant {
         Self { topo: topo.clone(), me, paths: BTreeMap::new() }
     }
 
-    fn route(&mut self, dst: NodeId, _: &mut RouteContext<'_>) -> Option<Route<'_>> {
+    fn route(&mut self, dst: NodeId, ctx: &mut RouteContext<'_>) -> Option<Route<'_>> {
         let (topo, me) = (&self.topo, self.me);
-        let paths = self.paths.entry(dst).or_insert_with(|| disjoint_paths(topo, me, dst, 2));
+        let paths =
+            self.paths.entry(dst).or_insert_with(|| disjoint_paths(&topo.without(ctx.avoid, [me, dst]), me, dst, 2));
         (!paths.is_empty()).then_some(Route::Copies(paths.as_slice()))
     }
 }

@@ -71,6 +71,7 @@ impl RoutingProtocol for Shortest {
         wire: Protocol::Shortest,
         levels: [3, 1, 0, 1, 0],
         min_hops: 1,
+        avoids_relays: false,
         summary: "link-state, hop by hop, lowest total latency",
     };
 

@@ -53,6 +53,13 @@ impl Topology {
         self.links.iter().find(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a))
     }
 
+    /// The topology without the links of the `avoid` nodes, except those
+    /// of `keep` (a source and its destination are never "avoided").
+    pub fn without(&self, avoid: &[NodeId], keep: [NodeId; 2]) -> Topology {
+        let out = |n: NodeId| avoid.contains(&n) && !keep.contains(&n);
+        Topology { links: self.links.iter().filter(|l| !out(l.a) && !out(l.b)).copied().collect() }
+    }
+
     /// Every node named by a link, sorted, without duplicates.
     pub fn nodes(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self.links.iter().flat_map(|l| [l.a, l.b]).collect();
@@ -110,6 +117,17 @@ mod tests {
         assert_eq!(t.nodes(), vec![1, 2, 3]);
         let n: Vec<NodeId> = t.neighbours(2).map(|(n, _)| n).collect();
         assert_eq!(n, vec![1, 3]);
+    }
+
+    #[test]
+    fn avoided_nodes_lose_their_links_but_the_ends_stay() {
+        let t = Topology::new(vec![
+            Link { a: 1, b: 2, latency_us: 10, bandwidth_mbps: 100 },
+            Link { a: 2, b: 3, latency_us: 10, bandwidth_mbps: 100 },
+            Link { a: 1, b: 3, latency_us: 10, bandwidth_mbps: 100 },
+        ]);
+        assert_eq!(t.without(&[2], [1, 3]).links().len(), 1);
+        assert_eq!(t.without(&[1, 2], [1, 3]).links().len(), 1, "the source is never avoided");
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl RoutingProtocol for Widest {
         wire: Protocol::Widest,
         levels: [1, 3, 0, 1, 0],
         min_hops: 1,
+        avoids_relays: false,
         summary: "the path with the largest bottleneck bandwidth",
     };
 

@@ -18,7 +18,7 @@ use guest_agent::node::{
 };
 use guest_agent::ports;
 use guest_agent::routing::linkstate::{significant_change, LinkMonitor, LinkReport, LinkStateDb, Lsa, LSA_REFRESH_US};
-use guest_agent::routing::{NodeId, Route, RouteContext, Routes, SourceRoute, Topology};
+use guest_agent::routing::{NodeId, ReplyPaths, Route, RouteContext, Routes, SourceRoute, Topology};
 use guest_agent::transport::{Segment, Stream, StreamState};
 use guest_agent::virtio::console::{ConsoleEvent, VirtioConsole};
 use guest_agent::virtio::net::VirtioNet;
@@ -290,11 +290,17 @@ impl Node {
             return self.onion_cell(i, repr.flow_id, p.payload());
         }
         if repr.dst == self.me {
+            if repr.flags & FLAG_STREAM != 0 {
+                self.learn_reply_path(&repr, p.state());
+            }
             if !self.first_copy(&repr, p.state()) {
                 return Ok(());
             }
             if repr.flags & FLAG_STREAM != 0 {
-                return self.stream_segment(&repr, p.payload());
+                self.stream_segment(&repr, p.payload())?;
+                // A SYN made the flow just now: its path counts too.
+                self.learn_reply_path(&repr, p.state());
+                return Ok(());
             }
             self.deliver(repr.src, repr.flow_id, p.payload());
             return Ok(());

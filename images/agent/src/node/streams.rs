@@ -23,6 +23,9 @@ pub(super) struct Flow {
     pub(super) circuit: Option<(usize, u32)>,
     /// For such a stream: the token its source attaches new circuits with.
     pub(super) token: Option<[u8; guest_agent::onion::cell::TOKEN_LEN]>,
+    /// For a source-routed stream: the paths its packets came on, to
+    /// answer on.
+    pub(super) reply: ReplyPaths,
 }
 
 impl Flow {
@@ -37,6 +40,7 @@ impl Flow {
             host_eof: false,
             circuit,
             token: None,
+            reply: ReplyPaths::default(),
         }
     }
 }
@@ -137,6 +141,52 @@ impl Node {
         }
     }
 
+    /// Notes the path a source-routed packet of a stream ending here came
+    /// on (copies too: each `redundant` path must be known).
+    pub(super) fn learn_reply_path(&mut self, repr: &OverlayRepr, state: &[u8]) {
+        if !matches!(repr.protocol, Protocol::Multipath | Protocol::Redundant) {
+            return;
+        }
+        let Ok(route) = SourceRoute::decode(state) else { return };
+        if route.path.first() != Some(&repr.src) || route.path.last() != Some(&self.me) {
+            return;
+        }
+        if let Some(f) = self.flows.get_mut(&repr.flow_id).filter(|f| f.peer == repr.src) {
+            f.reply.learn(&route, clock::now_us());
+        }
+    }
+
+    /// Sends a segment of a stream ending here: a source-routed stream
+    /// answers along the paths its source's packets took (so it avoids
+    /// what the source avoids and follows its failover), others as their
+    /// protocol routes.
+    fn send_reply(&mut self, mut repr: OverlayRepr, seg: &[u8], now: u64) -> Result<bool, WireError> {
+        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+        let packet_id = self.next_packet_id;
+        let mut states: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let Some(f) = self.flows.get_mut(&repr.flow_id) else { return self.send_from_here(repr, seg) };
+        f.reply.prune(now, &self.topology);
+        match repr.protocol {
+            Protocol::Redundant if !f.reply.is_empty() => {
+                for (st, path) in states.iter_mut().zip(f.reply.all()) {
+                    SourceRoute::encode_parts(0, packet_id, path, st);
+                }
+            }
+            Protocol::Multipath if !f.reply.is_empty() => {
+                if let Some(path) = f.reply.pick() {
+                    SourceRoute::encode_parts(0, packet_id, path, &mut states[0]);
+                }
+            }
+            _ => return self.send_from_here(repr, seg),
+        }
+        let mut sent = false;
+        for st in states.iter().filter(|s| !s.is_empty()) {
+            repr.state_len = st.len() as u16;
+            sent |= self.follow_source_route(repr, st, seg)?;
+        }
+        Ok(sent)
+    }
+
     pub(super) fn stream_pending(&self) -> usize {
         self.flows.values().map(|f| f.pending.len()).sum()
     }
@@ -204,7 +254,7 @@ impl Node {
             let circuit = self.flows.get(&repr.flow_id).and_then(|f| f.circuit);
             let sent = match circuit {
                 Some((port, circ)) => self.onion_send_backward(port, circ, &seg),
-                None => self.send_from_here(repr, &seg),
+                None => self.send_reply(repr, &seg, now),
             };
             if let Err(e) = sent {
                 self.stats.drops.count(e);
