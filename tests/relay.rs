@@ -172,44 +172,50 @@ fn inject(ns: &str, iface: &str, frames: Vec<Vec<u8>>) {
     });
 }
 
-#[test]
-fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
-    if !require(&[Need::Kvm, Need::Netns]) {
-        return;
-    }
+/// Plays A on line3 (A has no node; the test has A's real link key) and
+/// sends B a valid datagram for C, the frames `hostile` makes from A's
+/// link id and packet key (sequence numbers 2 to 999 are theirs), then
+/// another valid one. Both valid ones must reach C and B must keep
+/// running; returns B's node counters.
+fn relay_between_valid_frames(hostile: impl FnOnce(u32, &LinkKey) -> Vec<Vec<u8>>) -> serde_json::Value {
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
     let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
     let mut c = topo.start_node("c", 3, &mc);
     let b = topo.start_node("b", 2, &mb);
-
-    // A has no node: the test plays A, with A's real link key.
     let (link, key) = port_of(&topo.node_config("a"), "ln0");
     let key = LinkKey::new(&key).derive(link);
-    let good1 = frame(link, 1, &key, 3, b"first valid");
-    let mut truncated = frame(link, 2, &key, 3, b"cut short");
-    truncated.truncate(ETH_HDR_LEN + 20);
-    let mut wrong_version = frame(link, 3, &key, 3, b"version 9");
-    wrong_version[ETH_HDR_LEN] = 9;
-    let bad_mac = frame(link, 4, &LinkKey::new(&[0x55; 32]), 3, b"forged");
-    let replayed = good1.clone();
-    let no_route = frame(link, 5, &key, 99, b"nowhere");
-    let mut not_overlay = frame(link, 6, &key, 3, b"ipv4?");
-    not_overlay[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let good2 = frame(link, 7, &key, 3, b"second valid");
-    inject(
-        &topo.netns("a"),
-        "ln0",
-        vec![good1, truncated, wrong_version, bad_mac, replayed, no_route, not_overlay, good2],
-    );
-
+    let mut frames = vec![frame(link, 1, &key, 3, b"first valid")];
+    frames.extend(hostile(link, &key));
+    frames.push(frame(link, 1000, &key, 3, b"second valid"));
+    inject(&topo.netns("a"), "ln0", frames);
     let got = read_records(c.get(), 2, Duration::from_secs(20));
     let payloads: Vec<&[u8]> = got.iter().map(|r| r.2.as_slice()).collect();
     assert_eq!(payloads, vec![&b"first valid"[..], &b"second valid"[..]]);
     assert_eq!(b.terminate(UP).0, Some(130), "relay VM did not keep running");
     c.terminate(UP);
-    let node = &metrics(&mb)["node"];
+    let node = metrics(&mb)["node"].clone();
     assert_eq!(node["forwarded"], 2, "{node}");
+    node
+}
+
+#[test]
+fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let node = relay_between_valid_frames(|link, key| {
+        let mut truncated = frame(link, 2, key, 3, b"cut short");
+        truncated.truncate(ETH_HDR_LEN + 20);
+        let mut wrong_version = frame(link, 3, key, 3, b"version 9");
+        wrong_version[ETH_HDR_LEN] = 9;
+        let bad_mac = frame(link, 4, &LinkKey::new(&[0x55; 32]), 3, b"forged");
+        let replayed = frame(link, 1, key, 3, b"first valid");
+        let no_route = frame(link, 5, key, 99, b"nowhere");
+        let mut not_overlay = frame(link, 6, key, 3, b"ipv4?");
+        not_overlay[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        vec![truncated, wrong_version, bad_mac, replayed, no_route, not_overlay]
+    });
     let d = &node["drops"];
     for (k, want) in [("truncated", 1), ("bad_version", 1), ("bad_mac", 1), ("replayed", 1), ("no_route", 1)] {
         assert_eq!(d[k], want, "{k}: {node}");
@@ -222,34 +228,19 @@ fn hostile_onion_cells_and_control_messages_are_counted_drops_and_the_relay_keep
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    let topo = TopoGuard::up("line3.toml");
-    let dir = TempDir::new();
-    let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
-    let mut c = topo.start_node("c", 3, &mc);
-    let b = topo.start_node("b", 2, &mb);
-    let (link, key) = port_of(&topo.node_config("a"), "ln0");
-    let key = LinkKey::new(&key).derive(link);
-    let onion = |seq: u64, payload: &[u8]| frame_of(Protocol::Onion, 0, link, seq, &key, 2, payload);
-    let control = |seq: u64, payload: &[u8]| frame_of(Protocol::Shortest, FLAG_CONTROL, link, seq, &key, 2, payload);
-    let frames = vec![
-        frame(link, 1, &key, 3, b"first valid"),
-        // A cell of the wrong size.
-        onion(2, &[7u8; 100]),
-        // A full-size "create" whose header is noise: its MAC fails.
-        onion(3, &random_bytes(guest_agent::onion::CELL_LEN, 9)),
-        // Control messages that are no message, or a truncated one.
-        control(4, &[9, 9, 9]),
-        control(5, &[3, 0, 12, 0]),
-        frame(link, 6, &key, 3, b"second valid"),
-    ];
-    inject(&topo.netns("a"), "ln0", frames);
-    let got = read_records(c.get(), 2, Duration::from_secs(20));
-    let payloads: Vec<&[u8]> = got.iter().map(|r| r.2.as_slice()).collect();
-    assert_eq!(payloads, vec![&b"first valid"[..], &b"second valid"[..]]);
-    assert_eq!(b.terminate(UP).0, Some(130), "relay VM did not keep running");
-    c.terminate(UP);
-    let node = &metrics(&mb)["node"];
-    assert_eq!(node["forwarded"], 2, "{node}");
+    let node = relay_between_valid_frames(|link, key| {
+        let onion = |seq: u64, payload: &[u8]| frame_of(Protocol::Onion, 0, link, seq, key, 2, payload);
+        let control = |seq: u64, payload: &[u8]| frame_of(Protocol::Shortest, FLAG_CONTROL, link, seq, key, 2, payload);
+        vec![
+            // A cell of the wrong size.
+            onion(2, &[7u8; 100]),
+            // A full-size "create" whose header is noise: its MAC fails.
+            onion(3, &random_bytes(guest_agent::onion::CELL_LEN, 9)),
+            // Control messages that are no message, or a truncated one.
+            control(4, &[9, 9, 9]),
+            control(5, &[3, 0, 12, 0]),
+        ]
+    });
     assert_eq!(node["circuits"], 0, "{node}");
     let d = &node["drops"];
     assert_eq!((d["bad_length"].as_u64(), d["bad_mac"].as_u64()), (Some(3), Some(1)), "{node}");

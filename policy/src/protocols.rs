@@ -4,7 +4,6 @@
 //! is met at level 2 or more, a prohibition only at 0.
 
 use guest_agent::routing::{Profile, PROFILES};
-use guest_agent::wire::Protocol;
 
 use crate::criteria::Property;
 
@@ -35,17 +34,9 @@ impl ProtocolProfile {
     }
 
     const fn of(p: Profile) -> Self {
-        let wire_id = match p.wire {
-            Protocol::Shortest => 1,
-            Protocol::Widest => 2,
-            Protocol::Onion => 3,
-            Protocol::Multipath => 4,
-            Protocol::Redundant => 5,
-            Protocol::Unknown(v) => v,
-        };
         Self {
             name: p.name,
-            wire_id,
+            wire_id: p.wire.id(),
             levels: p.levels,
             min_hops: p.min_hops,
             avoids_relays: p.avoids_relays,
@@ -71,6 +62,7 @@ pub fn by_name(name: &str) -> Option<&'static ProtocolProfile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guest_agent::wire::Protocol;
 
     #[test]
     fn levels_line_up_with_properties() {

@@ -338,13 +338,7 @@ mod tests {
     use alloc::vec;
 
     fn mesh() -> Topology {
-        // 1 - 2 - 3 (fast) and 1 - 4 - 3 (slow).
-        Topology::new(vec![
-            Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 500 },
-            Link { a: 2, b: 3, latency_us: 100, bandwidth_mbps: 500 },
-            Link { a: 1, b: 4, latency_us: 300, bandwidth_mbps: 2000 },
-            Link { a: 4, b: 3, latency_us: 300, bandwidth_mbps: 2000 },
-        ])
+        crate::routing::topology::test_mesh(2000)
     }
 
     #[test]

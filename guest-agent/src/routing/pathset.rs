@@ -58,16 +58,10 @@ pub fn bottleneck(topo: &Topology, path: &[NodeId]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::Link;
     use alloc::vec;
 
     fn mesh() -> Topology {
-        Topology::new(vec![
-            Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 500 },
-            Link { a: 2, b: 3, latency_us: 100, bandwidth_mbps: 500 },
-            Link { a: 1, b: 4, latency_us: 300, bandwidth_mbps: 2000 },
-            Link { a: 4, b: 3, latency_us: 300, bandwidth_mbps: 1500 },
-        ])
+        crate::routing::topology::test_mesh(1500)
     }
 
     #[test]

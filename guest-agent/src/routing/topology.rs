@@ -102,6 +102,18 @@ pub fn walk_back(
     Some(path)
 }
 
+/// A four-node test network: 1 - 2 - 3 (100 µs links, 500 Mbit/s) and
+/// 1 - 4 - 3 (300 µs, 2000 and `slow_wide` Mbit/s).
+#[cfg(test)]
+pub(crate) fn test_mesh(slow_wide: u32) -> Topology {
+    Topology::new(alloc::vec![
+        Link { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 500 },
+        Link { a: 2, b: 3, latency_us: 100, bandwidth_mbps: 500 },
+        Link { a: 1, b: 4, latency_us: 300, bandwidth_mbps: 2000 },
+        Link { a: 4, b: 3, latency_us: 300, bandwidth_mbps: slow_wide },
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,9 +85,11 @@ impl From<u8> for Protocol {
     }
 }
 
-impl From<Protocol> for u8 {
-    fn from(p: Protocol) -> u8 {
-        match p {
+impl Protocol {
+    /// Its id in the header (a `const fn`, so profiles can be built at
+    /// compile time from it).
+    pub const fn id(self) -> u8 {
+        match self {
             Protocol::Shortest => 1,
             Protocol::Widest => 2,
             Protocol::Onion => 3,
@@ -95,6 +97,12 @@ impl From<Protocol> for u8 {
             Protocol::Redundant => 5,
             Protocol::Unknown(v) => v,
         }
+    }
+}
+
+impl From<Protocol> for u8 {
+    fn from(p: Protocol) -> u8 {
+        p.id()
     }
 }
 
