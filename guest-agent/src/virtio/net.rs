@@ -121,6 +121,13 @@ impl VirtioNet {
         Ok(())
     }
 
+    /// Whether a frame can be queued now (a transmit buffer is free), so a
+    /// caller can skip work that only a send would need.
+    pub fn can_send(&mut self) -> bool {
+        self.reclaim_tx();
+        !self.tx_free.is_empty()
+    }
+
     /// Kicks the device if frames were queued since the last kick and the
     /// device is not already polling.
     pub fn flush(&mut self) {

@@ -452,6 +452,10 @@ impl Node {
         let mut worked = false;
         for p in self.ports.iter_mut() {
             while let Some(f) = p.queue.front_mut() {
+                // Sealing numbers the frame: only for one that goes now.
+                if !p.dev.can_send() {
+                    break;
+                }
                 seal_built(f, p.next_seq, &p.tx_key);
                 if p.dev.send(f).is_err() {
                     break;
