@@ -101,21 +101,14 @@ fn a_restarted_relay_is_heard_at_once_not_refused_as_a_replay() {
     let mut c = topo.start_node("c", 3, &dir.0.join("c.json"));
     let b = topo.start_node("b", 2, &dir.0.join("b1.json"));
     let mut a = topo.start_node("a", 1, &dir.0.join("a.json"));
-    let send = |a: &mut ChildGuard, range: std::ops::Range<u32>| {
-        let mut input = Vec::new();
-        for i in range {
-            Record { node: 3, flow: i, payload: &i.to_be_bytes() }.encode(&mut input);
-        }
-        a.get().stdin.as_mut().unwrap().write_all(&input).unwrap();
-    };
     let mut c_out = c.get().stdout.take().unwrap();
-    send(&mut a, 0..100);
+    originate(&mut a, 0..100, |i| i);
     read_n(&mut c_out, 100);
     // B restarts: its link sequence numbers start from its new boot time,
     // above anything A and C saw from it, so nothing it sends is refused.
     b.terminate(UP);
     let b = topo.start_node("b", 2, &dir.0.join("b2.json"));
-    send(&mut a, 100..200);
+    originate(&mut a, 100..200, |i| i);
     read_n(&mut c_out, 100);
     for g in [a, b, c] {
         g.terminate(UP);
@@ -343,36 +336,20 @@ fn redundant_sends_every_packet_on_two_paths_and_c_delivers_each_once_even_when_
     let topo = TopoGuard::up("mesh6.toml");
     set_origin_protocol(&topo, "redundant");
     let dir = TempDir::new();
-    let mut nodes = HashMap::new();
-    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("a", 1)] {
-        let mut g = ChildGuard::new(topo.node(h, &dir.0.join(format!("{h}.json"))).spawn().unwrap());
-        let e = wait_for_stderr(g.get(), &format!("node {id} up"), UP);
-        nodes.insert(h, (g, e));
-    }
-    let send = |nodes: &mut HashMap<&str, (ChildGuard, std::thread::JoinHandle<String>)>,
-                range: std::ops::Range<u32>| {
-        let mut input = Vec::new();
-        for i in range {
-            Record { node: 3, flow: 1, payload: &i.to_be_bytes() }.encode(&mut input);
-        }
-        let a = &mut nodes.get_mut("a").unwrap().0;
-        a.get().stdin.as_mut().unwrap().write_all(&input).unwrap();
-    };
-    send(&mut nodes, 0..100);
-    let mut c_out = nodes.get_mut("c").unwrap().0.get().stdout.take().unwrap();
+    let mut nodes = mesh6_nodes(&topo, &dir.0);
+    originate(nodes.get_mut("a").unwrap(), 0..100, |_| 1);
+    let mut c_out = nodes.get_mut("c").unwrap().get().stdout.take().unwrap();
     let first = read_n(&mut c_out, 100);
     // A relay on the fast path dies; the other copy keeps coming.
-    let (r1, _) = nodes.remove("r1").unwrap();
-    r1.terminate(UP);
-    send(&mut nodes, 100..200);
+    nodes.remove("r1").unwrap().terminate(UP);
+    originate(nodes.get_mut("a").unwrap(), 100..200, |_| 1);
     let second = read_n(&mut c_out, 100);
     let mut got: Vec<u32> =
         first.iter().chain(second.iter()).map(|p| u32::from_be_bytes(p[..4].try_into().unwrap())).collect();
     got.sort_unstable();
     assert_eq!(got, (0..200).collect::<Vec<u32>>(), "lost or duplicated packets");
-    for (h, (g, _)) in nodes {
+    for g in nodes.into_values() {
         g.terminate(UP);
-        let _ = h;
     }
     let c = metrics(&dir.0.join("c.json"));
     assert_eq!(c["node"]["delivered"], 200, "{c}");
@@ -402,28 +379,35 @@ fn read_n(out: &mut std::process::ChildStdout, n: usize) -> Vec<Vec<u8>> {
     got
 }
 
+/// Runs `pathvm node` on every mesh6 host (metrics in `dir`), each VM up.
+fn mesh6_nodes(topo: &TopoGuard, dir: &Path) -> HashMap<&'static str, ChildGuard> {
+    [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("a", 1)]
+        .into_iter()
+        .map(|(h, id)| (h, topo.start_node(h, id, &dir.join(format!("{h}.json")))))
+        .collect()
+}
+
+/// Has node `a` originate one datagram to C (node 3) per number in
+/// `numbers`, carrying the number, under flow id `flow(number)`.
+fn originate(a: &mut ChildGuard, numbers: std::ops::Range<u32>, flow: impl Fn(u32) -> u32) {
+    let mut input = Vec::new();
+    for i in numbers {
+        Record { node: 3, flow: flow(i), payload: &i.to_be_bytes() }.encode(&mut input);
+    }
+    a.get().stdin.as_mut().unwrap().write_all(&input).unwrap();
+}
+
 /// Runs nodes on every mesh6 host, sends 200 datagrams A -> C; returns how
 /// many each relay forwarded.
 fn mesh6_forwarded(topo: &TopoGuard) -> HashMap<&'static str, u64> {
     let dir = TempDir::new();
-    let hosts = [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("a", 1)];
-    let mut nodes = Vec::new();
-    for (h, id) in hosts {
-        let mut g = ChildGuard::new(topo.node(h, &dir.0.join(format!("{h}.json"))).spawn().unwrap());
-        let e = wait_for_stderr(g.get(), &format!("node {id} up"), UP);
-        nodes.push((h, g, e));
-    }
-    let mut input = Vec::new();
-    for i in 0..200u32 {
-        Record { node: 3, flow: i, payload: &i.to_be_bytes() }.encode(&mut input);
-    }
-    let (_, a, _) = nodes.last_mut().unwrap();
-    a.get().stdin.take().unwrap().write_all(&input).unwrap();
-    let got = read_records(nodes[0].1.get(), 200, Duration::from_secs(20));
+    let mut nodes = mesh6_nodes(topo, &dir.0);
+    originate(nodes.get_mut("a").unwrap(), 0..200, |i| i);
+    let got = read_records(nodes.get_mut("c").unwrap().get(), 200, Duration::from_secs(20));
     assert_eq!(got.len(), 200);
     let started = Instant::now();
     let mut forwarded = HashMap::new();
-    for (h, g, _) in nodes {
+    for (h, g) in nodes {
         g.terminate(UP);
         forwarded.insert(h, metrics(&dir.0.join(format!("{h}.json")))["node"]["forwarded"].as_u64().unwrap());
     }
@@ -483,30 +467,16 @@ fn shortest_moves_off_a_link_when_its_measured_delay_rises_by_100_ms() {
     // probes measure it, flood it, and A's route moves.
     let topo = TopoGuard::up("mesh6.toml");
     let dir = TempDir::new();
-    let mut nodes = HashMap::new();
-    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("a", 1)] {
-        let mut g = ChildGuard::new(topo.node(h, &dir.0.join(format!("{h}.json"))).spawn().unwrap());
-        let e = wait_for_stderr(g.get(), &format!("node {id} up"), UP);
-        nodes.insert(h, (g, e));
-    }
-    let send = |nodes: &mut HashMap<&str, (ChildGuard, std::thread::JoinHandle<String>)>,
-                range: std::ops::Range<u32>| {
-        let mut input = Vec::new();
-        for i in range {
-            Record { node: 3, flow: i, payload: &i.to_be_bytes() }.encode(&mut input);
-        }
-        let a = &mut nodes.get_mut("a").unwrap().0;
-        a.get().stdin.as_mut().unwrap().write_all(&input).unwrap();
-    };
-    let mut c_out = nodes.get_mut("c").unwrap().0.get().stdout.take().unwrap();
-    send(&mut nodes, 0..50);
+    let mut nodes = mesh6_nodes(&topo, &dir.0);
+    let mut c_out = nodes.get_mut("c").unwrap().get().stdout.take().unwrap();
+    originate(nodes.get_mut("a").unwrap(), 0..50, |i| i);
     read_n(&mut c_out, 50);
     topo.set_link("r1-r2", 100, 0);
     // Probes every 50 ms, a 1 s minimum-RTT window, then one flood.
     std::thread::sleep(Duration::from_millis(2500));
-    send(&mut nodes, 50..250);
+    originate(nodes.get_mut("a").unwrap(), 50..250, |i| i);
     read_n(&mut c_out, 200);
-    for (_, (g, _)) in nodes {
+    for g in nodes.into_values() {
         g.terminate(UP);
     }
     let m = |h: &str| metrics(&dir.0.join(format!("{h}.json")));
