@@ -213,26 +213,27 @@ impl Node {
     /// source routes chosen here (one weighted path for `multipath`, a copy
     /// on each of two for `redundant`). Onion circuits carry streams only
     /// ([`Node::onion_send_forward`]).
-    fn send_from_here(&mut self, mut repr: OverlayRepr, payload: &[u8]) -> Result<bool, WireError> {
-        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-        let packet_id = self.next_packet_id;
-        let mut states: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    fn send_from_here(&mut self, repr: OverlayRepr, payload: &[u8]) -> Result<bool, WireError> {
         let avoid = self.edge.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
         let mut ctx = RouteContext { avoid, rng: &mut self.onion.rng };
-        match self.routes.route(repr.protocol, repr.dst, &mut ctx) {
+        let states = match self.routes.route(repr.protocol, repr.dst, &mut ctx) {
             None => return Err(WireError::NoRoute),
             Some(Route::NextHop(next)) => {
                 let j = self.port_to(next).ok_or(WireError::NoRoute)?;
                 return Ok(self.send(j, repr, &[], payload));
             }
-            Some(Route::Path(path)) => SourceRoute::encode_parts(0, packet_id, path, &mut states[0]),
+            Some(Route::Path(path)) => route_states(new_packet_id(&mut self.next_packet_id), [path]),
             Some(Route::Copies(paths)) => {
-                for (st, path) in states.iter_mut().zip(paths) {
-                    SourceRoute::encode_parts(0, packet_id, path, st);
-                }
+                route_states(new_packet_id(&mut self.next_packet_id), paths.iter().map(Vec::as_slice))
             }
             Some(Route::Circuit(_)) => return Err(WireError::UnsupportedProtocol),
-        }
+        };
+        self.send_routed(repr, &states, payload)
+    }
+
+    /// Sends a packet this node originates along each source route in
+    /// `states` (one copy per non-empty state).
+    fn send_routed(&mut self, mut repr: OverlayRepr, states: &[Vec<u8>; 2], payload: &[u8]) -> Result<bool, WireError> {
         let mut sent = false;
         for st in states.iter().filter(|s| !s.is_empty()) {
             repr.state_len = st.len() as u16;
@@ -350,6 +351,23 @@ impl Node {
         // writes it, the VMM reads it after the vCPU stopped.
         unsafe { core::ptr::write_volatile(STATS_ADDR as *mut NodeStats, self.stats) };
     }
+}
+
+/// The next packet id of an origin (the copies of one packet share it,
+/// so the destination delivers it once).
+fn new_packet_id(next: &mut u32) -> u32 {
+    *next = next.wrapping_add(1).max(1);
+    *next
+}
+
+/// Source-route states, from this node, for up to two `paths`, all under
+/// `packet_id`.
+fn route_states<'p>(packet_id: u32, paths: impl IntoIterator<Item = &'p [NodeId]>) -> [Vec<u8>; 2] {
+    let mut states = [Vec::new(), Vec::new()];
+    for (st, path) in states.iter_mut().zip(paths) {
+        SourceRoute::encode_parts(0, packet_id, path, st);
+    }
+    states
 }
 
 /// Whether a frame claims to be overlay; whether it is a valid one is the

@@ -106,10 +106,11 @@ impl Node {
     }
 
     /// Probes links, notices dead neighbours, advertises what changed and
-    /// ages out what others advertised. Runs every few milliseconds.
-    pub(super) fn maintain(&mut self, now: u64) {
+    /// ages out what others advertised. Runs every few milliseconds;
+    /// returns whether it ran this time.
+    pub(super) fn maintain(&mut self, now: u64) -> bool {
         if now < self.next_maintenance {
-            return;
+            return false;
         }
         self.next_maintenance = now + MAINTENANCE_US;
         for j in 0..self.ports.len() {
@@ -137,7 +138,7 @@ impl Node {
                 self.advertised = own;
                 self.advertised_at = now;
                 self.refresh_topology(now);
-                return;
+                return true;
             }
         }
         if !self.floods && now >= self.next_lsa_request {
@@ -151,5 +152,6 @@ impl Node {
         if expired || !self.floods {
             self.refresh_topology(now);
         }
+        true
     }
 }

@@ -74,8 +74,10 @@ pub fn run_edge(params: &BootParams) -> ! {
     loop {
         let mut worked = node.poll_links(&mut frames);
         let now = clock::now_us();
-        node.maintain(now);
-        if node.protocol == Protocol::Onion && !node.onion_check(req.dst, now) {
+        // The circuit is checked against the topology at maintenance pace
+        // (every few ms), not on every pass of this loop.
+        let maintained = node.maintain(now);
+        if maintained && node.protocol == Protocol::Onion && !node.onion_check(req.dst, now) {
             if let Some(e) = node.edge.as_mut() {
                 e.stream.refuse();
             }

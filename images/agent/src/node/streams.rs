@@ -160,31 +160,20 @@ impl Node {
     /// answers along the paths its source's packets took (so it avoids
     /// what the source avoids and follows its failover), others as their
     /// protocol routes.
-    fn send_reply(&mut self, mut repr: OverlayRepr, seg: &[u8], now: u64) -> Result<bool, WireError> {
-        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-        let packet_id = self.next_packet_id;
-        let mut states: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    fn send_reply(&mut self, repr: OverlayRepr, seg: &[u8], now: u64) -> Result<bool, WireError> {
         let Some(f) = self.flows.get_mut(&repr.flow_id) else { return self.send_from_here(repr, seg) };
         f.reply.prune(now, &self.topology);
-        match repr.protocol {
+        let states = match repr.protocol {
             Protocol::Redundant if !f.reply.is_empty() => {
-                for (st, path) in states.iter_mut().zip(f.reply.all()) {
-                    SourceRoute::encode_parts(0, packet_id, path, st);
-                }
+                route_states(new_packet_id(&mut self.next_packet_id), f.reply.all())
             }
-            Protocol::Multipath if !f.reply.is_empty() => {
-                if let Some(path) = f.reply.pick() {
-                    SourceRoute::encode_parts(0, packet_id, path, &mut states[0]);
-                }
-            }
+            Protocol::Multipath => match f.reply.pick() {
+                Some(path) => route_states(new_packet_id(&mut self.next_packet_id), [path]),
+                None => return self.send_from_here(repr, seg),
+            },
             _ => return self.send_from_here(repr, seg),
-        }
-        let mut sent = false;
-        for st in states.iter().filter(|s| !s.is_empty()) {
-            repr.state_len = st.len() as u16;
-            sent |= self.follow_source_route(repr, st, seg)?;
-        }
-        Ok(sent)
+        };
+        self.send_routed(repr, &states, seg)
     }
 
     pub(super) fn stream_pending(&self) -> usize {
