@@ -132,6 +132,15 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
     assert!(grep(&dir.0.join("r1.mem"), "SHORTEST-PLAINTEXT-"), "memory dumps cannot show what a relay held");
 }
 
+/// `pathvm node` on ladder8's destination and six relays (metrics in
+/// `dir`), each VM up; A runs only the edge.
+fn ladder8_nodes(topo: &TopoGuard, dir: &std::path::Path) -> HashMap<&'static str, ChildGuard> {
+    [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("r5", 15), ("r6", 16)]
+        .into_iter()
+        .map(|(h, id)| (h, topo.start_node(h, id, &dir.join(format!("{h}.json")))))
+        .collect()
+}
+
 /// Bytes host `host` has sent on interface `iface`.
 fn tx_bytes(topo: &TopoGuard, host: &str, iface: &str) -> u64 {
     let out = Command::new("ip")
@@ -149,10 +158,7 @@ fn an_onion_stream_moves_to_a_new_circuit_when_a_relay_dies_and_loses_no_byte() 
     // ladder8: a - r1 - r2 - r3 - c and a - r4 - r5 - r6 - c.
     let dir = TempDir::new();
     let topo = std::sync::Arc::new(TopoGuard::up("ladder8.toml"));
-    let mut nodes = HashMap::new();
-    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("r5", 15), ("r6", 16)] {
-        nodes.insert(h, topo.start_node(h, id, &dir.0.join(format!("{h}.json"))));
-    }
+    let mut nodes = ladder8_nodes(&topo, &dir.0);
     let edge = start_edge(&topo);
     let body = random_bytes(20 << 20, 67);
     let port = http_server(&topo.netns("c"), body.clone());
@@ -184,10 +190,7 @@ fn circuits_and_source_routes_never_use_a_relay_the_app_avoids() {
     }
     let dir = TempDir::new();
     let topo = TopoGuard::up("ladder8.toml");
-    let mut nodes = Vec::new();
-    for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("r5", 15), ("r6", 16)] {
-        nodes.push((h, topo.start_node(h, id, &dir.0.join(format!("{h}.json")))));
-    }
+    let nodes = ladder8_nodes(&topo, &dir.0);
     let edge = start_edge(&topo);
     let body = random_bytes(2 << 20, 68);
     let port = http_server(&topo.netns("c"), body.clone());
