@@ -236,7 +236,11 @@ fn hostile_onion_cells_and_control_messages_are_counted_drops_and_the_relay_keep
     });
     assert_eq!(node["circuits"], 0, "{node}");
     let d = &node["drops"];
-    assert_eq!((d["bad_length"].as_u64(), d["bad_mac"].as_u64()), (Some(3), Some(1)), "{node}");
+    assert_eq!(
+        (d["bad_cell"].as_u64(), d["bad_mac"].as_u64(), d["bad_control"].as_u64()),
+        (Some(1), Some(1), Some(2)),
+        "{node}"
+    );
 }
 
 #[test]

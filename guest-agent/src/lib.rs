@@ -12,6 +12,7 @@
 //! - [`node`]: a node VM's configuration, console records and counters;
 //! - [`wire`]: the overlay wire format, its authentication and replay window;
 //! - [`transport`]: a reliable byte stream over overlay datagrams;
+//! - [`router`]: the overlay router every packet crosses, sans-I/O;
 //! - [`routing`]: the routing protocols that pick a packet's next node.
 #![cfg_attr(not(test), no_std)]
 
@@ -22,6 +23,7 @@ pub mod net;
 pub mod node;
 pub mod onion;
 pub mod ports;
+pub mod router;
 pub mod routing;
 pub mod transport;
 pub mod virtio;

@@ -13,8 +13,8 @@
 
 use alloc::vec::Vec;
 
+use crate::router::DropCounters;
 use crate::routing::{Link, NodeId, Topology};
-use crate::wire::DropCounters;
 
 /// First bytes of an encoded [`NodeConfig`].
 const CONFIG_MAGIC: [u8; 4] = *b"PVN4";

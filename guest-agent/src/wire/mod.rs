@@ -88,7 +88,8 @@ pub fn build_frame(
     Ok(())
 }
 
-/// Why a packet was dropped.
+/// Why a packet could not be parsed, opened or routed (the router counts
+/// each as a [`crate::router::DropReason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireError {
     /// Shorter than its header says.
@@ -109,63 +110,6 @@ pub enum WireError {
     UnknownLink,
     /// A routing protocol this node does not run.
     UnsupportedProtocol,
-}
-
-/// One counter per drop reason, for a node's report.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DropCounters {
-    /// [`WireError::Truncated`].
-    pub truncated: u64,
-    /// [`WireError::BadVersion`].
-    pub bad_version: u64,
-    /// [`WireError::BadLength`].
-    pub bad_length: u64,
-    /// [`WireError::BadMac`].
-    pub bad_mac: u64,
-    /// [`WireError::Replayed`].
-    pub replayed: u64,
-    /// [`WireError::HopLimitExceeded`].
-    pub hop_limit: u64,
-    /// [`WireError::NoRoute`].
-    pub no_route: u64,
-    /// [`WireError::UnknownLink`].
-    pub unknown_link: u64,
-    /// [`WireError::UnsupportedProtocol`].
-    pub unsupported_protocol: u64,
-    /// Frames that were not overlay frames at all.
-    pub not_overlay: u64,
-}
-
-impl DropCounters {
-    /// Counts one drop for `e`.
-    pub fn count(&mut self, e: WireError) {
-        let c = match e {
-            WireError::Truncated => &mut self.truncated,
-            WireError::BadVersion(_) => &mut self.bad_version,
-            WireError::BadLength => &mut self.bad_length,
-            WireError::BadMac => &mut self.bad_mac,
-            WireError::Replayed => &mut self.replayed,
-            WireError::HopLimitExceeded => &mut self.hop_limit,
-            WireError::NoRoute => &mut self.no_route,
-            WireError::UnknownLink => &mut self.unknown_link,
-            WireError::UnsupportedProtocol => &mut self.unsupported_protocol,
-        };
-        *c += 1;
-    }
-
-    /// All drops.
-    pub fn total(&self) -> u64 {
-        self.truncated
-            + self.bad_version
-            + self.bad_length
-            + self.bad_mac
-            + self.replayed
-            + self.hop_limit
-            + self.no_route
-            + self.unknown_link
-            + self.unsupported_protocol
-            + self.not_overlay
-    }
 }
 
 #[cfg(test)]
@@ -202,25 +146,5 @@ mod tests {
         seal_built(&mut g, 1, &key);
         seal_frame(&mut f, eth, &repr, &[0xee], b"data", &key).unwrap();
         assert_eq!(f, g);
-    }
-
-    #[test]
-    fn every_error_has_its_own_counter() {
-        let mut c = DropCounters::default();
-        for e in [
-            WireError::Truncated,
-            WireError::BadVersion(9),
-            WireError::BadLength,
-            WireError::BadMac,
-            WireError::Replayed,
-            WireError::HopLimitExceeded,
-            WireError::NoRoute,
-            WireError::UnknownLink,
-            WireError::UnsupportedProtocol,
-        ] {
-            c.count(e);
-        }
-        assert_eq!(c.total(), 9);
-        assert_eq!((c.bad_mac, c.replayed, c.no_route), (1, 1, 1));
     }
 }

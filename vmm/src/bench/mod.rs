@@ -8,6 +8,7 @@ pub mod hosts;
 pub mod netns_io;
 pub mod protocols;
 pub mod relay;
+pub mod router;
 pub mod spawn;
 pub mod traffic;
 

@@ -66,18 +66,11 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
                 "lsas_accepted": s.lsas_accepted,
                 "topology_changes": s.topology_changes,
                 "circuits": s.circuits,
-                "drops": {
-                    "truncated": s.drops.truncated,
-                    "bad_version": s.drops.bad_version,
-                    "bad_length": s.drops.bad_length,
-                    "bad_mac": s.drops.bad_mac,
-                    "replayed": s.drops.replayed,
-                    "hop_limit": s.drops.hop_limit,
-                    "no_route": s.drops.no_route,
-                    "unknown_link": s.drops.unknown_link,
-                    "unsupported_protocol": s.drops.unsupported_protocol,
-                    "not_overlay": s.drops.not_overlay,
-                },
+                "drops": guest_agent::router::DROP_NAMES
+                    .iter()
+                    .zip(s.drops.values())
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+                    .collect::<serde_json::Map<_, _>>(),
             })),
         });
         std::fs::write(&path, format!("{report:#}\n"))

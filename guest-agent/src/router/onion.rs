@@ -7,17 +7,18 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use guest_agent::onion::cell::{CMD_ATTACH, CMD_STREAM, NONCE_LEN, TOKEN_LEN};
-use guest_agent::onion::header::process;
-use guest_agent::onion::{
+use crate::onion::cell::{CMD_ATTACH, CMD_STREAM, NONCE_LEN, TOKEN_LEN};
+use crate::onion::header::process;
+use crate::onion::{
     public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_CREATE_DATA, MAX_DATA,
 };
-use guest_agent::routing::{NodeId, Route, RouteContext};
-use guest_agent::transport::{Segment, Stream};
-use guest_agent::wire::{OverlayRepr, Protocol, WireError};
+use crate::routing::{NodeId, Route, RouteContext};
+use crate::transport::{Segment, Stream};
+use crate::wire::{OverlayRepr, Protocol};
 
-use super::{Flow, Node, MAX_FLOWS};
-use crate::clock;
+use super::drop::DropReason;
+use super::streams::{fit_stream, Flow, MAX_FLOWS};
+use super::{LinkPort, Notice, Router};
 
 /// Circuit ends a node keeps; creates beyond are dropped.
 const MAX_CIRCUITS: usize = 8192;
@@ -27,7 +28,7 @@ const CIRCUIT_IDLE_US: u64 = 120_000_000;
 /// answers.
 const ATTACH_RETRY_US: u64 = 200_000;
 /// Transport segment bytes one data cell carries.
-pub const ONION_MSS: usize = MAX_DATA - guest_agent::transport::segment::HEADER_LEN;
+pub const ONION_MSS: usize = MAX_DATA - crate::transport::segment::HEADER_LEN;
 
 /// What one (port, circuit id) is to this node.
 enum End {
@@ -105,15 +106,15 @@ fn alpha_of(cell: &[u8]) -> [u8; 32] {
 }
 
 /// Splits an opened cell's data by command: `(token, segment)`.
-fn attach_parts(cmd: u8, data: &[u8]) -> Result<(Option<&[u8]>, &[u8]), WireError> {
+fn attach_parts(cmd: u8, data: &[u8]) -> Result<(Option<&[u8]>, &[u8]), DropReason> {
     match cmd {
         CMD_STREAM => Ok((None, data)),
         CMD_ATTACH if data.len() >= TOKEN_LEN => Ok((Some(&data[..TOKEN_LEN]), &data[TOKEN_LEN..])),
-        _ => Err(WireError::BadLength),
+        _ => Err(DropReason::BadCell),
     }
 }
 
-impl Node {
+impl<L: LinkPort> Router<L> {
     /// Sends a cell to the neighbour on port `j` as circuit `circ`. The
     /// header names only the two ends of the link.
     fn send_cell(&mut self, j: usize, circ: u32, cell: &[u8]) -> bool {
@@ -133,13 +134,12 @@ impl Node {
     }
 
     /// An onion cell arrived on port `i` as circuit `circ`.
-    pub(super) fn onion_cell(&mut self, i: usize, circ: u32, payload: &[u8]) -> Result<(), WireError> {
+    pub(super) fn onion_cell(&mut self, i: usize, circ: u32, payload: &[u8], now: u64) -> Result<(), DropReason> {
         if payload.len() != CELL_LEN {
-            return Err(WireError::BadLength);
+            return Err(DropReason::BadCell);
         }
         let mut cell = payload.to_vec();
-        let now = clock::now_us();
-        let Some((end, at)) = self.onion.ends.get_mut(&(i, circ)) else { return self.onion_create(i, circ, cell) };
+        let Some((end, at)) = self.onion.ends.get_mut(&(i, circ)) else { return self.onion_create(i, circ, cell, now) };
         *at = now;
         match end {
             End::RelayIn { out_port, out_circ, hop, alpha, next_header } => {
@@ -147,14 +147,14 @@ impl Node {
                 // The same create again (the source repeats it until the
                 // exit answers): pass it on as a create once more.
                 let again = alpha_of(&cell) == *alpha;
-                hop.forward(&mut cell, again.then_some(&**next_header)).map_err(|_| WireError::BadLength)?;
+                hop.forward(&mut cell, again.then_some(&**next_header)).map_err(|_| DropReason::BadCell)?;
                 if self.send_cell(j, c, &cell) {
                     self.stats.forwarded += 1;
                 }
             }
             End::RelayOut { in_port, in_circ, hop } => {
                 let (j, c) = (*in_port, *in_circ);
-                hop.backward(&mut cell).map_err(|_| WireError::BadLength)?;
+                hop.backward(&mut cell).map_err(|_| DropReason::BadCell)?;
                 if self.send_cell(j, c, &cell) {
                     self.stats.forwarded += 1;
                 }
@@ -162,20 +162,20 @@ impl Node {
             End::Exit { hop, flow, alpha } => {
                 let create = alpha_of(&cell) == *alpha;
                 let flow = *flow;
-                let (cmd, range) = hop.open(&mut cell, create).map_err(|_| WireError::BadMac)?;
+                let (cmd, range) = hop.open(&mut cell, create).map_err(|_| DropReason::BadMac)?;
                 let (_, seg) = attach_parts(cmd, &cell[range])?;
                 self.exit_segment(flow, seg, now)?;
             }
             End::Source => {
-                let Some(src) = self.onion.source.as_mut() else { return Err(WireError::NoRoute) };
+                let Some(src) = self.onion.source.as_mut() else { return Err(DropReason::NoRoute) };
                 if (src.port, src.circ) != (i, circ) {
                     // A circuit this source has given up.
                     return Ok(());
                 }
-                let (_, range) = src.circuit.open(&mut cell).map_err(|_| WireError::BadMac)?;
+                let (_, range) = src.circuit.open(&mut cell).map_err(|_| DropReason::BadMac)?;
                 src.established = true;
-                let seg = Segment::parse(&cell[range]).map_err(|_| WireError::BadLength)?;
-                if let Some(e) = self.edge.as_mut() {
+                let seg = Segment::parse(&cell[range]).map_err(|_| DropReason::BadSegment)?;
+                if let Some(e) = self.request.as_mut() {
                     e.stream.on_segment(now, &seg);
                     self.stats.delivered += 1;
                 }
@@ -186,11 +186,11 @@ impl Node {
 
     /// A segment for the stream `flow` that ends here (nothing if empty:
     /// an attach without data).
-    fn exit_segment(&mut self, flow: u32, seg: &[u8], now: u64) -> Result<(), WireError> {
+    fn exit_segment(&mut self, flow: u32, seg: &[u8], now: u64) -> Result<(), DropReason> {
         if seg.is_empty() {
             return Ok(());
         }
-        let seg = Segment::parse(seg).map_err(|_| WireError::BadLength)?;
+        let seg = Segment::parse(seg).map_err(|_| DropReason::BadSegment)?;
         if let Some(f) = self.flows.get_mut(&flow) {
             f.stream.on_segment(now, &seg);
             self.stats.delivered += 1;
@@ -199,18 +199,17 @@ impl Node {
     }
 
     /// A cell on a circuit this node does not know: a create.
-    fn onion_create(&mut self, i: usize, circ: u32, mut cell: Vec<u8>) -> Result<(), WireError> {
+    fn onion_create(&mut self, i: usize, circ: u32, mut cell: Vec<u8>, now: u64) -> Result<(), DropReason> {
         if self.onion.ends.len() + 2 > MAX_CIRCUITS {
-            return Err(WireError::NoRoute);
+            return Err(DropReason::NoRoute);
         }
         let alpha = alpha_of(&cell);
-        let now = clock::now_us();
-        match process(&self.onion.secret, &self.onion.public, &cell[NONCE_LEN..]).map_err(|_| WireError::BadMac)? {
+        match process(&self.onion.secret, &self.onion.public, &cell[NONCE_LEN..]).map_err(|_| DropReason::BadMac)? {
             Processed::Forward { next, header, keys } => {
-                let j = self.port_to(next).ok_or(WireError::NoRoute)?;
+                let j = self.port_to(next).ok_or(DropReason::NoRoute)?;
                 let out_circ = self.onion.fresh_circ(j);
                 let hop = RelayHop::new(keys);
-                hop.forward(&mut cell, Some(&*header)).map_err(|_| WireError::BadLength)?;
+                hop.forward(&mut cell, Some(&*header)).map_err(|_| DropReason::BadCell)?;
                 self.onion
                     .ends
                     .insert((j, out_circ), (End::RelayOut { in_port: i, in_circ: circ, hop: hop.clone() }, now));
@@ -225,7 +224,7 @@ impl Node {
             }
             Processed::Exit { keys } => {
                 let hop = ExitHop::new(keys);
-                let (cmd, range) = hop.open(&mut cell, true).map_err(|_| WireError::BadMac)?;
+                let (cmd, range) = hop.open(&mut cell, true).map_err(|_| DropReason::BadMac)?;
                 let (token, seg) = attach_parts(cmd, &cell[range])?;
                 let token: Option<[u8; TOKEN_LEN]> = token.and_then(|t| t.try_into().ok());
                 // A stream this exit already carries, on a new circuit.
@@ -241,12 +240,12 @@ impl Node {
                     }
                     return self.exit_segment(flow, seg, now);
                 }
-                let seg = Segment::parse(seg).map_err(|_| WireError::BadLength)?;
+                let seg = Segment::parse(seg).map_err(|_| DropReason::BadSegment)?;
                 let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
                 if self.flows.len() >= MAX_FLOWS {
-                    return Err(WireError::NoRoute);
+                    return Err(DropReason::NoRoute);
                 }
-                super::fit_stream(&mut stream, Protocol::Onion);
+                fit_stream(&mut stream, Protocol::Onion);
                 let flow = loop {
                     let f = self.onion.rng.u32();
                     if !self.flows.contains_key(&f) {
@@ -265,13 +264,13 @@ impl Node {
     }
 
     /// Sends a segment of the exit's stream on circuit (`port`, `circ`).
-    pub(super) fn onion_send_backward(&mut self, port: usize, circ: u32, seg: &[u8]) -> Result<bool, WireError> {
+    pub(super) fn onion_send_backward(&mut self, port: usize, circ: u32, seg: &[u8]) -> Result<bool, DropReason> {
         let mut cell = Vec::with_capacity(CELL_LEN);
         match self.onion.ends.get_mut(&(port, circ)) {
             Some((End::Exit { hop, .. }, _)) => {
-                hop.seal(CMD_STREAM, seg, &mut cell).map_err(|_| WireError::BadLength)?
+                hop.seal(CMD_STREAM, seg, &mut cell).map_err(|_| DropReason::BadCell)?
             }
-            _ => return Err(WireError::NoRoute),
+            _ => return Err(DropReason::NoRoute),
         }
         Ok(self.send_cell(port, circ, &cell))
     }
@@ -279,32 +278,32 @@ impl Node {
     /// A new circuit to `dst` for a request VM: at least three relays
     /// (`routing::onion`), none the app asked to avoid, each with a key in
     /// the directory, starting on a port other than `not_via`.
-    fn onion_build(&mut self, dst: NodeId, not_via: Option<usize>) -> Result<Source, WireError> {
-        let avoid = self.edge.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
+    fn onion_build(&mut self, dst: NodeId, not_via: Option<usize>) -> Result<Source, DropReason> {
+        let avoid = self.request.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
         let mut ctx = RouteContext { avoid, rng: &mut self.onion.rng };
         let Some(Route::Circuit(path)) = self.routes.route(Protocol::Onion, dst, &mut ctx) else {
-            return Err(WireError::NoRoute);
+            return Err(DropReason::NoRoute);
         };
-        let port = self.port_to(path[1]).ok_or(WireError::NoRoute)?;
+        let port = self.port_to(path[1]).ok_or(DropReason::NoRoute)?;
         // The edge host steers a request's frames by its flow id, and the
         // first relay knows that id on that link as the old circuit's.
         if Some(port) == not_via {
-            return Err(WireError::NoRoute);
+            return Err(DropReason::NoRoute);
         }
         let mut hops = Vec::with_capacity(path.len() - 1);
         for &n in &path[1..] {
             let public = self.onion.directory.iter().find(|(id, _)| *id == n).map(|(_, k)| *k);
-            hops.push(Hop { node: n, public: public.ok_or(WireError::NoRoute)? });
+            hops.push(Hop { node: n, public: public.ok_or(DropReason::NoRoute)? });
         }
-        let circuit = SourceCircuit::new(&hops, &mut self.onion.rng).map_err(|_| WireError::NoRoute)?;
+        let circuit = SourceCircuit::new(&hops, &mut self.onion.rng).map_err(|_| DropReason::NoRoute)?;
         let circ = self.control_flow;
-        crate::log!("edge: onion circuit through {} relays", path.len() - 2);
+        self.notice(Notice::CircuitBuilt { relays: path.len() - 2 });
         self.onion.ends.insert((port, circ), (End::Source, 0));
         Ok(Source { circuit, path, port, circ, established: false, replaces: false, attach_sent: 0 })
     }
 
     /// Builds a request VM's circuit to `dst` if it has none yet.
-    pub(super) fn onion_prepare(&mut self, dst: NodeId) -> Result<(), WireError> {
+    pub(super) fn onion_prepare(&mut self, dst: NodeId) -> Result<(), DropReason> {
         if self.onion.source.is_none() {
             let s = self.onion_build(dst, None)?;
             self.onion.source = Some(s);
@@ -322,7 +321,7 @@ impl Node {
         let Some(src) = self.onion.source.as_mut() else { return true };
         if src.replaces && !src.established && now.saturating_sub(src.attach_sent) >= ATTACH_RETRY_US {
             src.attach_sent = now;
-            if let Some(e) = self.edge.as_mut() {
+            if let Some(e) = self.request.as_mut() {
                 e.stream.ack_now();
             }
         }
@@ -332,17 +331,17 @@ impl Node {
         let old_port = src.port;
         match self.onion_build(dst, Some(old_port)) {
             Ok(mut s) => {
-                crate::log!("edge: a relay of the onion circuit is gone; moved to a new circuit");
+                self.notice(Notice::CircuitMoved);
                 s.replaces = true;
                 s.attach_sent = now;
                 self.onion.source = Some(s);
-                if let Some(e) = self.edge.as_mut() {
+                if let Some(e) = self.request.as_mut() {
                     e.stream.path_changed(now);
                 }
                 true
             }
             Err(_) => {
-                crate::log!("edge: a relay of the onion circuit is gone and no other circuit is possible");
+                self.notice(Notice::CircuitLost);
                 self.onion.source = None;
                 false
             }
@@ -352,14 +351,14 @@ impl Node {
     /// Sends a segment of a request VM's stream to `dst` on its circuit:
     /// in a create cell with the stream's token until the exit answers,
     /// then in data cells.
-    pub(super) fn onion_send_forward(&mut self, dst: NodeId, seg: &[u8]) -> Result<bool, WireError> {
+    pub(super) fn onion_send_forward(&mut self, dst: NodeId, seg: &[u8]) -> Result<bool, DropReason> {
         self.onion_prepare(dst)?;
         let token = self.onion.token;
-        let Some(src) = self.onion.source.as_mut() else { return Err(WireError::NoRoute) };
+        let Some(src) = self.onion.source.as_mut() else { return Err(DropReason::NoRoute) };
         let (port, circ) = (src.port, src.circ);
         let mut cell = Vec::with_capacity(CELL_LEN);
         if src.established {
-            src.circuit.seal(false, CMD_STREAM, seg, &mut cell).map_err(|_| WireError::BadLength)?;
+            src.circuit.seal(false, CMD_STREAM, seg, &mut cell).map_err(|_| DropReason::BadCell)?;
         } else {
             // A full-sized segment does not fit beside the header: the
             // create carries the token alone and the stream sends the
@@ -368,7 +367,7 @@ impl Node {
             if TOKEN_LEN + seg.len() <= MAX_CREATE_DATA {
                 data.extend_from_slice(seg);
             }
-            src.circuit.seal(true, CMD_ATTACH, &data, &mut cell).map_err(|_| WireError::BadLength)?;
+            src.circuit.seal(true, CMD_ATTACH, &data, &mut cell).map_err(|_| DropReason::BadCell)?;
         }
         Ok(self.send_cell(port, circ, &cell))
     }

@@ -2,40 +2,39 @@
 //! measures, taking in what others advertise, and the topology routing
 //! runs on as a result.
 
-use super::*;
+use alloc::vec::Vec;
+
+use crate::routing::linkstate::{significant_change, LinkReport, Lsa, LSA_REFRESH_US};
+use crate::routing::{NodeId, Routes};
+use crate::wire::control::Control;
+use crate::wire::{OverlayRepr, Protocol, FLAG_CONTROL};
+
+use super::drop::DropReason;
+use super::{origin_repr, LinkPort, Notice, Router};
 
 /// How often a request VM asks its neighbours for the link state.
-pub(super) const LSA_REQUEST_US: u64 = 500_000;
+pub const LSA_REQUEST_US: u64 = 500_000;
 
-/// How often a node runs its link maintenance ([`Node::maintain`]).
-pub(super) const MAINTENANCE_US: u64 = 5_000;
+/// How often a node runs its link maintenance ([`Router::maintain`]).
+pub const MAINTENANCE_US: u64 = 5_000;
 
-impl Node {
+/// How often idle onion circuits are aged out.
+const EXPIRY_US: u64 = 1_000_000;
+
+impl<L: LinkPort> Router<L> {
     /// Sends a control message to the neighbour on port `j`.
-    pub(super) fn send_control(&mut self, j: usize, flow_id: u32, dst: NodeId, msg: &Control) {
+    fn send_control(&mut self, j: usize, flow_id: u32, dst: NodeId, msg: &Control) {
         let mut payload = Vec::with_capacity(32);
         msg.encode(&mut payload);
-        let repr = OverlayRepr {
-            protocol: Protocol::Shortest,
-            flags: FLAG_CONTROL,
-            hop_limit: 1,
-            flow_id,
-            src: self.me,
-            dst,
-            state_len: 0,
-            payload_len: payload.len() as u16,
-            link_id: 0,
-            link_seq: 0,
-        };
+        let repr = origin_repr(Protocol::Shortest, FLAG_CONTROL, 1, flow_id, self.me, dst, payload.len());
         // Probes and acks jump the queue; floods wait their turn.
         let urgent = matches!(msg, Control::Probe { .. } | Control::ProbeAck { .. });
         self.enqueue(j, repr, &[], &payload, urgent);
     }
 
     /// A control message from the neighbour on port `i`.
-    pub(super) fn control(&mut self, i: usize, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
-        let msg = Control::decode(payload).map_err(|_| WireError::BadLength)?;
-        let now = clock::now_us();
+    pub(super) fn control(&mut self, i: usize, repr: &OverlayRepr, payload: &[u8], now: u64) -> Result<(), DropReason> {
+        let msg = Control::decode(payload).map_err(|_| DropReason::BadControl)?;
         match msg {
             // Echo under the probe's flow id, so an edge host steers the
             // ack to the request VM that probed.
@@ -71,7 +70,7 @@ impl Node {
     }
 
     /// Sends `lsa` to every neighbour but the one on port `except`.
-    pub(super) fn flood(&mut self, lsa: &Lsa, except: Option<usize>) {
+    fn flood(&mut self, lsa: &Lsa, except: Option<usize>) {
         let msg = Control::LinkState(lsa.clone());
         for j in 0..self.ports.len() {
             if Some(j) != except {
@@ -82,13 +81,13 @@ impl Node {
     }
 
     /// This node's links as measured now.
-    pub(super) fn own_reports(&self, now: u64) -> Vec<LinkReport> {
+    fn own_reports(&self, now: u64) -> Vec<LinkReport> {
         self.ports.iter().map(|p| p.monitor.report(now)).collect()
     }
 
     /// Recomputes the topology routing runs on; on a change, the routers
     /// and the source paths follow.
-    pub(super) fn refresh_topology(&mut self, now: u64) {
+    fn refresh_topology(&mut self, now: u64) {
         // A flooding node routes on what it advertised, as every other node
         // does, so hop-by-hop choices agree; a request VM on what it sees.
         let own = if self.floods { self.advertised.clone() } else { self.own_reports(now) };
@@ -98,7 +97,7 @@ impl Node {
         }
         let (before, after) = (self.topology.links().len(), topology.links().len());
         if before != after {
-            log!("node {}: {} of the configured links usable now (was {})", self.me, after, before);
+            self.notice(Notice::LinksUsable { now: after, before });
         }
         self.routes = Routes::compute(&topology, self.me);
         self.topology = topology;
@@ -108,7 +107,7 @@ impl Node {
     /// Probes links, notices dead neighbours, advertises what changed and
     /// ages out what others advertised. Runs every few milliseconds;
     /// returns whether it ran this time.
-    pub(super) fn maintain(&mut self, now: u64) -> bool {
+    pub fn maintain(&mut self, now: u64) -> bool {
         if now < self.next_maintenance {
             return false;
         }
@@ -120,12 +119,13 @@ impl Node {
                 self.stats.probes_sent += 1;
             }
             if self.ports[j].monitor.tick(now) {
-                log!("node {}: link to {} is down (no answer to probes)", self.me, self.ports[j].peer);
+                let peer = self.ports[j].peer;
+                self.notice(Notice::LinkDown { peer });
             }
         }
         let expired = self.lsdb.expire(now);
         if now >= self.next_expiry {
-            self.next_expiry = now + 1_000_000;
+            self.next_expiry = now + EXPIRY_US;
             self.onion.expire(now);
         }
         if self.floods {

@@ -1,13 +1,27 @@
 //! Streams that end at this node (the destination side of an app's
 //! connection): the transport, the host's service behind the console, and
 //! how each routing protocol shapes a stream.
+//!
+//! A SYN opens a [`Flow`] and asks the host (a `RECORD_CONTROL` `OPEN`
+//! record); the host answers `OPENED` or `REFUSED`, then bytes move as
+//! `RECORD_STREAM` records both ways until `EOF` or `RESET`.
 
+use alloc::vec::Vec;
+
+use crate::node::{stream_op, Record, RECORD_CONTROL, RECORD_STREAM};
+use crate::onion::cell::TOKEN_LEN;
+use crate::routing::{NodeId, ReplyPaths, SourceRoute};
+use crate::transport::{Segment, Stream, StreamState};
+use crate::wire::{OverlayRepr, Protocol, FLAG_STREAM};
+
+use super::drop::DropReason;
+use super::forward::{new_packet_id, route_states};
 use super::onion::ONION_MSS;
-use super::*;
+use super::{origin_repr, LinkPort, Router};
 
-/// A stream ending at this node (the destination side of an app's
-/// connection): the transport, and who is at the other end.
-pub(super) struct Flow {
+/// A stream ending at this node: the transport, and who is at the other
+/// end.
+pub struct Flow {
     pub(super) stream: Stream,
     pub(super) peer: NodeId,
     pub(super) protocol: Protocol,
@@ -22,7 +36,7 @@ pub(super) struct Flow {
     /// and id here (the source is unknown, by design).
     pub(super) circuit: Option<(usize, u32)>,
     /// For such a stream: the token its source attaches new circuits with.
-    pub(super) token: Option<[u8; guest_agent::onion::cell::TOKEN_LEN]>,
+    pub(super) token: Option<[u8; TOKEN_LEN]>,
     /// For a source-routed stream: the paths its packets came on, to
     /// answer on.
     pub(super) reply: ReplyPaths,
@@ -46,19 +60,22 @@ impl Flow {
 }
 
 /// Streams a node ends at once; further SYNs are refused with a reset.
-pub(super) const MAX_FLOWS: usize = 1024;
+pub const MAX_FLOWS: usize = 1024;
 
 /// Most bytes held for streams' send buffers before the node stops reading
 /// the console (backpressure to the host).
-pub(super) const MAX_STREAM_PENDING: usize = 1 << 20;
+pub const MAX_STREAM_PENDING: usize = 1 << 20;
 
 /// Duplicate acks a `multipath` stream takes as a loss: its paths differ
 /// in delay, so segments overtake each other by several all the time.
-pub(super) const MULTIPATH_REORDER: u32 = 16;
+pub const MULTIPATH_REORDER: u32 = 16;
+
+/// Stream bytes handed to the host per stream and pass.
+const HOST_READ: usize = 16 * 1024;
 
 /// Shapes a stream for the protocol carrying it: smaller segments in onion
 /// cells, tolerance of reordering over several paths.
-pub(super) fn fit_stream(stream: &mut Stream, protocol: Protocol) {
+pub fn fit_stream(stream: &mut Stream, protocol: Protocol) {
     match protocol {
         Protocol::Onion => stream.set_mss(ONION_MSS),
         Protocol::Multipath => stream.set_reorder_tolerance(MULTIPATH_REORDER),
@@ -66,24 +83,28 @@ pub(super) fn fit_stream(stream: &mut Stream, protocol: Protocol) {
     }
 }
 
-impl Node {
+impl<L: LinkPort> Router<L> {
+    /// Streams ending here now.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
     /// A transport segment of stream `repr.flow_id` arrived for this node.
-    pub(super) fn stream_segment(&mut self, repr: &OverlayRepr, payload: &[u8]) -> Result<(), WireError> {
-        let seg = Segment::parse(payload).map_err(|_| WireError::BadLength)?;
-        let now = clock::now_us();
-        if let Some(e) = self.edge.as_mut() {
+    pub(super) fn stream_segment(&mut self, repr: &OverlayRepr, payload: &[u8], now: u64) -> Result<(), DropReason> {
+        let seg = Segment::parse(payload).map_err(|_| DropReason::BadSegment)?;
+        if let Some(e) = self.request.as_mut() {
             // A request VM has exactly one stream and accepts no others.
             if e.flow == repr.flow_id && e.dst == repr.src {
                 e.stream.on_segment(now, &seg);
                 self.stats.delivered += 1;
                 return Ok(());
             }
-            return Err(WireError::NoRoute);
+            return Err(DropReason::NoRoute);
         }
         match self.flows.get_mut(&repr.flow_id) {
             Some(f) if f.peer == repr.src => f.stream.on_segment(now, &seg),
             // Another source reusing a live flow id: not this stream's.
-            Some(_) => return Err(WireError::UnknownLink),
+            Some(_) => return Err(DropReason::BadSegment),
             None => {
                 let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
                 if self.flows.len() >= MAX_FLOWS {
@@ -143,7 +164,7 @@ impl Node {
 
     /// Notes the path a source-routed packet of a stream ending here came
     /// on (copies too: each `redundant` path must be known).
-    pub(super) fn learn_reply_path(&mut self, repr: &OverlayRepr, state: &[u8]) {
+    pub(super) fn learn_reply_path(&mut self, repr: &OverlayRepr, state: &[u8], now: u64) {
         if !matches!(repr.protocol, Protocol::Multipath | Protocol::Redundant) {
             return;
         }
@@ -152,7 +173,7 @@ impl Node {
             return;
         }
         if let Some(f) = self.flows.get_mut(&repr.flow_id).filter(|f| f.peer == repr.src) {
-            f.reply.learn(&route, clock::now_us());
+            f.reply.learn(&route, now);
         }
     }
 
@@ -160,7 +181,7 @@ impl Node {
     /// answers along the paths its source's packets took (so it avoids
     /// what the source avoids and follows its failover), others as their
     /// protocol routes.
-    fn send_reply(&mut self, repr: OverlayRepr, seg: &[u8], now: u64) -> Result<bool, WireError> {
+    fn send_reply(&mut self, repr: OverlayRepr, seg: &[u8], now: u64) -> Result<bool, DropReason> {
         let Some(f) = self.flows.get_mut(&repr.flow_id) else { return self.send_from_here(repr, seg) };
         f.reply.prune(now, &self.topology);
         let states = match repr.protocol {
@@ -182,12 +203,12 @@ impl Node {
 
     /// Moves data between streams and the host, and sends what the
     /// streams want sent. Returns whether anything happened.
-    pub(super) fn pump_streams(&mut self) -> bool {
-        let now = clock::now_us();
+    pub(super) fn pump_streams(&mut self, now: u64) -> bool {
         let mut worked = false;
         let mut segments: Vec<(OverlayRepr, Vec<u8>)> = Vec::new();
         let mut to_host: Vec<(NodeId, u32, Vec<u8>)> = Vec::new();
         let mut gone: Vec<u32> = Vec::new();
+        let (me, hop_limit) = (self.me, self.hop_limit);
         for (&id, f) in self.flows.iter_mut() {
             if !f.pending.is_empty() {
                 let n = f.stream.write(&f.pending);
@@ -200,7 +221,7 @@ impl Node {
                 f.stream.close();
             }
             let mut data = Vec::new();
-            if f.stream.read(&mut data, 16 * 1024) > 0 {
+            if f.stream.read(&mut data, HOST_READ) > 0 {
                 to_host.push((RECORD_STREAM, id, data));
             }
             if f.stream.peer_finished() && !f.eof_sent {
@@ -209,18 +230,7 @@ impl Node {
             }
             let mut seg = Vec::new();
             while f.stream.poll_transmit(now, &mut seg) {
-                let repr = OverlayRepr {
-                    protocol: f.protocol,
-                    flags: FLAG_STREAM,
-                    hop_limit: self.hop_limit,
-                    flow_id: id,
-                    src: self.me,
-                    dst: f.peer,
-                    state_len: 0,
-                    payload_len: seg.len() as u16,
-                    link_id: 0,
-                    link_seq: 0,
-                };
+                let repr = origin_repr(f.protocol, FLAG_STREAM, hop_limit, id, me, f.peer, seg.len());
                 segments.push((repr, core::mem::take(&mut seg)));
             }
             match f.stream.state() {

@@ -1,0 +1,209 @@
+//! Why the router dropped something, and how often.
+//!
+//! Every frame, record or cell the router cannot use ends as exactly one
+//! [`DropReason`], counted in [`DropCounters`] (the node's stats page and
+//! `pathvm node --metrics` report them). Nothing from outside is an error
+//! the router propagates: a relay stays silent to bad input and goes on.
+
+use crate::wire::WireError;
+
+/// Why the router dropped a frame, record or cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not an overlay frame (another EtherType, or too short for Ethernet).
+    NotOverlay,
+    /// Shorter than its header says.
+    Truncated,
+    /// An overlay version this node does not speak.
+    BadVersion,
+    /// Header length fields that contradict each other or the limits.
+    BadLength,
+    /// The tag did not verify: forged, corrupted, or another link's key.
+    BadMac,
+    /// A link sequence number already seen, or too old for the window.
+    Replayed,
+    /// A sender link id outside the neighbour side's span, or refused.
+    UnknownLink,
+    /// The hop limit ran out.
+    HopLimit,
+    /// No next node towards the destination (or no such circuit).
+    NoRoute,
+    /// A routing protocol this node does not forward.
+    UnsupportedProtocol,
+    /// A control message (probe, ack, link state) that does not decode.
+    BadControl,
+    /// A stream segment that does not parse, or a source reusing a live
+    /// stream's flow id.
+    BadSegment,
+    /// An onion cell of the wrong size, or one a circuit's keys refuse.
+    BadCell,
+    /// A source route in the packet's state that does not decode.
+    BadSourceRoute,
+    /// A record from the host too large for one packet.
+    Oversized,
+}
+
+impl From<WireError> for DropReason {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated => Self::Truncated,
+            WireError::BadVersion(_) => Self::BadVersion,
+            WireError::BadLength => Self::BadLength,
+            WireError::BadMac => Self::BadMac,
+            WireError::Replayed => Self::Replayed,
+            WireError::HopLimitExceeded => Self::HopLimit,
+            WireError::NoRoute => Self::NoRoute,
+            WireError::UnknownLink => Self::UnknownLink,
+            WireError::UnsupportedProtocol => Self::UnsupportedProtocol,
+        }
+    }
+}
+
+/// Names of the counters, in [`DropCounters::values`] order: the one list
+/// the VMM's reports use.
+pub const DROP_NAMES: [&str; 15] = [
+    "not_overlay",
+    "truncated",
+    "bad_version",
+    "bad_length",
+    "bad_mac",
+    "replayed",
+    "unknown_link",
+    "hop_limit",
+    "no_route",
+    "unsupported_protocol",
+    "bad_control",
+    "bad_segment",
+    "bad_cell",
+    "bad_source_route",
+    "oversized",
+];
+
+/// One counter per [`DropReason`]; `repr(C)` u64s, so it can sit in the
+/// stats page the VMM reads.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DropCounters {
+    /// [`DropReason::NotOverlay`].
+    pub not_overlay: u64,
+    /// [`DropReason::Truncated`].
+    pub truncated: u64,
+    /// [`DropReason::BadVersion`].
+    pub bad_version: u64,
+    /// [`DropReason::BadLength`].
+    pub bad_length: u64,
+    /// [`DropReason::BadMac`].
+    pub bad_mac: u64,
+    /// [`DropReason::Replayed`].
+    pub replayed: u64,
+    /// [`DropReason::UnknownLink`].
+    pub unknown_link: u64,
+    /// [`DropReason::HopLimit`].
+    pub hop_limit: u64,
+    /// [`DropReason::NoRoute`].
+    pub no_route: u64,
+    /// [`DropReason::UnsupportedProtocol`].
+    pub unsupported_protocol: u64,
+    /// [`DropReason::BadControl`].
+    pub bad_control: u64,
+    /// [`DropReason::BadSegment`].
+    pub bad_segment: u64,
+    /// [`DropReason::BadCell`].
+    pub bad_cell: u64,
+    /// [`DropReason::BadSourceRoute`].
+    pub bad_source_route: u64,
+    /// [`DropReason::Oversized`].
+    pub oversized: u64,
+}
+
+impl DropCounters {
+    /// Counts one drop for `why`.
+    pub fn count(&mut self, why: impl Into<DropReason>) {
+        let c = match why.into() {
+            DropReason::NotOverlay => &mut self.not_overlay,
+            DropReason::Truncated => &mut self.truncated,
+            DropReason::BadVersion => &mut self.bad_version,
+            DropReason::BadLength => &mut self.bad_length,
+            DropReason::BadMac => &mut self.bad_mac,
+            DropReason::Replayed => &mut self.replayed,
+            DropReason::UnknownLink => &mut self.unknown_link,
+            DropReason::HopLimit => &mut self.hop_limit,
+            DropReason::NoRoute => &mut self.no_route,
+            DropReason::UnsupportedProtocol => &mut self.unsupported_protocol,
+            DropReason::BadControl => &mut self.bad_control,
+            DropReason::BadSegment => &mut self.bad_segment,
+            DropReason::BadCell => &mut self.bad_cell,
+            DropReason::BadSourceRoute => &mut self.bad_source_route,
+            DropReason::Oversized => &mut self.oversized,
+        };
+        *c += 1;
+    }
+
+    /// The counters in [`DROP_NAMES`] order.
+    pub fn values(&self) -> [u64; 15] {
+        [
+            self.not_overlay,
+            self.truncated,
+            self.bad_version,
+            self.bad_length,
+            self.bad_mac,
+            self.replayed,
+            self.unknown_link,
+            self.hop_limit,
+            self.no_route,
+            self.unsupported_protocol,
+            self.bad_control,
+            self.bad_segment,
+            self.bad_cell,
+            self.bad_source_route,
+            self.oversized,
+        ]
+    }
+
+    /// All drops.
+    pub fn total(&self) -> u64 {
+        self.values().iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_counter_in_name_order() {
+        let all = [
+            DropReason::NotOverlay,
+            DropReason::Truncated,
+            DropReason::BadVersion,
+            DropReason::BadLength,
+            DropReason::BadMac,
+            DropReason::Replayed,
+            DropReason::UnknownLink,
+            DropReason::HopLimit,
+            DropReason::NoRoute,
+            DropReason::UnsupportedProtocol,
+            DropReason::BadControl,
+            DropReason::BadSegment,
+            DropReason::BadCell,
+            DropReason::BadSourceRoute,
+            DropReason::Oversized,
+        ];
+        for (i, r) in all.iter().enumerate() {
+            let mut c = DropCounters::default();
+            c.count(*r);
+            let v = c.values();
+            assert_eq!(v[i], 1, "{r:?} counted as {}", DROP_NAMES[v.iter().position(|&x| x == 1).unwrap()]);
+            assert_eq!(c.total(), 1);
+        }
+        assert_eq!(core::mem::size_of::<DropCounters>(), 8 * DROP_NAMES.len());
+    }
+
+    #[test]
+    fn wire_errors_map_to_their_reasons() {
+        let mut c = DropCounters::default();
+        c.count(WireError::BadVersion(9));
+        c.count(WireError::HopLimitExceeded);
+        assert_eq!((c.bad_version, c.hop_limit, c.total()), (1, 1, 2));
+    }
+}

@@ -1,0 +1,441 @@
+//! The overlay router: the code every packet crosses (claim step (e)).
+//!
+//! A sans-I/O state machine in the style of smoltcp's sockets. Its ports
+//! are [`LinkPort`]s (a VM's virtio-net in the guest, an in-memory pipe in
+//! host tests and benchmarks); its host side is a byte buffer of console
+//! records each way; time is passed in (µs, any monotonic origin). It
+//! never touches a device, a clock or the VMM itself: the guest image
+//! drives it, host tests run networks of routers joined by
+//! [`MemoryLink`]s, and `pathvm bench router` measures it alone.
+//!
+//! One module per concern:
+//! - [`auth`]: link authentication and sealing, per sender id;
+//! - [`link`]: the port trait and what the router keeps per port;
+//! - [`forward`]: forwarding and originating by each protocol, delivery;
+//! - [`control`]: probes, link-state advertisements, the topology;
+//! - [`streams`]: streams that end at this node (the destination side);
+//! - [`request`]: a request VM's one stream (the app's connection);
+//! - [`onion`]: onion relaying, exits, and a request VM's circuit;
+//! - [`drop`]: why something was dropped, counted.
+//!
+//! A frame in: EtherType, total parse, the sender's id, window and tag
+//! ([`auth`]), then control, onion cell, delivery or forwarding. Every
+//! refusal is a [`DropReason`] counted in [`NodeStats::drops`].
+
+pub mod auth;
+pub mod control;
+pub mod drop;
+pub mod forward;
+pub mod link;
+pub mod memory;
+pub mod onion;
+pub mod request;
+pub mod sim;
+pub mod streams;
+
+#[cfg(test)]
+mod tests;
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+pub use drop::{DropCounters, DropReason, DROP_NAMES};
+pub use link::{LinkPort, Port, MAX_QUEUED};
+pub use memory::MemoryLink;
+pub use request::{RequestPhase, RequestStream};
+
+use crate::node::{EdgeRequest, NodeConfig, NodeStats, Record, RECORD_CONTROL, RECORD_STREAM, STATS_MAGIC};
+use crate::routing::linkstate::{LinkReport, LinkStateDb};
+use crate::routing::{NodeId, Routes, Topology};
+use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL};
+
+use onion::Onion;
+use streams::{Flow, MAX_STREAM_PENDING};
+
+/// Below this many queued frames per port the router takes more records
+/// from the host.
+const ORIGINATE_BELOW: usize = 256;
+/// Above this many queued frames on any port the router takes no frames
+/// from its links: they wait in the receive rings and the taps' queues
+/// (input buffering) instead of being dropped at the output.
+const RECEIVE_BELOW: usize = 512;
+/// Delivered bytes held for the host before deliveries are dropped.
+pub const MAX_DELIVER_BACKLOG: usize = 4 << 20;
+/// Host bytes the router takes in one go.
+pub const MAX_HOST_INPUT: usize = 64 * 1024;
+
+/// Why a router could not be made from its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterError {
+    /// The configuration names a different number of ports than there are
+    /// links.
+    PortCount {
+        /// Ports configured.
+        configured: usize,
+        /// Links given.
+        links: usize,
+    },
+}
+
+impl core::fmt::Display for RouterError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::PortCount { configured, links } => {
+                write!(f, "{links} link devices for {configured} configured ports")
+            }
+        }
+    }
+}
+
+/// Something the router's driver may want to log; nothing depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The topology routing runs on lost or regained links.
+    LinksUsable {
+        /// Configured links usable now.
+        now: usize,
+        /// Before the change.
+        before: usize,
+    },
+    /// A neighbour stopped answering probes.
+    LinkDown {
+        /// The neighbour.
+        peer: NodeId,
+    },
+    /// A request VM built an onion circuit.
+    CircuitBuilt {
+        /// Relays in it.
+        relays: usize,
+    },
+    /// A relay of the request VM's circuit is gone; the stream moved to a
+    /// new circuit.
+    CircuitMoved,
+    /// A relay of the circuit is gone and no other circuit is possible.
+    CircuitLost,
+    /// A request VM could not build any circuit to its destination.
+    NoCircuit,
+}
+
+/// Notices held for the driver at most; older ones are dropped.
+const MAX_NOTICES: usize = 64;
+
+/// Flows whose redundant copies are tracked at once.
+const MAX_SEEN_FLOWS: usize = 4096;
+
+/// An overlay router and endpoint: a relay, a destination, or the one
+/// stream of a request VM.
+pub struct Router<L> {
+    me: NodeId,
+    hop_limit: u8,
+    /// Every protocol's routes over `topology`.
+    routes: Routes,
+    protocol: Protocol,
+    ports: Vec<Port<L>>,
+    stats: NodeStats,
+    /// Console records for the host, encoded.
+    deliver: Vec<u8>,
+    /// Streams ending here.
+    flows: BTreeMap<u32, Flow>,
+    /// The topology routing runs on now (configured, as measured).
+    topology: Topology,
+    next_packet_id: u32,
+    /// What other nodes advertise.
+    lsdb: LinkStateDb,
+    /// Whether this node takes part in flooding (node VMs; a request VM
+    /// only probes its own links).
+    floods: bool,
+    /// Flow id of this node's control packets: 0 for a node VM, the
+    /// request's flow on a request VM (so the edge host steers the acks to
+    /// it).
+    control_flow: u32,
+    lsa_seq: u32,
+    /// What this node last advertised, and when.
+    advertised: Vec<LinkReport>,
+    advertised_at: u64,
+    next_maintenance: u64,
+    next_expiry: u64,
+    /// On a request VM: when to ask the neighbours for link state again.
+    next_lsa_request: u64,
+    /// Onion circuits through, ending at, or starting at this node.
+    onion: Onion,
+    /// Packet ids seen per (source, flow), to deliver redundant copies once.
+    seen: BTreeMap<(NodeId, u32), ReplayWindow>,
+    /// On a request VM: its stream.
+    request: Option<RequestStream>,
+    notices: VecDeque<Notice>,
+    /// Frames taken from the links, waiting to be handled (reused).
+    rx_frames: Vec<(usize, Vec<u8>)>,
+}
+
+impl<L: LinkPort> Router<L> {
+    /// A node's router over `links` (one per configured port, in order,
+    /// each with this side's MAC), at time `now`.
+    pub fn new(cfg: &NodeConfig, links: Vec<(L, [u8; 6])>, now: u64) -> Result<Self, RouterError> {
+        if links.len() != cfg.ports.len() {
+            return Err(RouterError::PortCount { configured: cfg.ports.len(), links: links.len() });
+        }
+        let ports = links
+            .into_iter()
+            .zip(cfg.ports.iter())
+            .map(|((link, mac), pc)| Port::new(link, mac, pc, cfg.epoch_us, now))
+            .collect();
+        let topology = cfg.topology();
+        Ok(Self {
+            me: cfg.me,
+            hop_limit: cfg.hop_limit,
+            routes: Routes::compute(&topology, cfg.me),
+            protocol: Protocol::from(cfg.protocol),
+            ports,
+            stats: NodeStats { magic: STATS_MAGIC, ..Default::default() },
+            deliver: Vec::new(),
+            flows: BTreeMap::new(),
+            lsdb: LinkStateDb::new(&topology),
+            topology,
+            next_packet_id: 0,
+            floods: true,
+            control_flow: 0,
+            lsa_seq: 0,
+            advertised: Vec::new(),
+            advertised_at: 0,
+            next_maintenance: 0,
+            next_expiry: 0,
+            next_lsa_request: 0,
+            onion: Onion::new(cfg.onion_secret, cfg.directory.clone(), cfg.seed),
+            seen: BTreeMap::new(),
+            request: None,
+            notices: VecDeque::new(),
+            rx_frames: Vec::new(),
+        })
+    }
+
+    /// A request VM's router: probes its own links but floods nothing,
+    /// carries the one stream `req` asks for (an onion circuit is built
+    /// at once, so the app learns at once if there can be none).
+    pub fn new_request(
+        cfg: &NodeConfig,
+        req: &EdgeRequest,
+        links: Vec<(L, [u8; 6])>,
+        now: u64,
+    ) -> Result<Self, RouterError> {
+        let mut r = Self::new(cfg, links, now)?;
+        r.floods = false;
+        r.control_flow = req.flow;
+        r.request = Some(RequestStream::new(req, r.protocol));
+        if r.protocol == Protocol::Onion && r.onion_prepare(req.dst).is_err() {
+            r.notice(Notice::NoCircuit);
+            if let Some(s) = r.request.as_mut() {
+                s.stream.refuse();
+            }
+        }
+        Ok(r)
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The protocol packets this node originates use.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The counters, as the stats page carries them.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// The ports, in configuration order.
+    pub fn ports(&mut self) -> &mut [Port<L>] {
+        &mut self.ports
+    }
+
+    /// The topology routing runs on now.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The next notice for the driver's log.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    fn notice(&mut self, n: Notice) {
+        if self.notices.len() >= MAX_NOTICES {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(n);
+    }
+
+    fn port_to(&self, next: NodeId) -> Option<usize> {
+        self.ports.iter().position(|p| p.peer == next)
+    }
+
+    /// Queues a packet for port `j`; false (and counted) if it could not.
+    fn send(&mut self, j: usize, repr: OverlayRepr, state: &[u8], payload: &[u8]) -> bool {
+        self.enqueue(j, repr, state, payload, false)
+    }
+
+    /// Queues a packet for port `j`, at the front if `urgent` (probes, so
+    /// they measure the link rather than this node's queue).
+    fn enqueue(&mut self, j: usize, repr: OverlayRepr, state: &[u8], payload: &[u8], urgent: bool) -> bool {
+        match self.ports[j].enqueue(repr, state, payload, urgent) {
+            Ok(true) => true,
+            Ok(false) => {
+                self.stats.tx_full += 1;
+                false
+            }
+            Err(e) => {
+                self.stats.drops.count(e);
+                false
+            }
+        }
+    }
+
+    /// Takes frames from the links (while the outputs keep up) and handles
+    /// them. Returns whether any came.
+    pub fn poll_links(&mut self, now: u64) -> bool {
+        let mut frames = core::mem::take(&mut self.rx_frames);
+        if self.ports.iter().all(|p| p.queue.len() < RECEIVE_BELOW) {
+            for (i, p) in self.ports.iter_mut().enumerate() {
+                p.link.receive(&mut |f| frames.push((i, f.to_vec())));
+            }
+        }
+        let worked = !frames.is_empty();
+        for (i, f) in frames.drain(..) {
+            if let Err(e) = self.receive(i, &f, now) {
+                self.stats.drops.count(e);
+            }
+        }
+        self.rx_frames = frames;
+        worked
+    }
+
+    /// Handles one frame that arrived on port `i`.
+    pub fn receive(&mut self, i: usize, frame: &[u8], now: u64) -> Result<(), DropReason> {
+        if i >= self.ports.len() || !is_overlay(frame) {
+            return Err(DropReason::NotOverlay);
+        }
+        let p = OverlayPacket::new_checked(&frame[ETH_HDR_LEN..])?;
+        let repr = OverlayRepr::parse(&p)?;
+        self.ports[i].auth.open(&p, &repr)?;
+        if repr.flags & FLAG_CONTROL != 0 {
+            return self.control(i, &repr, p.payload(), now);
+        }
+        if repr.protocol == Protocol::Onion {
+            return self.onion_cell(i, repr.flow_id, p.payload(), now);
+        }
+        if repr.dst == self.me {
+            return self.arrive(&repr, p.state(), p.payload(), now);
+        }
+        if repr.hop_limit <= 1 {
+            return Err(DropReason::HopLimit);
+        }
+        let fwd = OverlayRepr { hop_limit: repr.hop_limit - 1, ..repr };
+        if self.forward(fwd, p.state(), p.payload())? {
+            self.stats.forwarded += 1;
+        }
+        Ok(())
+    }
+
+    /// Hands queued frames to the links. Returns whether any went.
+    pub fn flush_links(&mut self) -> bool {
+        let mut worked = false;
+        for p in self.ports.iter_mut() {
+            worked |= p.flush();
+        }
+        worked
+    }
+
+    /// Whether nothing waits to go out on any link.
+    pub fn links_idle(&self) -> bool {
+        self.ports.iter().all(|p| p.queue.is_empty())
+    }
+
+    /// Whether the router takes host records now (its queues keep up).
+    pub fn wants_host_input(&self) -> bool {
+        self.ports.iter().all(|p| p.queue.len() < ORIGINATE_BELOW) && self.stream_pending() < MAX_STREAM_PENDING
+    }
+
+    /// Handles the complete console records at the start of `input` (from
+    /// the host); returns the bytes used (a partial record stays).
+    pub fn host_input(&mut self, input: &[u8]) -> usize {
+        let mut used = 0;
+        while let Some((r, n)) = Record::decode(&input[used..]) {
+            if r.node == RECORD_STREAM || r.node == RECORD_CONTROL {
+                self.host_stream_record(r);
+            } else {
+                self.originate(r);
+            }
+            used += n;
+        }
+        used
+    }
+
+    /// Console records for the host, encoded; call [`Router::host_took`]
+    /// with what was written.
+    pub fn host_output(&self) -> &[u8] {
+        &self.deliver
+    }
+
+    /// The host took the first `n` bytes of [`Router::host_output`].
+    pub fn host_took(&mut self, n: usize) {
+        self.deliver.drain(..n.min(self.deliver.len()));
+    }
+
+    /// Queues a record for the host; false (counted) if the backlog is full.
+    fn queue_for_host(&mut self, node: NodeId, flow: u32, payload: &[u8]) -> bool {
+        if self.deliver.len() + crate::node::RECORD_HDR + payload.len() > MAX_DELIVER_BACKLOG {
+            self.stats.tx_full += 1;
+            return false;
+        }
+        Record { node, flow, payload }.encode(&mut self.deliver);
+        true
+    }
+
+    /// Everything a driver's loop does besides its devices' own work: link
+    /// maintenance, streams ending here, a request VM's stream. Returns
+    /// whether anything happened.
+    pub fn poll(&mut self, now: u64) -> bool {
+        let maintained = self.maintain(now);
+        let mut worked = false;
+        if !self.flows.is_empty() {
+            worked |= self.pump_streams(now);
+        }
+        if self.request.is_some() {
+            worked |= self.poll_request(now, maintained);
+        }
+        worked
+    }
+}
+
+/// Whether a frame claims to be overlay; whether it is a valid one is the
+/// wire parser's call (and a counted drop if not).
+fn is_overlay(frame: &[u8]) -> bool {
+    frame.len() >= ETH_HDR_LEN && frame[12..14] == ETHERTYPE.to_be_bytes()
+}
+
+/// Header of a packet this node originates (link id and number are set
+/// as it leaves).
+fn origin_repr(
+    protocol: Protocol,
+    flags: u8,
+    hop_limit: u8,
+    flow_id: u32,
+    src: NodeId,
+    dst: NodeId,
+    len: usize,
+) -> OverlayRepr {
+    OverlayRepr {
+        protocol,
+        flags,
+        hop_limit,
+        flow_id,
+        src,
+        dst,
+        state_len: 0,
+        payload_len: len as u16,
+        link_id: 0,
+        link_seq: 0,
+    }
+}

@@ -1,0 +1,208 @@
+//! A request VM's one stream: the app's connection, carried from the
+//! console (the app's socket, after the edge's SOCKS handshake) to the
+//! service on the destination node.
+//!
+//! The driver moves bytes: app bytes in while [`Router::wants_app_input`],
+//! stream bytes out from [`Router::app_output`], the SOCKS answer once
+//! [`Router::request_phase`] leaves `Connecting`; the router does the
+//! rest in [`Router::poll`] and says when the VM may leave
+//! ([`Router::request_done`]).
+
+use alloc::vec::Vec;
+
+use crate::node::EdgeRequest;
+use crate::routing::NodeId;
+use crate::transport::{Stream, StreamState};
+use crate::wire::{Protocol, FLAG_STREAM};
+
+use super::streams::fit_stream;
+use super::{origin_repr, LinkPort, Router};
+
+/// App bytes held for the stream at most before the console waits.
+pub const MAX_APP_PENDING: usize = 64 * 1024;
+/// Stream bytes taken for the app per pass.
+const APP_READ: usize = 64 * 1024;
+/// How long a closing stream may wait for its peer before the VM leaves.
+pub const GOODBYE_US: u64 = 1_000_000;
+
+/// Where the request's stream stands, as the app must be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestPhase {
+    /// The stream is being opened; the app waits for its answer.
+    Connecting,
+    /// The service is connected: tell the app so, then carry bytes.
+    Up,
+    /// Refused (service down, no route, no circuit): tell the app so.
+    Refused,
+}
+
+/// The one stream of a request VM.
+pub struct RequestStream {
+    pub(super) flow: u32,
+    pub(super) dst: NodeId,
+    pub(super) stream: Stream,
+    /// The app has been given its answer.
+    pub(super) replied: bool,
+    /// The app closed its side.
+    pub(super) app_closed: bool,
+    /// App bytes the stream had no room for yet.
+    pub(super) pending: Vec<u8>,
+    /// Stream bytes the console had no room for yet.
+    pub(super) backlog: Vec<u8>,
+    /// When the stream started closing, to bound the goodbye.
+    pub(super) closing_since: Option<u64>,
+    /// Nodes the app asked not to relay through.
+    pub(super) avoid: Vec<NodeId>,
+}
+
+impl RequestStream {
+    pub(super) fn new(req: &EdgeRequest, protocol: Protocol) -> Self {
+        let mut stream = Stream::connect(&req.target);
+        fit_stream(&mut stream, protocol);
+        Self {
+            flow: req.flow,
+            dst: req.dst,
+            stream,
+            replied: false,
+            app_closed: false,
+            pending: Vec::new(),
+            backlog: Vec::new(),
+            closing_since: None,
+            avoid: req.avoid.clone(),
+        }
+    }
+
+    fn phase(&self) -> RequestPhase {
+        match self.stream.state() {
+            StreamState::Established | StreamState::Closed => RequestPhase::Up,
+            StreamState::Reset => RequestPhase::Refused,
+            _ => RequestPhase::Connecting,
+        }
+    }
+}
+
+impl<L: LinkPort> Router<L> {
+    /// Where the request stands (`Connecting` on a node that is no request
+    /// VM).
+    pub fn request_phase(&self) -> RequestPhase {
+        self.request.as_ref().map_or(RequestPhase::Connecting, RequestStream::phase)
+    }
+
+    /// Whether the app still waits for its answer while the phase says
+    /// what it is.
+    pub fn request_reply_due(&self) -> Option<RequestPhase> {
+        let r = self.request.as_ref()?;
+        let phase = r.phase();
+        (!r.replied && phase != RequestPhase::Connecting).then_some(phase)
+    }
+
+    /// The driver gave the app its answer.
+    pub fn request_replied(&mut self) {
+        if let Some(r) = self.request.as_mut() {
+            r.replied = true;
+        }
+    }
+
+    /// Whether the router takes app bytes now.
+    pub fn wants_app_input(&self) -> bool {
+        self.request.as_ref().is_some_and(|r| {
+            r.replied
+                && r.stream.state() == StreamState::Established
+                && !r.app_closed
+                && r.pending.len() < MAX_APP_PENDING
+        })
+    }
+
+    /// Bytes the app sent.
+    pub fn app_input(&mut self, data: &[u8]) {
+        if let Some(r) = self.request.as_mut() {
+            r.pending.extend_from_slice(data);
+        }
+    }
+
+    /// The app closed its side of the connection.
+    pub fn app_closed(&mut self) {
+        if let Some(r) = self.request.as_mut() {
+            r.app_closed = true;
+        }
+    }
+
+    /// Stream bytes for the app; call [`Router::app_took`] with what was
+    /// written.
+    pub fn app_output(&self) -> &[u8] {
+        self.request.as_ref().map_or(&[], |r| r.backlog.as_slice())
+    }
+
+    /// The app took the first `n` bytes of [`Router::app_output`].
+    pub fn app_took(&mut self, n: usize) {
+        if let Some(r) = self.request.as_mut() {
+            r.backlog.drain(..n.min(r.backlog.len()));
+        }
+    }
+
+    /// Whether the request is over and everything for the links has gone
+    /// (the driver also waits for its console to drain).
+    pub fn request_done(&self, now: u64) -> bool {
+        let Some(r) = self.request.as_ref() else { return true };
+        let finished = match r.stream.state() {
+            StreamState::Closed => true,
+            StreamState::Reset => r.replied,
+            _ => r.closing_since.is_some_and(|t| now.saturating_sub(t) > GOODBYE_US),
+        };
+        finished && self.links_idle()
+    }
+
+    /// The request's stream: circuit upkeep (at maintenance pace), bytes
+    /// both ways, closing, and its segments onto the links.
+    pub(super) fn poll_request(&mut self, now: u64, maintained: bool) -> bool {
+        let mut worked = false;
+        if maintained && self.protocol == Protocol::Onion {
+            let dst = self.request.as_ref().map_or(0, |r| r.dst);
+            if !self.onion_check(dst, now) {
+                if let Some(r) = self.request.as_mut() {
+                    r.stream.refuse();
+                }
+            }
+        }
+        let (protocol, hop_limit, me) = (self.protocol, self.hop_limit, self.me);
+        let Some(r) = self.request.as_mut() else { return false };
+        if r.replied && r.stream.state() == StreamState::Established && !r.pending.is_empty() {
+            let n = r.stream.write(&r.pending);
+            r.pending.drain(..n);
+            worked |= n > 0;
+        }
+        if r.replied && r.backlog.len() < APP_READ {
+            let mut data = Vec::new();
+            if r.stream.read(&mut data, APP_READ) > 0 {
+                r.backlog.extend_from_slice(&data);
+                worked = true;
+            }
+        }
+        // Either side done: close ours (the app sees its end when the VM
+        // exits and the VMM closes the connection).
+        let service_done = r.stream.peer_finished() && r.backlog.is_empty();
+        if (r.app_closed && r.pending.is_empty()) || service_done {
+            r.stream.close();
+            r.closing_since.get_or_insert(now);
+        }
+        let mut segments: Vec<Vec<u8>> = Vec::new();
+        let mut seg = Vec::new();
+        while r.stream.poll_transmit(now, &mut seg) {
+            segments.push(core::mem::take(&mut seg));
+        }
+        let (flow, dst) = (r.flow, r.dst);
+        for seg in segments {
+            worked = true;
+            let sent = if protocol == Protocol::Onion {
+                self.onion_send_forward(dst, &seg)
+            } else {
+                let repr = origin_repr(protocol, FLAG_STREAM, hop_limit, flow, me, dst, seg.len());
+                self.send_from_here(repr, &seg)
+            };
+            if let Err(e) = sent {
+                self.stats.drops.count(e);
+            }
+        }
+        worked
+    }
+}

@@ -1,0 +1,238 @@
+//! Simulated overlay networks: routers joined by [`MemoryLink`]s, driven
+//! on a simulated clock. For host tests and `pathvm bench router`; the
+//! configurations are the ones `pathvm topo up` would write (one key per
+//! link, one span of link ids per side, onion keys from a directory).
+
+use alloc::vec::Vec;
+
+use crate::node::{EdgeRequest, NodeConfig, PortConfig, Record};
+use crate::onion::public_key;
+use crate::routing::{Link, NodeId};
+use crate::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr};
+
+use super::{MemoryLink, Router};
+
+/// Link ids each side of a link owns (its node, then request VMs).
+pub const SPAN: u32 = 1 << 16;
+
+/// The MAC of node `n`'s port towards `m`.
+pub fn mac(n: NodeId, m: NodeId) -> [u8; 6] {
+    [2, 0, (n >> 8) as u8, n as u8, (m >> 8) as u8, m as u8]
+}
+
+/// The key of the `k`-th link of a topology.
+pub fn link_key(k: usize) -> [u8; 32] {
+    let mut key = [0x40u8; 32];
+    key[..8].copy_from_slice(&(k as u64 + 1).to_be_bytes());
+    key
+}
+
+/// The first link id of `n`'s side of the `k`-th link `(a, b)`.
+pub fn side_id(k: usize, link: &Link, n: NodeId) -> u32 {
+    let side = u32::from(n != link.a);
+    1 + (2 * k as u32 + side) * SPAN
+}
+
+/// Node `n`'s static onion secret in a simulation.
+pub fn onion_secret(n: NodeId) -> [u8; 32] {
+    let mut s = [0x11u8; 32];
+    s[..2].copy_from_slice(&n.to_be_bytes());
+    s
+}
+
+/// The configuration of node `me` in the topology `links`, originating
+/// with `protocol` (wire id).
+pub fn config(links: &[Link], me: NodeId, protocol: u8) -> NodeConfig {
+    let mut nodes: Vec<NodeId> = links.iter().flat_map(|l| [l.a, l.b]).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let ports = links
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.a == me || l.b == me)
+        .map(|(k, l)| {
+            let peer = if l.a == me { l.b } else { l.a };
+            PortConfig {
+                peer,
+                peer_mac: mac(peer, me),
+                tx_link_id: side_id(k, l, me),
+                rx_link_id: side_id(k, l, peer),
+                rx_link_span: SPAN,
+                key: link_key(k),
+            }
+        })
+        .collect();
+    let mut seed = [0u8; 32];
+    seed[..2].copy_from_slice(&me.to_be_bytes());
+    NodeConfig {
+        me,
+        hop_limit: 16,
+        protocol,
+        ports,
+        links: links.to_vec(),
+        epoch_us: 1_000,
+        seed,
+        onion_secret: onion_secret(me),
+        directory: nodes.iter().map(|&n| (n, public_key(&onion_secret(n)))).collect(),
+    }
+}
+
+/// A link of `latency_us` and `mbps` between `a` and `b`.
+pub fn link(a: NodeId, b: NodeId, latency_us: u32, mbps: u32) -> Link {
+    Link { a, b, latency_us, bandwidth_mbps: mbps }
+}
+
+/// One simulated host: its router and its host side's buffers.
+pub struct Host {
+    /// The router.
+    pub router: Router<MemoryLink>,
+    /// Console bytes for the router, not yet taken.
+    pub to_router: Vec<u8>,
+    /// Console bytes the router gave its host.
+    pub from_router: Vec<u8>,
+}
+
+/// Routers joined by in-memory links, on one clock.
+pub struct Net {
+    /// The hosts, in the order they were added.
+    pub hosts: Vec<Host>,
+    /// Hosts that are switched off (not driven).
+    pub down: Vec<NodeId>,
+    /// The clock, µs.
+    pub now: u64,
+}
+
+/// A node's link ends, each with its MAC, in `config`'s port order.
+type Ends = Vec<(MemoryLink, [u8; 6])>;
+
+/// The two ends of every link in `links`, per node.
+fn wire_up(links: &[Link]) -> Vec<(NodeId, Ends)> {
+    let mut ends: Vec<(NodeId, Ends)> = Vec::new();
+    for l in links {
+        let (ea, eb) = MemoryLink::pair();
+        for (n, m, e) in [(l.a, l.b, ea), (l.b, l.a, eb)] {
+            match ends.iter_mut().find(|(x, _)| *x == n) {
+                Some((_, v)) => v.push((e, mac(n, m))),
+                None => ends.push((n, alloc::vec![(e, mac(n, m))])),
+            }
+        }
+    }
+    ends
+}
+
+impl Net {
+    /// A node router on every node of `links`, originating with
+    /// `protocol`; node `request` (if any) is instead a request VM for
+    /// `req`.
+    pub fn new(links: &[Link], protocol: u8, request: Option<(NodeId, &EdgeRequest)>) -> Self {
+        let now = 1_000;
+        let hosts = wire_up(links)
+            .into_iter()
+            .map(|(n, ends)| {
+                let cfg = config(links, n, protocol);
+                let router = match request {
+                    Some((r, req)) if r == n => {
+                        let mut cfg = cfg;
+                        // A request VM sends under an id of its own in the
+                        // edge side's span.
+                        for p in cfg.ports.iter_mut() {
+                            p.tx_link_id += 1;
+                        }
+                        Router::new_request(&cfg, req, ends, now)
+                    }
+                    _ => Router::new(&cfg, ends, now),
+                };
+                let router = router.unwrap_or_else(|e| panic!("node {n}: {e}"));
+                Host { router, to_router: Vec::new(), from_router: Vec::new() }
+            })
+            .collect();
+        Self { hosts, down: Vec::new(), now }
+    }
+
+    /// The host of node `n`.
+    pub fn host(&mut self, n: NodeId) -> &mut Host {
+        self.hosts.iter_mut().find(|h| h.router.me() == n).unwrap_or_else(|| panic!("no node {n}"))
+    }
+
+    /// One pass of every running router's loop, then `step_us` later.
+    pub fn step(&mut self, step_us: u64) -> bool {
+        let now = self.now;
+        let mut worked = false;
+        for h in self.hosts.iter_mut().filter(|h| !self.down.contains(&h.router.me())) {
+            let r = &mut h.router;
+            worked |= r.poll_links(now);
+            if r.wants_host_input() && !h.to_router.is_empty() {
+                let used = r.host_input(&h.to_router);
+                h.to_router.drain(..used);
+                worked |= used > 0;
+            }
+            worked |= r.poll(now);
+            worked |= r.flush_links();
+            if !r.host_output().is_empty() {
+                h.from_router.extend_from_slice(r.host_output());
+                let n = r.host_output().len();
+                r.host_took(n);
+                worked = true;
+            }
+        }
+        self.now += step_us;
+        worked
+    }
+
+    /// Runs for `us` of simulated time in steps of `step_us`.
+    pub fn run_for(&mut self, us: u64, step_us: u64) {
+        let end = self.now + us;
+        while self.now < end {
+            self.step(step_us);
+        }
+    }
+
+    /// Runs until `done` holds or `us` pass; whether it held.
+    pub fn run_until(&mut self, us: u64, step_us: u64, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        let end = self.now + us;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step(step_us);
+        }
+        done(self)
+    }
+}
+
+/// The records in console bytes (complete ones).
+pub fn records(b: &[u8]) -> Vec<(NodeId, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some((r, n)) = Record::decode(&b[at..]) {
+        out.push((r.node, r.flow, r.payload.to_vec()));
+        at += n;
+    }
+    out
+}
+
+/// A whole overlay frame as node `from` would send it on the `k`-th link
+/// of `links` under link sequence number `seq` (for tests and benchmarks
+/// that play a neighbour).
+pub fn neighbour_frame(
+    links: &[Link],
+    k: usize,
+    from: NodeId,
+    mut repr: OverlayRepr,
+    state: &[u8],
+    payload: &[u8],
+    seq: u64,
+) -> Vec<u8> {
+    let l = &links[k];
+    let to = if l.a == from { l.b } else { l.a };
+    repr.link_id = side_id(k, l, from);
+    repr.link_seq = seq;
+    repr.state_len = state.len() as u16;
+    repr.payload_len = payload.len() as u16;
+    let key = LinkKey::new(&link_key(k)).derive(repr.link_id);
+    let mut f = Vec::new();
+    let eth = EthAddrs { dst: mac(to, from), src: mac(from, to) };
+    // The lengths are set from the slices just above.
+    let _ = seal_frame(&mut f, eth, &repr, state, payload, &key);
+    f
+}

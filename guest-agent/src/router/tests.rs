@@ -1,0 +1,417 @@
+//! The router on the host, no KVM: simulated networks of routers joined by
+//! in-memory links, and hostile frames beside each behaviour.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use sha2::{Digest, Sha256};
+
+use super::sim::{self, link, neighbour_frame, records, Net};
+use super::{DropReason, LinkPort, MemoryLink, Notice, RequestPhase, Router};
+use crate::node::{stream_op, EdgeRequest, Record, RECORD_CONTROL, RECORD_STREAM};
+use crate::routing::Link;
+use crate::wire::control::Control;
+use crate::wire::{OverlayRepr, Protocol, FLAG_CONTROL};
+
+const STEP: u64 = 100;
+
+/// a(1) - b(2) - c(3)
+fn line3() -> Vec<Link> {
+    vec![link(1, 2, 100, 1000), link(2, 3, 100, 1000)]
+}
+
+/// Two node-disjoint paths 1-2-3-6 (fast, thin) and 1-4-5-6 (slow, wide).
+fn ladder() -> Vec<Link> {
+    vec![
+        link(1, 2, 100, 100),
+        link(2, 3, 100, 100),
+        link(3, 6, 100, 100),
+        link(1, 4, 300, 1000),
+        link(4, 5, 300, 1000),
+        link(5, 6, 300, 1000),
+    ]
+}
+
+/// 1 - 2 - 3 - 4 - 5: three relays between 1 and 5, for onion circuits.
+fn line5() -> Vec<Link> {
+    vec![link(1, 2, 100, 1000), link(2, 3, 100, 1000), link(3, 4, 100, 1000), link(4, 5, 100, 1000)]
+}
+
+fn datagram(net: &mut Net, from: u16, to: u16, flow: u32, payload: &[u8]) {
+    Record { node: to, flow, payload }.encode(&mut net.host(from).to_router);
+}
+
+fn delivered(net: &mut Net, at: u16) -> Vec<(u16, u32, Vec<u8>)> {
+    records(&net.host(at).from_router)
+}
+
+fn repr(protocol: Protocol, flags: u8, hop_limit: u8, src: u16, dst: u16) -> OverlayRepr {
+    OverlayRepr {
+        protocol,
+        flags,
+        hop_limit,
+        flow_id: 7,
+        src,
+        dst,
+        state_len: 0,
+        payload_len: 0,
+        link_id: 0,
+        link_seq: 0,
+    }
+}
+
+#[test]
+fn shortest_carries_a_datagram_through_the_relay_and_delivers_it_once() {
+    let mut net = Net::new(&line3(), Protocol::Shortest.id(), None);
+    datagram(&mut net, 1, 3, 9, b"across the relay");
+    net.run_for(5_000, STEP);
+    assert_eq!(delivered(&mut net, 3), vec![(1, 9, b"across the relay".to_vec())]);
+    assert_eq!(net.host(2).router.stats().forwarded, 1);
+    assert_eq!(net.host(1).router.stats().originated, 1);
+    assert_eq!(net.host(2).router.stats().drops.total(), 0);
+}
+
+#[test]
+fn widest_takes_the_wide_path_and_shortest_the_fast_one() {
+    for (proto, relay, other) in [(Protocol::Widest, 4, 2), (Protocol::Shortest, 2, 4)] {
+        let mut net = Net::new(&ladder(), proto.id(), None);
+        datagram(&mut net, 1, 6, 1, b"which way");
+        net.run_for(5_000, STEP);
+        assert_eq!(delivered(&mut net, 6).len(), 1, "{proto:?}");
+        assert_eq!(net.host(relay).router.stats().forwarded, 1, "{proto:?}");
+        assert_eq!(net.host(other).router.stats().forwarded, 0, "{proto:?}");
+    }
+}
+
+#[test]
+fn redundant_sends_a_copy_on_each_disjoint_path_and_delivers_one() {
+    let mut net = Net::new(&ladder(), Protocol::Redundant.id(), None);
+    for i in 0..5u8 {
+        datagram(&mut net, 1, 6, 1, &[i; 20]);
+    }
+    net.run_for(10_000, STEP);
+    let got = delivered(&mut net, 6);
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(net.host(6).router.stats().duplicates, 5);
+    assert_eq!(net.host(2).router.stats().forwarded, 5);
+    assert_eq!(net.host(4).router.stats().forwarded, 5);
+}
+
+#[test]
+fn multipath_spreads_packets_over_both_paths() {
+    let mut net = Net::new(&ladder(), Protocol::Multipath.id(), None);
+    for i in 0..40u8 {
+        datagram(&mut net, 1, 6, 1, &[i; 20]);
+    }
+    net.run_for(20_000, STEP);
+    assert_eq!(delivered(&mut net, 6).len(), 40);
+    let (thin, wide) = (net.host(2).router.stats().forwarded, net.host(4).router.stats().forwarded);
+    assert_eq!(thin + wide, 40);
+    // Weighted by bottleneck bandwidth: 100 vs 1000 Mbit/s.
+    assert!(wide > 5 * thin && thin > 0, "thin {thin}, wide {wide}");
+}
+
+#[test]
+fn a_packet_whose_hop_limit_runs_out_is_dropped_at_the_relay() {
+    let links = line3();
+    let mut net = Net::new(&links, Protocol::Shortest.id(), None);
+    let f = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, 0, 1, 1, 3), &[], b"x", 5_000);
+    let ok = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, 0, 2, 1, 3), &[], b"y", 5_001);
+    let b = &mut net.host(2).router;
+    assert_eq!(b.receive(0, &f, 2_000), Err(DropReason::HopLimit));
+    assert_eq!(b.receive(0, &ok, 2_000), Ok(()));
+    assert_eq!(b.stats().forwarded, 1);
+}
+
+#[test]
+fn forged_replayed_and_unknown_frames_change_nothing_at_a_relay() {
+    let links = line3();
+    let mut net = Net::new(&links, Protocol::Shortest.id(), None);
+    let good = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, 0, 8, 1, 3), &[], b"good", 5_000);
+    let mut forged = good.clone();
+    let n = forged.len();
+    forged[n - 20] ^= 0x80;
+    // The other link's key, or an id from the wrong side's span.
+    let wrong_key = neighbour_frame(&links, 1, 1, repr(Protocol::Shortest, 0, 8, 1, 3), &[], b"k", 5_001);
+    let mut not_overlay = good.clone();
+    not_overlay[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let to_nowhere = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, 0, 8, 1, 99), &[], b"n", 5_002);
+    let b = &mut net.host(2).router;
+    assert_eq!(b.receive(0, &forged, 2_000), Err(DropReason::BadMac));
+    assert_eq!(b.receive(0, &wrong_key, 2_000), Err(DropReason::UnknownLink));
+    assert_eq!(b.receive(0, &not_overlay, 2_000), Err(DropReason::NotOverlay));
+    assert_eq!(b.receive(0, &good[..30], 2_000), Err(DropReason::Truncated));
+    assert_eq!(b.stats().forwarded, 0);
+    // The genuine frame still goes through, once.
+    assert_eq!(b.receive(0, &good, 2_000), Ok(()));
+    assert_eq!(b.receive(0, &good, 2_000), Err(DropReason::Replayed));
+    assert_eq!(b.receive(0, &to_nowhere, 2_000), Err(DropReason::NoRoute));
+    assert_eq!(b.stats().forwarded, 1);
+}
+
+#[test]
+fn malformed_control_messages_are_counted_and_answer_nothing() {
+    let links = line3();
+    let mut net = Net::new(&links, Protocol::Shortest.id(), None);
+    let junk = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, FLAG_CONTROL, 1, 1, 2), &[], &[9, 9, 9], 5_000);
+    let mut probe = Vec::new();
+    Control::Probe { seq: 1, sent_us: 77 }.encode(&mut probe);
+    let cut = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, FLAG_CONTROL, 1, 1, 2), &[], &probe[..3], 5_001);
+    let b = &mut net.host(2).router;
+    assert_eq!(b.receive(0, &junk, 2_000), Err(DropReason::BadControl));
+    assert_eq!(b.receive(0, &cut, 2_000), Err(DropReason::BadControl));
+    assert!(b.links_idle(), "a malformed message was answered");
+    // A whole probe is echoed.
+    let whole = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, FLAG_CONTROL, 1, 1, 2), &[], &probe, 5_002);
+    assert_eq!(b.receive(0, &whole, 2_000), Ok(()));
+    assert!(!b.links_idle());
+}
+
+#[test]
+fn probes_are_answered_and_link_state_floods_to_every_node() {
+    let mut net = Net::new(&ladder(), Protocol::Shortest.id(), None);
+    net.run_for(1_200_000, 500);
+    for h in net.hosts.iter() {
+        let s = h.router.stats();
+        assert!(s.probes_sent >= 20 && s.probe_acks >= 20, "node {}: {s:?}", h.router.me());
+        // Five other origins, refreshed every second.
+        assert!(s.lsas_accepted >= 5, "node {}: {s:?}", h.router.me());
+        assert_eq!(s.drops.total(), 0, "node {}: {s:?}", h.router.me());
+    }
+}
+
+#[test]
+fn a_dead_relay_is_noticed_flooded_and_routed_around() {
+    let mut net = Net::new(&ladder(), Protocol::Shortest.id(), None);
+    net.run_for(300_000, 500);
+    net.down.push(2);
+    net.run_for(1_500_000, 500);
+    let notices: Vec<Notice> = core::iter::from_fn(|| net.host(1).router.poll_notice()).collect();
+    assert!(notices.contains(&Notice::LinkDown { peer: 2 }), "{notices:?}");
+    assert!(net.host(6).router.topology().link(2, 3).is_none(), "node 6 still routes over 2-3");
+    assert!(net.host(6).router.stats().topology_changes >= 1);
+    datagram(&mut net, 1, 6, 3, b"around");
+    net.run_for(10_000, STEP);
+    assert_eq!(delivered(&mut net, 6), vec![(1, 3, b"around".to_vec())]);
+    assert_eq!(net.host(4).router.stats().forwarded, 1);
+}
+
+/// The destination host's side of streams: connects every OPEN, then
+/// echoes nothing; collects what each stream delivers.
+fn serve_opens(net: &mut Net, at: u16, answer: u8) -> Vec<u32> {
+    let h = net.host(at);
+    let mut opened = Vec::new();
+    let recs = records(&h.from_router);
+    h.from_router.clear();
+    for (node, flow, payload) in recs {
+        if node == RECORD_CONTROL && payload.first() == Some(&stream_op::OPEN) {
+            Record { node: RECORD_CONTROL, flow, payload: &[answer] }.encode(&mut h.to_router);
+            opened.push(flow);
+        } else {
+            // Keep everything else for the test to read.
+            Record { node, flow, payload: &payload }.encode(&mut h.from_router);
+        }
+    }
+    opened
+}
+
+fn stream_bytes(net: &mut Net, at: u16, flow: u32) -> Vec<u8> {
+    records(&net.host(at).from_router)
+        .into_iter()
+        .filter(|(n, f, _)| *n == RECORD_STREAM && *f == flow)
+        .flat_map(|(_, _, p)| p)
+        .collect()
+}
+
+fn request(dst: u16, target: &[u8]) -> EdgeRequest {
+    EdgeRequest { dst, flow: 0x5eed_0001, target: target.to_vec(), avoid: Vec::new() }
+}
+
+fn body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Runs a request VM on node 1 to `dst` under `protocol`: app bytes up,
+/// the service's bytes down; returns (bytes the service got, the app got).
+fn request_round_trip(links: &[Link], protocol: Protocol, dst: u16, up: &[u8], down: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let req = request(dst, b"10.0.0.9:80");
+    let mut net = Net::new(links, protocol.id(), Some((1, &req)));
+    let mut flow = None;
+    let up_ok = net.run_until(2_000_000, STEP, |net| {
+        if flow.is_none() {
+            flow = serve_opens(net, dst, stream_op::OPENED).first().copied();
+            if let Some(f) = flow {
+                // The service answers at once with its bytes, then ends.
+                let h = net.host(dst);
+                for chunk in down.chunks(1000) {
+                    Record { node: RECORD_STREAM, flow: f, payload: chunk }.encode(&mut h.to_router);
+                }
+                Record { node: RECORD_CONTROL, flow: f, payload: &[stream_op::EOF] }.encode(&mut h.to_router);
+            }
+        }
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    assert!(up_ok, "{protocol:?}: the stream never came up");
+    let r = &mut net.host(1).router;
+    assert_eq!(r.request_reply_due(), Some(RequestPhase::Up));
+    r.request_replied();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    net.run_until(20_000_000, STEP, |net| {
+        let r = &mut net.host(1).router;
+        while sent < up.len() && r.wants_app_input() {
+            let end = (sent + 4096).min(up.len());
+            r.app_input(&up[sent..end]);
+            sent = end;
+        }
+        if sent == up.len() {
+            r.app_closed();
+        }
+        got.extend_from_slice(r.app_output());
+        let n = r.app_output().len();
+        r.app_took(n);
+        let now = net.now;
+        net.host(1).router.request_done(now)
+    });
+    let at_service = stream_bytes(&mut net, dst, flow.unwrap());
+    (at_service, got)
+}
+
+#[test]
+fn a_request_stream_crosses_a_relay_both_ways_intact_for_each_protocol() {
+    let (up, down) = (body(100_000), body(300_000));
+    for (links, protocol, dst) in [
+        (line3(), Protocol::Shortest, 3),
+        (line3(), Protocol::Widest, 3),
+        (ladder(), Protocol::Multipath, 6),
+        (ladder(), Protocol::Redundant, 6),
+    ] {
+        let (at_service, at_app) = request_round_trip(&links, protocol, dst, &up, &down);
+        assert_eq!(Sha256::digest(&at_service), Sha256::digest(&up), "{protocol:?}: app to service");
+        assert_eq!(Sha256::digest(&at_app), Sha256::digest(&down), "{protocol:?}: service to app");
+    }
+}
+
+#[test]
+fn an_onion_request_goes_through_three_relays_none_of_which_sees_the_bytes() {
+    let up = b"GET /secret-path HTTP/1.1\r\n\r\n".repeat(50);
+    let down = body(50_000);
+    let (at_service, at_app) = request_round_trip(&line5(), Protocol::Onion, 5, &up, &down);
+    assert_eq!(at_service, up);
+    assert_eq!(Sha256::digest(&at_app), Sha256::digest(&down));
+}
+
+#[test]
+fn onion_relays_hold_circuits_and_the_exit_serves_the_stream() {
+    let req = request(5, b"10.0.0.9:80");
+    let mut net = Net::new(&line5(), Protocol::Onion.id(), Some((1, &req)));
+    let notices: Vec<Notice> = core::iter::from_fn(|| net.host(1).router.poll_notice()).collect();
+    assert_eq!(notices, vec![Notice::CircuitBuilt { relays: 3 }]);
+    let mut opened = Vec::new();
+    net.run_until(1_000_000, STEP, |net| {
+        opened.extend(serve_opens(net, 5, stream_op::OPENED));
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    assert_eq!(opened.len(), 1);
+    for relay in [2, 3, 4] {
+        let s = *net.host(relay).router.stats();
+        assert_eq!(s.circuits, 1, "relay {relay}");
+        assert!(s.forwarded >= 2, "relay {relay}: {s:?}");
+        // A relay never opens a stream.
+        assert_eq!(net.host(relay).router.flow_count(), 0);
+    }
+    assert_eq!(net.host(5).router.flow_count(), 1);
+}
+
+#[test]
+fn hostile_onion_cells_are_counted_drops() {
+    let links = line5();
+    let mut net = Net::new(&links, Protocol::Onion.id(), None);
+    let short = neighbour_frame(&links, 0, 1, repr(Protocol::Onion, 0, 1, 1, 2), &[], &[7; 100], 5_000);
+    let noise: Vec<u8> = (0..crate::onion::CELL_LEN).map(|i| (i * 31 + 5) as u8).collect();
+    let fake_create = neighbour_frame(&links, 0, 1, repr(Protocol::Onion, 0, 1, 1, 2), &[], &noise, 5_001);
+    let b = &mut net.host(2).router;
+    assert_eq!(b.receive(0, &short, 2_000), Err(DropReason::BadCell));
+    assert_eq!(b.receive(0, &fake_create, 2_000), Err(DropReason::BadMac));
+    assert_eq!(b.stats().circuits, 0);
+    assert!(b.links_idle());
+}
+
+#[test]
+fn a_refused_service_is_reported_to_the_app_as_refused() {
+    let req = request(3, b"10.0.0.9:81");
+    let mut net = Net::new(&line3(), Protocol::Shortest.id(), Some((1, &req)));
+    let refused = net.run_until(1_000_000, STEP, |net| {
+        serve_opens(net, 3, stream_op::REFUSED);
+        net.host(1).router.request_phase() == RequestPhase::Refused
+    });
+    assert!(refused);
+    let r = &mut net.host(1).router;
+    assert_eq!(r.request_reply_due(), Some(RequestPhase::Refused));
+    assert!(!r.wants_app_input());
+    r.request_replied();
+    assert!(net.run_until(100_000, STEP, |net| {
+        let now = net.now;
+        net.host(1).router.request_done(now)
+    }));
+    // The destination forgot the stream.
+    net.run_for(10_000, STEP);
+    assert_eq!(net.host(3).router.flow_count(), 0);
+}
+
+#[test]
+fn a_destination_stream_is_opened_then_closed_and_forgotten() {
+    let (up, down) = (body(5_000), body(7_000));
+    let links = line3();
+    let (at_service, at_app) = request_round_trip(&links, Protocol::Shortest, 3, &up, &down);
+    assert_eq!((at_service.len(), at_app.len()), (up.len(), down.len()));
+    // And the EOF reached the service's host.
+    let req = request(3, b"x:1");
+    let mut net = Net::new(&links, Protocol::Shortest.id(), Some((1, &req)));
+    let mut flow = None;
+    net.run_until(1_000_000, STEP, |net| {
+        flow = flow.or(serve_opens(net, 3, stream_op::OPENED).first().copied());
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    net.host(1).router.request_replied();
+    net.host(1).router.app_closed();
+    let f = flow.unwrap();
+    Record { node: RECORD_CONTROL, flow: f, payload: &[stream_op::EOF] }.encode(&mut net.host(3).to_router);
+    assert!(net.run_until(2_000_000, STEP, |net| {
+        let now = net.now;
+        net.host(1).router.request_done(now)
+    }));
+    net.run_for(50_000, STEP);
+    let eof = records(&net.host(3).from_router)
+        .iter()
+        .any(|(n, fl, p)| *n == RECORD_CONTROL && *fl == f && p == &[stream_op::EOF]);
+    assert!(eof, "the service's host never heard the app's end");
+    assert_eq!(net.host(3).router.flow_count(), 0);
+}
+
+#[test]
+fn a_router_refuses_a_config_whose_ports_do_not_match_its_links() {
+    let cfg = sim::config(&line3(), 2, 1);
+    let (a, _b) = MemoryLink::pair();
+    let err = Router::new(&cfg, vec![(a, [2; 6])], 0).err();
+    assert_eq!(err, Some(super::RouterError::PortCount { configured: 2, links: 1 }));
+}
+
+#[test]
+fn a_full_link_keeps_frames_queued_until_it_has_room() {
+    let links = line3();
+    let mut net = Net::new(&links, Protocol::Shortest.id(), None);
+    for i in 0..600u32 {
+        datagram(&mut net, 1, 3, i, b"burst");
+    }
+    // Only node 1 runs: its link to 2 fills (256 frames), the rest waits.
+    net.down = vec![2, 3];
+    net.run_for(2_000, STEP);
+    let a = &mut net.host(1).router;
+    assert!(!a.links_idle());
+    assert!(!a.ports()[0].link().can_send(), "the link never filled");
+    net.down.clear();
+    net.run_for(50_000, STEP);
+    assert_eq!(delivered(&mut net, 3).len(), 600);
+    assert_eq!(net.host(1).router.stats().tx_full, 0);
+}
