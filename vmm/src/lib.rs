@@ -14,23 +14,21 @@
 //! - [`pool`]: VM shells prepared before requests arrive;
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
-//! - [`edge`]: the edge host's front door (SOCKS5) and app identification;
-//! - [`topo`]: test hosts (network namespaces) from a topology file;
-//! - [`node`]: a relay or destination host's node VM and its intake;
-//! - [`bench`]: the measurements `pathvm bench` prints.
+//! - [`random`]: entropy for keys and ids.
+//!
+//! The daemons and tools built on it are crates of their own beside this
+//! one: `node` (relay and destination hosts), `edge` (the edge host's front
+//! door and request VMs), `topo` (test hosts), `bench` (measurements) and
+//! `pathvm` (the command).
 
 pub mod arch;
-pub mod bench;
 pub mod builder;
 pub mod devices;
-pub mod edge;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
-pub mod node;
 pub mod pool;
 pub mod random;
-pub mod topo;
 pub mod vcpu;
 pub mod vm;
 

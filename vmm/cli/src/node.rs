@@ -41,7 +41,7 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let image = AgentImage::open(&args.image.unwrap_or_else(super::default_image))?;
     let kvm = KvmContext::open()?;
     let log = if args.quiet { GuestLog::Discard } else { GuestLog::Stderr };
-    let outcome = vmm::node::run(
+    let outcome = node::run(
         &kvm,
         &image,
         &args.config,

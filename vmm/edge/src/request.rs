@@ -18,13 +18,13 @@ use guest_agent::boot::Role;
 use guest_agent::node::{EdgeRequest, NodeConfig};
 use thiserror::Error;
 
-use crate::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
-use crate::kvm::KvmContext;
-use crate::loader::AgentImage;
-use crate::node::{NodeFile, NodeFileError};
-use crate::topo::shell;
-use crate::vcpu::GuestLog;
-use crate::vm::{RunOutcome, VmError};
+use node::shell;
+use node::{NodeFile, NodeFileError};
+use vmm::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
+use vmm::kvm::KvmContext;
+use vmm::loader::AgentImage;
+use vmm::vcpu::GuestLog;
+use vmm::vm::{RunOutcome, VmError};
 
 /// Why a request VM could not run.
 #[derive(Debug, Error)]
@@ -40,7 +40,7 @@ pub enum RequestError {
     Vm(#[from] VmError),
     /// Joining its tap to the links.
     #[error("request VM steering: {0}")]
-    Steering(#[from] crate::topo::TopoError),
+    Steering(#[from] node::shell::CommandError),
 }
 
 /// What one request needs.
@@ -110,12 +110,12 @@ impl Steering {
     /// Brings the taps up (ioctl) and installs every filter with one `tc
     /// -batch` run: each process start costs milliseconds on the connect
     /// path.
-    fn up(taps_and_links: &[(String, String)], flow: u32, prio: u32) -> Result<Self, crate::topo::TopoError> {
+    fn up(taps_and_links: &[(String, String)], flow: u32, prio: u32) -> Result<Self, node::shell::CommandError> {
         let mut s = Self { filters: Vec::new() };
         let mut batch = String::new();
         for (tap, link) in taps_and_links {
             netdev::tap::set_link_up(tap)
-                .map_err(|e| crate::topo::TopoError::Command { cmd: format!("set {tap} up"), msg: e.to_string() })?;
+                .map_err(|e| node::shell::CommandError { cmd: format!("set {tap} up"), msg: e.to_string() })?;
             // The overlay flow id sits 4 bytes into the overlay header,
             // which is where tc's u32 offsets start (after Ethernet).
             ensure_ingress(link);
@@ -162,12 +162,7 @@ pub fn run(
         let offset = 1 + slot % ps.tx_link_span.saturating_sub(1).max(1);
         pc.tx_link_id = ps.tx_link_id + offset;
         let tap = format!("r{:08x}{i}", spec.flow);
-        nets.push(NetConfig {
-            tap: tap.clone(),
-            vhost_user: None,
-            ip: None,
-            mac: crate::node::parse_mac(&ps.mac).ok(),
-        });
+        nets.push(NetConfig { tap: tap.clone(), vhost_user: None, ip: None, mac: node::parse_mac(&ps.mac).ok() });
         steer.push((tap, ps.iface.clone()));
     }
     let mut args = Vec::new();

@@ -35,7 +35,7 @@ use super::hosts::{host_addr, start_daemon, start_node, DaemonError, Down, Reape
 use super::netns_io::in_netns;
 use super::traffic::{self, connect_times, open, request_download, serve, throughput, Via};
 use super::{interrupted, machine, percentile};
-use crate::topo::Topo;
+use topo::Topo;
 
 /// The protocols measured: name, criteria that select it, and the relay
 /// on its path whose death is measured.
@@ -142,7 +142,7 @@ pub struct Measured {
 pub enum ProtocolsBenchError {
     /// Loading or bringing up the hosts.
     #[error(transparent)]
-    Topo(#[from] crate::topo::TopoError),
+    Topo(#[from] topo::TopoError),
     /// The topology lacks a host the benchmark drives.
     #[error("topology {file} has no host {host:?} on a link: the protocols benchmark needs mesh6's hosts a, r1, r2, r3, r4 and c (tests/topologies/mesh6.toml)")]
     MissingHost {

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use vmm::topo::emulator::{self, LinkShape};
-use vmm::topo::Topo;
+use topo::emulator::{self, LinkShape};
+use topo::Topo;
 
 /// Test-host topologies.
 #[derive(Debug, Subcommand)]

@@ -67,15 +67,15 @@ pub struct ProtocolsArgs {
     #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
     /// Topology (hosts a, r1, r2, r3, r4, c like mesh6).
-    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/topologies/mesh6.toml"))]
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/topologies/mesh6.toml"))]
     topology: PathBuf,
     /// Bytes of each throughput download and of each relay-kill download
     /// (1 MiB to 16 GiB).
-    #[arg(long, value_name = "N", default_value_t = vmm::bench::protocols::DEFAULT_BYTES)]
+    #[arg(long, value_name = "N", default_value_t = bench::protocols::DEFAULT_BYTES)]
     bytes: u64,
     /// Connections timed for connect-to-first-byte, per protocol and for
     /// the kernel baseline (1 to 1000).
-    #[arg(long, value_name = "N", default_value_t = vmm::bench::protocols::DEFAULT_CONNECTS)]
+    #[arg(long, value_name = "N", default_value_t = bench::protocols::DEFAULT_CONNECTS)]
     connects: usize,
     /// One JSON object per protocol, one per line, instead of a table.
     #[arg(long)]
@@ -89,7 +89,7 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
     /// Topology (hosts a, b, c in a line, like line3).
-    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/topologies/line3.toml"))]
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/topologies/line3.toml"))]
     topology: PathBuf,
     /// Print one JSON object (the output is JSON either way).
     #[arg(long)]
@@ -103,7 +103,7 @@ pub struct RelayArgs {
     #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
     /// Topology (must have hosts a, b, c in a line, like line3).
-    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/topologies/line3.toml"))]
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/topologies/line3.toml"))]
     topology: PathBuf,
     /// Seconds of sending per rate measurement.
     #[arg(long, default_value_t = 2.0)]
@@ -147,7 +147,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             let image = Arc::new(AgentImage::open(&a.image.unwrap_or_else(super::default_image))?);
             let kvm = Arc::new(KvmContext::open()?);
             let qemu = a.compare_qemu.then_some(a.qemu.as_path());
-            let report = vmm::bench::spawn::run(&kvm, &image, a.count, a.mem, qemu)?;
+            let report = bench::spawn::run(&kvm, &image, a.count, a.mem, qemu)?;
             let _ = a.json;
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
@@ -155,7 +155,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
         BenchCommand::Connect(a) => {
             let image = a.image.unwrap_or_else(super::default_image);
             let exe = std::env::current_exe()?;
-            let report = vmm::bench::connect::run(&exe, &image, &a.topology)?;
+            let report = bench::connect::run(&exe, &image, &a.topology)?;
             let _ = a.json;
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
@@ -171,9 +171,9 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             }
             let image = a.image.unwrap_or_else(super::default_image);
             let exe = std::env::current_exe()?;
-            let opts = vmm::bench::protocols::Options { connects: a.connects, bytes: a.bytes };
+            let opts = bench::protocols::Options { connects: a.connects, bytes: a.bytes };
             let mut first = true;
-            let rows = vmm::bench::protocols::run(&exe, &image, &a.topology, opts, |r| {
+            let rows = bench::protocols::run(&exe, &image, &a.topology, opts, |r| {
                 if a.json {
                     match serde_json::to_string(r) {
                         Ok(line) => println!("{line}"),
@@ -196,7 +196,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
                 return Err("--rounds must be between 1 and 10000".into());
             }
             let _ = a.json;
-            println!("{}", serde_json::to_string(&vmm::bench::router::run(a.rounds))?);
+            println!("{}", serde_json::to_string(&bench::router::run(a.rounds))?);
             Ok(0)
         }
         BenchCommand::Relay(a) => {
@@ -206,7 +206,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             let image = a.image.unwrap_or_else(super::default_image);
             let exe = std::env::current_exe()?;
             let window = std::time::Duration::from_secs_f64(a.seconds);
-            let report = vmm::bench::relay::run(&exe, &image, &a.topology, window)?;
+            let report = bench::relay::run(&exe, &image, &a.topology, window)?;
             let _ = a.json;
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
@@ -216,7 +216,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
 
 /// The table's header and the kernel baseline's line (`pathvm bench
 /// protocols` without --json).
-fn print_table_head(r: &vmm::bench::protocols::ProtocolReport) {
+fn print_table_head(r: &bench::protocols::ProtocolReport) {
     println!(
         "{:<10} {:<37} {:>8} {:>8} {:>9} {:>7} {:>9} {:>6} {:>8}",
         "protocol", "criteria", "p50 ms", "p99 ms", "Mbit/s", "×kernel", "stall ms", "killed", "complete"
@@ -233,8 +233,8 @@ fn print_table_head(r: &vmm::bench::protocols::ProtocolReport) {
 }
 
 /// One protocol's line of the table.
-fn print_table_row(r: &vmm::bench::protocols::ProtocolReport) {
-    use vmm::bench::protocols::Outcome;
+fn print_table_row(r: &bench::protocols::ProtocolReport) {
+    use bench::protocols::Outcome;
     match &r.outcome {
         Outcome::Measured(m) => println!(
             "{:<10} {:<37} {:>8.2} {:>8.2} {:>9.0} {:>7.2} {:>9.0} {:>6} {:>8}",

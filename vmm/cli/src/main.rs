@@ -1,4 +1,6 @@
-//! Command-line interface: one module per subcommand.
+//! The `pathvm` command: one module per subcommand. Each parses its
+//! arguments and calls the library crate that does the work (vmm, node,
+//! edge, topo, bench, policy).
 
 mod bench;
 mod boot;
@@ -60,7 +62,7 @@ pub fn default_image() -> PathBuf {
     if local.exists() {
         return local;
     }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../images/out/agent.elf"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../images/out/agent.elf"))
 }
 
 /// The console's host side as given on the command line.
@@ -127,7 +129,11 @@ fn init_logging() {
 }
 
 /// Runs the command line; returns the process exit status.
-pub fn main() -> i32 {
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {

@@ -8,7 +8,7 @@
 use thiserror::Error;
 
 use super::PortSpec;
-use crate::topo::shell;
+use crate::shell;
 
 /// Why the intake could not be set up.
 #[derive(Debug, Error)]
@@ -16,7 +16,7 @@ use crate::topo::shell;
 pub struct IntakeError {
     iface: String,
     #[source]
-    source: crate::topo::TopoError,
+    source: shell::CommandError,
 }
 
 /// Tap queue length: frames wait here while the VM is parked.
@@ -27,7 +27,7 @@ pub struct Intake {
     ports: Vec<(String, String)>,
 }
 
-fn redirect(from: &str, to: &str) -> Result<(), crate::topo::TopoError> {
+fn redirect(from: &str, to: &str) -> Result<(), shell::CommandError> {
     shell::run(&["tc", "qdisc", "add", "dev", from, "ingress"])?;
     shell::run(&[
         "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0",

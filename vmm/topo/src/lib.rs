@@ -20,7 +20,7 @@ use thiserror::Error;
 
 pub use file::{HostSpec, LinkSpec, TopologyFile};
 
-use crate::node::{HostAddrs, NodeFile, OnionKeySpec, PortSpec, TopoLinkSpec};
+use node::{HostAddrs, NodeFile, OnionKeySpec, PortSpec, TopoLinkSpec};
 
 /// Each side of a link may send under 2^16 directed link ids.
 const LINK_SPAN_BITS: u32 = 16;
@@ -339,13 +339,13 @@ impl Topo {
             .collect();
         // Every host's static onion key; each node gets its secret and
         // everyone's public key.
-        let onion: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| crate::random::bytes::<32>()).collect();
+        let onion: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
         let directory: Vec<OnionKeySpec> = self
             .file
             .hosts
             .iter()
             .zip(&onion)
-            .map(|(h, s)| OnionKeySpec { node: h.id, public: crate::random::hex(&guest_agent::onion::public_key(s)) })
+            .map(|(h, s)| OnionKeySpec { node: h.id, public: vmm::random::hex(&guest_agent::onion::public_key(s)) })
             .collect();
         for (h, secret) in self.file.hosts.iter().zip(&onion) {
             let mut ports = Vec::new();
@@ -384,7 +384,7 @@ impl Topo {
                 host: hosts.clone(),
                 port: ports,
                 link: links.clone(),
-                onion_secret: crate::random::hex(secret),
+                onion_secret: vmm::random::hex(secret),
                 onion_key: directory.clone(),
             };
             let path = self.node_config_path(&h.name);
@@ -441,7 +441,7 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
 }
 
 fn random_key_hex() -> String {
-    crate::random::hex(&crate::random::bytes::<32>())
+    vmm::random::hex(&vmm::random::bytes::<32>())
 }
 
 #[cfg(test)]
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn shipped_topologies_load() {
         for f in ["line3.toml", "mesh6.toml"] {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/topologies").join(f);
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/topologies").join(f);
             let t = Topo::load(&p, None).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert!(t.file.hosts.len() >= 3);
         }
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/topologies/line3.toml");
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/topologies/line3.toml");
         assert!(Topo::load(&p, Some("has-dash")).is_err());
         assert!(Topo::load(&p, Some("waytoolongname")).is_err());
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::topo::Topo;
+use topo::Topo;
 
 /// How long a daemon gets to say it is ready.
 const READY_WITHIN: Duration = Duration::from_secs(20);

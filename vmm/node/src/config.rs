@@ -163,7 +163,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 fn parse_key(s: &str) -> Result<[u8; 32], String> {
-    crate::random::parse_hex32(s, "a link key")
+    vmm::random::parse_hex32(s, "a link key")
 }
 
 impl NodeFile {
@@ -222,12 +222,12 @@ impl NodeFile {
         };
         let onion_secret = match self.onion_secret.as_str() {
             "" => [0; 32],
-            s => crate::random::parse_hex32(s, "onion_secret").map_err(NodeFileError::Invalid)?,
+            s => vmm::random::parse_hex32(s, "onion_secret").map_err(NodeFileError::Invalid)?,
         };
         let directory = self
             .onion_key
             .iter()
-            .map(|k| Ok((k.node, crate::random::parse_hex32(&k.public, &format!("onion key of node {}", k.node))?)))
+            .map(|k| Ok((k.node, vmm::random::parse_hex32(&k.public, &format!("onion key of node {}", k.node))?)))
             .collect::<Result<Vec<_>, String>>()
             .map_err(NodeFileError::Invalid)?;
         let cfg = NodeConfig {
@@ -239,7 +239,7 @@ impl NodeFile {
             epoch_us: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_micros() as u64),
-            seed: crate::random::bytes(),
+            seed: vmm::random::bytes(),
             onion_secret,
             directory,
         };

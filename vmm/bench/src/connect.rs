@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::hosts::{host_addr, start_daemon, start_node, DaemonError, Down};
 use super::traffic::{measure, serve, Via};
 use super::{machine, percentile};
-use crate::topo::Topo;
+use topo::Topo;
 
 /// Connections timed for connect-to-first-byte.
 const CONNECTS: usize = 30;
@@ -44,7 +44,7 @@ pub struct ConnectReport {
 pub enum ConnectBenchError {
     /// Hosts.
     #[error(transparent)]
-    Topo(#[from] crate::topo::TopoError),
+    Topo(#[from] topo::TopoError),
     /// Daemons.
     #[error(transparent)]
     Daemon(#[from] DaemonError),

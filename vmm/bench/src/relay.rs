@@ -19,8 +19,8 @@ use serde::Serialize;
 use super::hosts::{start_node, Down};
 use super::netns_io::{in_netns, pin_to, rx_packets, RawSocket};
 use super::{machine, percentile};
-use crate::node::NodeFile;
-use crate::topo::Topo;
+use node::NodeFile;
+use topo::Topo;
 
 /// Offset of the probe tag in both kinds of probe frame: Ethernet + IPv4 +
 /// UDP for the kernel, Ethernet + overlay header for the relay.
@@ -59,10 +59,10 @@ pub struct RelayReport {
 pub enum RelayBenchError {
     /// Bringing the hosts up.
     #[error(transparent)]
-    Topo(#[from] crate::topo::TopoError),
+    Topo(#[from] topo::TopoError),
     /// Reading B's or A's node configuration.
     #[error(transparent)]
-    NodeFile(#[from] crate::node::NodeFileError),
+    NodeFile(#[from] node::NodeFileError),
     /// Traffic or processes.
     #[error("relay benchmark: {0}")]
     Io(#[from] std::io::Error),

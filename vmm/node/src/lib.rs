@@ -15,6 +15,7 @@
 mod config;
 pub mod connector;
 mod plumbing;
+pub mod shell;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -28,11 +29,11 @@ use guest_agent::boot::Role;
 use netdev::vhost_user::BackendHandle;
 use netdev::Tap;
 
-use crate::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VhostUserPort, VmConfig};
-use crate::kvm::KvmContext;
-use crate::loader::AgentImage;
-use crate::vcpu::GuestLog;
-use crate::vm::{RunOutcome, StopHandle, VmError};
+use vmm::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VhostUserPort, VmConfig};
+use vmm::kvm::KvmContext;
+use vmm::loader::AgentImage;
+use vmm::vcpu::GuestLog;
+use vmm::vm::{RunOutcome, StopHandle, VmError};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]

@@ -12,12 +12,12 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::{machine, percentile, rss_kib};
-use crate::builder::{build_vm, finish_vm, BuildError, ConsoleConfig, VmConfig};
-use crate::kvm::KvmContext;
-use crate::loader::AgentImage;
-use crate::pool::ShellPool;
-use crate::vcpu::GuestLog;
-use crate::vm::VmError;
+use vmm::builder::{build_vm, finish_vm, BuildError, ConsoleConfig, VmConfig};
+use vmm::kvm::KvmContext;
+use vmm::loader::AgentImage;
+use vmm::pool::ShellPool;
+use vmm::vcpu::GuestLog;
+use vmm::vm::VmError;
 
 /// VMs kept running at once to measure memory per VM.
 const RSS_VMS: usize = 16;

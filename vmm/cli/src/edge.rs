@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use edge::peer;
+use edge::request::{self, RequestSpec, SlotAllocator};
+use edge::socks::{self, Reply, Target};
+use node::NodeFile;
 use policy::{select, Criteria, ManifestDir};
-use vmm::edge::peer;
-use vmm::edge::request::{self, RequestSpec, SlotAllocator};
-use vmm::edge::socks::{self, Reply, Target};
-use vmm::node::NodeFile;
 use vmm::vcpu::GuestLog;
 use vmm::{AgentImage, KvmContext};
 
