@@ -45,9 +45,10 @@ test: deps image
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## bench: spawn beside QEMU microvm; relay, connect and each protocol beside the kernel
+## bench: spawn beside QEMU microvm; the router alone beside open+seal; relay, connect and each protocol beside the kernel
 bench: deps build
 	$(PATHVM) bench spawn -n 200 --compare-qemu --json --image $(IMAGE)
+	taskset -c 1 $(PATHVM) bench router --json
 	$(PATHVM) bench relay --json --image $(IMAGE)
 	$(PATHVM) bench connect --json --image $(IMAGE)
 	$(PATHVM) bench protocols --json --image $(IMAGE)
