@@ -59,6 +59,72 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
     assert!(metrics("c")["node"]["delivered"].as_u64().unwrap() > 0);
 }
 
+/// A directory holding only `tc`, `ip` and `sysctl` stand-ins that record
+/// their command line in `log` and fail: as a PATH, it makes any of them
+/// run by name both visible and useless.
+fn tripwire_path(dir: &std::path::Path, log: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["tc", "ip", "sysctl"] {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\nexit 1\n", log.display())).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+#[test]
+fn nodes_and_requests_set_up_their_taps_and_filters_without_spawning_tc_ip_or_sysctl() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    // Setting the test hosts up may use iproute2; the daemons may not.
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let spawned = dir.0.join("spawned");
+    let path = tripwire_path(&dir.0, &spawned);
+    let node = |host: &str, id: u16| {
+        let mut cmd = topo.node(host, &dir.0.join(format!("{host}.json")));
+        cmd.env("PATH", &path);
+        topo.start_node_from(cmd, id)
+    };
+    let c = node("c", 3);
+    let b = node("b", 2);
+    let body = random_bytes(1 << 20, 71);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let mut cmd = edge_command(&topo, std::path::Path::new("/nonexistent"));
+    cmd.env("PATH", &path);
+    let edge = start_edge_from(cmd);
+
+    // Requests one after another: each steers its VM's taps and unsteers them.
+    for i in 0..3 {
+        let (code, got) = curl(&topo, &format!("http://c:{port}/x"), None);
+        assert_eq!(code, Some(0), "request {i}");
+        assert!(sha256(&got) == sha256(&body), "request {i}: {} of {} bytes", got.len(), body.len());
+    }
+    let in_ns = |host: &str, args: &[&str]| -> String {
+        let out = Command::new("ip").args(["netns", "exec", &topo.netns(host)]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_ns("a", &["tc", "filter", "show", "dev", "ln0", "ingress"]).contains("mirred")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!in_ns("a", &["tc", "filter", "show", "dev", "ln0", "ingress"]).contains("mirred"), "steering left");
+    drop(edge.child);
+    // A node that exits takes its taps and redirects with it.
+    assert!(in_ns("b", &["ip", "-o", "link"]).contains("tap0"), "B's intake tap");
+    b.terminate(Duration::from_secs(20));
+    c.terminate(Duration::from_secs(20));
+    assert!(!in_ns("b", &["ip", "-o", "link"]).contains("tap"), "B's taps left");
+    assert!(!in_ns("b", &["tc", "qdisc", "show"]).contains("ingress"), "B's ingress qdiscs left");
+    let ran = std::fs::read_to_string(&spawned).unwrap_or_default();
+    assert!(ran.is_empty(), "the daemons ran iproute2 or sysctl:\n{ran}");
+}
+
 #[test]
 fn fifty_concurrent_requests_each_complete_in_their_own_vm() {
     if !require(&[Need::Kvm, Need::Netns]) {

@@ -15,13 +15,16 @@
 //!   emulation;
 //! - [`netns`]: running code inside a test host's network namespace;
 //! - [`ethtool`]: switching offloads off on interfaces a program carries
-//!   frames between.
+//!   frames between;
+//! - [`netlink`]: links, ingress qdiscs and tc redirect filters over
+//!   rtnetlink, so the request path and the node spawn no `tc` or `ip`.
 //!
 //! Nothing here knows about the VMM.
 
 pub mod chain;
 pub mod ethtool;
 pub mod metrics;
+pub mod netlink;
 pub mod netns;
 pub mod packet_socket;
 pub mod queue_pair;

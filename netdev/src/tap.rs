@@ -8,10 +8,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use thiserror::Error;
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 
 /// Size of `virtio_net_hdr_v1`, the header the tap reads and writes.
 pub const VNET_HDR_LEN: usize = 12;
@@ -22,10 +23,21 @@ const TUN_PATH: &str = "/dev/net/tun";
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
-// _IOW('T', n, int)
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+/// The tun driver's ioctls (`linux/if_tun.h`), numbered by vmm-sys-util's
+/// macros from their type, number and argument size. Private: callers use
+/// [`Tap`].
+mod ioctls {
+    use std::os::raw::{c_int, c_uint};
+
+    /// The tun driver's ioctl type, `'T'`.
+    const TUNTAP: c_uint = b'T' as c_uint;
+
+    vmm_sys_util::ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, c_int);
+    vmm_sys_util::ioctl_iow_nr!(TUNSETPERSIST, TUNTAP, 203, c_int);
+    vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, c_uint);
+    vmm_sys_util::ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, c_int);
+}
 
 /// Why a tap could not be opened.
 #[derive(Debug, Error)]
@@ -75,35 +87,30 @@ pub struct Tap {
 impl Tap {
     /// Opens (creating if needed) the tap `name` with a virtio-net header.
     pub fn open(name: &str) -> Result<Self, TapError> {
-        if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains(['/', ' ', '\t', '\n']) {
-            return Err(TapError::InvalidName(name.to_string()));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(TUN_PATH)
-            .map_err(TapError::OpenTun)?;
-        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes an ifreq; `req` is a valid,
-        // correctly sized ifreq that outlives the call.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            let err = io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::EBUSY) => TapError::Busy(name.to_string()),
-                Some(libc::EINVAL) => TapError::NotATap(name.to_string()),
-                Some(libc::EPERM) | Some(libc::EACCES) => TapError::NotPermitted(name.to_string()),
-                _ => TapError::Ioctl { name: name.to_string(), op: "TUNSETIFF", source: err },
-            });
-        }
-        let tap = Self { file, name: name.to_string() };
+        let tap = Self { file: attach(name)?, name: name.to_string() };
         let hdr_len = VNET_HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
-        tap.check(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) }, "TUNSETVNETHDRSZ")?;
+        // SAFETY: TUNSETVNETHDRSZ reads an int through the reference, which
+        // outlives the call; the fd is our open tap.
+        tap.check(unsafe { ioctl_with_ref(&tap.file, ioctls::TUNSETVNETHDRSZ(), &hdr_len) }, "TUNSETVNETHDRSZ")?;
         // SAFETY: TUNSETOFFLOAD takes its flags by value.
-        tap.check(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) }, "TUNSETOFFLOAD")?;
+        tap.check(unsafe { ioctl_with_val(&tap.file, ioctls::TUNSETOFFLOAD(), 0) }, "TUNSETOFFLOAD")?;
         Ok(tap)
+    }
+
+    /// Creates tap `name` with a virtio-net header and leaves it in place
+    /// when this process lets go of it (what `ip tuntap add NAME mode tap
+    /// vnet_hdr` does): a node's tc redirects need the tap to exist before
+    /// its VM or vhost-user backend opens it. Delete it as a link
+    /// ([`crate::netlink::Netlink::del_link`]).
+    pub fn create_persistent(name: &str) -> Result<(), TapError> {
+        let file = attach(name)?;
+        // SAFETY: TUNSETPERSIST takes its flag by value; the fd is our
+        // attached tap.
+        if unsafe { ioctl_with_val(&file, ioctls::TUNSETPERSIST(), 1) } < 0 {
+            let source = io::Error::last_os_error();
+            return Err(TapError::Ioctl { name: name.to_string(), op: "TUNSETPERSIST", source });
+        }
+        Ok(())
     }
 
     fn check(&self, rc: libc::c_int, op: &'static str) -> Result<(), TapError> {
@@ -139,32 +146,32 @@ impl Tap {
     }
 }
 
-/// Brings interface `name` up (SIOCSIFFLAGS, no `ip` process: request VMs
-/// are on the connect path).
-pub fn set_link_up(name: &str) -> io::Result<()> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+/// Opens /dev/net/tun and attaches it to tap `name` (created if missing)
+/// with a virtio-net header and no packet information.
+fn attach(name: &str) -> Result<File, TapError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains(['/', ' ', '\t', '\n']) {
+        return Err(TapError::InvalidName(name.to_string()));
     }
-    // SAFETY: a plain datagram socket for interface ioctls; checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket we own.
-    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let mut req = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(TUN_PATH)
+        .map_err(TapError::OpenTun)?;
+    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq we own.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    // SAFETY: TUNSETIFF reads and writes an ifreq; `req` is a valid,
+    // correctly sized ifreq that outlives the call.
+    if unsafe { ioctl_with_mut_ref(&file, ioctls::TUNSETIFF(), &mut req) } < 0 {
+        let err = io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::EBUSY) => TapError::Busy(name.to_string()),
+            Some(libc::EINVAL) => TapError::NotATap(name.to_string()),
+            Some(libc::EPERM) | Some(libc::EACCES) => TapError::NotPermitted(name.to_string()),
+            _ => TapError::Ioctl { name: name.to_string(), op: "TUNSETIFF", source: err },
+        });
     }
-    Ok(())
+    Ok(file)
 }
 
 impl AsRawFd for Tap {
@@ -182,6 +189,20 @@ mod tests {
         for name in ["", "a/b", "with space", "sixteen-chars-xx"] {
             assert!(matches!(Tap::open(name), Err(TapError::InvalidName(_))), "{name:?}");
         }
+    }
+
+    #[test]
+    fn ioctl_numbers_are_the_kernels() {
+        // _IOW('T', n, int) from linux/if_tun.h, as the kernel headers spell them.
+        assert_eq!(ioctls::TUNSETIFF(), 0x4004_54ca);
+        assert_eq!(ioctls::TUNSETPERSIST(), 0x4004_54cb);
+        assert_eq!(ioctls::TUNSETOFFLOAD(), 0x4004_54d0);
+        assert_eq!(ioctls::TUNSETVNETHDRSZ(), 0x4004_54d8);
+    }
+
+    #[test]
+    fn a_persistent_tap_refuses_invalid_names_too() {
+        assert!(matches!(Tap::create_persistent("a/b"), Err(TapError::InvalidName(_))));
     }
 
     #[test]

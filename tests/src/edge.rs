@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{image, pathvm_bin, serve_in, ChildGuard, TopoGuard};
+use crate::{image, ip_bin, pathvm_bin, serve_in, ChildGuard, TopoGuard};
 
 /// An HTTP/1.0 server in `ns` answering every request with `body`.
 pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
@@ -38,11 +38,22 @@ pub fn start_edge(topo: &TopoGuard) -> Edge {
 
 /// The same, with a manifest directory.
 pub fn start_edge_with(topo: &TopoGuard, manifests: &std::path::Path) -> Edge {
-    let mut c = Command::new("ip");
+    start_edge_from(edge_command(topo, manifests))
+}
+
+/// `pathvm edge` in A's namespace with a manifest directory, for the
+/// caller to adjust before [`start_edge_from`].
+pub fn edge_command(topo: &TopoGuard, manifests: &std::path::Path) -> Command {
+    let mut c = Command::new(ip_bin());
     c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
     c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
     c.arg("--manifests").arg(manifests).arg("--guest-log");
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+/// Starts an [`edge_command`] and waits until it listens.
+pub fn start_edge_from(mut c: Command) -> Edge {
     let mut child = ChildGuard::new(c.spawn().unwrap());
     let err = child.get().stderr.take().unwrap();
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

@@ -100,6 +100,13 @@ fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.exists())
 }
 
+/// `ip`, by the path this test's PATH finds it at: a command started
+/// through `ip netns exec` may be given a PATH of its own without losing
+/// `ip` itself.
+pub fn ip_bin() -> PathBuf {
+    which("ip").unwrap_or_else(|| PathBuf::from("ip"))
+}
+
 /// A command that must succeed; panics with its output otherwise.
 pub fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -316,7 +323,7 @@ impl TopoGuard {
 
     /// `pathvm node` for `host`, inside its namespace, with piped stdio.
     pub fn node(&self, host: &str, metrics: &Path) -> Command {
-        let mut c = Command::new("ip");
+        let mut c = Command::new(ip_bin());
         c.args(["netns", "exec", &self.netns(host)]).arg(pathvm_bin());
         c.args(["node", "--image"]).arg(image()).arg("--config").arg(self.node_config(host));
         c.arg("--metrics").arg(metrics);
@@ -327,7 +334,13 @@ impl TopoGuard {
     /// Starts `pathvm node` for `host` (node id `id`) and waits until its
     /// VM is up; its stderr keeps draining in the background.
     pub fn start_node(&self, host: &str, id: u16, metrics: &Path) -> ChildGuard {
-        let mut g = ChildGuard::new(self.node(host, metrics).spawn().expect("spawn pathvm node"));
+        self.start_node_from(self.node(host, metrics), id)
+    }
+
+    /// The same with a [`TopoGuard::node`] command the caller adjusted
+    /// (its environment, say).
+    pub fn start_node_from(&self, mut cmd: Command, id: u16) -> ChildGuard {
+        let mut g = ChildGuard::new(cmd.spawn().expect("spawn pathvm node"));
         // The drain thread outlives its handle: dropping it only detaches it.
         let _drain = wait_for_stderr(g.get(), &format!("node {id} up"), Duration::from_secs(20));
         g

@@ -1,8 +1,9 @@
 //! One request, one VM: the edge host's half of a connection.
 //!
 //! The request VM gets a port per link of the edge host: a tap the VMM
-//! serves, joined to the link by tc (frames it sends go out of the link;
-//! frames from the link carrying its flow id come to it), and a directed
+//! serves, joined to the link by tc filters installed over rtnetlink
+//! (frames it sends go out of the link; frames from the link carrying its
+//! flow id come to it; no `tc` process on the connect path), and a directed
 //! link id of its own from the edge side's span, so relays keep its
 //! sequence numbers and key apart from every other sender's. Its console is
 //! the application's connection, after the SOCKS handshake: the agent
@@ -16,9 +17,9 @@ use std::sync::Mutex;
 
 use guest_agent::boot::Role;
 use guest_agent::node::{EdgeRequest, NodeConfig};
+use netdev::netlink::{Interface, Netlink, NetlinkError, U32Match};
 use thiserror::Error;
 
-use node::shell;
 use node::{NodeFile, NodeFileError};
 use vmm::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
 use vmm::kvm::KvmContext;
@@ -38,9 +39,10 @@ pub enum RequestError {
     /// Running it.
     #[error(transparent)]
     Vm(#[from] VmError),
-    /// Joining its tap to the links.
+    /// Joining its taps to the links (bringing a tap up, a qdisc, a
+    /// redirect filter: the error names which, and on what).
     #[error("request VM steering: {0}")]
-    Steering(#[from] node::shell::CommandError),
+    Steering(#[from] NetlinkError),
 }
 
 /// What one request needs.
@@ -91,44 +93,45 @@ impl SlotAllocator {
 
 /// tc steering of one request VM; removed on drop.
 struct Steering {
-    filters: Vec<(String, u32)>,
+    netlink: Netlink,
+    /// The links' filters for this VM (the taps' go with the taps).
+    filters: Vec<(Interface, u16)>,
 }
 
-/// Adds the ingress qdisc of `link` once per process: concurrent requests
-/// must not race to create it.
-fn ensure_ingress(link: &str) {
-    static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Adds the ingress qdisc of `link` once per process: one that exists
+/// already (an earlier edge, a node) is fine, and later requests skip the
+/// round trip.
+fn ensure_ingress(netlink: &mut Netlink, link: &Interface) -> Result<(), NetlinkError> {
+    static DONE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
     let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
-    if !done.iter().any(|l| l == link) {
-        // Exists already (an earlier edge, a node): fine either way.
-        shell::quiet(&["tc", "qdisc", "add", "dev", link, "ingress"]);
-        done.push(link.to_string());
+    if !done.contains(&link.index()) {
+        netlink.add_ingress_qdisc(link)?;
+        done.push(link.index());
     }
+    Ok(())
+}
+
+/// The overlay flow id sits 4 bytes into the overlay header, which is
+/// where tc's u32 offsets start (after Ethernet).
+fn flow_match(flow: u32) -> U32Match {
+    U32Match { value: flow, mask: u32::MAX, offset: 4 }
 }
 
 impl Steering {
-    /// Brings the taps up (ioctl) and installs every filter with one `tc
-    /// -batch` run: each process start costs milliseconds on the connect
-    /// path.
-    fn up(taps_and_links: &[(String, String)], flow: u32, prio: u32) -> Result<Self, node::shell::CommandError> {
-        let mut s = Self { filters: Vec::new() };
-        let mut batch = String::new();
+    /// Brings the taps up and joins each to its link, both ways, over one
+    /// netlink socket: a process start would cost milliseconds on the
+    /// connect path.
+    fn up(taps_and_links: &[(String, String)], flow: u32, prio: u16) -> Result<Self, NetlinkError> {
+        let mut s = Self { netlink: Netlink::open()?, filters: Vec::new() };
         for (tap, link) in taps_and_links {
-            netdev::tap::set_link_up(tap)
-                .map_err(|e| node::shell::CommandError { cmd: format!("set {tap} up"), msg: e.to_string() })?;
-            // The overlay flow id sits 4 bytes into the overlay header,
-            // which is where tc's u32 offsets start (after Ethernet).
-            ensure_ingress(link);
-            batch.push_str(&format!(
-                "filter add dev {link} parent ffff: prio {prio} protocol all u32 match u32 {flow:#010x} 0xffffffff at 4 action mirred egress redirect dev {tap}\n"
-            ));
-            batch.push_str(&format!("qdisc add dev {tap} ingress\n"));
-            batch.push_str(&format!(
-                "filter add dev {tap} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {link}\n"
-            ));
+            let (tap, link) = (Interface::by_name(tap)?, Interface::by_name(link)?);
+            s.netlink.set_link_up(&tap)?;
+            ensure_ingress(&mut s.netlink, &link)?;
+            s.netlink.add_redirect(&link, flow_match(flow), prio, &tap)?;
             s.filters.push((link.clone(), prio));
+            s.netlink.add_ingress_qdisc(&tap)?;
+            s.netlink.add_redirect(&tap, U32Match::ANY, 0, &link)?;
         }
-        shell::run_with_input(&["tc", "-batch", "-"], &batch)?;
         Ok(s)
     }
 }
@@ -136,7 +139,9 @@ impl Steering {
 impl Drop for Steering {
     fn drop(&mut self) {
         for (link, prio) in &self.filters {
-            shell::quiet(&["tc", "filter", "del", "dev", link, "parent", "ffff:", "prio", &prio.to_string()]);
+            if let Err(e) = self.netlink.del_filters(link, *prio) {
+                tracing::warn!("request steering left behind: {e}");
+            }
         }
     }
 }
@@ -178,6 +183,8 @@ pub fn run(
         guest_log,
     };
     let vm = build_vm(kvm, image, vm_cfg)?;
-    let _steering = Steering::up(&steer, spec.flow, 1 + slot % 40_000)?;
+    // One tc priority per live request (slots wrap well below u16::MAX).
+    let prio = u16::try_from(1 + slot % 40_000).unwrap_or(u16::MAX);
+    let _steering = Steering::up(&steer, spec.flow, prio)?;
     Ok(vm.run()?)
 }

@@ -15,7 +15,6 @@
 mod config;
 pub mod connector;
 mod plumbing;
-pub mod shell;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
