@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use thiserror::Error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -25,8 +26,6 @@ use crate::metrics::NetMetrics;
 use crate::queue_pair::{tap_to_rx, tx_to_tap, RxFrame, MAX_FRAME_WITH_HDR};
 use crate::tap::Tap;
 
-/// virtio 1.x.
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Receive queue.
 const RX: u16 = 0;
 /// Transmit queue.
@@ -109,7 +108,7 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

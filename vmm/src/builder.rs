@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use guest_agent::boot::{self, BootParams, DeviceDesc, MemRegion, Role, MAX_DEVICES};
 use kvm_ioctls::{IoEventAddress, VcpuFd, VmFd};
 use thiserror::Error;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{self, layout};
 use crate::devices::virtio::console::{Console, ConsoleBackend};
-use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vhost_user_net::VhostUserNet;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -175,7 +176,7 @@ impl Assembly<'_> {
             let d = device.lock().unwrap_or_else(|p| p.into_inner());
             for (q, evt) in d.queue_events().iter().enumerate() {
                 self.vm_fd
-                    .register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32)
+                    .register_ioevent(evt, &IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY)), q as u32)
                     .map_err(|source| BuildError::KvmIoctl { op: "KVM_IOEVENTFD", source })?;
             }
             d.device_type()

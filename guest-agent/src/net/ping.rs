@@ -1,18 +1,20 @@
-//! ARP and ICMP echo responder.
+//! ARP and ICMP echo responder, on smoltcp's wire types.
 //!
 //! [`answer`] parses totally: any frame, however short or malformed, yields
-//! either a reply or a [`Ignored`] reason for the caller to count. Nothing
-//! here indexes a slice without a preceding length check.
+//! either a reply or a [`Ignored`] reason for the caller to count. smoltcp's
+//! `new_checked` constructors check every length field against the buffer
+//! before any accessor runs, and its `Repr::parse` checks meaning (version,
+//! checksum, fragments); the replies are emitted from `Repr`s, which fill in
+//! the checksums.
 
-use super::checksum::internet_checksum;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet,
+    Icmpv4Repr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
+};
 
-const ETH_HDR: usize = 14;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ARP_LEN: usize = 28;
-const IP_PROTO_ICMP: u8 = 1;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_ECHO_REPLY: u8 = 0;
+/// Hop limit of our replies (Linux's default TTL).
+const REPLY_TTL: u8 = 64;
 
 /// The interface the responder answers for.
 #[derive(Debug, Clone, Copy)]
@@ -40,81 +42,123 @@ pub enum Ignored {
 
 /// Writes the reply to `frame` into `out`; returns its length.
 pub fn answer(frame: &[u8], me: &Iface, out: &mut [u8]) -> Result<usize, Ignored> {
-    if frame.len() < ETH_HDR {
-        return Err(Ignored::Truncated);
-    }
-    match u16::from_be_bytes([frame[12], frame[13]]) {
-        ETHERTYPE_ARP => answer_arp(frame, me, out),
-        ETHERTYPE_IPV4 => answer_icmp(frame, me, out),
+    let frame = EthernetFrame::new_checked(frame).map_err(|_| Ignored::Truncated)?;
+    match frame.ethertype() {
+        EthernetProtocol::Arp => answer_arp(&frame, me, out),
+        EthernetProtocol::Ipv4 => answer_icmp(&frame, me, out),
         _ => Err(Ignored::OtherEthertype),
     }
 }
 
-fn eth_reply_header(frame: &[u8], me: &Iface, out: &mut [u8], ethertype: u16) {
-    out[0..6].copy_from_slice(&frame[6..12]);
-    out[6..12].copy_from_slice(&me.mac);
-    out[12..14].copy_from_slice(&ethertype.to_be_bytes());
+/// Writes the Ethernet header of a reply to `frame` (back to its sender)
+/// and returns the frame, `payload_len` bytes after the header.
+fn reply_frame<'o>(
+    frame: &EthernetFrame<&[u8]>,
+    me: &Iface,
+    out: &'o mut [u8],
+    payload_len: usize,
+) -> Result<EthernetFrame<&'o mut [u8]>, Ignored> {
+    let out = out.get_mut(..ETHERNET_HEADER_LEN + payload_len).ok_or(Ignored::NoRoom)?;
+    let mut reply = EthernetFrame::new_unchecked(out);
+    let repr =
+        EthernetRepr { src_addr: EthernetAddress(me.mac), dst_addr: frame.src_addr(), ethertype: frame.ethertype() };
+    repr.emit(&mut reply);
+    Ok(reply)
 }
 
-fn answer_arp(frame: &[u8], me: &Iface, out: &mut [u8]) -> Result<usize, Ignored> {
-    let arp = frame.get(ETH_HDR..ETH_HDR + ARP_LEN).ok_or(Ignored::Truncated)?;
-    // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4, oper 1 (request).
-    if arp[0..8] != [0, 1, 8, 0, 6, 4, 0, 1] || arp[24..28] != me.ip {
+fn answer_arp(frame: &EthernetFrame<&[u8]>, me: &Iface, out: &mut [u8]) -> Result<usize, Ignored> {
+    let arp = ArpPacket::new_checked(frame.payload()).map_err(|_| Ignored::Truncated)?;
+    let Ok(ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr,
+        source_protocol_addr,
+        target_protocol_addr,
+        ..
+    }) = ArpRepr::parse(&arp)
+    else {
+        return Err(Ignored::OtherArp);
+    };
+    if target_protocol_addr != Ipv4Address::from(me.ip) {
         return Err(Ignored::OtherArp);
     }
-    let len = ETH_HDR + ARP_LEN;
-    let out = out.get_mut(..len).ok_or(Ignored::NoRoom)?;
-    eth_reply_header(frame, me, out, ETHERTYPE_ARP);
-    let r = &mut out[ETH_HDR..];
-    r[0..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
-    r[6..8].copy_from_slice(&2u16.to_be_bytes());
-    r[8..14].copy_from_slice(&me.mac);
-    r[14..18].copy_from_slice(&me.ip);
-    r[18..28].copy_from_slice(&arp[8..18]); // requester's MAC and IP
-    Ok(len)
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: EthernetAddress(me.mac),
+        source_protocol_addr: Ipv4Address::from(me.ip),
+        target_hardware_addr: source_hardware_addr,
+        target_protocol_addr: source_protocol_addr,
+    };
+    let mut reply = reply_frame(frame, me, out, repr.buffer_len())?;
+    repr.emit(&mut ArpPacket::new_unchecked(reply.payload_mut()));
+    Ok(ETHERNET_HEADER_LEN + repr.buffer_len())
 }
 
-fn answer_icmp(frame: &[u8], me: &Iface, out: &mut [u8]) -> Result<usize, Ignored> {
-    let ip = &frame[ETH_HDR..];
-    if ip.len() < 20 || ip[0] >> 4 != 4 {
+fn answer_icmp(frame: &EthernetFrame<&[u8]>, me: &Iface, out: &mut [u8]) -> Result<usize, Ignored> {
+    let ip = Ipv4Packet::new_checked(frame.payload()).map_err(|_| Ignored::Truncated)?;
+    // smoltcp's length check takes any header length up to the total; a
+    // header shorter than the fixed 20 bytes is malformed.
+    if usize::from(ip.header_len()) < IPV4_HEADER_LEN {
         return Err(Ignored::Truncated);
     }
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
-    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if ihl < 20 || total < ihl + 8 || total > ip.len() {
-        return Err(Ignored::Truncated);
-    }
-    let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff; // MF + offset
-    if ip[9] != IP_PROTO_ICMP || ip[16..20] != me.ip || frag != 0 || internet_checksum(&ip[..ihl]) != 0 {
+    let caps = ChecksumCapabilities::default();
+    // Fragments are refused here rather than by `parse`, which accepts
+    // them when smoltcp's reassembly feature is on anywhere in the build.
+    if ip.more_frags() || ip.frag_offset() != 0 {
         return Err(Ignored::OtherIp);
     }
-    let icmp = &ip[ihl..total];
-    if icmp[0] != ICMP_ECHO_REQUEST || icmp[1] != 0 || internet_checksum(icmp) != 0 {
+    let ip_repr = Ipv4Repr::parse(&ip, &caps).map_err(|_| Ignored::OtherIp)?;
+    if ip_repr.next_header != IpProtocol::Icmp || ip_repr.dst_addr != Ipv4Address::from(me.ip) {
         return Err(Ignored::OtherIp);
     }
-    let len = ETH_HDR + 20 + icmp.len();
-    let out = out.get_mut(..len).ok_or(Ignored::NoRoom)?;
-    eth_reply_header(frame, me, out, ETHERTYPE_IPV4);
-    let h = &mut out[ETH_HDR..ETH_HDR + 20];
-    let ip_total = (20 + icmp.len()) as u16;
-    h.copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, IP_PROTO_ICMP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    h[2..4].copy_from_slice(&ip_total.to_be_bytes());
-    h[12..16].copy_from_slice(&me.ip);
-    h[16..20].copy_from_slice(&ip[12..16]);
-    let c = internet_checksum(h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    let r = &mut out[ETH_HDR + 20..len];
-    r.copy_from_slice(icmp);
-    r[0] = ICMP_ECHO_REPLY;
-    r[2..4].fill(0);
-    let c = internet_checksum(r);
-    r[2..4].copy_from_slice(&c.to_be_bytes());
-    Ok(len)
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).map_err(|_| Ignored::Truncated)?;
+    let Ok(Icmpv4Repr::EchoRequest { ident, seq_no, data }) = Icmpv4Repr::parse(&icmp, &caps) else {
+        return Err(Ignored::OtherIp);
+    };
+    let icmp_repr = Icmpv4Repr::EchoReply { ident, seq_no, data };
+    let ip_reply = Ipv4Repr {
+        src_addr: Ipv4Address::from(me.ip),
+        dst_addr: ip_repr.src_addr,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp_repr.buffer_len(),
+        hop_limit: REPLY_TTL,
+    };
+    let ip_len = ip_reply.buffer_len() + icmp_repr.buffer_len();
+    let mut reply = reply_frame(frame, me, out, ip_len)?;
+    let mut ip_out = Ipv4Packet::new_unchecked(reply.payload_mut());
+    ip_reply.emit(&mut ip_out, &caps);
+    icmp_repr.emit(&mut Icmpv4Packet::new_unchecked(ip_out.payload_mut()), &caps);
+    Ok(ETHERNET_HEADER_LEN + ip_len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ICMP_ECHO_REPLY: u8 = 0;
+
+    /// RFC 1071 checksum, written out here so the tests check smoltcp's
+    /// output against something other than smoltcp.
+    fn internet_checksum(data: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        let mut chunks = data.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+        }
+        if let [last] = chunks.remainder() {
+            sum += (*last as u32) << 8;
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn test_checksum_matches_rfc1071_example() {
+        // RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2.
+        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(internet_checksum(&[0xff]), !0xff00);
+    }
 
     const ME: Iface = Iface { mac: [2, 0, 0, 0, 0, 2], ip: [10, 0, 0, 2] };
     const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -187,6 +231,26 @@ mod tests {
     fn corrupted_ip_checksum_is_ignored() {
         let mut req = echo_request(b"x");
         req[24] ^= 0xff;
+        assert_eq!(answer(&req, &ME, &mut [0u8; 128]), Err(Ignored::OtherIp));
+    }
+
+    #[test]
+    fn ip_header_shorter_than_twenty_bytes_is_truncation() {
+        let mut req = echo_request(b"abc");
+        req[14] = 0x44; // ihl 16: within the total length, but no IPv4 header
+        req[24..26].fill(0);
+        let c = internet_checksum(&req[14..30]);
+        req[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(answer(&req, &ME, &mut [0u8; 128]), Err(Ignored::Truncated));
+    }
+
+    #[test]
+    fn fragments_are_ignored() {
+        let mut req = echo_request(b"abc");
+        req[20] |= 0x20; // more fragments
+        req[24..26].fill(0);
+        let c = internet_checksum(&req[14..34]);
+        req[24..26].copy_from_slice(&c.to_be_bytes());
         assert_eq!(answer(&req, &ME, &mut [0u8; 128]), Err(Ignored::OtherIp));
     }
 

@@ -16,11 +16,17 @@ pub use buffers::DmaBuffers;
 pub use mmio::MmioTransport;
 pub use queue::SplitQueue;
 
-/// "virt": the value of the MagicValue register.
+// The virtio constants the agent uses, in one place. They are written out
+// rather than taken from `virtio-bindings` because that crate links `std`,
+// whose panic handler collides with the image's (E0152); the host test at
+// the end of this file holds each one to `virtio-bindings`, which the VMM
+// uses directly, so the two sides cannot drift apart.
+
+/// "virt": the value of the MagicValue register (not in `virtio-bindings`;
+/// the VMM uses this one).
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
 
-/// virtio-mmio register offsets (virtio 1.x, 4.2.2), shared by the agent's
-/// drivers and the VMM's transport so the two cannot disagree.
+/// virtio-mmio register offsets (virtio 1.x, 4.2.2).
 pub mod reg {
     #![allow(missing_docs)]
     pub const MAGIC: u64 = 0x000;
@@ -65,10 +71,20 @@ pub mod status {
     pub const FAILED: u32 = 128;
 }
 
-/// Feature bits shared by every device type.
+/// Feature bits, as masks over the 64-bit feature word.
 pub mod features {
-    /// Virtio 1.x semantics (bit 32).
+    /// Virtio 1.x semantics (bit 32); every device type.
     pub const VERSION_1: u64 = 1 << 32;
+    /// virtio-net: the device has a MAC address in its config space (bit 5).
+    pub const NET_MAC: u64 = 1 << 5;
+}
+
+/// Split-virtqueue flags (virtio 1.x, 2.7.5 and 2.7.8).
+pub mod ring {
+    /// Descriptor flag: the device writes this buffer.
+    pub const DESC_F_WRITE: u16 = 2;
+    /// Used-ring flag: the device does not want to be kicked.
+    pub const USED_F_NO_NOTIFY: u16 = 1;
 }
 
 /// Why a device could not be brought up or used.
@@ -108,5 +124,76 @@ impl core::fmt::Display for VirtioError {
             Self::QueueUnavailable(q) => write!(f, "virtqueue {q} unavailable"),
             Self::OutOfMemory => write!(f, "out of memory for virtqueues"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every constant above against `virtio-bindings` (Linux's headers).
+
+    use virtio_bindings::virtio_config::*;
+    use virtio_bindings::virtio_ids::{VIRTIO_ID_CONSOLE, VIRTIO_ID_NET};
+    use virtio_bindings::virtio_mmio::*;
+    use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
+
+    use super::{features, reg, ring, status};
+    use crate::boot::device_id;
+
+    #[test]
+    fn register_offsets_match_virtio_bindings() {
+        let pairs = [
+            (reg::MAGIC, VIRTIO_MMIO_MAGIC_VALUE),
+            (reg::VERSION, VIRTIO_MMIO_VERSION),
+            (reg::DEVICE_ID, VIRTIO_MMIO_DEVICE_ID),
+            (reg::VENDOR_ID, VIRTIO_MMIO_VENDOR_ID),
+            (reg::DEVICE_FEATURES, VIRTIO_MMIO_DEVICE_FEATURES),
+            (reg::DEVICE_FEATURES_SEL, VIRTIO_MMIO_DEVICE_FEATURES_SEL),
+            (reg::DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES),
+            (reg::DRIVER_FEATURES_SEL, VIRTIO_MMIO_DRIVER_FEATURES_SEL),
+            (reg::QUEUE_SEL, VIRTIO_MMIO_QUEUE_SEL),
+            (reg::QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_NUM_MAX),
+            (reg::QUEUE_NUM, VIRTIO_MMIO_QUEUE_NUM),
+            (reg::QUEUE_READY, VIRTIO_MMIO_QUEUE_READY),
+            (reg::QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NOTIFY),
+            (reg::INTERRUPT_STATUS, VIRTIO_MMIO_INTERRUPT_STATUS),
+            (reg::INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_ACK),
+            (reg::STATUS, VIRTIO_MMIO_STATUS),
+            (reg::QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_DESC_LOW),
+            (reg::QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_HIGH),
+            (reg::QUEUE_DRIVER_LOW, VIRTIO_MMIO_QUEUE_AVAIL_LOW),
+            (reg::QUEUE_DRIVER_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_HIGH),
+            (reg::QUEUE_DEVICE_LOW, VIRTIO_MMIO_QUEUE_USED_LOW),
+            (reg::QUEUE_DEVICE_HIGH, VIRTIO_MMIO_QUEUE_USED_HIGH),
+            (reg::CONFIG_GENERATION, VIRTIO_MMIO_CONFIG_GENERATION),
+            (reg::CONFIG, VIRTIO_MMIO_CONFIG),
+        ];
+        for (ours, theirs) in pairs {
+            assert_eq!(ours, u64::from(theirs), "register offset {ours:#x}");
+        }
+    }
+
+    #[test]
+    fn status_bits_match_virtio_bindings() {
+        assert_eq!(status::ACKNOWLEDGE, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        assert_eq!(status::DRIVER, VIRTIO_CONFIG_S_DRIVER);
+        assert_eq!(status::DRIVER_OK, VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(status::FEATURES_OK, VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(status::DEVICE_NEEDS_RESET, VIRTIO_CONFIG_S_NEEDS_RESET);
+        assert_eq!(status::FAILED, VIRTIO_CONFIG_S_FAILED);
+    }
+
+    #[test]
+    fn feature_and_ring_bits_match_virtio_bindings() {
+        assert_eq!(features::VERSION_1, 1 << VIRTIO_F_VERSION_1);
+        assert_eq!(features::NET_MAC, 1 << VIRTIO_NET_F_MAC);
+        assert_eq!(u32::from(ring::DESC_F_WRITE), VRING_DESC_F_WRITE);
+        assert_eq!(u32::from(ring::USED_F_NO_NOTIFY), VRING_USED_F_NO_NOTIFY);
+    }
+
+    #[test]
+    fn device_ids_match_virtio_bindings() {
+        assert_eq!(device_id::NET, VIRTIO_ID_NET);
+        assert_eq!(device_id::CONSOLE, VIRTIO_ID_CONSOLE);
     }
 }

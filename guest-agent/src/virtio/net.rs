@@ -6,6 +6,7 @@
 
 use alloc::vec::Vec;
 
+use super::features::NET_MAC;
 use super::mmio::create_queue;
 use super::{DmaBuffers, MmioTransport, SplitQueue, VirtioError};
 use crate::boot::device_id;
@@ -18,8 +19,6 @@ const BUF_SIZE: usize = 2048;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const QUEUE_SIZE: u16 = 128;
-/// The device has a MAC address in its config space.
-const F_MAC: u64 = 1 << 5;
 
 /// Why a frame was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +56,8 @@ pub struct VirtioNet {
 impl VirtioNet {
     /// Brings up the device and posts every receive buffer.
     pub fn new(transport: MmioTransport) -> Result<Self, VirtioError> {
-        let features = transport.negotiate(device_id::NET, F_MAC)?;
-        let mac = (features & F_MAC != 0).then(|| core::array::from_fn(|i| transport.config_u8(i)));
+        let features = transport.negotiate(device_id::NET, NET_MAC)?;
+        let mac = (features & NET_MAC != 0).then(|| core::array::from_fn(|i| transport.config_u8(i)));
         let rx = create_queue(&transport, RX_QUEUE, QUEUE_SIZE)?;
         let tx = create_queue(&transport, TX_QUEUE, QUEUE_SIZE)?;
         let rx_bufs = DmaBuffers::new(rx.size() as usize, BUF_SIZE)?;

@@ -10,12 +10,10 @@ use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, Ordering};
 
+use super::ring::{DESC_F_WRITE, USED_F_NO_NOTIFY};
 use super::VirtioError;
 
 const DESC_SIZE: usize = 16;
-const DESC_F_WRITE: u16 = 2;
-/// Set by the device in the used ring's flags when it does not want kicks.
-const USED_F_NO_NOTIFY: u16 = 1;
 
 /// One completed buffer, as reported by the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

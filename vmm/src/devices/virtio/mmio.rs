@@ -12,15 +12,28 @@ use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG_GENERATION, VIRTIO_MMIO_DEVICE_FEATURES, VIRTIO_MMIO_DEVICE_FEATURES_SEL,
+    VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK,
+    VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+    VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM,
+    VIRTIO_MMIO_QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH,
+    VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS, VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION,
+};
+
+use super::{Interrupt, VirtioDevice};
 
 /// "PTVM", pathvm's vendor id.
 const VENDOR_ID: u32 = 0x4d56_5450;
 const VERSION: u32 = 2;
 
-/// Register offsets and status bits: the agent's driver and this transport
-/// share one definition.
-pub use guest_agent::virtio::{reg, status, MMIO_MAGIC as MAGIC};
+/// The MagicValue register's value. `virtio-bindings` has the register
+/// offsets and status bits but not this, so it comes from the agent's driver.
+pub use guest_agent::virtio::MMIO_MAGIC as MAGIC;
 
 /// One device's register window.
 pub struct MmioTransport {
@@ -82,13 +95,15 @@ impl MmioTransport {
 
     /// Queue setup is allowed after FEATURES_OK and before DRIVER_OK.
     fn queue_setup_allowed(&self) -> bool {
-        self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED) == status::FEATURES_OK
+        self.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED)
+            == VIRTIO_CONFIG_S_FEATURES_OK
     }
 
     /// Handles a read of `data.len()` bytes at `offset` in the window.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= reg::CONFIG {
-            self.device().read_config(offset - reg::CONFIG, data);
+        let config = u64::from(VIRTIO_MMIO_CONFIG);
+        if offset >= config {
+            self.device().read_config(offset - config, data);
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
@@ -96,24 +111,25 @@ impl MmioTransport {
             data.fill(0);
             return;
         }
-        let v = match offset {
-            reg::MAGIC => MAGIC,
-            reg::VERSION => VERSION,
-            reg::DEVICE_ID => self.device().device_type(),
-            reg::VENDOR_ID => VENDOR_ID,
-            reg::DEVICE_FEATURES => {
-                let f = self.device().avail_features() | VIRTIO_F_VERSION_1;
+        // Below the config space, so the offset fits a register number.
+        let v = match offset as u32 {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device().device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => {
+                let f = self.device().avail_features() | (1 << VIRTIO_F_VERSION_1);
                 match self.device_features_sel {
                     0 => f as u32,
                     1 => (f >> 32) as u32,
                     _ => 0,
                 }
             }
-            reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
-            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
-            reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => self.status,
-            reg::CONFIG_GENERATION => 0,
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
+            VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => 0,
             _ => {
                 debug!(offset, "virtio-mmio: read of write-only or unknown register");
                 0
@@ -124,7 +140,7 @@ impl MmioTransport {
 
     /// Handles a write of `data` at `offset` in the window.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= reg::CONFIG {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
             debug!(offset, "virtio-mmio: config space is read-only");
             return;
         }
@@ -138,11 +154,13 @@ impl MmioTransport {
         }
         let v = u32::from_le_bytes(bytes);
         let setup = self.queue_setup_allowed();
-        match offset {
-            reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
-            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
-            reg::DRIVER_FEATURES => {
-                if self.status & (status::DRIVER | status::FEATURES_OK) != status::DRIVER {
+        // Below the config space, so the offset fits a register number.
+        let reg = offset as u32;
+        match reg {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES => {
+                if self.status & (VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK) != VIRTIO_CONFIG_S_DRIVER {
                     warn!("virtio-mmio: driver features written outside negotiation");
                     return;
                 }
@@ -152,45 +170,45 @@ impl MmioTransport {
                     _ => {}
                 }
             }
-            reg::QUEUE_SEL => self.queue_sel = v,
-            reg::QUEUE_NUM if setup => {
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
+            VIRTIO_MMIO_QUEUE_NUM if setup => {
                 let ok = u16::try_from(v).ok().and_then(|n| self.selected_queue().map(|q| q.try_set_size(n).is_ok()));
                 self.note_queue_write(ok);
             }
-            reg::QUEUE_READY if setup => {
+            VIRTIO_MMIO_QUEUE_READY if setup => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(v == 1);
                 }
             }
-            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH if setup => self.set_queue_addr(
-                offset == reg::QUEUE_DESC_HIGH,
+            VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH if setup => self.set_queue_addr(
+                reg == VIRTIO_MMIO_QUEUE_DESC_HIGH,
                 v,
                 |q| q.desc_table(),
                 Queue::try_set_desc_table_address,
             ),
-            reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH if setup => self.set_queue_addr(
-                offset == reg::QUEUE_DRIVER_HIGH,
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW | VIRTIO_MMIO_QUEUE_AVAIL_HIGH if setup => self.set_queue_addr(
+                reg == VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
                 v,
                 |q| q.avail_ring(),
                 Queue::try_set_avail_ring_address,
             ),
-            reg::QUEUE_DEVICE_LOW | reg::QUEUE_DEVICE_HIGH if setup => self.set_queue_addr(
-                offset == reg::QUEUE_DEVICE_HIGH,
+            VIRTIO_MMIO_QUEUE_USED_LOW | VIRTIO_MMIO_QUEUE_USED_HIGH if setup => self.set_queue_addr(
+                reg == VIRTIO_MMIO_QUEUE_USED_HIGH,
                 v,
                 |q| q.used_ring(),
                 Queue::try_set_used_ring_address,
             ),
-            reg::QUEUE_NUM
-            | reg::QUEUE_READY
-            | reg::QUEUE_DESC_LOW
-            | reg::QUEUE_DESC_HIGH
-            | reg::QUEUE_DRIVER_LOW
-            | reg::QUEUE_DRIVER_HIGH
-            | reg::QUEUE_DEVICE_LOW
-            | reg::QUEUE_DEVICE_HIGH => {
+            VIRTIO_MMIO_QUEUE_NUM
+            | VIRTIO_MMIO_QUEUE_READY
+            | VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => {
                 warn!(offset, status = self.status, "virtio-mmio: queue setup outside FEATURES_OK..DRIVER_OK ignored")
             }
-            reg::QUEUE_NOTIFY => {
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
                 // Normally an ioeventfd catches this write before it exits
                 // to userspace; if not, kick the device through the same fd.
                 let dev = self.device();
@@ -198,8 +216,8 @@ impl MmioTransport {
                     let _ = evt.write(1);
                 }
             }
-            reg::INTERRUPT_ACK => self.interrupt.ack(v),
-            reg::STATUS => self.set_status(v),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
+            VIRTIO_MMIO_STATUS => self.set_status(v),
             _ => debug!(offset, "virtio-mmio: write to read-only or unknown register"),
         }
     }
@@ -236,8 +254,8 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        if v & status::FAILED != 0 {
-            self.status |= status::FAILED;
+        if v & VIRTIO_CONFIG_S_FAILED != 0 {
+            self.status |= VIRTIO_CONFIG_S_FAILED;
             return;
         }
         // The driver only ever adds bits (virtio 1.x, 3.1.1).
@@ -246,26 +264,26 @@ impl MmioTransport {
             return;
         }
         let added = v & !self.status;
-        if added & status::FEATURES_OK != 0 {
-            let offered = self.device().avail_features() | VIRTIO_F_VERSION_1;
-            if self.driver_features & !offered != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            let offered = self.device().avail_features() | (1 << VIRTIO_F_VERSION_1);
+            if self.driver_features & !offered != 0 || self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
                 warn!(
                     features = self.driver_features,
                     "virtio-mmio: driver accepted unoffered features or not VERSION_1"
                 );
-                self.status = v & !(status::FEATURES_OK | status::DRIVER_OK);
+                self.status = v & !(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
                 return;
             }
             self.device().set_acked_features(self.driver_features);
         }
-        if added & status::DRIVER_OK != 0 {
-            if v & status::FEATURES_OK == 0 {
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            if v & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
                 warn!("virtio-mmio: DRIVER_OK without FEATURES_OK ignored");
                 return;
             }
             if let Err(e) = self.activate() {
                 warn!("virtio-mmio: device not activated: {e}");
-                self.status = v & !status::DRIVER_OK | status::DEVICE_NEEDS_RESET;
+                self.status = v & !VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_NEEDS_RESET;
                 return;
             }
         }
@@ -306,6 +324,7 @@ impl MmioTransport {
 mod tests {
     use super::super::ActivateError;
     use super::*;
+    use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
     use vmm_sys_util::eventfd::EventFd;
 
     /// A device that records what the transport did to it.
@@ -354,98 +373,116 @@ mod tests {
         (t, dev)
     }
 
-    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+    fn r(t: &mut MmioTransport, reg: u32) -> u32 {
         let mut d = [0u8; 4];
-        t.read(off, &mut d);
+        t.read(reg.into(), &mut d);
         u32::from_le_bytes(d)
     }
 
-    fn w(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(off, &v.to_le_bytes());
+    fn w(t: &mut MmioTransport, reg: u32, v: u32) {
+        t.write(reg.into(), &v.to_le_bytes());
     }
 
     fn negotiate(t: &mut MmioTransport) {
-        w(t, reg::STATUS, status::ACKNOWLEDGE);
-        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        w(t, reg::DRIVER_FEATURES_SEL, 1);
-        w(t, reg::DRIVER_FEATURES, 1);
-        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        w(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        w(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        w(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
     }
 
     fn setup_queues(t: &mut MmioTransport) {
         for (i, base) in [(0u32, 0x1000u32), (1, 0x3000)] {
-            w(t, reg::QUEUE_SEL, i);
-            w(t, reg::QUEUE_NUM, 16);
-            w(t, reg::QUEUE_DESC_LOW, base);
-            w(t, reg::QUEUE_DRIVER_LOW, base + 0x100);
-            w(t, reg::QUEUE_DEVICE_LOW, base + 0x200);
-            w(t, reg::QUEUE_READY, 1);
+            w(t, VIRTIO_MMIO_QUEUE_SEL, i);
+            w(t, VIRTIO_MMIO_QUEUE_NUM, 16);
+            w(t, VIRTIO_MMIO_QUEUE_DESC_LOW, base);
+            w(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, base + 0x100);
+            w(t, VIRTIO_MMIO_QUEUE_USED_LOW, base + 0x200);
+            w(t, VIRTIO_MMIO_QUEUE_READY, 1);
         }
     }
 
     #[test]
     fn identity_registers() {
         let (mut t, _) = setup();
-        assert_eq!(r(&mut t, reg::MAGIC), MAGIC);
-        assert_eq!(r(&mut t, reg::VERSION), 2);
-        assert_eq!(r(&mut t, reg::DEVICE_ID), 42);
-        assert_eq!(r(&mut t, reg::VENDOR_ID), VENDOR_ID);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_MAGIC_VALUE), MAGIC);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_DEVICE_ID), 42);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_VENDOR_ID), VENDOR_ID);
     }
 
     #[test]
     fn feature_words_are_selected() {
         let (mut t, _) = setup();
-        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1 << 5);
-        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
-        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
-        w(&mut t, reg::DEVICE_FEATURES_SEL, 7);
-        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 0);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 1 << 5);
+        w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 1);
+        w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 7);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
     }
 
     #[test]
     fn full_negotiation_activates_device_with_all_queues() {
         let (mut t, dev) = setup();
         negotiate(&mut t);
-        assert_eq!(dev.lock().unwrap().acked, VIRTIO_F_VERSION_1);
+        assert_eq!(dev.lock().unwrap().acked, 1u64 << VIRTIO_F_VERSION_1);
         setup_queues(&mut t);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
-        w(&mut t, reg::STATUS, s);
-        assert_eq!(r(&mut t, reg::STATUS), s);
+        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK;
+        w(&mut t, VIRTIO_MMIO_STATUS, s);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS), s);
         assert_eq!(dev.lock().unwrap().activated, Some(2));
     }
 
     #[test]
     fn unoffered_features_keep_features_ok_clear() {
         let (mut t, dev) = setup();
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        w(&mut t, reg::DRIVER_FEATURES_SEL, 0);
-        w(&mut t, reg::DRIVER_FEATURES, 1 << 9);
-        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
-        w(&mut t, reg::DRIVER_FEATURES, 1);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
-        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        w(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1 << 9);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        );
+        assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
         assert_eq!(dev.lock().unwrap().acked, 0);
     }
 
     #[test]
     fn missing_version_1_is_refused() {
         let (mut t, _) = setup();
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
-        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        w(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        w(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        );
+        assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
     }
 
     #[test]
     fn queue_setup_before_features_ok_is_ignored() {
         let (mut t, dev) = setup();
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
         setup_queues(&mut t);
-        w(&mut t, reg::QUEUE_SEL, 0);
-        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+        w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
         negotiate(&mut t);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        w(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert_eq!(dev.lock().unwrap().activated, None, "activated with unconfigured queues");
-        assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
     }
 
     #[test]
@@ -453,9 +490,16 @@ mod tests {
         let (mut t, dev) = setup();
         negotiate(&mut t);
         setup_queues(&mut t);
-        w(&mut t, reg::QUEUE_SEL, 1);
-        w(&mut t, reg::QUEUE_NUM, 3);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 3);
+        w(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert_eq!(dev.lock().unwrap().activated, None);
     }
 
@@ -464,9 +508,16 @@ mod tests {
         let (mut t, dev) = setup();
         negotiate(&mut t);
         setup_queues(&mut t);
-        w(&mut t, reg::QUEUE_SEL, 0);
-        w(&mut t, reg::QUEUE_DESC_LOW, 0x1001);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        w(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1001);
+        w(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert_eq!(dev.lock().unwrap().activated, None);
     }
 
@@ -475,9 +526,16 @@ mod tests {
         let (mut t, dev) = setup();
         negotiate(&mut t);
         setup_queues(&mut t);
-        w(&mut t, reg::QUEUE_SEL, 0);
-        w(&mut t, reg::QUEUE_DESC_HIGH, 1);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        w(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 1);
+        w(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert_eq!(dev.lock().unwrap().activated, None);
     }
 
@@ -485,8 +543,11 @@ mod tests {
     fn status_cannot_lose_bits_except_by_reset() {
         let (mut t, _) = setup();
         negotiate(&mut t);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE);
-        assert_eq!(r(&mut t, reg::STATUS), status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        assert_eq!(
+            r(&mut t, VIRTIO_MMIO_STATUS),
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK
+        );
     }
 
     #[test]
@@ -494,45 +555,45 @@ mod tests {
         let (mut t, dev) = setup();
         negotiate(&mut t);
         setup_queues(&mut t);
-        w(&mut t, reg::STATUS, 0);
-        assert_eq!(r(&mut t, reg::STATUS), 0);
+        w(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS), 0);
         assert_eq!(dev.lock().unwrap().resets, 1);
-        w(&mut t, reg::QUEUE_SEL, 0);
-        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
-        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 16);
+        w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
     }
 
     #[test]
     fn absent_queue_reads_zero_max() {
         let (mut t, _) = setup();
-        w(&mut t, reg::QUEUE_SEL, 5);
-        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0);
+        w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 5);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
     }
 
     #[test]
     fn narrow_and_unaligned_accesses_are_ignored() {
         let (mut t, _) = setup();
         let mut two = [0xffu8; 2];
-        t.read(reg::MAGIC, &mut two);
+        t.read(VIRTIO_MMIO_MAGIC_VALUE.into(), &mut two);
         assert_eq!(two, [0, 0]);
-        t.write(reg::STATUS + 1, &[1, 0, 0, 0]);
-        t.write(reg::STATUS, &[1]);
-        assert_eq!(r(&mut t, reg::STATUS), 0);
+        t.write(u64::from(VIRTIO_MMIO_STATUS) + 1, &[1, 0, 0, 0]);
+        t.write(VIRTIO_MMIO_STATUS.into(), &[1]);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS), 0);
     }
 
     #[test]
     fn config_space_reads_go_to_device() {
         let (mut t, _) = setup();
         let mut d = [0u8; 2];
-        t.read(reg::CONFIG + 1, &mut d);
+        t.read(u64::from(VIRTIO_MMIO_CONFIG) + 1, &mut d);
         assert_eq!(d, [8, 7]);
     }
 
     #[test]
     fn notify_register_kicks_the_queue_event() {
         let (mut t, dev) = setup();
-        w(&mut t, reg::QUEUE_NOTIFY, 1);
+        w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
         assert_eq!(dev.lock().unwrap().evts[1].read().unwrap(), 1);
-        w(&mut t, reg::QUEUE_NOTIFY, 99); // no such queue: ignored
+        w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 99); // no such queue: ignored
     }
 }

@@ -14,14 +14,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-
-/// Virtio 1.x.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// Used-buffer notification bit of the interrupt status register.
-pub const INTERRUPT_USED_RING: u32 = 1;
 
 /// Why a device could not start.
 #[derive(Debug, Error)]
@@ -59,7 +55,7 @@ impl Interrupt {
 
     /// Tells the guest that used buffers are waiting.
     pub fn signal_used(&self) {
-        self.status.fetch_or(INTERRUPT_USED_RING, Ordering::AcqRel);
+        self.status.fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::AcqRel);
         // A full counter (2^64 - 2 wakes) only means the guest is already awake.
         let _ = self.wake.write(1);
     }
@@ -133,9 +129,9 @@ mod tests {
         let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq = Interrupt::new(&wake).unwrap();
         irq.signal_used();
-        assert_eq!(irq.status(), INTERRUPT_USED_RING);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
         assert_eq!(wake.read().unwrap(), 1);
-        irq.ack(INTERRUPT_USED_RING);
+        irq.ack(VIRTIO_MMIO_INT_VRING);
         assert_eq!(irq.status(), 0);
     }
 }

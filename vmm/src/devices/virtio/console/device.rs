@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use netdev::{chain, drain_queue};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -12,9 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::ConsoleBackend;
 use super::metrics::ConsoleMetrics;
 use super::{MAX_TX_CHAIN, QUEUE_SIZE, READ_CHUNK};
-use crate::devices::virtio::{
-    read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use crate::devices::virtio::{read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice};
 
 /// Where the device is in its life.
 pub(super) enum DeviceState {
@@ -155,11 +155,11 @@ impl Console {
 
 impl VirtioDevice for Console {
     fn device_type(&self) -> u32 {
-        guest_agent::boot::device_id::CONSOLE
+        VIRTIO_ID_CONSOLE
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        1 << VIRTIO_F_VERSION_1
     }
 
     fn set_acked_features(&mut self, _acked: u64) {}

@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use netdev::queue_pair::{self, RxFrame, MAX_FRAME_WITH_HDR};
 use netdev::{NetMetrics, Tap};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{config_space, QUEUE_SIZE, VIRTIO_NET_F_MAC};
-use crate::devices::virtio::{
-    read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use super::{config_space, QUEUE_SIZE};
+use crate::devices::virtio::{read_config_bytes, rx_tx_queues, ActivateError, Interrupt, VirtioDevice};
 
 /// Where the device is in its life.
 pub(super) enum DeviceState {
@@ -84,11 +85,11 @@ impl Net {
 
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
-        guest_agent::boot::device_id::NET
+        VIRTIO_ID_NET
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC)
     }
 
     fn set_acked_features(&mut self, acked: u64) {

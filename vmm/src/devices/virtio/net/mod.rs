@@ -10,8 +10,6 @@ mod event_handler;
 pub use device::Net;
 pub use netdev::{NetMetrics, NetMetricsSnapshot};
 
-/// virtio-net feature: the device has a MAC address in config space.
-pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// Receive queue index.
 pub const RX_INDEX: usize = 0;
 /// Transmit queue index.

@@ -8,12 +8,15 @@ use thiserror::Error;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::virtio::net::{config_space, QUEUE_SIZE, VIRTIO_NET_F_MAC};
-use crate::devices::virtio::{read_config_bytes, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::net::{config_space, QUEUE_SIZE};
+use crate::devices::virtio::{read_config_bytes, ActivateError, VirtioDevice};
 
 /// How long to keep trying to reach a backend that is starting.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,7 +82,7 @@ impl VhostUserNet {
         };
         frontend.set_owner().map_err(req("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(req("GET_FEATURES"))?;
-        if backend_features & VIRTIO_F_VERSION_1 == 0 {
+        if backend_features & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err(VhostUserNetError::NoVersion1(socket.into()));
         }
         Ok(Self {
@@ -141,12 +144,12 @@ impl VhostUserNet {
 
 impl VirtioDevice for VhostUserNet {
     fn device_type(&self) -> u32 {
-        guest_agent::boot::device_id::NET
+        VIRTIO_ID_NET
     }
 
     fn avail_features(&self) -> u64 {
         // The MAC lives in this VMM's config space, not the backend's.
-        (self.backend_features & VIRTIO_F_VERSION_1) | VIRTIO_NET_F_MAC
+        (self.backend_features & (1 << VIRTIO_F_VERSION_1)) | (1 << VIRTIO_NET_F_MAC)
     }
 
     fn set_acked_features(&mut self, acked: u64) {
