@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
+use guest_agent::socks;
 use pathvm_tests::edge::*;
 use pathvm_tests::*;
 
@@ -186,15 +187,18 @@ fn an_app_hanging_up_mid_transfer_ends_its_vm_and_leaves_nothing_behind() {
     // An app that reads 1 MiB of a 20 MiB answer and hangs up.
     in_netns(&ns, move || {
         let mut s = std::net::TcpStream::connect("127.0.0.1:1080").unwrap();
-        s.write_all(&[5, 1, 0]).unwrap();
-        let mut m = [0u8; 2];
+        let mut buf = [0u8; socks::MAX_REQUEST_LEN];
+        let n = socks::Greeting { methods: &[socks::Method::None.code()] }.encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut m = [0u8; socks::MethodChoice::LEN];
         s.read_exact(&mut m).unwrap();
-        let mut req = vec![5, 1, 0, 1, 10, 231, 1, 2];
-        req.extend_from_slice(&port.to_be_bytes());
-        s.write_all(&req).unwrap();
-        let mut rep = [0u8; 10];
+        let target = socks::Addr::Ip(std::net::SocketAddr::from(([10, 231, 1, 2], port)));
+        let n = socks::Request::connect(target).encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut rep = [0u8; socks::ReplyMsg::LEN_V4];
         s.read_exact(&mut rep).unwrap();
-        assert_eq!(rep[1], 0, "SOCKS success");
+        let Ok(socks::Decoded::Ready(rep, _)) = socks::ReplyMsg::decode(&rep) else { panic!("not a reply: {rep:?}") };
+        assert_eq!(rep.reply, socks::Reply::Succeeded, "SOCKS success");
         s.write_all(b"GET /x HTTP/1.0\r\n\r\n").unwrap();
         let mut got = vec![0u8; 1 << 20];
         s.read_exact(&mut got).unwrap();
