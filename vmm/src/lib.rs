@@ -15,6 +15,7 @@
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
 //! - [`edge`]: the edge host's front door (SOCKS5) and app identification;
+//! - [`events`]: the daemons' structured events (JSON lines);
 //! - [`topo`]: test hosts (network namespaces) from a topology file;
 //! - [`node`]: a relay or destination host's node VM and its intake;
 //! - [`bench`]: the measurements `pathvm bench` prints.
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod builder;
 pub mod devices;
 pub mod edge;
+pub mod events;
 pub mod kvm;
 pub mod loader;
 pub mod memory;

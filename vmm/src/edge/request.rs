@@ -5,9 +5,10 @@
 //! frames from the link carrying its flow id come to it), and a directed
 //! link id of its own from the edge side's span, so relays keep its
 //! sequence numbers and key apart from every other sender's. Its console is
-//! the application's connection, after the SOCKS handshake: the agent
-//! writes the SOCKS reply itself once the stream to the service is up or
-//! refused, then carries the bytes.
+//! the application's connection, after the SOCKS handshake. The agent
+//! reports on a port when the stream to the service is up or refused; the
+//! caller's callback answers the app there (the SOCKS reply is the edge's
+//! to write), before the agent carries any byte.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -23,7 +24,7 @@ use crate::kvm::KvmContext;
 use crate::loader::AgentImage;
 use crate::node::{NodeFile, NodeFileError};
 use crate::topo::shell;
-use crate::vcpu::GuestLog;
+use crate::vcpu::{GuestLog, StreamReport};
 use crate::vm::{RunOutcome, VmError};
 
 /// Why a request VM could not run.
@@ -143,7 +144,10 @@ impl Drop for Steering {
 
 /// Runs the request VM for `spec` with `app` (the client's socket, SOCKS
 /// request already read) as its console, until the connection ends; its
-/// exit and the counters the request VM kept.
+/// exit and the counters the request VM kept. `on_stream` is called on the
+/// vCPU thread when the VM reports its stream up or refused; `on_up` once
+/// the VM is built and steered, just before it runs.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     kvm: &KvmContext,
     image: &AgentImage,
@@ -151,6 +155,8 @@ pub fn run(
     spec: &RequestSpec,
     app: OwnedFd,
     guest_log: GuestLog,
+    on_stream: impl FnMut(StreamReport) + Send + 'static,
+    on_up: impl FnOnce(),
 ) -> Result<RunOutcome, RequestError> {
     let slot = spec.slot;
     let mut cfg: NodeConfig = edge.node_config()?;
@@ -182,7 +188,9 @@ pub fn run(
         args,
         guest_log,
     };
-    let vm = build_vm(kvm, image, vm_cfg)?;
+    let mut vm = build_vm(kvm, image, vm_cfg)?;
+    vm.on_stream_report(on_stream);
     let _steering = Steering::up(&steer, spec.flow, 1 + slot % 40_000)?;
+    on_up();
     Ok(vm.run()?)
 }
