@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
+use guest_agent::socks;
 use pathvm_tests::edge::*;
+use pathvm_tests::events;
 use pathvm_tests::*;
 
 #[test]
@@ -37,11 +39,18 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
     let (code, _) = curl(&topo, &format!("http://c:{port}/file"), Some("pathvm:anonymity=require,latency=require"));
     assert_eq!(code, Some(97), "criteria no protocol meets");
 
-    std::thread::sleep(Duration::from_millis(300));
-    let log = edge.log.lock().unwrap().clone();
-    let vms = log.matches(" done in ").count();
-    assert_eq!(vms, 3, "one VM per request that reached a VM, each destroyed after:\n{log}");
-    assert!(log.contains("refused (HostUnreachable)") && log.contains("refused (NotAllowed)"), "{log}");
+    edge.wait_vms_ended(3);
+    let vms = edge.events.of("vm_ended").len();
+    assert_eq!(vms, 3, "one VM per request that reached a VM, each destroyed after:\n{}", edge.events.dump());
+    let refused: Vec<(u64, String)> = edge
+        .events
+        .of("refused")
+        .iter()
+        .map(|e| (e["reply"].as_u64().unwrap(), e["reply_name"].as_str().unwrap().to_string()))
+        .collect();
+    for (code, name) in [(5, "ConnectionRefused"), (4, "HostUnreachable"), (2, "NotAllowed")] {
+        assert!(refused.contains(&(code, name.into())), "no {name} refusal: {}", edge.events.dump());
+    }
     let filters = Command::new("ip")
         .args(["netns", "exec", &topo.netns("a"), "tc", "filter", "show", "dev", "ln0", "ingress"])
         .output()
@@ -94,7 +103,7 @@ fn nodes_and_requests_set_up_their_taps_and_filters_without_spawning_tc_ip_or_sy
     let body = random_bytes(1 << 20, 71);
     let port = http_server(&topo.netns("c"), body.clone());
     let mut cmd = edge_command(&topo, std::path::Path::new("/nonexistent"));
-    cmd.env("PATH", &path);
+    cmd.cmd.env("PATH", &path);
     let edge = start_edge_from(cmd);
 
     // Requests one after another: each steers its VM's taps and unsteers them.
@@ -149,11 +158,9 @@ fn fifty_concurrent_requests_each_complete_in_their_own_vm() {
         assert_eq!((code, got.len()), (Some(0), body.len()));
         assert_eq!(sha256(&got), sha256(&body));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let log = edge.log.lock().unwrap().clone();
-    let flows: std::collections::HashSet<&str> =
-        log.lines().filter(|l| l.contains(" done in ")).filter_map(|l| l.split_whitespace().nth(3)).collect();
-    assert_eq!(flows.len(), 50, "fifty VMs, fifty flows:\n{log}");
+    let ended = edge.wait_vms_ended(50);
+    let flows: std::collections::HashSet<&str> = ended.iter().filter_map(|e| e["flow"].as_str()).collect();
+    assert_eq!(flows.len(), 50, "fifty VMs, fifty flows:\n{}", edge.events.dump());
     drop(edge.child);
 }
 
@@ -178,9 +185,11 @@ fn pathvm_run_carries_an_unmodified_curl_through_the_edge() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(sha256(&out.stdout), sha256(&body));
-    std::thread::sleep(Duration::from_millis(300));
-    let log = edge.log.lock().unwrap().clone();
-    assert!(log.contains("/usr/bin/curl -> 10.231.1.2:") && log.contains("criteria latency=require"), "{log}");
+    let accepted = edge.events.wait(Duration::from_secs(10), |e| {
+        events::is(e, "request_accepted") && e["target"].as_str().is_some_and(|t| t.starts_with("10.231.1.2:"))
+    });
+    assert_eq!(accepted["app"], "/usr/bin/curl", "{accepted}");
+    assert_eq!(accepted["criteria"], "latency=require", "{accepted}");
     drop(edge.child);
 }
 
@@ -222,11 +231,9 @@ fn two_apps_with_different_manifests_get_different_protocols() {
     assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
     let (code, got) = curl_as(&topo, fetcher.to_str().unwrap(), &url, None);
     assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
-    std::thread::sleep(Duration::from_millis(300));
-    let log = edge.log.lock().unwrap().clone();
-    let line_of = |app: &str| log.lines().find(|l| l.contains(app) && l.contains(" -> c:")).unwrap_or("").to_string();
-    assert!(line_of("/usr/bin/curl").contains(": shortest"), "{log}");
-    assert!(line_of("fetcher").contains(": widest"), "{log}");
+    let all = edge.events.dump();
+    assert_eq!(edge.protocol_of("/usr/bin/curl", "c:").as_deref(), Some("shortest"), "{all}");
+    assert_eq!(edge.protocol_of("fetcher", "c:").as_deref(), Some("widest"), "{all}");
     drop(edge.child);
 }
 
@@ -252,25 +259,25 @@ fn an_app_hanging_up_mid_transfer_ends_its_vm_and_leaves_nothing_behind() {
     // An app that reads 1 MiB of a 20 MiB answer and hangs up.
     in_netns(&ns, move || {
         let mut s = std::net::TcpStream::connect("127.0.0.1:1080").unwrap();
-        s.write_all(&[5, 1, 0]).unwrap();
-        let mut m = [0u8; 2];
+        let mut buf = [0u8; socks::MAX_REQUEST_LEN];
+        let n = socks::Greeting { methods: &[socks::Method::None.code()] }.encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut m = [0u8; socks::MethodChoice::LEN];
         s.read_exact(&mut m).unwrap();
-        let mut req = vec![5, 1, 0, 1, 10, 231, 1, 2];
-        req.extend_from_slice(&port.to_be_bytes());
-        s.write_all(&req).unwrap();
-        let mut rep = [0u8; 10];
+        let target = socks::Addr::Ip(std::net::SocketAddr::from(([10, 231, 1, 2], port)));
+        let n = socks::Request::connect(target).encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut rep = [0u8; socks::ReplyMsg::LEN_V4];
         s.read_exact(&mut rep).unwrap();
-        assert_eq!(rep[1], 0, "SOCKS success");
+        let Ok(socks::Decoded::Ready(rep, _)) = socks::ReplyMsg::decode(&rep) else { panic!("not a reply: {rep:?}") };
+        assert_eq!(rep.reply, socks::Reply::Succeeded, "SOCKS success");
         s.write_all(b"GET /x HTTP/1.0\r\n\r\n").unwrap();
         let mut got = vec![0u8; 1 << 20];
         s.read_exact(&mut got).unwrap();
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !edge.log.lock().unwrap().contains(" done in ") && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = edge.log.lock().unwrap().clone();
-    assert!(log.contains(" done in "), "the request VM did not end after the app hung up:\n{log}");
+    // Panics (with every event) if the request VM did not end after the
+    // app hung up.
+    edge.events.wait(Duration::from_secs(15), |e| events::is(e, "vm_ended"));
     let links = Command::new("ip").args(["netns", "exec", &ns, "ip", "-o", "link"]).output().unwrap();
     let links = String::from_utf8_lossy(&links.stdout).into_owned();
     assert!(
@@ -318,8 +325,12 @@ fn every_protocol_carries_a_ten_mib_stream_across_mesh6() {
         let (code, got) = curl(&topo, &format!("http://c:{port}/x"), Some(&format!("pathvm:{criteria}")));
         assert_eq!(code, Some(0), "{protocol}");
         assert!(sha256(&got) == sha256(&body), "{protocol}: stream corrupted ({} bytes)", got.len());
-        let log = edge.log.lock().unwrap().clone();
-        assert!(log.contains(&format!(": {protocol} (")), "{criteria} did not select {protocol}:\n{log}");
+        let chosen = edge.events.of("protocol_chosen");
+        assert!(
+            chosen.iter().any(|e| e["protocol"] == protocol),
+            "{criteria} did not select {protocol}:\n{}",
+            edge.events.dump()
+        );
     }
     drop(edge.child);
 }
@@ -341,16 +352,15 @@ fn survives_relay_death(criteria: &str, protocol: &str, relay: &str, seed: u64) 
     let (code, got) = fetch.join().unwrap();
     assert_eq!(code, Some(0), "{protocol}");
     assert!(sha256(&got) == sha256(&body), "{protocol} lost bytes: {} of {}", got.len(), body.len());
-    let log = edge.log.lock().unwrap().clone();
-    assert!(log.contains(&format!(": {protocol} (")), "{criteria} did not select {protocol}:\n{log}");
+    let all = || edge.events.dump();
+    let chosen = edge.events.of("protocol_chosen");
+    assert!(chosen.iter().any(|e| e["protocol"] == protocol), "{criteria} did not select {protocol}:\n{}", all());
     // The request VM saw r1 stop answering its probes and moved off it.
-    let changes: u64 = log
-        .split("route changes ")
-        .nth(1)
-        .and_then(|t| t.split(')').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no route change count in the edge log:\n{log}"));
-    assert!(changes >= 1, "{protocol}: the request VM never rerouted:\n{log}");
+    let ended = edge.events.wait(Duration::from_secs(15), |e| events::is(e, "vm_ended"));
+    let changes = ended["counters"]["route_changes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no route change count in the edge's events:\n{}", all()));
+    assert!(changes >= 1, "{protocol}: the request VM never rerouted:\n{}", all());
     drop(edge.child);
 }
 
@@ -397,9 +407,13 @@ fn a_request_after_a_relay_died_routes_around_it_from_the_start() {
         assert_eq!(code, Some(0), "{criteria}");
         assert!(sha256(&got) == sha256(&body), "{criteria}: {} of {} bytes", got.len(), body.len());
     }
-    let log = edge.log.lock().unwrap().clone();
-    assert_eq!(log.matches("(Exited(0); route changes ").count(), 2, "{log}");
-    assert!(!log.contains("route changes 0)"), "a request VM never learned r2 is gone:\n{log}");
+    let ended = edge.events.wait_n(2, Duration::from_secs(15), |e| events::is(e, "vm_ended"));
+    let all = edge.events.dump();
+    assert_eq!(ended.iter().filter(|e| e["exit"] == "Exited(0)").count(), 2, "{all}");
+    assert!(
+        ended.iter().all(|e| e["counters"]["route_changes"].as_u64().is_some_and(|n| n > 0)),
+        "a request VM never learned r2 is gone:\n{all}"
+    );
     drop(edge.child);
 }
 

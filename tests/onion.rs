@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pathvm_tests::capture::{contains, Capture};
 use pathvm_tests::edge::*;
+use pathvm_tests::events;
 use pathvm_tests::*;
 
 /// mesh6's links in file order: (index, end a, end b) as host names.
@@ -85,8 +86,12 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
     assert!(sha256(&got) == sha256(&secret), "onion stream corrupted ({} bytes)", got.len());
     std::thread::sleep(Duration::from_millis(500));
     let seen = stop_all(caps);
-    let log = edge.log.lock().unwrap().clone();
-    assert!(log.contains(": onion ("), "anonymity=require did not select onion:\n{log}");
+    let chosen = edge.events.of("protocol_chosen");
+    assert!(
+        chosen.iter().any(|e| e["protocol"] == "onion"),
+        "anonymity=require did not select onion:\n{}",
+        edge.events.dump()
+    );
     let target = format!("c:{secret_port}");
     for (i, a, b) in LINKS {
         let frames = &seen[&i];
@@ -173,9 +178,14 @@ fn an_onion_stream_moves_to_a_new_circuit_when_a_relay_dies_and_loses_no_byte() 
     let log = edge.log.lock().unwrap().clone();
     assert_eq!(code, Some(0), "the download broke off after {middle} died:\n{log}");
     assert!(sha256(&got) == sha256(&body), "lost bytes: {} of {}", got.len(), body.len());
-    let log = edge.log.lock().unwrap().clone();
-    assert!(log.contains(": onion ("), "{log}");
-    assert!(!log.contains("route changes 0)"), "the request VM never saw {middle} go:\n{log}");
+    let chosen = edge.events.of("protocol_chosen");
+    assert!(chosen.iter().any(|e| e["protocol"] == "onion"), "{}", edge.events.dump());
+    let ended = edge.events.wait(Duration::from_secs(15), |e| events::is(e, "vm_ended"));
+    assert!(
+        ended["counters"]["route_changes"].as_u64().is_some_and(|n| n > 0),
+        "the request VM never saw {middle} go:\n{}",
+        edge.events.dump()
+    );
     drop(edge.child);
     // The exit took the stream on a second circuit.
     nodes.remove("c").unwrap().terminate(Duration::from_secs(20));
@@ -202,7 +212,7 @@ fn circuits_and_source_routes_never_use_a_relay_the_app_avoids() {
     let (code, got) =
         curl(&topo, &format!("http://c:{port}/x"), Some("pathvm:reliability=require,bandwidth=prefer,avoid=12"));
     assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
-    assert!(edge.log.lock().unwrap().contains(": multipath ("));
+    assert!(edge.events.of("protocol_chosen").iter().any(|e| e["protocol"] == "multipath"), "{}", edge.events.dump());
     // Avoiding a relay of each path leaves no circuit: refused at once.
     let (code, _) = curl(&topo, &format!("http://c:{port}/x"), Some("pathvm:anonymity=require,avoid=12+15"));
     assert_eq!(code, Some(97), "a circuit through an avoided relay?");

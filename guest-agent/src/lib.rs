@@ -13,7 +13,8 @@
 //! - [`wire`]: the overlay wire format, its authentication and replay window;
 //! - [`transport`]: a reliable byte stream over overlay datagrams;
 //! - [`router`]: the overlay router every packet crosses, sans-I/O;
-//! - [`routing`]: the routing protocols that pick a packet's next node.
+//! - [`routing`]: the routing protocols that pick a packet's next node;
+//! - [`socks`]: SOCKS5 messages, sans-I/O, for the edge and its clients.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -25,6 +26,7 @@ pub mod onion;
 pub mod ports;
 pub mod router;
 pub mod routing;
+pub mod socks;
 pub mod transport;
 pub mod virtio;
 pub mod wire;

@@ -19,6 +19,15 @@ pub const LOG_LINE: u16 = 0x500;
 pub const WAIT: u16 = 0x504;
 /// A write of any value: the agent has finished booting and is serving.
 pub const READY: u16 = 0x508;
+/// A 32-bit write from a request VM: its stream to the service is up
+/// ([`STREAM_UP`]) or refused ([`STREAM_REFUSED`]). The VMM answers the
+/// app (the SOCKS5 reply is the host's to write) before the vCPU runs on,
+/// so the answer precedes any stream byte on the app's connection.
+pub const STREAM: u16 = 0x50c;
+/// [`STREAM`] value: the service is connected.
+pub const STREAM_UP: u32 = 0;
+/// [`STREAM`] value: refused (service down, no route, no circuit).
+pub const STREAM_REFUSED: u32 = 1;
 
 /// Largest log line the VMM accepts; longer lines are cut.
 pub const LOG_LINE_MAX: usize = 4096;
@@ -52,7 +61,7 @@ mod tests {
 
     #[test]
     fn ports_do_not_overlap() {
-        let ports = [LOG_BYTE, EXIT, LOG_LINE, WAIT, READY];
+        let ports = [LOG_BYTE, EXIT, LOG_LINE, WAIT, READY, STREAM];
         for (i, a) in ports.iter().enumerate() {
             for b in &ports[i + 1..] {
                 assert!(a.abs_diff(*b) >= 4, "ports {a:#x} and {b:#x} overlap a 32-bit access");

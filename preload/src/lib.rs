@@ -14,6 +14,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::OnceLock;
 
+use guest_agent::socks;
+
 type ConnectFn = unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int;
 
 fn real_connect() -> Option<ConnectFn> {
@@ -90,42 +92,51 @@ fn read_exact(fd: libc::c_int, b: &mut [u8]) -> bool {
     true
 }
 
+fn send(fd: libc::c_int, encode: impl FnOnce(&mut [u8]) -> Result<usize, socks::Error>) -> bool {
+    let mut buf = [0u8; socks::MAX_AUTH_LEN];
+    encode(&mut buf).is_ok_and(|n| write_all(fd, &buf[..n]))
+}
+
+/// Reads one message with `decode` into `buf`: its length, or None if the
+/// connection broke or the bytes are not that message.
+fn receive(
+    fd: libc::c_int,
+    buf: &mut [u8],
+    decode: impl Fn(&[u8]) -> Result<socks::Decoded<()>, socks::Error>,
+) -> Option<usize> {
+    let read = |b: &mut [u8]| if read_exact(fd, b) { Ok(()) } else { Err(()) };
+    socks::read_message(buf, read, decode).ok()?.ok()
+}
+
 /// SOCKS5 CONNECT to `dst` over `fd`, already connected to the edge.
 /// Returns the reply code (0 = success), or None if the edge misbehaved.
 fn socks_connect(fd: libc::c_int, dst: SocketAddr, criteria: &str) -> Option<u8> {
-    let user = b"pathvm";
-    if !write_all(fd, &[5, 1, 2]) {
+    let mut buf = [0u8; socks::MAX_REQUEST_LEN];
+    if !send(fd, |b| socks::Greeting { methods: &[socks::Method::UserPass.code()] }.encode(b)) {
         return None;
     }
-    let mut m = [0u8; 2];
-    if !read_exact(fd, &mut m) || m != [5, 2] {
+    let n = receive(fd, &mut buf, |b| Ok(socks::MethodChoice::decode(b)?.erase()))?;
+    if socks::MethodChoice::decode(&buf[..n])
+        != Ok(socks::Decoded::Ready(socks::MethodChoice(socks::Method::UserPass), n))
+    {
         return None;
     }
-    let mut auth = vec![1, user.len() as u8];
-    auth.extend_from_slice(user);
-    auth.push(criteria.len().min(255) as u8);
-    auth.extend_from_slice(&criteria.as_bytes()[..criteria.len().min(255)]);
-    let mut st = [0u8; 2];
-    if !write_all(fd, &auth) || !read_exact(fd, &mut st) || st[1] != 0 {
+    let criteria = &criteria.as_bytes()[..criteria.len().min(255)];
+    if !send(fd, |b| socks::UserPass { username: b"pathvm", password: criteria }.encode(b)) {
         return None;
     }
-    let mut req = vec![5, 1, 0];
-    match dst {
-        SocketAddr::V4(a) => {
-            req.push(1);
-            req.extend_from_slice(&a.ip().octets());
-        }
-        SocketAddr::V6(a) => {
-            req.push(4);
-            req.extend_from_slice(&a.ip().octets());
-        }
-    }
-    req.extend_from_slice(&dst.port().to_be_bytes());
-    let mut rep = [0u8; 10];
-    if !write_all(fd, &req) || !read_exact(fd, &mut rep) {
+    let n = receive(fd, &mut buf, |b| Ok(socks::AuthStatus::decode(b)?.erase()))?;
+    if socks::AuthStatus::decode(&buf[..n]) != Ok(socks::Decoded::Ready(socks::AuthStatus::OK, n)) {
         return None;
     }
-    Some(rep[1])
+    if !send(fd, |b| socks::Request::connect(socks::Addr::Ip(dst)).encode(b)) {
+        return None;
+    }
+    let n = receive(fd, &mut buf, |b| Ok(socks::ReplyMsg::decode(b)?.erase()))?;
+    match socks::ReplyMsg::decode(&buf[..n]) {
+        Ok(socks::Decoded::Ready(r, _)) => Some(r.reply.code()),
+        _ => None,
+    }
 }
 
 fn edge_addr() -> SocketAddrV4 {

@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{image, ip_bin, pathvm_bin, serve_in, ChildGuard, TopoGuard};
+use crate::events::{is, Events};
+use crate::{image, ip_bin, pathvm_bin, serve_in, ChildGuard, TempDir, TopoGuard};
 
 /// An HTTP/1.0 server in `ns` answering every request with `body`.
 pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
@@ -23,12 +24,16 @@ pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
     })
 }
 
-/// A running `pathvm edge` and its log.
+/// A running `pathvm edge`, its log and its events.
 pub struct Edge {
     /// The daemon.
     pub child: ChildGuard,
-    /// Its stderr so far.
+    /// Its stderr so far (for people reading a failure).
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Its `--events` file.
+    pub events: Events,
+    /// Holds the events file.
+    _dir: TempDir,
 }
 
 /// Starts `pathvm edge` in A's namespace and waits until it listens.
@@ -41,36 +46,73 @@ pub fn start_edge_with(topo: &TopoGuard, manifests: &std::path::Path) -> Edge {
     start_edge_from(edge_command(topo, manifests))
 }
 
-/// `pathvm edge` in A's namespace with a manifest directory, for the
-/// caller to adjust before [`start_edge_from`].
-pub fn edge_command(topo: &TopoGuard, manifests: &std::path::Path) -> Command {
+/// `pathvm edge` in A's namespace with a manifest directory and an events
+/// file, for the caller to adjust before [`start_edge_from`].
+pub struct EdgeCommand {
+    /// The command line (`ip netns exec … pathvm edge …`).
+    pub cmd: Command,
+    events: Events,
+    dir: TempDir,
+}
+
+/// The [`EdgeCommand`] of A's edge.
+pub fn edge_command(topo: &TopoGuard, manifests: &std::path::Path) -> EdgeCommand {
+    let dir = TempDir::new();
+    let events = Events::new(dir.0.join("edge-events.jsonl"));
     let mut c = Command::new(ip_bin());
     c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
     c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
-    c.arg("--manifests").arg(manifests).arg("--guest-log");
+    c.arg("--manifests").arg(manifests).arg("--guest-log").arg("--events").arg(&events.path);
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    c
+    EdgeCommand { cmd: c, events, dir }
 }
 
 /// Starts an [`edge_command`] and waits until it listens.
-pub fn start_edge_from(mut c: Command) -> Edge {
+pub fn start_edge_from(ec: EdgeCommand) -> Edge {
+    let EdgeCommand { mut cmd, events, dir } = ec;
+    let c = &mut cmd;
     let mut child = ChildGuard::new(c.spawn().unwrap());
     let err = child.get().stderr.take().unwrap();
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
     let l2 = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("SOCKS5 on") {
-                let _ = tx.send(());
-            }
             let mut g = l2.lock().unwrap();
             g.push_str(&line);
             g.push('\n');
         }
     });
-    rx.recv_timeout(Duration::from_secs(10)).expect("edge listening");
-    Edge { child, log }
+    events.wait(Duration::from_secs(10), |e| is(e, "edge_up"));
+    Edge { child, log, events, _dir: dir }
+}
+
+impl Edge {
+    /// Waits until `n` request VMs have ended; their `vm_ended` events.
+    pub fn wait_vms_ended(&self, n: usize) -> Vec<serde_json::Value> {
+        self.events.wait_n(n, Duration::from_secs(30), |e| is(e, "vm_ended"))
+    }
+
+    /// The event of kind `kind` for `flow`, once it is there.
+    pub fn wait_flow(&self, flow: &serde_json::Value, kind: &str) -> serde_json::Value {
+        self.events.wait(Duration::from_secs(30), |e| is(e, kind) && e["flow"] == *flow)
+    }
+
+    /// The `protocol_chosen` event of the request `app` made to a target
+    /// starting with `target`.
+    pub fn protocol_of(&self, app: &str, target: &str) -> Option<String> {
+        let all = self.events.all();
+        let flow = all
+            .iter()
+            .find(|e| {
+                is(e, "request_accepted")
+                    && e["app"].as_str().is_some_and(|a| a.contains(app))
+                    && e["target"].as_str().is_some_and(|t| t.starts_with(target))
+            })?
+            .get("flow")?
+            .clone();
+        let chosen = all.iter().find(|e| is(e, "protocol_chosen") && e["flow"] == flow)?;
+        chosen["protocol"].as_str().map(String::from)
+    }
 }
 
 /// `curl` through the edge from A's namespace; (exit code, body).

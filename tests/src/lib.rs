@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod edge;
+pub mod events;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

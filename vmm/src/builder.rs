@@ -325,6 +325,8 @@ pub fn finish_vm(kvm: &KvmContext, shell: VmShell, cfg: VmConfig) -> Result<Vm, 
         wake,
         stop: StopHandle::new()?,
         ready: Some(ready_tx),
+        on_stream: None,
+        on_ready: None,
         log: cfg.guest_log,
         byte_line: Vec::new(),
     };

@@ -19,6 +19,31 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::devices::MmioBus;
 
+/// What a request VM reported on [`ports::STREAM`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamReport {
+    /// The stream to the service is up.
+    Up,
+    /// The destination refused it (service down, no route, no circuit).
+    Refused,
+    /// A value the ABI does not define (the guest is not trusted).
+    Unknown(u32),
+}
+
+impl StreamReport {
+    fn from_port(v: u32) -> Self {
+        match v {
+            ports::STREAM_UP => Self::Up,
+            ports::STREAM_REFUSED => Self::Refused,
+            v => Self::Unknown(v),
+        }
+    }
+}
+
+/// Called on the vCPU thread during the exit that reported; the guest runs
+/// on once it returns.
+pub type StreamCallback = Box<dyn FnMut(StreamReport) + Send>;
+
 /// Longest the vCPU parks for one `WAIT`, whatever the guest asks.
 const MAX_PARK_US: u32 = 1_000_000;
 
@@ -113,6 +138,8 @@ pub struct VcpuRunner {
     pub(crate) wake: EventFd,
     pub(crate) stop: Arc<StopHandle>,
     pub(crate) ready: Option<SyncSender<Instant>>,
+    pub(crate) on_stream: Option<StreamCallback>,
+    pub(crate) on_ready: Option<Box<dyn FnOnce(Instant) + Send>>,
     pub(crate) log: GuestLog,
     pub(crate) byte_line: Vec<u8>,
 }
@@ -177,10 +204,18 @@ impl VcpuRunner {
             ports::EXIT => return Some(ExitReason::Exited(value)),
             ports::WAIT => self.park(value),
             ports::READY => {
+                let now = Instant::now();
                 if let Some(tx) = self.ready.take() {
-                    let _ = tx.try_send(Instant::now());
+                    let _ = tx.try_send(now);
+                }
+                if let Some(f) = self.on_ready.take() {
+                    f(now);
                 }
             }
+            ports::STREAM => match self.on_stream.as_mut() {
+                Some(f) => f(StreamReport::from_port(value)),
+                None => tracing::debug!(value, "stream report from a VM nobody asked"),
+            },
             ports::LOG_LINE => self.log_line(value as u64),
             ports::LOG_BYTE => {
                 let b = value as u8;
@@ -249,6 +284,13 @@ mod tests {
         assert_eq!(ExitReason::Exited(4000).exit_code(), 255);
         assert_eq!(ExitReason::Crashed("x".into()).exit_code(), 125);
         assert_eq!(ExitReason::Stopped.exit_code(), 130);
+    }
+
+    #[test]
+    fn stream_reports_outside_the_abi_are_kept_as_unknown() {
+        assert_eq!(StreamReport::from_port(ports::STREAM_UP), StreamReport::Up);
+        assert_eq!(StreamReport::from_port(ports::STREAM_REFUSED), StreamReport::Refused);
+        assert_eq!(StreamReport::from_port(7), StreamReport::Unknown(7));
     }
 
     #[test]

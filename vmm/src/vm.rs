@@ -169,6 +169,19 @@ impl Vm {
         self.runner.stop.clone()
     }
 
+    /// Calls `f` on the vCPU thread when a request VM reports its stream
+    /// up or refused, before the guest runs on: whoever owns the app's
+    /// connection answers it there, ahead of any stream byte.
+    pub fn on_stream_report(&mut self, f: impl FnMut(crate::vcpu::StreamReport) + Send + 'static) {
+        self.runner.on_stream = Some(Box::new(f));
+    }
+
+    /// Calls `f` on the vCPU thread when the agent signals ready (a
+    /// daemon reports its VM up without a thread waiting for it).
+    pub fn on_ready(&mut self, f: impl FnOnce(Instant) + Send + 'static) {
+        self.runner.on_ready = Some(Box::new(f));
+    }
+
     /// Runs the guest on the calling thread until it ends.
     pub fn run(self) -> Result<RunOutcome, VmError> {
         self.run_then(|_| {})

@@ -3,8 +3,9 @@
 //! service on the destination node.
 //!
 //! The driver moves bytes: app bytes in while [`Router::wants_app_input`],
-//! stream bytes out from [`Router::app_output`], the SOCKS answer once
-//! [`Router::request_phase`] leaves `Connecting`; the router does the
+//! stream bytes out from [`Router::app_output`], the report to the host
+//! (which writes the app's SOCKS answer) once [`Router::request_phase`]
+//! leaves `Connecting`; the router does the
 //! rest in [`Router::poll`] and says when the VM may leave
 //! ([`Router::request_done`]).
 
@@ -96,7 +97,7 @@ impl<L: LinkPort> Router<L> {
         (!r.replied && phase != RequestPhase::Connecting).then_some(phase)
     }
 
-    /// The driver gave the app its answer.
+    /// The driver reported the answer (the host gave it to the app).
     pub fn request_replied(&mut self) {
         if let Some(r) = self.request.as_mut() {
             r.replied = true;

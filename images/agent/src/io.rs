@@ -38,6 +38,14 @@ pub fn ready() {
     }
 }
 
+/// Tells the VMM whether the request's stream is up or refused; the VMM
+/// answers the app before this returns.
+pub fn report_stream(up: bool) {
+    if !PVH_MODE.load(Ordering::Relaxed) {
+        outl(ports::STREAM, if up { ports::STREAM_UP } else { ports::STREAM_REFUSED });
+    }
+}
+
 /// Parks the vCPU until a device signals or `timeout_us` passes.
 pub fn wait(timeout_us: u32) {
     if !PVH_MODE.load(Ordering::Relaxed) {

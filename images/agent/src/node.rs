@@ -18,11 +18,6 @@ use guest_agent::virtio::net::VirtioNet;
 use crate::roles::{console, nets, Pacer};
 use crate::{clock, io, log};
 
-/// SOCKS5 replies to the app (RFC 1928: version, code, reserved, IPv4,
-/// 0.0.0.0:0): succeeded, connection refused.
-const SOCKS_OK: [u8; 10] = [5, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-const SOCKS_REFUSED: [u8; 10] = [5, 5, 0, 1, 0, 0, 0, 0, 0, 0];
-
 fn decode_config(params: &BootParams) -> NodeConfig {
     match NodeConfig::decode(params.args()) {
         Ok(c) => c,
@@ -119,8 +114,8 @@ pub fn run(params: &BootParams) -> ! {
 
 /// A request VM: carries one app connection (the console, after the edge
 /// daemon's SOCKS handshake) as a stream to the service on the destination
-/// node, answers the SOCKS request when the stream is up or refused, and
-/// exits when the connection is over.
+/// node, reports to the host when the stream is up or refused (the host
+/// writes the SOCKS reply), and exits when the connection is over.
 pub fn run_edge(params: &BootParams) -> ! {
     let cfg = decode_config(params);
     let req = match EdgeRequest::decode(params.args().get(cfg.encoded_len()..).unwrap_or(&[])) {
@@ -138,13 +133,12 @@ pub fn run_edge(params: &BootParams) -> ! {
     let mut pacer = Pacer::new();
     loop {
         let mut worked = router.poll_links(clock::now_us());
-        // The SOCKS answer, once the stream is up or refused.
+        // Up or refused: the host answers the app (its SOCKS reply) during
+        // this exit, before any stream byte reaches the console.
         if let Some(phase) = router.request_reply_due() {
-            let reply = if phase == RequestPhase::Refused { &SOCKS_REFUSED } else { &SOCKS_OK };
-            if con.send(reply) == reply.len() {
-                router.request_replied();
-                worked = true;
-            }
+            io::report_stream(phase != RequestPhase::Refused);
+            router.request_replied();
+            worked = true;
         }
         // App to stream.
         while router.wants_app_input() {

@@ -9,6 +9,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use guest_agent::socks;
+
 use super::netns_io::in_netns;
 
 /// Where `pathvm edge` listens inside the edge host's namespace.
@@ -86,21 +88,6 @@ fn answer(mut c: TcpStream) {
     }
 }
 
-/// Meaning of a SOCKS5 reply code (RFC 1928), for error messages.
-fn reply_meaning(code: u8) -> &'static str {
-    match code {
-        1 => "general failure",
-        2 => "refused by the edge's policy",
-        3 => "network unreachable",
-        4 => "unknown destination",
-        5 => "the service refused the connection",
-        6 => "TTL expired",
-        7 => "command not supported",
-        8 => "address type not supported",
-        _ => "unknown reply code",
-    }
-}
-
 /// Opens a connection to `target` the way `via` says (call it inside the
 /// source host's namespace). Through the edge, returns once the edge has
 /// replied success, i.e. the stream to the service is up.
@@ -121,46 +108,53 @@ fn open_at(edge: SocketAddr, target: SocketAddrV4, via: &Via) -> io::Result<TcpS
         return Ok(s);
     };
     let edge_err = |what: String| io::Error::other(format!("SOCKS5 edge on {edge}: {what}"));
-    let mut m = [0u8; 2];
-    match criteria {
-        None => {
-            s.write_all(&[5, 1, 0])?;
-            s.read_exact(&mut m)?;
-            if m != [5, 0] {
-                return Err(edge_err(format!("refused the no-authentication method ({m:?})")));
-            }
-        }
-        Some(c) => {
-            // RFC 1929: the username carries the criteria; any password.
-            let user = format!("pathvm:{c}");
-            let len = u8::try_from(user.len()).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("criteria {c:?} longer than a SOCKS5 username"))
-            })?;
-            s.write_all(&[5, 1, 2])?;
-            s.read_exact(&mut m)?;
-            if m != [5, 2] {
-                return Err(edge_err(format!("refused username/password authentication ({m:?})")));
-            }
-            let mut auth = vec![1, len];
-            auth.extend_from_slice(user.as_bytes());
-            auth.extend_from_slice(&[1, b'-']);
-            s.write_all(&auth)?;
-            s.read_exact(&mut m)?;
-            if m[1] != 0 {
-                return Err(edge_err(format!("authentication as {user:?} failed (status {})", m[1])));
-            }
+    let mut buf = [0u8; socks::MAX_AUTH_LEN];
+    let mut send = |s: &mut TcpStream, encode: &dyn Fn(&mut [u8]) -> Result<usize, socks::Error>| {
+        let n = encode(&mut buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        s.write_all(&buf[..n])
+    };
+    let user = criteria.as_ref().map(|c| format!("pathvm:{c}"));
+    if let Some(u) = &user {
+        if u.len() > 255 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("criteria {u:?} longer than a SOCKS5 username"),
+            ));
         }
     }
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&target.ip().octets());
-    req.extend_from_slice(&target.port().to_be_bytes());
-    s.write_all(&req)?;
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep)?;
-    if rep[1] != 0 {
-        return Err(edge_err(format!("reply {} ({})", rep[1], reply_meaning(rep[1]))));
+    let method = if user.is_some() { socks::Method::UserPass } else { socks::Method::None };
+    send(&mut s, &|b| socks::Greeting { methods: &[method.code()] }.encode(b))?;
+    let chosen = receive(&mut s, socks::MethodChoice::decode)?;
+    if chosen != socks::MethodChoice(method) {
+        return Err(edge_err(format!("refused authentication method {method:?} (chose {:?})", chosen.0)));
+    }
+    if let Some(u) = &user {
+        // RFC 1929: the username carries the criteria; any password.
+        send(&mut s, &|b| socks::UserPass { username: u.as_bytes(), password: b"-" }.encode(b))?;
+        let status = receive(&mut s, socks::AuthStatus::decode)?;
+        if status != socks::AuthStatus::OK {
+            return Err(edge_err(format!("authentication as {u:?} failed (status {})", status.0)));
+        }
+    }
+    send(&mut s, &|b| socks::Request::connect(socks::Addr::Ip(SocketAddr::V4(target))).encode(b))?;
+    let reply = receive(&mut s, |b| Ok(socks::ReplyMsg::decode(b)?.map(|r| r.reply)))?;
+    if reply != socks::Reply::Succeeded {
+        return Err(edge_err(format!("reply {} ({})", reply.code(), reply.meaning())));
     }
     Ok(s)
+}
+
+/// Reads one SOCKS5 message from `s`, exactly its bytes; `decode` yields
+/// an owned summary of it.
+fn receive<T>(s: &mut TcpStream, decode: impl Fn(&[u8]) -> Result<socks::Decoded<T>, socks::Error>) -> io::Result<T> {
+    let mut buf = [0u8; socks::MAX_REQUEST_LEN];
+    let n = socks::read_message(&mut buf, |b| s.read_exact(b), |b| Ok(decode(b)?.erase()))?
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match decode(&buf[..n]) {
+        Ok(socks::Decoded::Ready(v, _)) => Ok(v),
+        Ok(socks::Decoded::NeedMore(_)) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+    }
 }
 
 /// Asks the service on `s` for `bytes` bytes.
@@ -219,38 +213,20 @@ pub fn measure(ns: &str, target: SocketAddrV4, via: Via, connects: usize, bytes:
 mod tests {
     use super::*;
 
-    /// A SOCKS5 edge stand-in on loopback: checks the client's handshake
-    /// and replies `code`; returns the username it saw.
+    /// A SOCKS5 edge stand-in on loopback: the edge's own handshake
+    /// checks the client's, then replies `code`; returns the username it saw.
     fn fake_edge(code: u8) -> (SocketAddr, std::thread::JoinHandle<Option<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let h = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let mut hello = [0u8; 3];
-            c.read_exact(&mut hello).unwrap();
-            let mut user = None;
-            if hello == [5, 1, 2] {
-                c.write_all(&[5, 2]).unwrap();
-                let mut h = [0u8; 2];
-                c.read_exact(&mut h).unwrap();
-                let mut u = vec![0u8; h[1] as usize];
-                c.read_exact(&mut u).unwrap();
-                let mut plen = [0u8; 1];
-                c.read_exact(&mut plen).unwrap();
-                let mut p = vec![0u8; plen[0] as usize];
-                c.read_exact(&mut p).unwrap();
+            let req = edge::socks::accept(&mut c).unwrap();
+            if let Some(p) = &req.password {
                 assert!(!p.is_empty(), "RFC 1929 passwords are 1-255 bytes");
-                c.write_all(&[1, 0]).unwrap();
-                user = Some(String::from_utf8(u).unwrap());
-            } else {
-                assert_eq!(hello, [5, 1, 0]);
-                c.write_all(&[5, 0]).unwrap();
             }
-            let mut req = [0u8; 10];
-            c.read_exact(&mut req).unwrap();
-            assert_eq!(&req[..4], &[5, 1, 0, 1]);
-            c.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
-            user
+            assert!(matches!(req.target, edge::socks::Target::Addr(SocketAddr::V4(_))));
+            edge::socks::reply(&mut c, socks::Reply::from_code(code)).unwrap();
+            req.username
         });
         (addr, h)
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use policy::{select, Criteria, ManifestDir};
+use policy::{resolve, select, ManifestDir};
 
 /// Where manifests live unless `--manifests` says otherwise.
 pub const DEFAULT_MANIFESTS: &str = "/etc/pathvm/manifests";
@@ -29,20 +29,10 @@ pub struct ExplainArgs {
 
 /// Prints the decision table for an app.
 pub fn run(a: ExplainArgs) -> Result<i32, Box<dyn std::error::Error>> {
-    let sent = a.criteria.as_deref().map(Criteria::parse).transpose()?;
-    let manifest = ManifestDir::new(&a.manifests).lookup(Path::new(&a.app))?;
-    let mut sources = Vec::new();
-    if let Some(s) = &sent {
-        sources.push(format!("sent ({s})"));
-    }
-    if let Some(m) = &manifest {
-        sources.push(format!("manifest {} ({})", m.path.display(), m.criteria));
-    }
-    sources.push("defaults".into());
-    let from_manifest = manifest.map(|m| m.criteria).unwrap_or_default();
-    let criteria = sent.unwrap_or_default().over(&from_manifest).over(&Criteria::default());
+    let resolved = resolve(a.criteria.as_deref(), Path::new(&a.app), &ManifestDir::new(&a.manifests))?;
     println!("app: {}", a.app);
-    println!("criteria from: {}", sources.join(" > "));
+    println!("criteria from: {}", resolved.sources_line());
+    let criteria = resolved.criteria;
     match select(&criteria) {
         Ok(d) => {
             println!("{d}");

@@ -51,6 +51,16 @@ enum Command {
     Run(run::RunArgs),
 }
 
+/// The event sink `--events` asks for (disabled without it).
+pub fn open_events(target: Option<&std::path::Path>) -> Result<::node::events::EventSink, String> {
+    match target {
+        None => Ok(::node::events::EventSink::disabled()),
+        Some(p) => {
+            ::node::events::EventSink::open(p).map_err(|e| format!("cannot write events to {}: {e}", p.display()))
+        }
+    }
+}
+
 /// The guest image to use when `--image` is not given: `$PATHVM_IMAGE`,
 /// else `images/out/agent.elf` under the current directory, else beside
 /// the source tree the binary was built in.

@@ -1,8 +1,12 @@
 //! `pathvm node`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Args;
+use node::events::{Counters, Event};
+use node::NodeFile;
 use vmm::vcpu::GuestLog;
 use vmm::{AgentImage, KvmContext};
 
@@ -34,6 +38,11 @@ pub struct NodeArgs {
     /// destination together).
     #[arg(long, value_name = "FILE")]
     dump_memory: Option<PathBuf>,
+    /// Write one JSON object a line (node up, VM ended with its counters)
+    /// to FILE, or to stdout with `-` (with `--console unix:PATH`, since
+    /// stdio carries console records).
+    #[arg(long, value_name = "FILE|-")]
+    events: Option<PathBuf>,
 }
 
 /// Runs a node until stopped.
@@ -41,6 +50,17 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let image = AgentImage::open(&args.image.unwrap_or_else(super::default_image))?;
     let kvm = KvmContext::open()?;
     let log = if args.quiet { GuestLog::Discard } else { GuestLog::Stderr };
+    let events = Arc::new(super::open_events(args.events.as_deref())?);
+    let file = NodeFile::load(&args.config)?;
+    let (node, ports) = (file.id, file.port.len());
+    let started = Instant::now();
+    let on_ready = {
+        let events = events.clone();
+        move |at: Instant| {
+            let boot_us = u64::try_from(at.duration_since(started).as_micros()).unwrap_or(u64::MAX);
+            events.emit(&Event::NodeUp { node, ports, boot_us })
+        }
+    };
     let outcome = node::run(
         &kvm,
         &image,
@@ -49,7 +69,15 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
         log,
         super::stop_on_signals,
         args.dump_memory.as_deref(),
+        on_ready,
     )?;
+    events.emit(&Event::VmEnded {
+        flow: None,
+        node: Some(node),
+        exit: format!("{:?}", outcome.reason),
+        elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        counters: outcome.guest_stats.as_ref().map(Counters::from),
+    });
     if let Some(path) = args.metrics {
         let s = outcome.guest_stats;
         let report = serde_json::json!({

@@ -6,9 +6,10 @@
 //! flow id come to it; no `tc` process on the connect path), and a directed
 //! link id of its own from the edge side's span, so relays keep its
 //! sequence numbers and key apart from every other sender's. Its console is
-//! the application's connection, after the SOCKS handshake: the agent
-//! writes the SOCKS reply itself once the stream to the service is up or
-//! refused, then carries the bytes.
+//! the application's connection, after the SOCKS handshake. The agent
+//! reports on a port when the stream to the service is up or refused; the
+//! caller's callback answers the app there (the SOCKS reply is the edge's
+//! to write), before the agent carries any byte.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -24,7 +25,7 @@ use node::{NodeFile, NodeFileError};
 use vmm::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
 use vmm::kvm::KvmContext;
 use vmm::loader::AgentImage;
-use vmm::vcpu::GuestLog;
+use vmm::vcpu::{GuestLog, StreamReport};
 use vmm::vm::{RunOutcome, VmError};
 
 /// Why a request VM could not run.
@@ -148,7 +149,10 @@ impl Drop for Steering {
 
 /// Runs the request VM for `spec` with `app` (the client's socket, SOCKS
 /// request already read) as its console, until the connection ends; its
-/// exit and the counters the request VM kept.
+/// exit and the counters the request VM kept. `on_stream` is called on the
+/// vCPU thread when the VM reports its stream up or refused; `on_up` once
+/// the VM is built and steered, just before it runs.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     kvm: &KvmContext,
     image: &AgentImage,
@@ -156,6 +160,8 @@ pub fn run(
     spec: &RequestSpec,
     app: OwnedFd,
     guest_log: GuestLog,
+    on_stream: impl FnMut(StreamReport) + Send + 'static,
+    on_up: impl FnOnce(),
 ) -> Result<RunOutcome, RequestError> {
     let slot = spec.slot;
     let mut cfg: NodeConfig = edge.node_config()?;
@@ -182,9 +188,11 @@ pub fn run(
         args,
         guest_log,
     };
-    let vm = build_vm(kvm, image, vm_cfg)?;
+    let mut vm = build_vm(kvm, image, vm_cfg)?;
+    vm.on_stream_report(on_stream);
     // One tc priority per live request (slots wrap well below u16::MAX).
     let prio = u16::try_from(1 + slot % 40_000).unwrap_or(u16::MAX);
     let _steering = Steering::up(&steer, spec.flow, prio)?;
+    on_up();
     Ok(vm.run()?)
 }

@@ -1,5 +1,6 @@
 //! SOCKS5, server side: the handshake up to the CONNECT request, and the
-//! reply. RFC 1928 with RFC 1929 username/password authentication.
+//! reply. RFC 1928 with RFC 1929 username/password authentication; the
+//! byte layouts are [`guest_agent::socks`]'s, shared with the clients.
 //!
 //! Everything the client sends is checked; a malformed or unsupported
 //! request gets the reply code RFC 1928 defines for it (when the protocol
@@ -7,43 +8,11 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
+pub use guest_agent::socks::Reply;
+use guest_agent::socks::{self as wire, Addr, AuthStatus, Greeting, Method, MethodChoice, ReplyMsg, UserPass};
 use thiserror::Error;
-
-const VERSION: u8 = 5;
-const AUTH_VERSION: u8 = 1;
-const METHOD_NONE: u8 = 0x00;
-const METHOD_USERPASS: u8 = 0x02;
-const METHOD_UNACCEPTABLE: u8 = 0xff;
-const CMD_CONNECT: u8 = 1;
-const ATYP_V4: u8 = 1;
-const ATYP_DOMAIN: u8 = 3;
-const ATYP_V6: u8 = 4;
-
-/// RFC 1928 reply codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Reply {
-    /// Succeeded.
-    Succeeded = 0,
-    /// General SOCKS server failure.
-    GeneralFailure = 1,
-    /// Connection not allowed by ruleset (policy refused the request).
-    NotAllowed = 2,
-    /// Network unreachable.
-    NetworkUnreachable = 3,
-    /// Host unreachable (unknown destination).
-    HostUnreachable = 4,
-    /// Connection refused (the service is down).
-    ConnectionRefused = 5,
-    /// TTL expired.
-    TtlExpired = 6,
-    /// Command not supported.
-    CommandNotSupported = 7,
-    /// Address type not supported.
-    AddressTypeNotSupported = 8,
-}
 
 /// Where the client wants to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +93,20 @@ pub enum SocksError {
     BadHost,
 }
 
+impl From<wire::Error> for SocksError {
+    fn from(e: wire::Error) -> Self {
+        match e {
+            wire::Error::Version(v) => Self::Version(v),
+            wire::Error::NoMethods => Self::NoMethod,
+            wire::Error::AddressType(t) => Self::AddressType(t),
+            wire::Error::BadHost => Self::BadHost,
+            // Only encoders say these; every read buffer here holds the
+            // longest message.
+            wire::Error::TooLong | wire::Error::BufferTooSmall { .. } => Self::BadAuth,
+        }
+    }
+}
+
 impl SocksError {
     /// The reply code for this failure, if the client should get one.
     pub fn reply(&self) -> Option<Reply> {
@@ -136,65 +119,80 @@ impl SocksError {
     }
 }
 
-fn byte<S: Read>(s: &mut S) -> io::Result<u8> {
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b)?;
-    Ok(b[0])
+/// Reads one message with `decode` into `buf`, exactly its bytes.
+fn read<S: Read>(
+    s: &mut S,
+    buf: &mut [u8],
+    decode: impl Fn(&[u8]) -> Result<wire::Decoded<()>, wire::Error>,
+) -> Result<usize, SocksError> {
+    Ok(wire::read_message(buf, |b| s.read_exact(b), decode)??)
 }
 
-fn bytes<S: Read>(s: &mut S, n: usize) -> io::Result<Vec<u8>> {
-    let mut v = vec![0u8; n];
-    s.read_exact(&mut v)?;
-    Ok(v)
+/// The message [`read`] found whole (decoding the same bytes again).
+fn whole<T>(d: wire::Decoded<T>) -> Result<T, SocksError> {
+    match d {
+        wire::Decoded::Ready(v, _) => Ok(v),
+        wire::Decoded::NeedMore(_) => Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+    }
+}
+
+fn send<S: Write>(s: &mut S, encode: impl FnOnce(&mut [u8]) -> Result<usize, wire::Error>) -> io::Result<()> {
+    let mut buf = [0u8; wire::MAX_REQUEST_LEN];
+    let n = encode(&mut buf).map_err(io::Error::other)?;
+    s.write_all(&buf[..n])
 }
 
 /// Runs the server side of the handshake up to the CONNECT request. On an
 /// error that has a reply code, the reply has already been sent.
 pub fn accept<S: Read + Write>(s: &mut S) -> Result<Request, SocksError> {
-    let v = byte(s)?;
-    if v != VERSION {
-        return Err(SocksError::Version(v));
-    }
-    let n = byte(s)? as usize;
-    let methods = bytes(s, n)?;
+    let mut buf = [0u8; wire::MAX_AUTH_LEN];
+    let n = match read(s, &mut buf, |b| Ok(Greeting::decode(b)?.erase())) {
+        Err(SocksError::NoMethod) => {
+            send(s, |b| MethodChoice(Method::Unacceptable).encode(b))?;
+            return Err(SocksError::NoMethod);
+        }
+        r => r?,
+    };
+    let greeting = whole(Greeting::decode(&buf[..n])?)?;
     // Prefer username/password: the username is how apps send criteria.
-    let method = if methods.contains(&METHOD_USERPASS) {
-        METHOD_USERPASS
-    } else if methods.contains(&METHOD_NONE) {
-        METHOD_NONE
+    let method = if greeting.offers(Method::UserPass) {
+        Method::UserPass
+    } else if greeting.offers(Method::None) {
+        Method::None
     } else {
-        s.write_all(&[VERSION, METHOD_UNACCEPTABLE])?;
+        send(s, |b| MethodChoice(Method::Unacceptable).encode(b))?;
         return Err(SocksError::NoMethod);
     };
-    s.write_all(&[VERSION, method])?;
-    let (username, password) = if method == METHOD_USERPASS {
-        if byte(s)? != AUTH_VERSION {
-            s.write_all(&[AUTH_VERSION, 1])?;
-            return Err(SocksError::BadAuth);
-        }
-        let ulen = byte(s)? as usize;
-        let user = bytes(s, ulen)?;
-        let plen = byte(s)? as usize;
-        let password = bytes(s, plen)?;
-        let (Ok(user), Ok(password)) = (String::from_utf8(user), String::from_utf8(password)) else {
-            s.write_all(&[AUTH_VERSION, 1])?;
+    send(s, |b| MethodChoice(method).encode(b))?;
+    let (username, password) = if method == Method::UserPass {
+        let n = match read(s, &mut buf, |b| Ok(UserPass::decode(b)?.erase())) {
+            Err(SocksError::Version(_)) => {
+                send(s, |b| AuthStatus::FAILED.encode(b))?;
+                return Err(SocksError::BadAuth);
+            }
+            r => r?,
+        };
+        let up = whole(UserPass::decode(&buf[..n])?)?;
+        let (Ok(user), Ok(password)) = (std::str::from_utf8(up.username), std::str::from_utf8(up.password)) else {
+            send(s, |b| AuthStatus::FAILED.encode(b))?;
             return Err(SocksError::BadAuth);
         };
-        s.write_all(&[AUTH_VERSION, 0])?;
-        (Some(user), Some(password))
+        let creds = (Some(user.to_string()), Some(password.to_string()));
+        send(s, |b| AuthStatus::OK.encode(b))?;
+        creds
     } else {
         (None, None)
     };
-    let head = bytes(s, 4)?;
-    if head[0] != VERSION {
-        return Err(SocksError::Version(head[0]));
-    }
-    let result = read_target(s, head[3]).and_then(|t| {
-        if head[1] == CMD_CONNECT {
-            Ok(t)
-        } else {
-            Err(SocksError::Command(head[1]))
+    let mut buf = [0u8; wire::MAX_REQUEST_LEN];
+    let result = read(s, &mut buf, |b| Ok(wire::Request::decode(b)?.erase())).and_then(|n| {
+        let r = whole(wire::Request::decode(&buf[..n])?)?;
+        if r.command != wire::CMD_CONNECT {
+            return Err(SocksError::Command(r.command));
         }
+        Ok(match r.target {
+            Addr::Ip(a) => Target::Addr(a),
+            Addr::Domain(h, p) => Target::Domain(h.to_string(), p),
+        })
     });
     match result {
         Ok(target) => Ok(Request { target, username, password }),
@@ -207,38 +205,10 @@ pub fn accept<S: Read + Write>(s: &mut S) -> Result<Request, SocksError> {
     }
 }
 
-fn read_target<S: Read>(s: &mut S, atyp: u8) -> Result<Target, SocksError> {
-    let target = match atyp {
-        ATYP_V4 => {
-            let a = bytes(s, 6)?;
-            Target::Addr(SocketAddr::new(
-                Ipv4Addr::new(a[0], a[1], a[2], a[3]).into(),
-                u16::from_be_bytes([a[4], a[5]]),
-            ))
-        }
-        ATYP_V6 => {
-            let a = bytes(s, 18)?;
-            let ip: [u8; 16] = a[..16].try_into().map_err(|_| SocksError::BadHost)?;
-            Target::Addr(SocketAddr::new(Ipv6Addr::from(ip).into(), u16::from_be_bytes([a[16], a[17]])))
-        }
-        ATYP_DOMAIN => {
-            let n = byte(s)? as usize;
-            let a = bytes(s, n + 2)?;
-            let host = String::from_utf8(a[..n].to_vec()).map_err(|_| SocksError::BadHost)?;
-            if host.is_empty() {
-                return Err(SocksError::BadHost);
-            }
-            Target::Domain(host, u16::from_be_bytes([a[n], a[n + 1]]))
-        }
-        other => return Err(SocksError::AddressType(other)),
-    };
-    Ok(target)
-}
-
 /// Sends the reply to a CONNECT request (bound address 0.0.0.0:0: the
 /// connection's far end lives in another VM, not on this host).
 pub fn reply<S: Write>(s: &mut S, code: Reply) -> io::Result<()> {
-    s.write_all(&[VERSION, code as u8, 0, ATYP_V4, 0, 0, 0, 0, 0, 0])
+    send(s, |b| ReplyMsg::new(code).encode(b))
 }
 
 #[cfg(test)]
@@ -312,7 +282,7 @@ mod tests {
     #[test]
     fn connect_ipv6() {
         let mut msg = vec![5, 1, 0, 5, 1, 0, 4];
-        msg.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        msg.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
         msg.extend_from_slice(&[0, 22]);
         let r = accept(&mut Script::new(&msg)).unwrap();
         assert_eq!(r.target, Target::Addr("[::1]:22".parse().unwrap()));
@@ -323,7 +293,7 @@ mod tests {
         for cmd in [2u8, 3] {
             let mut s = Script::new(&[5, 1, 0, 5, cmd, 0, 1, 1, 2, 3, 4, 0, 1]);
             assert!(matches!(accept(&mut s), Err(SocksError::Command(c)) if c == cmd));
-            assert_eq!(&s.output[2..4], &[5, Reply::CommandNotSupported as u8]);
+            assert_eq!(&s.output[2..4], &[5, Reply::CommandNotSupported.code()]);
         }
     }
 
@@ -331,7 +301,7 @@ mod tests {
     fn unknown_address_type_is_refused_with_its_code() {
         let mut s = Script::new(&[5, 1, 0, 5, 1, 0, 9]);
         assert!(matches!(accept(&mut s), Err(SocksError::AddressType(9))));
-        assert_eq!(&s.output[2..4], &[5, Reply::AddressTypeNotSupported as u8]);
+        assert_eq!(&s.output[2..4], &[5, Reply::AddressTypeNotSupported.code()]);
     }
 
     #[test]
@@ -360,7 +330,7 @@ mod tests {
     fn empty_host_name_is_refused() {
         let mut s = Script::new(&[5, 1, 0, 5, 1, 0, 3, 0, 0, 80]);
         assert!(matches!(accept(&mut s), Err(SocksError::BadHost)));
-        assert_eq!(&s.output[2..4], &[5, Reply::GeneralFailure as u8]);
+        assert_eq!(&s.output[2..4], &[5, Reply::GeneralFailure.code()]);
     }
 
     #[test]

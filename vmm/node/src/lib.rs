@@ -14,6 +14,7 @@
 
 mod config;
 pub mod connector;
+pub mod events;
 mod plumbing;
 
 use std::io::{Read, Write};
@@ -93,7 +94,9 @@ pub fn dump_memory(mem: &vm_memory::GuestMemoryMmap, path: &Path) -> std::io::Re
 
 /// Runs a node from `config_path` until its VM stops. `on_stop_handle`
 /// receives the handle that stops it (for signal handlers); with
-/// `dump_to`, the guest's memory is written there when it stops.
+/// `dump_to`, the guest's memory is written there when it stops;
+/// `on_ready` is called (on the vCPU thread) when the agent is serving.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     kvm: &KvmContext,
     image: &AgentImage,
@@ -102,6 +105,7 @@ pub fn run(
     guest_log: GuestLog,
     on_stop_handle: impl FnOnce(std::sync::Arc<StopHandle>),
     dump_to: Option<&Path>,
+    on_ready: impl FnOnce(std::time::Instant) + Send + 'static,
 ) -> Result<RunOutcome, NodeError> {
     let file = NodeFile::load(config_path)?;
     let node_cfg = file.node_config()?;
@@ -137,7 +141,8 @@ pub fn run(
         args,
         guest_log,
     };
-    let vm = build_vm(kvm, image, cfg)?;
+    let mut vm = build_vm(kvm, image, cfg)?;
+    vm.on_ready(on_ready);
     on_stop_handle(vm.stop_handle());
     let outcome = vm.run_then(|mem| {
         if let Some(path) = dump_to {

@@ -1,0 +1,237 @@
+//! Structured events of the daemons: one JSON object a line, for tests,
+//! benchmarks and operators to read instead of log text.
+//!
+//! `pathvm edge --events FILE|-` and `pathvm node --events FILE|-` write
+//! them; every object has an `event` field naming its kind. Log lines on
+//! stderr stay for people; these are the contract for programs.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use guest_agent::node::NodeStats;
+use serde::Serialize;
+
+/// A request VM's or node VM's counters (its stats page) at the end.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets forwarded to a next node.
+    pub forwarded: u64,
+    /// Packets delivered to this VM's host (or app).
+    pub delivered: u64,
+    /// Packets originated.
+    pub originated: u64,
+    /// Times the topology routing runs on changed (the request VM
+    /// rerouting around a dead relay counts here).
+    pub route_changes: u64,
+    /// Onion circuits relayed, ended or built.
+    pub circuits: u64,
+    /// Link probes sent.
+    pub probes_sent: u64,
+    /// Packets dropped because a transmit ring stayed full.
+    pub tx_full: u64,
+}
+
+impl From<&NodeStats> for Counters {
+    fn from(s: &NodeStats) -> Self {
+        Self {
+            forwarded: s.forwarded,
+            delivered: s.delivered,
+            originated: s.originated,
+            route_changes: s.topology_changes,
+            circuits: s.circuits,
+            probes_sent: s.probes_sent,
+            tx_full: s.tx_full,
+        }
+    }
+}
+
+/// One protocol's line of a selection.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProtocolRow {
+    /// The protocol.
+    pub protocol: String,
+    /// Its score against the criteria.
+    pub score: i32,
+    /// Why it cannot be used, if it cannot.
+    pub refused: Option<String>,
+}
+
+/// Something a daemon did that a program may want to know.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The edge listens for SOCKS5 clients.
+    EdgeUp {
+        /// Where.
+        listen: String,
+    },
+    /// A client's SOCKS5 handshake failed (garbage, truncation); no reply
+    /// code applies or it was sent by the handshake itself.
+    HandshakeFailed {
+        /// The client's executable, or `unknown`.
+        app: String,
+        /// What was wrong.
+        error: String,
+    },
+    /// A CONNECT request was read and the app identified (claim steps
+    /// (a)-(b)); its criteria resolved if they could be (step (c)).
+    RequestAccepted {
+        /// The flow id the request gets (names it in later events).
+        flow: String,
+        /// The app's executable, or `unknown`.
+        app: String,
+        /// Its process id, if identified.
+        pid: Option<u32>,
+        /// Where it asked to go (`host:port`).
+        target: String,
+        /// The criteria in force (`(none)` when nothing asked for any).
+        criteria: Option<String>,
+        /// Where they came from, most specific first.
+        criteria_from: Vec<String>,
+    },
+    /// A routing protocol was chosen for a request (step (d)).
+    ProtocolChosen {
+        /// The request.
+        flow: String,
+        /// The protocol's name.
+        protocol: String,
+        /// Its wire id.
+        wire_id: u8,
+        /// One line: the choice and why.
+        summary: String,
+        /// Every protocol, scored or refused.
+        rows: Vec<ProtocolRow>,
+    },
+    /// The request VM is built and steered, about to run.
+    VmUp {
+        /// The request.
+        flow: String,
+        /// The destination node.
+        dst: u16,
+        /// Time to build and steer it, µs.
+        spawn_us: u64,
+    },
+    /// The app got success: its stream to the service is up.
+    StreamUp {
+        /// The request.
+        flow: String,
+        /// From accept to the reply, µs.
+        since_accept_us: u64,
+    },
+    /// The app got a refusal, from the edge (policy, unknown destination,
+    /// a VM that failed) or from the destination (service down).
+    Refused {
+        /// The request.
+        flow: String,
+        /// The SOCKS5 reply code sent.
+        reply: u8,
+        /// Its name (`NotAllowed`, `HostUnreachable`, ...).
+        reply_name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node VM is serving.
+    NodeUp {
+        /// Its node id.
+        node: u16,
+        /// Its link ports.
+        ports: usize,
+        /// From start to the agent's ready signal, µs.
+        boot_us: u64,
+    },
+    /// A VM ended: a request VM (with `flow`) or a node VM (with `node`).
+    VmEnded {
+        /// The request, for a request VM.
+        flow: Option<String>,
+        /// The node, for a node VM.
+        node: Option<u16>,
+        /// How it ended (`Exited(0)`, `Stopped`, `Crashed(...)`).
+        exit: String,
+        /// How long the request or node ran, µs.
+        elapsed_us: u64,
+        /// Its counters, if its agent kept them.
+        counters: Option<Counters>,
+    },
+}
+
+/// How flows are written in events: the same form as in log lines.
+pub fn flow_name(flow: u32) -> String {
+    format!("{flow:#010x}")
+}
+
+/// Where events go: nowhere (not asked for), a file, or stdout. Each event
+/// is written and flushed as one line under a lock, so concurrent request
+/// threads never interleave.
+pub struct EventSink {
+    out: Option<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl EventSink {
+    /// Events are not wanted.
+    pub fn disabled() -> Self {
+        Self { out: None }
+    }
+
+    /// `-` for stdout, else a file (created or truncated).
+    pub fn open(target: &Path) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> =
+            if target == Path::new("-") { Box::new(io::stdout()) } else { Box::new(File::create(target)?) };
+        Ok(Self { out: Some(Mutex::new(out)) })
+    }
+
+    /// Writes `event` as one line (best effort: a full disk must not take
+    /// the daemon down).
+    pub fn emit(&self, event: &Event) {
+        let Some(out) = &self.out else { return };
+        let Ok(mut line) = serde_json::to_vec(event) else { return };
+        line.push(b'\n');
+        let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = w.write_all(&line).and_then(|_| w.flush());
+    }
+
+    /// Whether events are written at all.
+    pub fn enabled(&self) -> bool {
+        self.out.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_tagged_snake_case_objects() {
+        let e = Event::Refused {
+            flow: flow_name(0x12),
+            reply: 4,
+            reply_name: "HostUnreachable".into(),
+            reason: "x".into(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event"], "refused");
+        assert_eq!(v["flow"], "0x00000012");
+        assert_eq!(v["reply"], 4);
+    }
+
+    #[test]
+    fn a_file_sink_writes_one_line_per_event() {
+        let path = std::env::temp_dir().join(format!("pathvm-events-{}.jsonl", std::process::id()));
+        let sink = EventSink::open(&path).unwrap();
+        sink.emit(&Event::EdgeUp { listen: "127.0.0.1:1080".into() });
+        sink.emit(&Event::StreamUp { flow: flow_name(1), since_accept_us: 5 });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["event"], "stream_up");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_disabled_sink_writes_nothing() {
+        let s = EventSink::disabled();
+        assert!(!s.enabled());
+        s.emit(&Event::EdgeUp { listen: String::new() });
+    }
+}
