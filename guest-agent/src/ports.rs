@@ -26,8 +26,11 @@ pub const READY: u16 = 0x508;
 pub const STREAM: u16 = 0x50c;
 /// [`STREAM`] value: the service is connected.
 pub const STREAM_UP: u32 = 0;
-/// [`STREAM`] value: refused (service down, no route, no circuit).
+/// [`STREAM`] value: refused (service down, no route).
 pub const STREAM_REFUSED: u32 = 1;
+/// [`STREAM`] value: refused before any packet left, because no onion
+/// circuit reaches the destination while avoiding what the app avoids.
+pub const STREAM_NO_CIRCUIT: u32 = 2;
 
 /// Largest log line the VMM accepts; longer lines are cut.
 pub const LOG_LINE_MAX: usize = 4096;

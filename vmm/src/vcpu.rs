@@ -24,8 +24,10 @@ use crate::devices::MmioBus;
 pub enum StreamReport {
     /// The stream to the service is up.
     Up,
-    /// The destination refused it (service down, no route, no circuit).
+    /// The destination refused it (service down, no route).
     Refused,
+    /// No onion circuit avoids what the app avoids: nothing was sent.
+    NoCircuit,
     /// A value the ABI does not define (the guest is not trusted).
     Unknown(u32),
 }
@@ -35,6 +37,7 @@ impl StreamReport {
         match v {
             ports::STREAM_UP => Self::Up,
             ports::STREAM_REFUSED => Self::Refused,
+            ports::STREAM_NO_CIRCUIT => Self::NoCircuit,
             v => Self::Unknown(v),
         }
     }
@@ -290,6 +293,7 @@ mod tests {
     fn stream_reports_outside_the_abi_are_kept_as_unknown() {
         assert_eq!(StreamReport::from_port(ports::STREAM_UP), StreamReport::Up);
         assert_eq!(StreamReport::from_port(ports::STREAM_REFUSED), StreamReport::Refused);
+        assert_eq!(StreamReport::from_port(ports::STREAM_NO_CIRCUIT), StreamReport::NoCircuit);
         assert_eq!(StreamReport::from_port(7), StreamReport::Unknown(7));
     }
 

@@ -224,6 +224,7 @@ impl<L: LinkPort> Router<L> {
         if r.protocol == Protocol::Onion && r.onion_prepare(req.dst).is_err() {
             r.notice(Notice::NoCircuit);
             if let Some(s) = r.request.as_mut() {
+                s.no_circuit = true;
                 s.stream.refuse();
             }
         }

@@ -33,8 +33,23 @@ pub enum RequestPhase {
     Connecting,
     /// The service is connected: tell the app so, then carry bytes.
     Up,
-    /// Refused (service down, no route, no circuit): tell the app so.
+    /// Refused (service down, no route): tell the app so.
     Refused,
+    /// No onion circuit reaches the destination while avoiding what the
+    /// app avoids: refused before any packet left.
+    NoCircuit,
+}
+
+impl RequestPhase {
+    /// What the request VM writes to [`ports::STREAM`](crate::ports::STREAM)
+    /// for this phase (`Connecting` is never reported).
+    pub const fn port_value(self) -> u32 {
+        match self {
+            Self::Connecting | Self::Up => crate::ports::STREAM_UP,
+            Self::Refused => crate::ports::STREAM_REFUSED,
+            Self::NoCircuit => crate::ports::STREAM_NO_CIRCUIT,
+        }
+    }
 }
 
 /// The one stream of a request VM.
@@ -54,6 +69,8 @@ pub struct RequestStream {
     pub(super) closing_since: Option<u64>,
     /// Nodes the app asked not to relay through.
     pub(super) avoid: Vec<NodeId>,
+    /// Refused because no onion circuit could be built.
+    pub(super) no_circuit: bool,
 }
 
 impl RequestStream {
@@ -70,12 +87,14 @@ impl RequestStream {
             backlog: Vec::new(),
             closing_since: None,
             avoid: req.avoid.clone(),
+            no_circuit: false,
         }
     }
 
     fn phase(&self) -> RequestPhase {
         match self.stream.state() {
             StreamState::Established | StreamState::Closed => RequestPhase::Up,
+            StreamState::Reset if self.no_circuit => RequestPhase::NoCircuit,
             StreamState::Reset => RequestPhase::Refused,
             _ => RequestPhase::Connecting,
         }

@@ -415,3 +415,20 @@ fn a_full_link_keeps_frames_queued_until_it_has_room() {
     assert_eq!(delivered(&mut net, 3).len(), 600);
     assert_eq!(net.host(1).router.stats().tx_full, 0);
 }
+
+#[test]
+fn an_onion_request_avoiding_every_circuit_is_refused_before_anything_is_sent() {
+    // line5 has one path; avoiding its middle relay leaves no circuit.
+    let req = EdgeRequest { avoid: vec![3], ..request(5, b"10.0.0.9:80") };
+    let mut net = Net::new(&line5(), Protocol::Onion.id(), Some((1, &req)));
+    let notices: Vec<Notice> = core::iter::from_fn(|| net.host(1).router.poll_notice()).collect();
+    assert_eq!(notices, vec![Notice::NoCircuit]);
+    let r = &mut net.host(1).router;
+    assert_eq!(r.request_reply_due(), Some(RequestPhase::NoCircuit));
+    assert_eq!(RequestPhase::NoCircuit.port_value(), crate::ports::STREAM_NO_CIRCUIT);
+    assert!(!r.wants_app_input());
+    net.run_until(200_000, STEP, |_| false);
+    for relay in [2, 3, 4] {
+        assert_eq!(net.host(relay).router.stats().circuits, 0, "relay {relay} saw a create");
+    }
+}

@@ -38,11 +38,11 @@ pub fn ready() {
     }
 }
 
-/// Tells the VMM whether the request's stream is up or refused; the VMM
-/// answers the app before this returns.
-pub fn report_stream(up: bool) {
+/// Tells the VMM whether the request's stream is up or refused (a
+/// `ports::STREAM_*` value); the VMM answers the app before this returns.
+pub fn report_stream(value: u32) {
     if !PVH_MODE.load(Ordering::Relaxed) {
-        outl(ports::STREAM, if up { ports::STREAM_UP } else { ports::STREAM_REFUSED });
+        outl(ports::STREAM, value);
     }
 }
 

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use guest_agent::boot::BootParams;
 use guest_agent::node::{EdgeRequest, NodeConfig, NodeStats, STATS_ADDR};
 use guest_agent::ports;
-use guest_agent::router::{Notice, RequestPhase, Router, MAX_HOST_INPUT};
+use guest_agent::router::{Notice, Router, MAX_HOST_INPUT};
 use guest_agent::virtio::console::ConsoleEvent;
 use guest_agent::virtio::net::VirtioNet;
 
@@ -136,7 +136,7 @@ pub fn run_edge(params: &BootParams) -> ! {
         // Up or refused: the host answers the app (its SOCKS reply) during
         // this exit, before any stream byte reaches the console.
         if let Some(phase) = router.request_reply_due() {
-            io::report_stream(phase != RequestPhase::Refused);
+            io::report_stream(phase.port_value());
             router.request_replied();
             worked = true;
         }

@@ -265,6 +265,11 @@ impl Edge {
                 StreamReport::Refused => {
                     r.refuse(Reply::ConnectionRefused, "the destination refused the stream".into())
                 }
+                // Same reply as before the report existed; the reason tells it apart.
+                StreamReport::NoCircuit => r.refuse(
+                    Reply::ConnectionRefused,
+                    "no onion circuit to the destination avoids the relays the app avoids".into(),
+                ),
                 StreamReport::Unknown(v) => r.refuse(Reply::GeneralFailure, format!("request VM reported {v}")),
             }
         };
