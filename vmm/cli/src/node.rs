@@ -2,11 +2,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::Args;
-use node::events::{Counters, Event};
-use node::NodeFile;
 use vmm::vcpu::GuestLog;
 use vmm::{AgentImage, KvmContext};
 
@@ -51,56 +48,16 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let kvm = KvmContext::open()?;
     let log = if args.quiet { GuestLog::Discard } else { GuestLog::Stderr };
     let events = Arc::new(super::open_events(args.events.as_deref())?);
-    let file = NodeFile::load(&args.config)?;
-    let (node, ports) = (file.id, file.port.len());
-    let started = Instant::now();
-    let on_ready = {
-        let events = events.clone();
-        move |at: Instant| {
-            let boot_us = u64::try_from(at.duration_since(started).as_micros()).unwrap_or(u64::MAX);
-            events.emit(&Event::NodeUp { node, ports, boot_us })
-        }
+    let opts = node::NodeOptions {
+        config: &args.config,
+        console: args.console.into(),
+        guest_log: log,
+        dump_memory: args.dump_memory.as_deref(),
+        events,
     };
-    let outcome = node::run(
-        &kvm,
-        &image,
-        &args.config,
-        args.console.into(),
-        log,
-        super::stop_on_signals,
-        args.dump_memory.as_deref(),
-        on_ready,
-    )?;
-    events.emit(&Event::VmEnded {
-        flow: None,
-        node: Some(node),
-        exit: format!("{:?}", outcome.reason),
-        elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        counters: outcome.guest_stats.as_ref().map(Counters::from),
-    });
+    let outcome = node::run(&kvm, &image, opts, super::stop_on_signals)?;
     if let Some(path) = args.metrics {
-        let s = outcome.guest_stats;
-        let report = serde_json::json!({
-            "exit": format!("{:?}", outcome.reason),
-            "ports": outcome.metrics.snapshot().net,
-            "node": s.map(|s| serde_json::json!({
-                "forwarded": s.forwarded,
-                "delivered": s.delivered,
-                "originated": s.originated,
-                "tx_full": s.tx_full,
-                "duplicates": s.duplicates,
-                "probes_sent": s.probes_sent,
-                "probe_acks": s.probe_acks,
-                "lsas_accepted": s.lsas_accepted,
-                "topology_changes": s.topology_changes,
-                "circuits": s.circuits,
-                "drops": guest_agent::router::DROP_NAMES
-                    .iter()
-                    .zip(s.drops.values())
-                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
-                    .collect::<serde_json::Map<_, _>>(),
-            })),
-        });
+        let report = node::metrics_report(&outcome);
         std::fs::write(&path, format!("{report:#}\n"))
             .map_err(|e| format!("cannot write metrics to {}: {e}", path.display()))?;
     }

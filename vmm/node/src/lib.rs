@@ -20,6 +20,10 @@ mod plumbing;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use events::{Counters, Event, EventSink};
 
 pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, OnionKeySpec, PortBackend, PortSpec, TopoLinkSpec};
 pub use plumbing::{Intake, IntakeError};
@@ -92,22 +96,89 @@ pub fn dump_memory(mem: &vm_memory::GuestMemoryMmap, path: &Path) -> std::io::Re
     out.flush()
 }
 
-/// Runs a node from `config_path` until its VM stops. `on_stop_handle`
-/// receives the handle that stops it (for signal handlers); with
-/// `dump_to`, the guest's memory is written there when it stops;
-/// `on_ready` is called (on the vCPU thread) when the agent is serving.
-#[allow(clippy::too_many_arguments)]
+/// How to run a node: what `pathvm node` takes from its arguments.
+pub struct NodeOptions<'a> {
+    /// The node configuration (written by `pathvm topo up`).
+    pub config: &'a Path,
+    /// The host side of the node's records.
+    pub console: ConsoleConfig,
+    /// Where the guest's log lines go.
+    pub guest_log: GuestLog,
+    /// Write the guest's memory here when it stops (an audit of what a
+    /// relay holds).
+    pub dump_memory: Option<&'a Path>,
+    /// Where `node_up` and `vm_ended` go.
+    pub events: Arc<EventSink>,
+}
+
+/// Runs a node until its VM stops, reporting `node_up` when the agent
+/// serves and `vm_ended` with its counters at the end. `on_stop_handle`
+/// receives the handle that stops it (for signal handlers).
 pub fn run(
     kvm: &KvmContext,
     image: &AgentImage,
-    config_path: &Path,
+    opts: NodeOptions<'_>,
+    on_stop_handle: impl FnOnce(Arc<StopHandle>),
+) -> Result<RunOutcome, NodeError> {
+    let started = Instant::now();
+    let file = NodeFile::load(opts.config)?;
+    let (node, ports) = (file.id, file.port.len());
+    let on_ready = {
+        let events = opts.events.clone();
+        move |at: Instant| events.emit(&Event::NodeUp { node, ports, boot_us: micros(at.duration_since(started)) })
+    };
+    let outcome = run_vm(kvm, image, &file, opts.console, opts.guest_log, on_stop_handle, opts.dump_memory, on_ready)?;
+    opts.events.emit(&Event::VmEnded {
+        flow: None,
+        node: Some(node),
+        exit: format!("{:?}", outcome.reason),
+        elapsed_us: micros(started.elapsed()),
+        counters: outcome.guest_stats.as_ref().map(Counters::from),
+    });
+    Ok(outcome)
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What `pathvm node --metrics FILE` writes: the ports' counters and the
+/// node's routing counters (drops by reason).
+pub fn metrics_report(outcome: &RunOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "exit": format!("{:?}", outcome.reason),
+        "ports": outcome.metrics.snapshot().net,
+        "node": outcome.guest_stats.map(|s| serde_json::json!({
+            "forwarded": s.forwarded,
+            "delivered": s.delivered,
+            "originated": s.originated,
+            "tx_full": s.tx_full,
+            "duplicates": s.duplicates,
+            "probes_sent": s.probes_sent,
+            "probe_acks": s.probe_acks,
+            "lsas_accepted": s.lsas_accepted,
+            "topology_changes": s.topology_changes,
+            "circuits": s.circuits,
+            "drops": guest_agent::router::DROP_NAMES
+                .iter()
+                .zip(s.drops.values())
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        })),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_vm(
+    kvm: &KvmContext,
+    image: &AgentImage,
+    file: &NodeFile,
     console: ConsoleConfig,
     guest_log: GuestLog,
-    on_stop_handle: impl FnOnce(std::sync::Arc<StopHandle>),
+    on_stop_handle: impl FnOnce(Arc<StopHandle>),
     dump_to: Option<&Path>,
-    on_ready: impl FnOnce(std::time::Instant) + Send + 'static,
+    on_ready: impl FnOnce(Instant) + Send + 'static,
 ) -> Result<RunOutcome, NodeError> {
-    let file = NodeFile::load(config_path)?;
     let node_cfg = file.node_config()?;
     let intake = Intake::up(&file.port)?;
     let mut args = Vec::with_capacity(node_cfg.encoded_len());
