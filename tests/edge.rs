@@ -103,7 +103,7 @@ fn nodes_and_requests_set_up_their_taps_and_filters_without_spawning_tc_ip_or_sy
     let body = random_bytes(1 << 20, 71);
     let port = http_server(&topo.netns("c"), body.clone());
     let mut cmd = edge_command(&topo, std::path::Path::new("/nonexistent"));
-    cmd.cmd.env("PATH", &path);
+    cmd.env("PATH", &path);
     let edge = start_edge_from(cmd);
 
     // Requests one after another: each steers its VM's taps and unsteers them.
@@ -295,7 +295,7 @@ fn an_app_hanging_up_mid_transfer_ends_its_vm_and_leaves_nothing_behind() {
 }
 
 /// mesh6 with every node up and the edge on A: (topo, nodes by host, edge).
-fn mesh6_with_edge(dir: &std::path::Path) -> (TopoGuard, std::collections::HashMap<&'static str, ChildGuard>, Edge) {
+fn mesh6_with_edge(dir: &std::path::Path) -> (TopoGuard, std::collections::HashMap<&'static str, Daemon>, Edge) {
     let topo = TopoGuard::up("mesh6.toml");
     let mut nodes = std::collections::HashMap::new();
     for (h, id) in [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14)] {

@@ -56,9 +56,7 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
     for h in ["c", "r1", "r2", "r3", "r4"] {
         let mut cmd = topo.node(h, &dir.0.join(format!("{h}.json")));
         cmd.arg("--dump-memory").arg(dir.0.join(format!("{h}.mem")));
-        let mut g = ChildGuard::new(cmd.spawn().unwrap());
-        let log = wait_for_stderr(g.get(), &format!("node {} up", id(h)), Duration::from_secs(20));
-        nodes.push((h, g, log));
+        nodes.push((h, topo.start_node_from(cmd, id(h))));
     }
     let edge = start_edge(&topo);
     let plain = |tag: &str| tag.as_bytes().iter().copied().cycle().take(2 << 20).collect::<Vec<u8>>();
@@ -117,9 +115,8 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
 
     // The relays: what they logged and what their memory held at the end.
     drop(edge.child);
-    for (h, g, log) in nodes {
-        g.terminate(Duration::from_secs(20));
-        let log = log.join().unwrap();
+    for (h, g) in nodes {
+        let (_, log) = g.terminate(Duration::from_secs(20));
         if h == "c" {
             continue;
         }
@@ -139,7 +136,7 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
 
 /// `pathvm node` on ladder8's destination and six relays (metrics in
 /// `dir`), each VM up; A runs only the edge.
-fn ladder8_nodes(topo: &TopoGuard, dir: &std::path::Path) -> HashMap<&'static str, ChildGuard> {
+fn ladder8_nodes(topo: &TopoGuard, dir: &std::path::Path) -> HashMap<&'static str, Daemon> {
     [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("r5", 15), ("r6", 16)]
         .into_iter()
         .map(|(h, id)| (h, topo.start_node(h, id, &dir.join(format!("{h}.json")))))
@@ -175,8 +172,7 @@ fn an_onion_stream_moves_to_a_new_circuit_when_a_relay_dies_and_loses_no_byte() 
     let middle = if via_r1 > via_r4 { "r2" } else { "r5" };
     nodes.remove(middle).unwrap().terminate(Duration::from_secs(10));
     let (code, got) = fetch.join().unwrap();
-    let log = edge.log.lock().unwrap().clone();
-    assert_eq!(code, Some(0), "the download broke off after {middle} died:\n{log}");
+    assert_eq!(code, Some(0), "the download broke off after {middle} died:\n{}", edge.child.log_text());
     assert!(sha256(&got) == sha256(&body), "lost bytes: {} of {}", got.len(), body.len());
     let chosen = edge.events.of("protocol_chosen");
     assert!(chosen.iter().any(|e| e["protocol"] == "onion"), "{}", edge.events.dump());

@@ -67,9 +67,9 @@ fn ten_thousand_datagrams_cross_line3_through_b_before_its_host_stack() {
         sent.insert(i as u32, sha256(&payload));
         Record { node: 3, flow: i as u32, payload: &payload }.encode(&mut input);
     }
-    let mut stdin = a.get().stdin.take().unwrap();
+    let mut stdin = a.child().stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
-    let got = read_records(c.get(), N, Duration::from_secs(60));
+    let got = read_records(c.child(), N, Duration::from_secs(60));
     writer.join().unwrap();
     assert_eq!(got.len(), N, "datagrams delivered at C");
     for (src, flow, payload) in &got {
@@ -101,7 +101,7 @@ fn a_restarted_relay_is_heard_at_once_not_refused_as_a_replay() {
     let mut c = topo.start_node("c", 3, &dir.0.join("c.json"));
     let b = topo.start_node("b", 2, &dir.0.join("b1.json"));
     let mut a = topo.start_node("a", 1, &dir.0.join("a.json"));
-    let mut c_out = c.get().stdout.take().unwrap();
+    let mut c_out = c.child().stdout.take().unwrap();
     originate(&mut a, 0..100, |i| i);
     read_n(&mut c_out, 100);
     // B restarts: its link sequence numbers start from its new boot time,
@@ -182,7 +182,7 @@ fn relay_between_valid_frames(hostile: impl FnOnce(u32, &LinkKey) -> Vec<Vec<u8>
     frames.extend(hostile(link, &key));
     frames.push(frame(link, 1000, &key, 3, b"second valid"));
     inject(&topo.netns("a"), "ln0", frames);
-    let got = read_records(c.get(), 2, Duration::from_secs(20));
+    let got = read_records(c.child(), 2, Duration::from_secs(20));
     let payloads: Vec<&[u8]> = got.iter().map(|r| r.2.as_slice()).collect();
     assert_eq!(payloads, vec![&b"first valid"[..], &b"second valid"[..]]);
     assert_eq!(b.terminate(UP).0, Some(130), "relay VM did not keep running");
@@ -267,7 +267,7 @@ fn several_senders_share_a_link_each_under_its_own_id_and_key() {
     frames.push(frame(base + (1 << 16), 1, &parent.derive(base + (1 << 16)), 3, b"out of span"));
     frames.push(frame(base + 2, 1, &parent, 3, b"underived key"));
     inject(&topo.netns("a"), "ln0", frames);
-    let got = read_records(c.get(), 6, Duration::from_secs(20));
+    let got = read_records(c.child(), 6, Duration::from_secs(20));
     let mut payloads: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(&r.2).into_owned()).collect();
     payloads.sort();
     assert_eq!(payloads, ["s0-1", "s0-2", "s0-3", "s1-1", "s1-2", "s1-3"]);
@@ -342,7 +342,7 @@ fn redundant_sends_every_packet_on_two_paths_and_c_delivers_each_once_even_when_
     let dir = TempDir::new();
     let mut nodes = mesh6_nodes(&topo, &dir.0);
     originate(nodes.get_mut("a").unwrap(), 0..100, |_| 1);
-    let mut c_out = nodes.get_mut("c").unwrap().get().stdout.take().unwrap();
+    let mut c_out = nodes.get_mut("c").unwrap().child().stdout.take().unwrap();
     let first = read_n(&mut c_out, 100);
     // A relay on the fast path dies; the other copy keeps coming.
     nodes.remove("r1").unwrap().terminate(UP);
@@ -384,7 +384,7 @@ fn read_n(out: &mut std::process::ChildStdout, n: usize) -> Vec<Vec<u8>> {
 }
 
 /// Runs `pathvm node` on every mesh6 host (metrics in `dir`), each VM up.
-fn mesh6_nodes(topo: &TopoGuard, dir: &Path) -> HashMap<&'static str, ChildGuard> {
+fn mesh6_nodes(topo: &TopoGuard, dir: &Path) -> HashMap<&'static str, Daemon> {
     [("c", 3), ("r1", 11), ("r2", 12), ("r3", 13), ("r4", 14), ("a", 1)]
         .into_iter()
         .map(|(h, id)| (h, topo.start_node(h, id, &dir.join(format!("{h}.json")))))
@@ -393,12 +393,12 @@ fn mesh6_nodes(topo: &TopoGuard, dir: &Path) -> HashMap<&'static str, ChildGuard
 
 /// Has node `a` originate one datagram to C (node 3) per number in
 /// `numbers`, carrying the number, under flow id `flow(number)`.
-fn originate(a: &mut ChildGuard, numbers: std::ops::Range<u32>, flow: impl Fn(u32) -> u32) {
+fn originate(a: &mut Daemon, numbers: std::ops::Range<u32>, flow: impl Fn(u32) -> u32) {
     let mut input = Vec::new();
     for i in numbers {
         Record { node: 3, flow: flow(i), payload: &i.to_be_bytes() }.encode(&mut input);
     }
-    a.get().stdin.as_mut().unwrap().write_all(&input).unwrap();
+    a.child().stdin.as_mut().unwrap().write_all(&input).unwrap();
 }
 
 /// Runs nodes on every mesh6 host, sends 200 datagrams A -> C; returns how
@@ -407,7 +407,7 @@ fn mesh6_forwarded(topo: &TopoGuard) -> HashMap<&'static str, u64> {
     let dir = TempDir::new();
     let mut nodes = mesh6_nodes(topo, &dir.0);
     originate(nodes.get_mut("a").unwrap(), 0..200, |i| i);
-    let got = read_records(nodes.get_mut("c").unwrap().get(), 200, Duration::from_secs(20));
+    let got = read_records(nodes.get_mut("c").unwrap().child(), 200, Duration::from_secs(20));
     assert_eq!(got.len(), 200);
     let started = Instant::now();
     let mut forwarded = HashMap::new();
@@ -472,7 +472,7 @@ fn shortest_moves_off_a_link_when_its_measured_delay_rises_by_100_ms() {
     let topo = TopoGuard::up("mesh6.toml");
     let dir = TempDir::new();
     let mut nodes = mesh6_nodes(&topo, &dir.0);
-    let mut c_out = nodes.get_mut("c").unwrap().get().stdout.take().unwrap();
+    let mut c_out = nodes.get_mut("c").unwrap().child().stdout.take().unwrap();
     originate(nodes.get_mut("a").unwrap(), 0..50, |i| i);
     read_n(&mut c_out, 50);
     topo.set_link("r1-r2", 100, 0);

@@ -1,12 +1,12 @@
 //! Helpers for tests through the edge: an HTTP service on a host, the
 //! edge daemon on A, curl through it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::events::{is, Events};
-use crate::{image, ip_bin, pathvm_bin, serve_in, ChildGuard, TempDir, TopoGuard};
+use crate::{serve_in, Daemon, TopoGuard};
 
 /// An HTTP/1.0 server in `ns` answering every request with `body`.
 pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
@@ -24,16 +24,12 @@ pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
     })
 }
 
-/// A running `pathvm edge`, its log and its events.
+/// A running `pathvm edge` and its events.
 pub struct Edge {
-    /// The daemon.
-    pub child: ChildGuard,
-    /// Its stderr so far (for people reading a failure).
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
-    /// Its `--events` file.
+    /// The daemon (its stderr is for people reading a failure).
+    pub child: Daemon,
+    /// Its `--events`.
     pub events: Events,
-    /// Holds the events file.
-    _dir: TempDir,
 }
 
 /// Starts `pathvm edge` in A's namespace and waits until it listens.
@@ -46,44 +42,20 @@ pub fn start_edge_with(topo: &TopoGuard, manifests: &std::path::Path) -> Edge {
     start_edge_from(edge_command(topo, manifests))
 }
 
-/// `pathvm edge` in A's namespace with a manifest directory and an events
-/// file, for the caller to adjust before [`start_edge_from`].
-pub struct EdgeCommand {
-    /// The command line (`ip netns exec … pathvm edge …`).
-    pub cmd: Command,
-    events: Events,
-    dir: TempDir,
+/// `pathvm edge` in A's namespace with a manifest directory and the
+/// request VMs' log lines, for the caller to adjust before
+/// [`start_edge_from`].
+pub fn edge_command(topo: &TopoGuard, manifests: &std::path::Path) -> Command {
+    let mut c = topo.lab().edge_command("a");
+    c.arg("--manifests").arg(manifests).arg("--guest-log");
+    c
 }
 
-/// The [`EdgeCommand`] of A's edge.
-pub fn edge_command(topo: &TopoGuard, manifests: &std::path::Path) -> EdgeCommand {
-    let dir = TempDir::new();
-    let events = Events::new(dir.0.join("edge-events.jsonl"));
-    let mut c = Command::new(ip_bin());
-    c.args(["netns", "exec", &topo.netns("a")]).arg(pathvm_bin());
-    c.args(["edge", "--image"]).arg(image()).arg("--config").arg(topo.node_config("a"));
-    c.arg("--manifests").arg(manifests).arg("--guest-log").arg("--events").arg(&events.path);
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    EdgeCommand { cmd: c, events, dir }
-}
-
-/// Starts an [`edge_command`] and waits until it listens.
-pub fn start_edge_from(ec: EdgeCommand) -> Edge {
-    let EdgeCommand { mut cmd, events, dir } = ec;
-    let c = &mut cmd;
-    let mut child = ChildGuard::new(c.spawn().unwrap());
-    let err = child.get().stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let l2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let mut g = l2.lock().unwrap();
-            g.push_str(&line);
-            g.push('\n');
-        }
-    });
-    events.wait(Duration::from_secs(10), |e| is(e, "edge_up"));
-    Edge { child, log, events, _dir: dir }
+/// Starts an [`edge_command`] and waits for its `edge_up` event.
+pub fn start_edge_from(cmd: Command) -> Edge {
+    let child = Daemon::start("edge on a", cmd, "edge_up", topo::lab::READY_WITHIN).unwrap_or_else(|e| panic!("{e}"));
+    let events = child.events().clone();
+    Edge { child, events }
 }
 
 impl Edge {

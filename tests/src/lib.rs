@@ -7,7 +7,8 @@
 
 pub mod capture;
 pub mod edge;
-pub mod events;
+
+pub use topo::lab::{events, ip_bin, Daemon, Lab};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -99,13 +100,6 @@ impl Need {
 
 fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.exists())
-}
-
-/// `ip`, by the path this test's PATH finds it at: a command started
-/// through `ip netns exec` may be given a PATH of its own without losing
-/// `ip` itself.
-pub fn ip_bin() -> PathBuf {
-    which("ip").unwrap_or_else(|| PathBuf::from("ip"))
 }
 
 /// A command that must succeed; panics with its output otherwise.
@@ -277,35 +271,41 @@ impl Drop for TempDir {
     }
 }
 
-/// Test hosts from a topology file, under a unique name; taken down (with
-/// every process in them) on drop.
+/// Test hosts from a topology file, under a unique name: the harness the
+/// benchmarks use ([`topo::lab::Lab`]), with the test image and binary;
+/// taken down (with every process in them) on drop.
 pub struct TopoGuard {
     /// The namespace prefix.
     pub name: String,
     file: PathBuf,
+    lab: Lab,
 }
 
 impl TopoGuard {
-    /// `pathvm topo up` of `tests/topologies/<file>`.
+    /// The hosts of `tests/topologies/<file>`.
     pub fn up(file: &str) -> Self {
         Self::up_file(&workspace().join("tests/topologies").join(file))
     }
 
-    /// `pathvm topo up` of a topology file anywhere.
+    /// The hosts of a topology file anywhere.
     pub fn up_file(file: &Path) -> Self {
         let name = format!("t{}{}", std::process::id() % 10_000, COUNTER.fetch_add(1, Ordering::Relaxed));
-        let file = file.to_path_buf();
-        let out = Command::new(pathvm_bin()).args(["topo", "up"]).arg(&file).args(["--name", &name]).output().unwrap();
-        assert!(out.status.success(), "topo up: {}", String::from_utf8_lossy(&out.stderr));
-        Self { name, file }
+        let lab = Lab::up(file, &name, &pathvm_bin(), &image()).unwrap_or_else(|e| panic!("topo up: {e}"));
+        Self { name, file: file.to_path_buf(), lab }
+    }
+
+    /// The shared harness underneath.
+    pub fn lab(&self) -> &Lab {
+        &self.lab
     }
 
     /// The namespace of `host`.
     pub fn netns(&self, host: &str) -> String {
-        format!("{}-{host}", self.name)
+        self.lab.netns(host)
     }
 
-    /// `pathvm topo set` on link `link` (HOST-HOST).
+    /// `pathvm topo set` on link `link` (HOST-HOST): the command a user
+    /// would run against hosts that are up.
     pub fn set_link(&self, link: &str, delay_ms: u32, loss_percent: u32) {
         let out = Command::new(pathvm_bin())
             .args(["topo", "set"])
@@ -317,34 +317,32 @@ impl TopoGuard {
         assert!(out.status.success(), "topo set: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// The node configuration `topo up` wrote for `host`.
+    /// The node configuration written for `host`.
     pub fn node_config(&self, host: &str) -> PathBuf {
-        PathBuf::from(format!("/run/pathvm/{}/{host}.toml", self.name))
+        self.lab.node_config(host)
     }
 
-    /// `pathvm node` for `host`, inside its namespace, with piped stdio.
+    /// `pathvm node` for `host`, inside its namespace, with `--metrics`
+    /// and piped stdin and stdout (its console records).
     pub fn node(&self, host: &str, metrics: &Path) -> Command {
-        let mut c = Command::new(ip_bin());
-        c.args(["netns", "exec", &self.netns(host)]).arg(pathvm_bin());
-        c.args(["node", "--image"]).arg(image()).arg("--config").arg(self.node_config(host));
+        let mut c = self.lab.node_command(host, false);
         c.arg("--metrics").arg(metrics);
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
         c
     }
 
-    /// Starts `pathvm node` for `host` (node id `id`) and waits until its
-    /// VM is up; its stderr keeps draining in the background.
-    pub fn start_node(&self, host: &str, id: u16, metrics: &Path) -> ChildGuard {
+    /// Starts `pathvm node` for `host` (node id `id`) and waits for its
+    /// `node_up` event.
+    pub fn start_node(&self, host: &str, id: u16, metrics: &Path) -> Daemon {
         self.start_node_from(self.node(host, metrics), id)
     }
 
-    /// The same with a [`TopoGuard::node`] command the caller adjusted
-    /// (its environment, say).
-    pub fn start_node_from(&self, mut cmd: Command, id: u16) -> ChildGuard {
-        let mut g = ChildGuard::new(cmd.spawn().expect("spawn pathvm node"));
-        // The drain thread outlives its handle: dropping it only detaches it.
-        let _drain = wait_for_stderr(g.get(), &format!("node {id} up"), Duration::from_secs(20));
-        g
+    /// Starts a [`TopoGuard::node`] command the caller adjusted.
+    pub fn start_node_from(&self, cmd: Command, id: u16) -> Daemon {
+        let d = self.lab.start_node_from(&format!("node {id}"), cmd).unwrap_or_else(|e| panic!("{e}"));
+        let up = d.events().of("node_up");
+        assert_eq!(up[0]["node"], id, "{}", d.events().dump());
+        d
     }
 
     /// `IpExt`-independent IP receive counter of `host`'s kernel stack.
@@ -357,34 +355,6 @@ impl TopoGuard {
         let idx = names.split_whitespace().position(|n| n == "InReceives").expect("InReceives");
         values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("a number")
     }
-}
-
-impl Drop for TopoGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(pathvm_bin()).args(["topo", "down"]).arg(&self.file).args(["--name", &self.name]).status();
-    }
-}
-
-/// Waits until `child`'s stderr shows a line containing `needle`; the rest
-/// of stderr keeps draining in a thread (returned, yielding all of it).
-pub fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> std::thread::JoinHandle<String> {
-    use std::io::BufRead;
-    let err = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = needle.to_string();
-    let h = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains(&wanted) {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    assert!(rx.recv_timeout(timeout).is_ok(), "no {needle:?} on stderr within {timeout:?}");
-    h
 }
 
 /// Runs `f` on a thread that joined network namespace `ns`.

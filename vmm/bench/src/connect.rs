@@ -8,10 +8,9 @@ use std::path::Path;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::hosts::{host_addr, start_daemon, start_node, DaemonError, Down};
 use super::traffic::{measure, serve, Via};
 use super::{machine, percentile};
-use topo::Topo;
+use topo::lab::{DaemonError, Lab};
 
 /// Connections timed for connect-to-first-byte.
 const CONNECTS: usize = 30;
@@ -56,20 +55,16 @@ pub enum ConnectBenchError {
 /// Runs the benchmark on `topo_file` (line3).
 pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, ConnectBenchError> {
     let name = format!("pc{}", std::process::id() % 100_000);
-    let t = Topo::load(topo_file, Some(&name))?;
-    t.up()?;
-    let _down = Down(&t);
-    let port = serve(&t.netns("c"))?;
-    let c = host_addr(&t, "c").ok_or_else(|| std::io::Error::other("the topology has no host c on a link"))?;
+    let lab = Lab::up(topo_file, &name, exe, image)?;
+    let port = serve(&lab.netns("c"))?;
+    let c = lab.host_addr("c").ok_or_else(|| std::io::Error::other("the topology has no host c on a link"))?;
     let target = std::net::SocketAddrV4::new(c, port);
-    let (direct, kernel_mbps) = measure(&t.netns("a"), target, Via::Kernel, CONNECTS, BULK)?;
+    let (direct, kernel_mbps) = measure(&lab.netns("a"), target, Via::Kernel, CONNECTS, BULK)?;
 
-    let _c = start_node(exe, image, &t, "c", false)?;
-    let _b = start_node(exe, image, &t, "b", false)?;
-    let config = t.node_config_path("a");
-    let (image_s, config_s) = (image.to_string_lossy(), config.to_string_lossy());
-    let _edge = start_daemon(&t, "a", false, exe, &["edge", "--image", &image_s, "--config", &config_s], "SOCKS5 on")?;
-    let (via, mbps) = measure(&t.netns("a"), target, Via::Edge { criteria: None }, CONNECTS, BULK)?;
+    let _c = lab.start_node("c", false)?;
+    let _b = lab.start_node("b", false)?;
+    let _edge = lab.start_edge_from("a", lab.edge_command("a"))?;
+    let (via, mbps) = measure(&lab.netns("a"), target, Via::Edge { criteria: None }, CONNECTS, BULK)?;
     Ok(ConnectReport {
         connect_p50_ms: percentile(&via, 50.0),
         connect_p99_ms: percentile(&via, 99.0),

@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod connect;
-pub mod hosts;
 pub mod netns_io;
 pub mod protocols;
 pub mod relay;

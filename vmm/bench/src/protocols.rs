@@ -31,10 +31,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::hosts::{host_addr, start_daemon, start_node, DaemonError, Down, Reaped};
 use super::netns_io::in_netns;
 use super::traffic::{self, connect_times, open, request_download, serve, throughput, Via};
 use super::{interrupted, machine, percentile};
+use topo::lab::host_addr;
+use topo::lab::{is, Daemon, DaemonError, Lab};
 use topo::Topo;
 
 /// The protocols measured: name, criteria that select it, and the relay
@@ -175,9 +176,7 @@ struct Kernel {
 
 /// What the benchmark drives.
 struct Bench<'a> {
-    exe: &'a Path,
-    image: &'a Path,
-    topo: &'a Topo,
+    lab: &'a Lab,
     target: SocketAddrV4,
     opts: Options,
 }
@@ -199,11 +198,11 @@ pub fn run(
         }
     }
     super::catch_interrupts();
-    t.up()?;
-    let _down = Down(&t);
-    let c = host_addr(&t, "c").ok_or_else(|| std::io::Error::other("host c has no address"))?;
+    let lab = Lab::up(topo_file, &name, exe, image)?;
+    let t = lab.topo();
+    let c = host_addr(t, "c").ok_or_else(|| std::io::Error::other("host c has no address"))?;
     let target = SocketAddrV4::new(c, serve(&t.netns("c"))?);
-    let bench = Bench { exe, image, topo: &t, target, opts };
+    let bench = Bench { lab: &lab, target, opts };
 
     tracing::info!("kernel baseline: {} connections, {} bytes from a to {target}", opts.connects, opts.bytes);
     let (times, mbps) = traffic::measure(&t.netns("a"), target, Via::Kernel, opts.connects, opts.bytes)
@@ -211,18 +210,10 @@ pub fn run(
     let kernel = Kernel { p50: percentile(&times, 50.0), p99: percentile(&times, 99.0), mbps };
     check_interrupt()?;
 
-    let config = t.node_config_path("a");
-    let manifests = config.with_file_name("no-manifests");
-    let (image_s, config_s, manifests_s) =
-        (image.to_string_lossy(), config.to_string_lossy(), manifests.to_string_lossy());
-    let edge = start_daemon(
-        &t,
-        "a",
-        false,
-        exe,
-        &["edge", "--image", &image_s, "--config", &config_s, "--manifests", &manifests_s],
-        "SOCKS5 on",
-    )?;
+    let manifests = t.node_config_path("a").with_file_name("no-manifests");
+    let mut edge_cmd = lab.edge_command("a");
+    edge_cmd.arg("--manifests").arg(&manifests);
+    let edge = lab.start_edge_from("a", edge_cmd)?;
     let machine = machine();
     let mut rows = Vec::new();
     for (protocol, criteria, relay) in PROTOCOLS {
@@ -278,7 +269,7 @@ impl Bench<'_> {
     /// Measures one protocol on nodes started for it (and ended after).
     fn protocol(
         &self,
-        edge: &Reaped,
+        edge: &Daemon,
         protocol: &str,
         criteria: &str,
         relay: &str,
@@ -286,14 +277,14 @@ impl Bench<'_> {
     ) -> Result<Measured, Failure> {
         let mut nodes = Vec::new();
         for host in NODES {
-            nodes.push((host, start_node(self.exe, self.image, self.topo, host, false)?));
+            nodes.push((host, self.lab.start_node(host, false)?));
         }
         std::thread::sleep(SETTLE);
         let via = Via::Edge { criteria: Some(criteria.to_string()) };
-        let ns = self.topo.netns("a");
+        let ns = self.lab.netns("a");
         let (target, connects, bytes) = (self.target, self.opts.connects, self.opts.bytes);
 
-        let mark = edge.log_mark();
+        let mark = events_mark(edge);
         let v = via.clone();
         let times = in_netns(&ns, move || connect_times(target, &v, connects))
             .map_err(|e| Failure::Row(why(edge, mark, "connect", &e)))?;
@@ -302,7 +293,7 @@ impl Bench<'_> {
             .map_err(|e| Failure::Row(why(edge, mark, "throughput download", &e)))?;
         chosen(edge, mark, protocol, connects + 1)?;
 
-        let mark = edge.log_mark();
+        let mark = events_mark(edge);
         let Some((_, victim)) = nodes.iter_mut().find(|(h, _)| *h == relay) else {
             return Err(Failure::Row(format!("{relay} runs no node")));
         };
@@ -321,54 +312,49 @@ impl Bench<'_> {
     }
 }
 
-/// The edge's request lines since `mark`, once there are `n` of them (or
-/// [`LOG_LAG`] has passed): `(name of the chosen protocol, line)`.
-fn requests(edge: &Reaped, mark: usize, n: usize) -> Vec<(String, String)> {
-    let deadline = Instant::now() + LOG_LAG;
-    loop {
-        let found: Vec<(String, String)> = edge
-            .log_since(mark)
-            .into_iter()
-            .filter_map(|l| {
-                // "pathvm edge: APP -> TARGET (node N, flow F): PROTOCOL (score ...) for criteria ..."
-                let (_, decision) = l.split_once(" (node ")?.1.split_once("): ")?;
-                let name = decision.split(' ').next()?.to_string();
-                Some((name, l))
-            })
-            .collect();
-        if found.len() >= n || Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Number of events the edge wrote so far: a mark for [`chosen`] and
+/// [`why`].
+fn events_mark(edge: &Daemon) -> usize {
+    edge.events().all().len()
+}
+
+/// The edge's events since `mark`.
+fn since(edge: &Daemon, mark: usize) -> Vec<serde_json::Value> {
+    edge.events().all().into_iter().skip(mark).collect()
 }
 
 /// Checks that the edge chose `protocol` for each of the `n` requests
-/// since `mark`.
-fn chosen(edge: &Reaped, mark: usize, protocol: &str, n: usize) -> Result<(), Failure> {
-    let found = requests(edge, mark, n);
-    if let Some((name, line)) = found.iter().find(|(name, _)| name != protocol) {
-        return Err(Failure::Row(format!("the edge chose {name}, not {protocol}: {line}")));
+/// since `mark` (its `protocol_chosen` events).
+fn chosen(edge: &Daemon, mark: usize, protocol: &str, n: usize) -> Result<(), Failure> {
+    let deadline = Instant::now() + LOG_LAG;
+    let found = loop {
+        let found: Vec<_> = since(edge, mark).into_iter().filter(|e| is(e, "protocol_chosen")).collect();
+        if found.len() >= n || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(e) = found.iter().find(|e| e["protocol"] != protocol) {
+        return Err(Failure::Row(format!("the edge chose {}, not {protocol}: {e}", e["protocol"])));
     }
     if found.len() < n {
         return Err(Failure::Row(format!(
-            "the edge logged {} of {n} requests choosing {protocol} within {LOG_LAG:?}",
+            "the edge reported {} of {n} requests choosing {protocol} within {LOG_LAG:?}",
             found.len()
         )));
     }
     Ok(())
 }
 
-/// A failed measurement explained: the error, and what the edge said
-/// about the requests since `mark` if it refused one or chose otherwise.
-fn why(edge: &Reaped, mark: usize, what: &str, e: &std::io::Error) -> String {
+/// A failed measurement explained: the error, and the edge's refusal of a
+/// request since `mark` if it refused one.
+fn why(edge: &Daemon, mark: usize, what: &str, e: &std::io::Error) -> String {
     std::thread::sleep(Duration::from_millis(200));
-    let said = edge
-        .log_since(mark)
+    let said = since(edge, mark)
         .into_iter()
         .rev()
-        .find(|l| l.contains("refused") || (l.contains("flow 0x") && !l.contains(" done in ")))
-        .map(|l| format!("; edge: {l}"))
+        .find(|e| is(e, "refused"))
+        .map(|r| format!("; the edge refused it: {} ({})", r["reason"], r["reply_name"]))
         .unwrap_or_default();
     format!("{what} through the edge: {e}{said}")
 }
@@ -381,7 +367,7 @@ fn stall_after_kill(
     target: SocketAddrV4,
     via: Via,
     bytes: u64,
-    relay: &mut Reaped,
+    relay: &mut Daemon,
 ) -> std::io::Result<(f64, bool)> {
     // Long enough for the slowest download worth measuring (≥ 1 MiB/s).
     let deadline = traffic::IO_TIMEOUT + Duration::from_secs(bytes >> 20);

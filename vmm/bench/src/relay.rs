@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use guest_agent::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol};
 use serde::Serialize;
 
-use super::hosts::{start_node, Down};
 use super::netns_io::{in_netns, pin_to, rx_packets, RawSocket};
 use super::{machine, percentile};
 use node::NodeFile;
+use topo::lab::Lab;
 use topo::Topo;
 
 /// Offset of the probe tag in both kinds of probe frame: Ethernet + IPv4 +
@@ -68,7 +68,7 @@ pub enum RelayBenchError {
     Io(#[from] std::io::Error),
     /// A daemon never came up.
     #[error(transparent)]
-    Daemon(#[from] super::hosts::DaemonError),
+    Daemon(#[from] topo::lab::DaemonError),
     /// A's configuration has no port.
     #[error("the edge host has no port")]
     NoPort,
@@ -237,9 +237,8 @@ fn measure_latency(t: &Topo, src: &Source, seq0: &mut u64) -> std::io::Result<Ve
 pub fn run(exe: &Path, image: &Path, topo_file: &Path, window: Duration) -> Result<RelayReport, RelayBenchError> {
     // A name of its own, so concurrent runs (or a test) never collide.
     let name = format!("pb{}", std::process::id() % 100_000);
-    let t = Topo::load(topo_file, Some(&name))?;
-    t.up()?;
-    let _down = Down(&t);
+    let lab = Lab::up(topo_file, &name, exe, image)?;
+    let t = lab.topo();
     let mut seq = 1u64;
 
     // A bound socket on C, so kernel probes do not draw ICMP port
@@ -257,9 +256,9 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path, window: Duration) -> Resu
     });
     let _ = sink_up.recv_timeout(Duration::from_secs(5));
     let kernel = Source::Kernel { dst: Topo::addr(1, 2) };
-    let k_lat = measure_latency(&t, &kernel, &mut seq)?;
-    let (k64, _) = measure_rate(&t, &kernel, 64, window, &mut seq)?;
-    let (k1400, _) = measure_rate(&t, &kernel, 1400, window, &mut seq)?;
+    let k_lat = measure_latency(t, &kernel, &mut seq)?;
+    let (k64, _) = measure_rate(t, &kernel, 64, window, &mut seq)?;
+    let (k1400, _) = measure_rate(t, &kernel, 1400, window, &mut seq)?;
     drop(sink_stop);
     let _ = sink.join();
 
@@ -272,10 +271,10 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path, window: Duration) -> Resu
         eth: EthAddrs { dst: port.peer_mac, src: Topo::mac(0, 1) },
         dst_node: t.file.host_id("c"),
     };
-    let _b = start_node(exe, image, &t, "b", true)?;
-    let r_lat = measure_latency(&t, &relay, &mut seq)?;
-    let (r64, offered64) = measure_rate(&t, &relay, 64, window, &mut seq)?;
-    let (r1400, _) = measure_rate(&t, &relay, 1400, window, &mut seq)?;
+    let _b = lab.start_node("b", true)?;
+    let r_lat = measure_latency(t, &relay, &mut seq)?;
+    let (r64, offered64) = measure_rate(t, &relay, 64, window, &mut seq)?;
+    let (r1400, _) = measure_rate(t, &relay, 1400, window, &mut seq)?;
 
     Ok(RelayReport {
         relay_pps_64: r64,

@@ -10,6 +10,7 @@
 
 pub mod emulator;
 mod file;
+pub mod lab;
 pub mod shell;
 
 use std::fs;
@@ -90,6 +91,8 @@ pub struct Topo {
     pub name: String,
     /// The file's contents.
     pub file: TopologyFile,
+    /// The `pathvm` binary that runs link emulators (default: this one).
+    pathvm: Option<PathBuf>,
 }
 
 impl Topo {
@@ -107,7 +110,14 @@ impl Topo {
                 msg: format!("name {name:?} must be 1-8 letters or digits"),
             });
         }
-        Ok(Self { name, file })
+        Ok(Self { name, file, pathvm: None })
+    }
+
+    /// Has `pathvm` (not the calling program) run the link emulators: for
+    /// callers that are not the `pathvm` binary, such as tests.
+    pub fn with_pathvm(mut self, pathvm: &Path) -> Self {
+        self.pathvm = Some(pathvm.to_path_buf());
+        self
     }
 
     /// The namespace of host `host`.
@@ -236,7 +246,10 @@ impl Topo {
         let shape =
             emulator::LinkShape { delay_ms: l.delay_ms.unwrap_or(0), loss_percent: l.loss_percent.unwrap_or(0) };
         fs::write(&control, shape.render()).map_err(|source| TopoError::Write { path: control.clone(), source })?;
-        let exe = std::env::current_exe().map_err(|source| TopoError::Write { path: "pathvm".into(), source })?;
+        let exe = match &self.pathvm {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(|source| TopoError::Write { path: "pathvm".into(), source })?,
+        };
         let spawn = std::process::Command::new("ip")
             .args(["netns", "exec", &wire])
             .arg(&exe)
