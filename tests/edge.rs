@@ -346,8 +346,9 @@ fn survives_relay_death(criteria: &str, protocol: &str, relay: &str, seed: u64) 
     let t2 = topo.clone();
     let user = format!("pathvm:{criteria}");
     let fetch = std::thread::spawn(move || curl(&t2, &format!("http://c:{port}/x"), Some(&user)));
-    // Let the transfer start, then kill a relay on one of the two paths.
-    std::thread::sleep(Duration::from_millis(150));
+    // Once the stream is up (the app's bytes flow from here on), kill a
+    // relay on one of the two paths.
+    edge.events.wait(Duration::from_secs(20), |e| events::is(e, "stream_up"));
     nodes.remove(relay).unwrap().terminate(Duration::from_secs(10));
     let (code, got) = fetch.join().unwrap();
     assert_eq!(code, Some(0), "{protocol}");
@@ -399,9 +400,14 @@ fn a_request_after_a_relay_died_routes_around_it_from_the_start() {
     let (topo, mut nodes, edge) = mesh6_with_edge(&dir.0);
     let body = random_bytes(4 << 20, 66);
     let port = http_server(&topo.netns("c"), body.clone());
+    let marks: Vec<(&str, usize)> = ["r1", "r3"].into_iter().map(|h| (h, routes_changed(&nodes[h]))).collect();
     nodes.remove("r2").unwrap().terminate(Duration::from_secs(10));
-    // Its neighbours notice within a second and flood it.
+    // Its neighbours notice within a second and flood it; A's neighbours
+    // (whom a new request VM asks for link state) then route around it.
     std::thread::sleep(Duration::from_secs(2));
+    for (h, mark) in marks {
+        assert!(routes_changed(&nodes[h]) > mark, "{h} reported no route change:\n{}", nodes[h].events().dump());
+    }
     for criteria in ["latency=require", "reliability=require,bandwidth=prefer"] {
         let (code, got) = curl(&topo, &format!("http://c:{port}/x"), Some(&format!("pathvm:{criteria}")));
         assert_eq!(code, Some(0), "{criteria}");

@@ -475,9 +475,13 @@ fn shortest_moves_off_a_link_when_its_measured_delay_rises_by_100_ms() {
     let mut c_out = nodes.get_mut("c").unwrap().child().stdout.take().unwrap();
     originate(nodes.get_mut("a").unwrap(), 0..50, |i| i);
     read_n(&mut c_out, 50);
+    let mark = routes_changed(&nodes["a"]);
     topo.set_link("r1-r2", 100, 0);
-    // Probes every 50 ms, a 1 s minimum-RTT window, then one flood.
+    // Probes every 50 ms, a 1 s minimum-RTT window, then one flood that
+    // reaches A. (A's first `routes_changed` after the mark is not proof:
+    // link state from the nodes' start-up may still be arriving.)
     std::thread::sleep(Duration::from_millis(2500));
+    assert!(routes_changed(&nodes["a"]) > mark, "A reported no route change:\n{}", nodes["a"].events().dump());
     originate(nodes.get_mut("a").unwrap(), 50..250, |i| i);
     read_n(&mut c_out, 200);
     for g in nodes.into_values() {

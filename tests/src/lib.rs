@@ -380,3 +380,8 @@ pub fn serve_in(ns: &str, handle: impl Fn(std::net::TcpStream) + Send + Sync + '
     });
     rx.recv_timeout(Duration::from_secs(5)).expect("service listening")
 }
+
+/// How many `routes_changed` events node `d` reported so far.
+pub fn routes_changed(d: &Daemon) -> usize {
+    d.events().of("routes_changed").len()
+}

@@ -104,6 +104,29 @@ fn read_guest_stats(mem: &vm_memory::GuestMemoryMmap) -> Option<NodeStats> {
     NodeStats::from_bytes(&buf)
 }
 
+/// A live view of a node agent's routing counters while its VM runs:
+/// the host learns of route changes as they happen, not only at the end.
+#[derive(Clone)]
+pub struct StatsProbe {
+    mem: vm_memory::GuestMemoryMmap,
+}
+
+impl StatsProbe {
+    /// How often the agent's topology has changed so far; `None` until it
+    /// published its stats page. Each field is read as one aligned 64-bit
+    /// load, so a value the agent is rewriting is old or new, never torn.
+    pub fn topology_changes(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        use vm_memory::{Bytes, GuestAddress};
+        let at = |off: usize| GuestAddress(STATS_ADDR + off as u64);
+        let magic: u64 = self.mem.load(at(std::mem::offset_of!(NodeStats, magic)), Relaxed).ok()?;
+        if magic != guest_agent::node::STATS_MAGIC {
+            return None;
+        }
+        self.mem.load(at(std::mem::offset_of!(NodeStats, topology_changes)), Relaxed).ok()
+    }
+}
+
 /// Ends the device loop when written.
 struct LoopExit {
     evt: EventFd,
@@ -180,6 +203,11 @@ impl Vm {
     /// daemon reports its VM up without a thread waiting for it).
     pub fn on_ready(&mut self, f: impl FnOnce(Instant) + Send + 'static) {
         self.runner.on_ready = Some(Box::new(f));
+    }
+
+    /// A live view of the node agent's counters, for a watcher thread.
+    pub fn stats_probe(&self) -> StatsProbe {
+        StatsProbe { mem: self.runner.mem.clone() }
     }
 
     /// Runs the guest on the calling thread until it ends.

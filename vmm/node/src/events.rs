@@ -132,6 +132,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A node's routing topology changed (a link went down or up, a
+    /// measured metric moved, another node's link state arrived): the
+    /// count so far, as the agent keeps it.
+    RoutesChanged {
+        /// The node.
+        node: u16,
+        /// Topology changes since the node VM started.
+        topology_changes: u64,
+    },
     /// A node VM is serving.
     NodeUp {
         /// Its node id.

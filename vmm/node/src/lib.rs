@@ -20,6 +20,7 @@ mod plumbing;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -127,7 +128,9 @@ pub fn run(
         let events = opts.events.clone();
         move |at: Instant| events.emit(&Event::NodeUp { node, ports, boot_us: micros(at.duration_since(started)) })
     };
-    let outcome = run_vm(kvm, image, &file, opts.console, opts.guest_log, on_stop_handle, opts.dump_memory, on_ready)?;
+    let watch = RouteWatch { node, events: opts.events.clone() };
+    let outcome =
+        run_vm(kvm, image, &file, opts.console, opts.guest_log, on_stop_handle, opts.dump_memory, on_ready, watch)?;
     opts.events.emit(&Event::VmEnded {
         flow: None,
         node: Some(node),
@@ -136,6 +139,38 @@ pub fn run(
         counters: outcome.guest_stats.as_ref().map(Counters::from),
     });
     Ok(outcome)
+}
+
+/// How often a node's host looks at its agent's topology-change count.
+const ROUTE_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Reports `routes_changed` while the node VM runs.
+struct RouteWatch {
+    node: u16,
+    events: Arc<EventSink>,
+}
+
+impl RouteWatch {
+    /// Watches `probe` on a thread of its own until `done` is set; nothing
+    /// runs when no one reads events.
+    fn start(self, probe: vmm::vm::StatsProbe, done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+        if !self.events.enabled() {
+            return None;
+        }
+        std::thread::Builder::new()
+            .name("route-watch".into())
+            .spawn(move || {
+                let mut seen = 0;
+                while !done.load(Ordering::Relaxed) {
+                    if let Some(n) = probe.topology_changes().filter(|n| *n > seen) {
+                        seen = n;
+                        self.events.emit(&Event::RoutesChanged { node: self.node, topology_changes: n });
+                    }
+                    std::thread::sleep(ROUTE_WATCH_EVERY);
+                }
+            })
+            .ok()
+    }
 }
 
 fn micros(d: std::time::Duration) -> u64 {
@@ -178,6 +213,7 @@ fn run_vm(
     on_stop_handle: impl FnOnce(Arc<StopHandle>),
     dump_to: Option<&Path>,
     on_ready: impl FnOnce(Instant) + Send + 'static,
+    watch: RouteWatch,
 ) -> Result<RunOutcome, NodeError> {
     let node_cfg = file.node_config()?;
     let intake = Intake::up(&file.port)?;
@@ -215,13 +251,20 @@ fn run_vm(
     let mut vm = build_vm(kvm, image, cfg)?;
     vm.on_ready(on_ready);
     on_stop_handle(vm.stop_handle());
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = watch.start(vm.stats_probe(), done.clone());
     let outcome = vm.run_then(|mem| {
         if let Some(path) = dump_to {
             if let Err(e) = dump_memory(mem, path) {
                 tracing::warn!("cannot write guest memory to {}: {e}", path.display());
             }
         }
-    })?;
+    });
+    done.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let outcome = outcome?;
     drop(backends);
     drop(intake);
     Ok(outcome)
