@@ -8,31 +8,96 @@
 //! window.
 
 use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
 
 use crate::node::PortConfig;
 use crate::wire::{seal_built, LinkKey, OverlayPacket, OverlayRepr, ReplayWindow, RESERVED_LINK_ID};
 
 use super::drop::DropReason;
 
-/// Sender ids per link whose replay windows are kept; beyond, the lowest
-/// is forgotten and every id below it refused from then on.
+/// Sender ids per link whose keys and replay windows are kept; beyond, the
+/// least recently authenticated is forgotten (its floor stays).
 pub const MAX_RX_SENDERS: usize = 1024;
 
+/// Ids per side of a link that may send (the topology gives each side
+/// 2^16: its node, then request VMs); ids further into a configured span
+/// are refused, which bounds the per-id floors a link keeps.
+pub const MAX_LINK_SPAN: u32 = 1 << 16;
+
+/// The link id the edge gives request slot `slot` on the side whose span
+/// starts at `first` and holds `span` ids: offset 0 is the edge host's
+/// node, requests take offsets 1 to `span - 1` in turn, so an id is
+/// recycled every `span - 1` requests. One definition for the edge that
+/// allocates and the tests that check relays accept every one.
+///
+/// Recycling cannot replay: a request VM's sequence numbers start at its
+/// boot's wall clock (µs), the same rule that makes a restarted node newer
+/// than its last run, so a later VM on a recycled id numbers above every
+/// frame of the earlier one (which sent fewer frames than µs passed before
+/// its id came round again), and a relay refuses every number up to the
+/// highest it accepted under the id, held in the window or, once the
+/// window is forgotten, in the id's floor ([`LinkAuth`]).
+pub fn request_link_id(first: u32, span: u32, slot: u32) -> u32 {
+    let requests = span.min(MAX_LINK_SPAN).saturating_sub(1).max(1);
+    first.wrapping_add(1 + slot % requests)
+}
+
+/// What a receiver holds for one sender it authenticated.
+struct Sender {
+    /// The sender id's key (derived once, when it first authenticated).
+    key: LinkKey,
+    window: ReplayWindow,
+    /// When it last authenticated, in [`LinkAuth::tick`]s.
+    heard: u64,
+}
+
 /// One link's keys and windows, both directions.
+///
+/// Receiving authenticates first and creates state after: a frame whose
+/// tag fails (or whose number is refused) changes nothing here. The key of
+/// an id is derived from the link key without any state, so an id not in
+/// the table is checked with a key derived for the one frame, and only a
+/// frame that verifies adds its sender. The table holds
+/// [`MAX_RX_SENDERS`]; a new sender evicts the least recently
+/// authenticated one, never by id order, so frames without a key cannot
+/// evict anyone and a key holder (a request VM holds its own ids' keys)
+/// can hold one entry per id it has, pushing out only senders quieter than
+/// every other one on the link.
+///
+/// A forgotten sender's replays stay refused: eviction keeps its highest
+/// accepted number as a floor for its id (8 bytes per id of the span,
+/// allocated once the link first evicts), and a sender coming back starts
+/// from a window that refuses every number up to it. Honest senders count
+/// upwards forever (a restart, or a request VM on a recycled id, starts at
+/// its boot's wall clock), so they are heard again at once; no id is ever
+/// refused for good, and no floor depends on another sender's numbers (a
+/// link-wide floor would lock out a long-running sender, which counts
+/// frames, not µs, behind any request VM booted since).
 pub struct LinkAuth {
     /// Link id this node sends under.
     tx_link_id: u32,
     rx_link_id: u32,
+    /// Ids the other side may send under (at most [`MAX_LINK_SPAN`]).
     rx_link_span: u32,
     /// The link's key: derives one key per link id; never seals itself.
     link_key: LinkKey,
     /// The key this node seals with (its own link id's).
     tx_key: LinkKey,
     next_seq: u64,
-    /// Per sender id on the other side: its key and replay window.
-    rx: BTreeMap<u32, (LinkKey, ReplayWindow)>,
-    /// Ids below this are refused (their windows were forgotten).
-    rx_low_water: u32,
+    /// Senders on the other side heard lately, by id.
+    rx: BTreeMap<u32, Sender>,
+    /// The senders by when they were last authenticated, oldest first:
+    /// one entry per sender, updated lazily (an entry's time may be older
+    /// than the sender's `heard`; eviction moves such an entry up before
+    /// it evicts), so a frame from a known sender costs no index update.
+    lru: BTreeMap<u64, u32>,
+    /// Authentications so far on this link (orders `heard`).
+    tick: u64,
+    /// Per id offset in the span: the highest number accepted from it
+    /// before its window was forgotten (0: none). Empty until the first
+    /// eviction.
+    floors: Vec<u64>,
 }
 
 impl LinkAuth {
@@ -44,12 +109,14 @@ impl LinkAuth {
         Self {
             tx_link_id: pc.tx_link_id,
             rx_link_id: pc.rx_link_id,
-            rx_link_span: pc.rx_link_span.max(1),
+            rx_link_span: pc.rx_link_span.clamp(1, MAX_LINK_SPAN),
             tx_key: link_key.derive(pc.tx_link_id),
             link_key,
             next_seq: epoch_us.max(1),
             rx: BTreeMap::new(),
-            rx_low_water: 0,
+            lru: BTreeMap::new(),
+            tick: 0,
+            floors: Vec::new(),
         }
     }
 
@@ -63,31 +130,74 @@ impl LinkAuth {
         self.rx.len()
     }
 
+    /// The sender ids held now, least recently authenticated first (for
+    /// tests and diagnostics).
+    pub fn sender_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<(u64, u32)> = self.rx.iter().map(|(&id, s)| (s.heard, id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// Checks a packet from the neighbour side: a sender id in its span,
-    /// not replayed, sealed with that id's key. Records the sequence number
-    /// only after the tag checks, so forgeries move no window.
+    /// not replayed, sealed with that id's key. State (a new sender, an
+    /// eviction, a window's movement) follows only a verified tag.
     pub fn open(&mut self, p: &OverlayPacket<&[u8]>, repr: &OverlayRepr) -> Result<(), DropReason> {
         let id = repr.link_id;
+        let seq = repr.link_seq;
         let offset = id.wrapping_sub(self.rx_link_id);
-        if offset >= self.rx_link_span || id < self.rx_low_water || id == RESERVED_LINK_ID {
+        if offset >= self.rx_link_span || id == RESERVED_LINK_ID {
             return Err(DropReason::UnknownLink);
         }
-        if !self.rx.contains_key(&id) && self.rx.len() >= MAX_RX_SENDERS {
-            if let Some((oldest, _)) = self.rx.pop_first() {
-                self.rx_low_water = self.rx_low_water.max(oldest.wrapping_add(1));
+        let heard = self.tick;
+        if let Some(s) = self.rx.get_mut(&id) {
+            // The window first: it is cheaper than the tag and moves nothing.
+            if !s.window.check(seq) {
+                return Err(DropReason::Replayed);
             }
-            if id < self.rx_low_water {
-                return Err(DropReason::UnknownLink);
-            }
+            s.key.open(p).map_err(DropReason::from)?;
+            s.window.accept(seq);
+            s.heard = heard;
+            self.tick += 1;
+            return Ok(());
         }
-        let link_key = &self.link_key;
-        let (key, window) = self.rx.entry(id).or_insert_with(|| (link_key.derive(id), ReplayWindow::new()));
-        if !window.check(repr.link_seq) {
+        let mut window = ReplayWindow::above(self.floors.get(offset as usize).copied().unwrap_or(0));
+        if !window.check(seq) {
             return Err(DropReason::Replayed);
         }
+        // Derived for this frame alone; kept only if the tag verifies.
+        let key = self.link_key.derive(id);
         key.open(p).map_err(DropReason::from)?;
-        window.accept(repr.link_seq);
+        window.accept(seq);
+        if self.rx.len() >= MAX_RX_SENDERS {
+            self.evict_least_recent();
+        }
+        self.rx.insert(id, Sender { key, window, heard });
+        self.lru.insert(heard, id);
+        self.tick += 1;
         Ok(())
+    }
+
+    /// Forgets the sender authenticated least recently, keeping its
+    /// highest number as its id's floor.
+    fn evict_least_recent(&mut self) {
+        while let Some((at, id)) = self.lru.pop_first() {
+            let Some(s) = self.rx.get(&id) else { continue };
+            if s.heard != at {
+                // Heard since this entry was made: move it to when.
+                self.lru.insert(s.heard, id);
+                continue;
+            }
+            let top = s.window.top();
+            self.rx.remove(&id);
+            if self.floors.is_empty() {
+                self.floors = vec![0; self.rx_link_span as usize];
+            }
+            // In the span: only ids in it were ever added.
+            if let Some(floor) = self.floors.get_mut(id.wrapping_sub(self.rx_link_id) as usize) {
+                *floor = top;
+            }
+            return;
+        }
     }
 
     /// Numbers and seals a frame `wire::build_frame` made, as it leaves.
@@ -191,5 +301,91 @@ mod tests {
         }
         let mut after = LinkAuth::new(&port(10, 20, 1), 1_000);
         assert_eq!(check(&mut b, &frame_from(&mut after)), Ok(()));
+    }
+
+    /// Senders `first..first + n` on the side at 10 (one frame each, in
+    /// order), heard by a receiver at 20 spanning 4,000 ids.
+    fn fill(b: &mut LinkAuth, ids: core::ops::Range<u32>) -> Vec<LinkAuth> {
+        ids.map(|id| {
+            let mut s = LinkAuth::new(&port(id, 20, 1), 100);
+            assert_eq!(check(b, &frame_from(&mut s)), Ok(()), "id {id}");
+            s
+        })
+        .collect()
+    }
+
+    #[test]
+    fn forged_frames_from_unknown_ids_add_no_sender_and_evict_none() {
+        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100);
+        let mut neighbour = fill(&mut b, 10..11).remove(0);
+        for id in 11..3_011 {
+            let mut f = frame_from(&mut LinkAuth::new(&port(id, 20, 1), 100));
+            let last = f.len() - 1;
+            f[last] ^= 1;
+            assert_eq!(check(&mut b, &f), Err(DropReason::BadMac));
+        }
+        assert_eq!(b.sender_ids(), [10]);
+        assert!(b.floors.is_empty(), "a forgery evicted");
+        assert_eq!(check(&mut b, &frame_from(&mut neighbour)), Ok(()));
+    }
+
+    #[test]
+    fn the_least_recently_authenticated_sender_is_evicted_not_the_lowest_id() {
+        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100);
+        let mut senders = fill(&mut b, 10..10 + MAX_RX_SENDERS as u32);
+        // The lowest id speaks again: now 11 is the least recent.
+        assert_eq!(check(&mut b, &frame_from(&mut senders[0])), Ok(()));
+        fill(&mut b, 2_000..2_003);
+        let held = b.sender_ids();
+        assert_eq!(held.len(), MAX_RX_SENDERS);
+        assert!(held.contains(&10));
+        for gone in 11..14 {
+            assert!(!held.contains(&gone), "{gone} held");
+        }
+        assert_eq!(held[..2], [14, 15]);
+        assert_eq!(held[held.len() - 4..], [10, 2_000, 2_001, 2_002]);
+    }
+
+    #[test]
+    fn an_evicted_senders_old_frames_stay_refused_and_it_is_heard_again() {
+        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100);
+        let mut s = LinkAuth::new(&port(10, 20, 1), 100);
+        let old: Vec<Vec<u8>> = (0..5).map(|_| frame_from(&mut s)).collect();
+        // The second is lost on the way: never accepted, but older than
+        // what the receiver forgot, so refused too.
+        for (i, f) in old.iter().enumerate().filter(|(i, _)| *i != 1) {
+            assert_eq!(check(&mut b, f), Ok(()), "frame {i}");
+        }
+        fill(&mut b, 11..11 + MAX_RX_SENDERS as u32);
+        assert!(!b.sender_ids().contains(&10));
+        for f in &old {
+            assert_eq!(check(&mut b, f), Err(DropReason::Replayed));
+        }
+        // Its next frame is heard (no id is locked out), and then refused
+        // as a replay like any other.
+        let next = frame_from(&mut s);
+        assert_eq!(check(&mut b, &next), Ok(()));
+        assert_eq!(check(&mut b, &next), Err(DropReason::Replayed));
+        assert_eq!(check(&mut b, &old[4]), Err(DropReason::Replayed));
+        assert!(b.sender_ids().contains(&10));
+    }
+
+    #[test]
+    fn ids_beyond_the_largest_span_are_unknown() {
+        let mut b = LinkAuth::new(&port(20, 10, u32::MAX - 20), 100);
+        let mut far = LinkAuth::new(&port(10 + MAX_LINK_SPAN, 20, 1), 100);
+        assert_eq!(check(&mut b, &frame_from(&mut far)), Err(DropReason::UnknownLink));
+        let mut last = LinkAuth::new(&port(10 + MAX_LINK_SPAN - 1, 20, 1), 100);
+        assert_eq!(check(&mut b, &frame_from(&mut last)), Ok(()));
+    }
+
+    #[test]
+    fn request_ids_take_every_offset_but_the_nodes_in_turn() {
+        assert_eq!(request_link_id(100, 4, 0), 101);
+        assert_eq!(request_link_id(100, 4, 1), 102);
+        assert_eq!(request_link_id(100, 4, 2), 103);
+        assert_eq!(request_link_id(100, 4, 3), 101);
+        // Spans beyond the largest recycle within it.
+        assert_eq!(request_link_id(0, u32::MAX, MAX_LINK_SPAN - 1), 1);
     }
 }

@@ -218,6 +218,24 @@ pub fn neighbour_frame(
     links: &[Link],
     k: usize,
     from: NodeId,
+    repr: OverlayRepr,
+    state: &[u8],
+    payload: &[u8],
+    seq: u64,
+) -> Vec<u8> {
+    let id = side_id(k, &links[k], from);
+    sender_frame(links, k, from, id, repr, state, payload, seq)
+}
+
+/// A whole overlay frame as a sender on `from`'s side of the `k`-th link
+/// would send it under link id `link_id` (the node's own, or a request
+/// VM's) and sequence number `seq`.
+#[allow(clippy::too_many_arguments)]
+pub fn sender_frame(
+    links: &[Link],
+    k: usize,
+    from: NodeId,
+    link_id: u32,
     mut repr: OverlayRepr,
     state: &[u8],
     payload: &[u8],
@@ -225,7 +243,7 @@ pub fn neighbour_frame(
 ) -> Vec<u8> {
     let l = &links[k];
     let to = if l.a == from { l.b } else { l.a };
-    repr.link_id = side_id(k, l, from);
+    repr.link_id = link_id;
     repr.link_seq = seq;
     repr.state_len = state.len() as u16;
     repr.payload_len = payload.len() as u16;

@@ -20,6 +20,19 @@ impl ReplayWindow {
         Self { top: 0, seen: 0 }
     }
 
+    /// A window that refuses every number up to `floor` as if it had
+    /// seen them all: for a sender whose window was forgotten with `floor`
+    /// as its highest number, so that coming back it is heard again but
+    /// none of its old frames is.
+    pub const fn above(floor: u64) -> Self {
+        Self { top: floor, seen: u128::MAX }
+    }
+
+    /// The highest number accepted (or the floor it started above).
+    pub const fn top(&self) -> u64 {
+        self.top
+    }
+
     /// Whether `seq` would be accepted, without recording it (check before
     /// authenticating, record after, so forgeries cannot move the window).
     pub fn check(&self, seq: u64) -> bool {
@@ -53,6 +66,24 @@ impl ReplayWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_above_a_floor_refuses_the_floor_and_below_and_nothing_above() {
+        let mut w = ReplayWindow::above(1_000);
+        assert!(!w.check(1_000));
+        assert!(!w.check(999));
+        assert!(!w.check(1_000 - WINDOW));
+        assert!(!w.check(1));
+        assert!(w.accept(1_010));
+        // Numbers between the floor and the new top were never seen.
+        assert!(w.accept(1_001));
+        assert!(w.accept(1_009));
+        assert!(!w.accept(1_000));
+        assert!(!w.accept(995));
+        assert_eq!(w.top(), 1_010);
+        // A floor of 0 is an empty window.
+        assert_eq!(ReplayWindow::above(0).check(1), ReplayWindow::new().check(1));
+    }
 
     #[test]
     fn each_number_once() {

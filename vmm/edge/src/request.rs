@@ -65,9 +65,17 @@ pub struct RequestSpec {
 
 /// Hands out request slots (a link-id offset and a tc priority each).
 ///
-/// Relays remember each sender id's sequence numbers, so an id must never
-/// be reused by a new VM starting again at sequence 1: the next slot is
-/// kept in a file beside the edge's configuration and survives restarts.
+/// Slots count up; a slot's link id is
+/// [`guest_agent::router::auth::request_link_id`], so ids are recycled
+/// every span − 1 requests (65,535 in a topology) and that never turns
+/// into refusal: relays forget the least recently heard sender, not the
+/// lowest id, and keep its highest number as a floor for its id. A
+/// recycled id cannot replay the earlier VM's frames, because each VM
+/// numbers its frames from its boot's wall clock (µs), above anything the
+/// earlier holder of the id sent, and the relay refuses every number up
+/// to the highest it accepted under that id. The next slot is kept in a
+/// file beside the edge's configuration so that a restarted edge goes on
+/// where it stopped rather than starting again at the first id.
 pub struct SlotAllocator {
     path: PathBuf,
     next: Mutex<u32>,
@@ -85,8 +93,9 @@ impl SlotAllocator {
         let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
         let slot = *n;
         *n = n.wrapping_add(1).max(1);
-        // Best effort: an unwritable state dir costs reuse after a restart,
-        // which relays then refuse (as replays), not a security hole.
+        // Best effort: an unwritable state dir makes a restarted edge
+        // reuse ids early, which is safe (the VMs number from the wall
+        // clock) but reorders which id recycles next.
         let _ = std::fs::write(&self.path, format!("{}\n", *n));
         slot
     }
@@ -170,8 +179,7 @@ pub fn run(
     let mut steer = Vec::new();
     for (i, (pc, ps)) in cfg.ports.iter_mut().zip(&edge.port).enumerate() {
         // Offset 0 of the span is the edge host's node; requests take the rest.
-        let offset = 1 + slot % ps.tx_link_span.saturating_sub(1).max(1);
-        pc.tx_link_id = ps.tx_link_id + offset;
+        pc.tx_link_id = guest_agent::router::auth::request_link_id(ps.tx_link_id, ps.tx_link_span, slot);
         let tap = format!("r{:08x}{i}", spec.flow);
         nets.push(NetConfig { tap: tap.clone(), vhost_user: None, ip: None, mac: node::parse_mac(&ps.mac).ok() });
         steer.push((tap, ps.iface.clone()));
