@@ -28,6 +28,24 @@ trap cleanup EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
+# Waits (up to 20 s) until FILE holds COUNT (default 1) events of KIND: the
+# daemons' --events are how programs learn they are up, not their logs.
+wait_event() { # FILE KIND [COUNT]
+    local i n
+    for i in $(seq 200); do
+        n=$(grep -c "\"event\":\"$2\"" "$1" 2>/dev/null || true)
+        [ "${n:-0}" -ge "${3:-1}" ] && return 0
+        sleep 0.1
+    done
+    echo "no $2 event in $1 within 20 s"
+    exit 1
+}
+
+# The protocol of the last request in an edge's events FILE.
+last_protocol() { # FILE
+    grep '"event":"protocol_chosen"' "$1" | tail -n 1 | grep -o '"protocol":"[a-z]*"' | cut -d'"' -f4
+}
+
 step "1. echo: 1 MiB through a VM's virtio-console, checked by sha256"
 head -c 1048576 /dev/urandom > "/tmp/$NS.in"
 start=$(date +%s%N)
@@ -61,13 +79,16 @@ mkdir -p "$D/www"
 head -c 10485760 /dev/urandom > "$D/www/file.bin"
 ip netns exec "$TNAME-c" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$D/www" > /dev/null 2>&1 &
 HTTP_PID=$!
-ip netns exec "$TNAME-c" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/c.toml" --quiet --metrics "$D/c.json" < /dev/null > /dev/null &
+ip netns exec "$TNAME-c" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/c.toml" --quiet --metrics "$D/c.json" \
+    --events "$D/c.events" < /dev/null > /dev/null &
 C_PID=$!
-ip netns exec "$TNAME-b" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/b.toml" --quiet --metrics "$D/b.json" < /dev/null > /dev/null &
+ip netns exec "$TNAME-b" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$TNAME/b.toml" --quiet --metrics "$D/b.json" \
+    --events "$D/b.events" < /dev/null > /dev/null &
 B_PID=$!
-ip netns exec "$TNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$TNAME/a.toml" 2> "$D/edge.log" &
+ip netns exec "$TNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$TNAME/a.toml" \
+    --events "$D/edge.events" 2> "$D/edge.log" &
 E_PID=$!
-sleep 1.5
+wait_event "$D/c.events" node_up; wait_event "$D/b.events" node_up; wait_event "$D/edge.events" edge_up
 echo "-- the decision for curl asking for low latency:"
 "$PATHVM" explain --app curl --criteria latency=require --manifests /nonexistent
 before=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
@@ -80,7 +101,7 @@ cmp -s "$D/www/file.bin" "$D/got.bin" && echo "identical: yes" || { echo "identi
 echo "-- the same, transparently: pathvm run -- curl http://10.231.1.2:8080/file.bin"
 ip netns exec "$TNAME-a" "$PATHVM" run -- curl -s --max-time 60 http://10.231.1.2:8080/file.bin | cmp -s - "$D/www/file.bin" && echo "identical: yes"
 after=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
-sleep 0.5
+wait_event "$D/edge.events" vm_ended 2
 kill -TERM $E_PID $B_PID $C_PID $HTTP_PID; wait $E_PID $B_PID $C_PID $HTTP_PID 2>/dev/null || true
 echo "-- the edge's log (one VM per request):"
 sed 's/^/   /' "$D/edge.log"
@@ -98,13 +119,16 @@ MESH_PIDS="$!"
 declare -A NODE_PID
 for h in c r1 r2 r3 r4; do
     ip netns exec "$MNAME-$h" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$MNAME/$h.toml" --quiet \
-        --metrics "$D/$h.json" < /dev/null > /dev/null &
+        --metrics "$D/$h.json" --events "$D/$h.events" < /dev/null > /dev/null &
     NODE_PID[$h]=$!
     MESH_PIDS="$MESH_PIDS $!"
 done
-ip netns exec "$MNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$MNAME/a.toml" 2> "$D/edge.log" &
+ip netns exec "$MNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$MNAME/a.toml" \
+    --events "$D/edge.events" 2> "$D/edge.log" &
 MESH_PIDS="$MESH_PIDS $!"
-sleep 2
+for h in c r1 r2 r3 r4; do wait_event "$D/$h.events" node_up; done
+wait_event "$D/edge.events" edge_up
+sleep 1 # link state settles: every node floods its links each second
 fetch() { # criteria label
     local start end
     start=$(date +%s%N)
@@ -114,7 +138,7 @@ fetch() { # criteria label
     local same=NO
     cmp -s "$D/www/file.bin" "$D/got.bin" && same=yes
     printf '   %-38s -> %-9s 10 MiB in %5d ms, identical: %s\n' "$1" \
-        "$(tail -n 3 "$D/edge.log" | grep -o ': [a-z]* (score' | tail -n1 | cut -d' ' -f2)" $(( (end - start) / 1000000 )) "$same"
+        "$(last_protocol "$D/edge.events")" $(( (end - start) / 1000000 )) "$same"
     [ "$same" = yes ] || exit 1
 }
 for c in latency=require bandwidth=prefer reliability=require,bandwidth=prefer reliability=prefer anonymity=require; do
