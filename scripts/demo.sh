@@ -41,6 +41,17 @@ wait_event() { # FILE KIND [COUNT]
     exit 1
 }
 
+# Waits (up to 20 s) until something listens on PORT in namespace NS.
+wait_port() { # NS PORT
+    local i
+    for i in $(seq 200); do
+        ip netns exec "$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $2 in $1 within 20 s"
+    exit 1
+}
+
 # The protocol of the last request in an edge's events FILE.
 last_protocol() { # FILE
     grep '"event":"protocol_chosen"' "$1" | tail -n 1 | grep -o '"protocol":"[a-z]*"' | cut -d'"' -f4
@@ -89,6 +100,7 @@ ip netns exec "$TNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$
     --events "$D/edge.events" 2> "$D/edge.log" &
 E_PID=$!
 wait_event "$D/c.events" node_up; wait_event "$D/b.events" node_up; wait_event "$D/edge.events" edge_up
+wait_port "$TNAME-c" 8080
 echo "-- the decision for curl asking for low latency:"
 "$PATHVM" explain --app curl --criteria latency=require --manifests /nonexistent
 before=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
@@ -128,6 +140,7 @@ ip netns exec "$MNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$
 MESH_PIDS="$MESH_PIDS $!"
 for h in c r1 r2 r3 r4; do wait_event "$D/$h.events" node_up; done
 wait_event "$D/edge.events" edge_up
+wait_port "$MNAME-c" 8080
 sleep 1 # link state settles: every node floods its links each second
 fetch() { # criteria label
     local start end
