@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::peer;
 use crate::request::{self, RequestSpec, SlotAllocator};
 use crate::socks::{self, Reply, Target};
-use node::events::{flow_name, Counters, Event, EventSink, ProtocolRow};
+use node::events::{flow_name, micros, Counters, Event, EventSink, ProtocolRow};
 use node::{NodeFile, NodeFileError};
 use vmm::kvm::{KvmContext, KvmError};
 use vmm::loader::{AgentImage, LoaderError};
@@ -89,10 +89,6 @@ fn destination(file: &NodeFile, target: &Target) -> Option<(u16, String)> {
 
 fn random_flow() -> u32 {
     u32::from_ne_bytes(vmm::random::bytes()) | 1
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Sends the app its one SOCKS5 reply (once, whoever gets there first)

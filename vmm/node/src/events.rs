@@ -13,6 +13,11 @@ use std::sync::Mutex;
 use guest_agent::node::NodeStats;
 use serde::Serialize;
 
+/// A duration as the events' `*_us` fields carry it (saturating).
+pub fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// A request VM's or node VM's counters (its stats page) at the end.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Counters {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use events::{Counters, Event, EventSink};
+use events::{micros, Counters, Event, EventSink};
 
 pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, OnionKeySpec, PortBackend, PortSpec, TopoLinkSpec};
 pub use plumbing::{Intake, IntakeError};
@@ -171,10 +171,6 @@ impl RouteWatch {
             })
             .ok()
     }
-}
-
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// What `pathvm node --metrics FILE` writes: the ports' counters and the

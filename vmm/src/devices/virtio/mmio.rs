@@ -379,6 +379,11 @@ mod tests {
         u32::from_le_bytes(d)
     }
 
+    /// The status a driver writes once it is ready: every step so far plus
+    /// DRIVER_OK.
+    const DRIVER_READY: u32 =
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK;
+
     fn w(t: &mut MmioTransport, reg: u32, v: u32) {
         t.write(reg.into(), &v.to_le_bytes());
     }
@@ -427,12 +432,8 @@ mod tests {
         negotiate(&mut t);
         assert_eq!(dev.lock().unwrap().acked, 1u64 << VIRTIO_F_VERSION_1);
         setup_queues(&mut t);
-        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE
-            | VIRTIO_CONFIG_S_DRIVER
-            | VIRTIO_CONFIG_S_FEATURES_OK
-            | VIRTIO_CONFIG_S_DRIVER_OK;
-        w(&mut t, VIRTIO_MMIO_STATUS, s);
-        assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS), s);
+        w(&mut t, VIRTIO_MMIO_STATUS, DRIVER_READY);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS), DRIVER_READY);
         assert_eq!(dev.lock().unwrap().activated, Some(2));
     }
 
@@ -473,14 +474,7 @@ mod tests {
         w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
         assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
         negotiate(&mut t);
-        w(
-            &mut t,
-            VIRTIO_MMIO_STATUS,
-            VIRTIO_CONFIG_S_ACKNOWLEDGE
-                | VIRTIO_CONFIG_S_DRIVER
-                | VIRTIO_CONFIG_S_FEATURES_OK
-                | VIRTIO_CONFIG_S_DRIVER_OK,
-        );
+        w(&mut t, VIRTIO_MMIO_STATUS, DRIVER_READY);
         assert_eq!(dev.lock().unwrap().activated, None, "activated with unconfigured queues");
         assert_ne!(r(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
     }
@@ -492,14 +486,7 @@ mod tests {
         setup_queues(&mut t);
         w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
         w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 3);
-        w(
-            &mut t,
-            VIRTIO_MMIO_STATUS,
-            VIRTIO_CONFIG_S_ACKNOWLEDGE
-                | VIRTIO_CONFIG_S_DRIVER
-                | VIRTIO_CONFIG_S_FEATURES_OK
-                | VIRTIO_CONFIG_S_DRIVER_OK,
-        );
+        w(&mut t, VIRTIO_MMIO_STATUS, DRIVER_READY);
         assert_eq!(dev.lock().unwrap().activated, None);
     }
 
@@ -510,14 +497,7 @@ mod tests {
         setup_queues(&mut t);
         w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
         w(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1001);
-        w(
-            &mut t,
-            VIRTIO_MMIO_STATUS,
-            VIRTIO_CONFIG_S_ACKNOWLEDGE
-                | VIRTIO_CONFIG_S_DRIVER
-                | VIRTIO_CONFIG_S_FEATURES_OK
-                | VIRTIO_CONFIG_S_DRIVER_OK,
-        );
+        w(&mut t, VIRTIO_MMIO_STATUS, DRIVER_READY);
         assert_eq!(dev.lock().unwrap().activated, None);
     }
 
@@ -528,14 +508,7 @@ mod tests {
         setup_queues(&mut t);
         w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
         w(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 1);
-        w(
-            &mut t,
-            VIRTIO_MMIO_STATUS,
-            VIRTIO_CONFIG_S_ACKNOWLEDGE
-                | VIRTIO_CONFIG_S_DRIVER
-                | VIRTIO_CONFIG_S_FEATURES_OK
-                | VIRTIO_CONFIG_S_DRIVER_OK,
-        );
+        w(&mut t, VIRTIO_MMIO_STATUS, DRIVER_READY);
         assert_eq!(dev.lock().unwrap().activated, None);
     }
 
