@@ -17,8 +17,8 @@ use crate::router::DropCounters;
 use crate::routing::{Link, NodeId, Topology};
 
 /// First bytes of an encoded [`NodeConfig`].
-const CONFIG_MAGIC: [u8; 4] = *b"PVN4";
-const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 32;
+const CONFIG_MAGIC: [u8; 4] = *b"PVN5";
+const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 1 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 const KEY_ENTRY_LEN: usize = 2 + 32;
 const HEAD_LEN: usize = 4 + 8 + 8 + 32 + 32;
@@ -41,8 +41,41 @@ pub struct PortConfig {
     /// How many consecutive ids from `rx_link_id` its side may use (its
     /// node, and each request VM on an edge host, send under one each).
     pub rx_link_span: u32,
-    /// The link's key (packet keys are derived from it per link id).
+    /// What `key` is: the link's key, or only this sender's own.
+    pub scope: KeyScope,
+    /// The link's key (packet keys are derived from it per link id), or,
+    /// for a request VM, only its own id's key ([`KeyScope::Own`]).
     pub key: [u8; 32],
+}
+
+/// Which key a port holds: a node holds its links' keys, a request VM only
+/// the key of its own link id on each link (least key: a compromised
+/// request VM can seal frames as itself and nobody else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyScope {
+    /// The link key, from which every id's key derives (node VMs).
+    #[default]
+    Link,
+    /// The key of `tx_link_id` alone; the neighbour's node seals frames
+    /// for this sender with the key's [`reply`](crate::wire::LinkKey::reply).
+    Own,
+}
+
+impl KeyScope {
+    fn wire(self) -> u8 {
+        match self {
+            Self::Link => 0,
+            Self::Own => 1,
+        }
+    }
+
+    fn from_wire(b: u8) -> Result<Self, ConfigError> {
+        match b {
+            0 => Ok(Self::Link),
+            1 => Ok(Self::Own),
+            _ => Err(ConfigError::BadKeyScope),
+        }
+    }
 }
 
 /// Everything a node VM needs to route.
@@ -81,6 +114,8 @@ pub enum ConfigError {
     Truncated,
     /// More ports than a node can have.
     TooManyPorts,
+    /// A port's key scope that is neither link nor own.
+    BadKeyScope,
 }
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], ConfigError> {
@@ -117,6 +152,7 @@ impl NodeConfig {
             out.extend_from_slice(&p.tx_link_id.to_be_bytes());
             out.extend_from_slice(&p.rx_link_id.to_be_bytes());
             out.extend_from_slice(&p.rx_link_span.to_be_bytes());
+            out.push(p.scope.wire());
             out.extend_from_slice(&p.key);
         }
         for l in &self.links {
@@ -163,13 +199,14 @@ impl NodeConfig {
             let mut peer_mac = [0u8; 6];
             peer_mac.copy_from_slice(&p[2..8]);
             let mut key = [0u8; 32];
-            key.copy_from_slice(&p[20..52]);
+            key.copy_from_slice(&p[21..53]);
             ports.push(PortConfig {
                 peer: be16(p),
                 peer_mac,
                 tx_link_id: be32(&p[8..]),
                 rx_link_id: be32(&p[12..]),
                 rx_link_span: be32(&p[16..]),
+                scope: KeyScope::from_wire(p[20])?,
                 key,
             });
         }
@@ -186,6 +223,29 @@ impl NodeConfig {
             directory.push((be16(e), k));
         }
         Ok(Self { me, hop_limit, protocol, ports, links, epoch_us, seed, onion_secret, directory })
+    }
+
+    /// What a request VM of this (edge) node gets for request slot
+    /// `slot`: per port, its own link id in the edge side's span (which
+    /// holds `tx_spans[port]` ids) and only that id's key; no onion secret
+    /// (a request VM's circuits use keys of its boot alone). The one rule
+    /// for the edge host and the simulations.
+    pub fn request_view(&self, tx_spans: &[u32], slot: u32) -> NodeConfig {
+        let ports = self
+            .ports
+            .iter()
+            .zip(tx_spans)
+            .map(|(p, &span)| {
+                let id = crate::router::auth::request_link_id(p.tx_link_id, span, slot);
+                let own = match p.scope {
+                    KeyScope::Link => crate::wire::LinkKey::new(&p.key).derive_bytes(id),
+                    // Already narrowed: nothing further can be derived.
+                    KeyScope::Own => p.key,
+                };
+                PortConfig { tx_link_id: id, scope: KeyScope::Own, key: own, ..*p }
+            })
+            .collect();
+        NodeConfig { ports, onion_secret: [0; 32], ..self.clone() }
     }
 
     /// The topology of the config.
@@ -364,6 +424,7 @@ mod tests {
                     tx_link_id: 3,
                     rx_link_id: 2,
                     rx_link_span: 1,
+                    scope: KeyScope::Link,
                     key: [9; 32],
                 },
                 PortConfig {
@@ -372,6 +433,7 @@ mod tests {
                     tx_link_id: 4,
                     rx_link_id: 5,
                     rx_link_span: 100,
+                    scope: KeyScope::Own,
                     key: [8; 32],
                 },
             ],
@@ -395,6 +457,21 @@ mod tests {
     }
 
     #[test]
+    fn a_request_view_holds_its_own_ids_keys_and_no_onion_secret() {
+        let mut cfg = config();
+        cfg.ports[1].scope = KeyScope::Link;
+        let v = cfg.request_view(&[4, 4], 1);
+        assert_eq!((v.ports[0].tx_link_id, v.ports[1].tx_link_id), (5, 6));
+        for (p, link) in v.ports.iter().zip(&cfg.ports) {
+            assert_eq!(p.scope, KeyScope::Own);
+            assert_eq!(p.key, crate::wire::LinkKey::new(&link.key).derive_bytes(p.tx_link_id));
+            assert_ne!(p.key, link.key);
+        }
+        assert_eq!(v.onion_secret, [0; 32]);
+        assert_eq!((v.me, v.directory.clone(), v.seed), (cfg.me, cfg.directory.clone(), cfg.seed));
+    }
+
+    #[test]
     fn config_truncations_and_garbage_are_errors() {
         let mut b = Vec::new();
         config().encode(&mut b);
@@ -405,6 +482,9 @@ mod tests {
         let mut many = b.clone();
         many[7] = 200;
         assert_eq!(NodeConfig::decode(&many), Err(ConfigError::TooManyPorts));
+        let mut scope = b.clone();
+        scope[HEAD_LEN + 20] = 7;
+        assert_eq!(NodeConfig::decode(&scope), Err(ConfigError::BadKeyScope));
     }
 
     #[test]

@@ -11,8 +11,10 @@ use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::node::PortConfig;
-use crate::wire::{seal_built, LinkKey, OverlayPacket, OverlayRepr, ReplayWindow, RESERVED_LINK_ID};
+use crate::node::{KeyScope, PortConfig};
+use crate::wire::{
+    seal_built, LinkKey, OverlayPacket, OverlayRepr, ReplayWindow, ETH_HDR_LEN, HEADER_LEN, RESERVED_LINK_ID,
+};
 
 use super::drop::DropReason;
 
@@ -43,6 +45,17 @@ pub fn request_link_id(first: u32, span: u32, slot: u32) -> u32 {
     first.wrapping_add(1 + slot % requests)
 }
 
+/// Who sent a frame that authenticated: the neighbour's node, or one of
+/// the request VMs its side holds ids for. Relays take link state and
+/// control that changes state from nodes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderKind {
+    /// The first id of the neighbour's span: its node.
+    Node,
+    /// A further id: a request VM on the neighbour's host.
+    Request,
+}
+
 /// What a receiver holds for one sender it authenticated.
 struct Sender {
     /// The sender id's key (derived once, when it first authenticated).
@@ -50,6 +63,18 @@ struct Sender {
     window: ReplayWindow,
     /// When it last authenticated, in [`LinkAuth::tick`]s.
     heard: u64,
+    /// For a request VM: the key this node seals its frames with
+    /// ([`LinkKey::reply`] of its own), and the flow it speaks for.
+    reply: Option<(LinkKey, Option<u32>)>,
+}
+
+/// The keys one port holds.
+enum Keys {
+    /// A node's: the link key, from which every id's key derives.
+    Link(LinkKey),
+    /// A request VM's: the key frames from the neighbour's node come
+    /// under (the reply key of its own id).
+    Own(LinkKey),
 }
 
 /// One link's keys and windows, both directions.
@@ -74,14 +99,20 @@ struct Sender {
 /// refused for good, and no floor depends on another sender's numbers (a
 /// link-wide floor would lock out a long-running sender, which counts
 /// frames, not µs, behind any request VM booted since).
+///
+/// Least key: a request VM's port holds only its own id's key
+/// ([`KeyScope::Own`]); the neighbour's node seals the frames of that VM's
+/// flow with the key's [`LinkKey::reply`], learnt from the VM's own
+/// authenticated frames (one flow per request id, first come), so the VM
+/// can verify its relay but cannot seal as any other sender, the relay
+/// included.
 pub struct LinkAuth {
     /// Link id this node sends under.
     tx_link_id: u32,
     rx_link_id: u32,
     /// Ids the other side may send under (at most [`MAX_LINK_SPAN`]).
     rx_link_span: u32,
-    /// The link's key: derives one key per link id; never seals itself.
-    link_key: LinkKey,
+    keys: Keys,
     /// The key this node seals with (its own link id's).
     tx_key: LinkKey,
     next_seq: u64,
@@ -98,6 +129,9 @@ pub struct LinkAuth {
     /// before its window was forgotten (0: none). Empty until the first
     /// eviction.
     floors: Vec<u64>,
+    /// Flows of request VMs held in `rx`, to the VM's id: frames of such a
+    /// flow leave sealed with that VM's reply key.
+    flows: BTreeMap<u32, u32>,
 }
 
 impl LinkAuth {
@@ -105,18 +139,23 @@ impl LinkAuth {
     /// `epoch_us` (the boot's wall clock), so a restarted sender is newer
     /// than anything its neighbour saw from it before.
     pub fn new(pc: &PortConfig, epoch_us: u64) -> Self {
-        let link_key = LinkKey::new(&pc.key);
+        let given = LinkKey::new(&pc.key);
+        let (keys, tx_key) = match pc.scope {
+            KeyScope::Link => (Keys::Link(given.clone()), given.derive(pc.tx_link_id)),
+            KeyScope::Own => (Keys::Own(given.reply()), given),
+        };
         Self {
             tx_link_id: pc.tx_link_id,
             rx_link_id: pc.rx_link_id,
             rx_link_span: pc.rx_link_span.clamp(1, MAX_LINK_SPAN),
-            tx_key: link_key.derive(pc.tx_link_id),
-            link_key,
+            keys,
+            tx_key,
             next_seq: epoch_us.max(1),
             rx: BTreeMap::new(),
             lru: BTreeMap::new(),
             tick: 0,
             floors: Vec::new(),
+            flows: BTreeMap::new(),
         }
     }
 
@@ -140,14 +179,18 @@ impl LinkAuth {
 
     /// Checks a packet from the neighbour side: a sender id in its span,
     /// not replayed, sealed with that id's key. State (a new sender, an
-    /// eviction, a window's movement) follows only a verified tag.
-    pub fn open(&mut self, p: &OverlayPacket<&[u8]>, repr: &OverlayRepr) -> Result<(), DropReason> {
+    /// eviction, a window's movement, a request VM's flow) follows only a
+    /// verified tag.
+    pub fn open(&mut self, p: &OverlayPacket<&[u8]>, repr: &OverlayRepr) -> Result<SenderKind, DropReason> {
         let id = repr.link_id;
         let seq = repr.link_seq;
         let offset = id.wrapping_sub(self.rx_link_id);
-        if offset >= self.rx_link_span || id == RESERVED_LINK_ID {
+        let own = matches!(self.keys, Keys::Own(_));
+        // A request VM hears only the neighbour's node.
+        if offset >= self.rx_link_span || id == RESERVED_LINK_ID || (own && offset != 0) {
             return Err(DropReason::UnknownLink);
         }
+        let kind = if offset == 0 { SenderKind::Node } else { SenderKind::Request };
         let heard = self.tick;
         if let Some(s) = self.rx.get_mut(&id) {
             // The window first: it is cheaper than the tag and moves nothing.
@@ -158,23 +201,49 @@ impl LinkAuth {
             s.window.accept(seq);
             s.heard = heard;
             self.tick += 1;
-            return Ok(());
+            if kind == SenderKind::Request {
+                self.bind_flow(id, repr.flow_id);
+            }
+            return Ok(kind);
         }
         let mut window = ReplayWindow::above(self.floors.get(offset as usize).copied().unwrap_or(0));
         if !window.check(seq) {
             return Err(DropReason::Replayed);
         }
         // Derived for this frame alone; kept only if the tag verifies.
-        let key = self.link_key.derive(id);
+        let key = match &self.keys {
+            Keys::Link(link) => link.derive(id),
+            Keys::Own(reply) => reply.clone(),
+        };
         key.open(p).map_err(DropReason::from)?;
         window.accept(seq);
         if self.rx.len() >= MAX_RX_SENDERS {
             self.evict_least_recent();
         }
-        self.rx.insert(id, Sender { key, window, heard });
+        let reply = (kind == SenderKind::Request).then(|| (key.reply(), None));
+        self.rx.insert(id, Sender { key, window, heard, reply });
         self.lru.insert(heard, id);
         self.tick += 1;
-        Ok(())
+        if kind == SenderKind::Request {
+            self.bind_flow(id, repr.flow_id);
+        }
+        Ok(kind)
+    }
+
+    /// Request VM `id` speaks for `flow`: frames of that flow leave sealed
+    /// for it. A flow another held VM speaks for stays that VM's (first
+    /// come; a compromised VM cannot take a neighbour's replies), and a VM
+    /// speaks for one flow at a time (its stream's), so the table is never
+    /// larger than the sender table.
+    fn bind_flow(&mut self, id: u32, flow: u32) {
+        let Some(Sender { reply: Some((_, bound)), .. }) = self.rx.get_mut(&id) else { return };
+        if *bound == Some(flow) || self.flows.contains_key(&flow) {
+            return;
+        }
+        if let Some(old) = bound.replace(flow) {
+            self.flows.remove(&old);
+        }
+        self.flows.insert(flow, id);
     }
 
     /// Forgets the sender authenticated least recently, keeping its
@@ -188,6 +257,9 @@ impl LinkAuth {
                 continue;
             }
             let top = s.window.top();
+            if let Some((_, Some(flow))) = s.reply {
+                self.flows.remove(&flow);
+            }
             self.rx.remove(&id);
             if self.floors.is_empty() {
                 self.floors = vec![0; self.rx_link_span as usize];
@@ -200,11 +272,27 @@ impl LinkAuth {
         }
     }
 
-    /// Numbers and seals a frame `wire::build_frame` made, as it leaves.
+    /// Numbers and seals a frame `wire::build_frame` made, as it leaves:
+    /// with the reply key of the request VM whose flow it carries, else
+    /// with this node's own key.
     pub fn seal(&mut self, frame: &mut [u8]) {
-        seal_built(frame, self.next_seq, &self.tx_key);
+        let key = match self.flows.is_empty() {
+            true => &self.tx_key,
+            false => frame_flow(frame)
+                .and_then(|flow| self.flows.get(&flow))
+                .and_then(|id| self.rx.get(id))
+                .and_then(|s| s.reply.as_ref())
+                .map_or(&self.tx_key, |(k, _)| k),
+        };
+        seal_built(frame, self.next_seq, key);
         self.next_seq += 1;
     }
+}
+
+/// The overlay flow id of a built frame.
+fn frame_flow(frame: &[u8]) -> Option<u32> {
+    let overlay = frame.get(ETH_HDR_LEN..).filter(|o| o.len() >= HEADER_LEN)?;
+    Some(OverlayPacket::new_unchecked(overlay).flow_id())
 }
 
 #[cfg(test)]
@@ -215,15 +303,34 @@ mod tests {
     use crate::wire::{build_frame, EthAddrs, Protocol, ETH_HDR_LEN};
 
     fn port(tx: u32, rx: u32, span: u32) -> PortConfig {
-        PortConfig { peer: 2, peer_mac: [2; 6], tx_link_id: tx, rx_link_id: rx, rx_link_span: span, key: [7; 32] }
+        PortConfig {
+            peer: 2,
+            peer_mac: [2; 6],
+            tx_link_id: tx,
+            rx_link_id: rx,
+            rx_link_span: span,
+            scope: KeyScope::Link,
+            key: [7; 32],
+        }
+    }
+
+    /// A request VM's port as the edge host configures it: its own id's
+    /// key only.
+    fn request_port(tx: u32, rx: u32) -> PortConfig {
+        let own = LinkKey::new(&[7; 32]).derive_bytes(tx);
+        PortConfig { scope: KeyScope::Own, key: own, ..port(tx, rx, 1) }
     }
 
     fn frame_from(sender: &mut LinkAuth) -> Vec<u8> {
+        frame_on(sender, 1)
+    }
+
+    fn frame_on(sender: &mut LinkAuth, flow_id: u32) -> Vec<u8> {
         let repr = OverlayRepr {
             protocol: Protocol::Shortest,
             flags: 0,
             hop_limit: 4,
-            flow_id: 1,
+            flow_id,
             src: 1,
             dst: 2,
             state_len: 0,
@@ -238,9 +345,67 @@ mod tests {
     }
 
     fn check(rx: &mut LinkAuth, f: &[u8]) -> Result<(), DropReason> {
+        open(rx, f).map(|_| ())
+    }
+
+    fn open(rx: &mut LinkAuth, f: &[u8]) -> Result<SenderKind, DropReason> {
         let p = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]).unwrap();
         let repr = OverlayRepr::parse(&p).unwrap();
         rx.open(&p, &repr)
+    }
+
+    #[test]
+    fn a_request_vm_with_its_own_key_only_talks_to_its_relay_both_ways() {
+        // The edge side spans 10..14: its node is 10, request VMs 11 to 13.
+        let mut relay = LinkAuth::new(&port(20, 10, 4), 100);
+        let mut vm = LinkAuth::new(&request_port(12, 20), 200);
+        let mut edge_node = LinkAuth::new(&port(10, 20, 1), 100);
+        assert_eq!(open(&mut relay, &frame_on(&mut vm, 0xabc)), Ok(SenderKind::Request));
+        assert_eq!(open(&mut relay, &frame_on(&mut edge_node, 5)), Ok(SenderKind::Node));
+        // The relay answers the VM's flow under the VM's reply key: the VM
+        // verifies it, the edge host's node (whose flow it is not) cannot.
+        let reply = frame_on(&mut relay, 0xabc);
+        assert_eq!(check(&mut vm, &reply), Ok(()));
+        assert_eq!(check(&mut edge_node, &reply), Err(DropReason::BadMac));
+        // Other flows go under the relay's own key, for the edge's node.
+        let other = frame_on(&mut relay, 5);
+        assert_eq!(check(&mut edge_node, &other), Ok(()));
+        assert_eq!(check(&mut vm, &other), Err(DropReason::BadMac));
+    }
+
+    #[test]
+    fn a_request_vm_cannot_seal_as_the_edge_node_or_another_vm() {
+        let mut relay = LinkAuth::new(&port(20, 10, 4), 100);
+        // A compromised VM relabels its frames as the node's id or a
+        // neighbour VM's: its key is not theirs.
+        let mut vm = LinkAuth::new(&request_port(12, 20), 200);
+        for id in [10, 11, 13] {
+            let mut f = frame_from(&mut vm);
+            OverlayPacket::new_unchecked(&mut f[ETH_HDR_LEN..]).set_link_id(id);
+            assert_eq!(check(&mut relay, &f), Err(DropReason::BadMac), "as id {id}");
+        }
+        assert_eq!(relay.senders(), 0);
+        // And it hears only the relay's node id, not other senders there.
+        let mut relay_vm = LinkAuth::new(&port(21, 10, 1), 100);
+        let mut vm2 = LinkAuth::new(&PortConfig { rx_link_span: 4, ..request_port(12, 20) }, 200);
+        assert_eq!(check(&mut vm2, &frame_from(&mut relay_vm)), Err(DropReason::UnknownLink));
+    }
+
+    #[test]
+    fn a_vm_cannot_take_another_vms_flow() {
+        let mut relay = LinkAuth::new(&port(20, 10, 4_000), 100);
+        let mut vm1 = LinkAuth::new(&request_port(11, 20), 200);
+        let mut vm2 = LinkAuth::new(&request_port(12, 20), 200);
+        assert_eq!(check(&mut relay, &frame_on(&mut vm1, 7)), Ok(()));
+        // VM 2 claims VM 1's flow: the replies stay VM 1's.
+        assert_eq!(check(&mut relay, &frame_on(&mut vm2, 7)), Ok(()));
+        let reply = frame_on(&mut relay, 7);
+        assert_eq!(check(&mut vm1, &reply), Ok(()));
+        assert_eq!(check(&mut vm2, &reply), Err(DropReason::BadMac));
+        // Once VM 1 is forgotten its flow is free again.
+        fill(&mut relay, 1_000..1_000 + MAX_RX_SENDERS as u32);
+        assert!(relay.flows.len() <= relay.senders());
+        assert!(!relay.flows.contains_key(&7));
     }
 
     #[test]

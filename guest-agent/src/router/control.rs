@@ -9,6 +9,7 @@ use crate::routing::{NodeId, Routes};
 use crate::wire::control::Control;
 use crate::wire::{OverlayRepr, Protocol, FLAG_CONTROL};
 
+use super::auth::SenderKind;
 use super::drop::DropReason;
 use super::{origin_repr, LinkPort, Notice, Router};
 
@@ -33,8 +34,22 @@ impl<L: LinkPort> Router<L> {
     }
 
     /// A control message from the neighbour on port `i`.
-    pub(super) fn control(&mut self, i: usize, repr: &OverlayRepr, payload: &[u8], now: u64) -> Result<(), DropReason> {
+    ///
+    /// A request VM (`sender` [`SenderKind::Request`]) may only ask:
+    /// probe its link and pull the link state. What would change this
+    /// node's view (acks, advertisements) comes from nodes alone.
+    pub(super) fn control(
+        &mut self,
+        i: usize,
+        sender: SenderKind,
+        repr: &OverlayRepr,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<(), DropReason> {
         let msg = Control::decode(payload).map_err(|_| DropReason::BadControl)?;
+        if sender == SenderKind::Request && !matches!(msg, Control::Probe { .. } | Control::LsaRequest) {
+            return Err(DropReason::RequestControl);
+        }
         match msg {
             // Echo under the probe's flow id, so an edge host steers the
             // ack to the request VM that probed.

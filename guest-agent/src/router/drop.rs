@@ -41,6 +41,13 @@ pub enum DropReason {
     BadSourceRoute,
     /// A record from the host too large for one packet.
     Oversized,
+    /// A packet whose source is a console record id (no node has one).
+    ReservedSource,
+    /// A request VM's packet naming a source other than its host's node.
+    SpoofedSource,
+    /// A request VM's control message other than a probe or a link-state
+    /// request (link state and acks come from nodes only).
+    RequestControl,
 }
 
 impl From<WireError> for DropReason {
@@ -61,7 +68,7 @@ impl From<WireError> for DropReason {
 
 /// Names of the counters, in [`DropCounters::values`] order: the one list
 /// the VMM's reports use.
-pub const DROP_NAMES: [&str; 15] = [
+pub const DROP_NAMES: [&str; 18] = [
     "not_overlay",
     "truncated",
     "bad_version",
@@ -77,6 +84,9 @@ pub const DROP_NAMES: [&str; 15] = [
     "bad_cell",
     "bad_source_route",
     "oversized",
+    "reserved_source",
+    "spoofed_source",
+    "request_control",
 ];
 
 /// One counter per [`DropReason`]; `repr(C)` u64s, so it can sit in the
@@ -114,6 +124,12 @@ pub struct DropCounters {
     pub bad_source_route: u64,
     /// [`DropReason::Oversized`].
     pub oversized: u64,
+    /// [`DropReason::ReservedSource`].
+    pub reserved_source: u64,
+    /// [`DropReason::SpoofedSource`].
+    pub spoofed_source: u64,
+    /// [`DropReason::RequestControl`].
+    pub request_control: u64,
 }
 
 impl DropCounters {
@@ -135,12 +151,15 @@ impl DropCounters {
             DropReason::BadCell => &mut self.bad_cell,
             DropReason::BadSourceRoute => &mut self.bad_source_route,
             DropReason::Oversized => &mut self.oversized,
+            DropReason::ReservedSource => &mut self.reserved_source,
+            DropReason::SpoofedSource => &mut self.spoofed_source,
+            DropReason::RequestControl => &mut self.request_control,
         };
         *c += 1;
     }
 
     /// The counters in [`DROP_NAMES`] order.
-    pub fn values(&self) -> [u64; 15] {
+    pub fn values(&self) -> [u64; 18] {
         [
             self.not_overlay,
             self.truncated,
@@ -157,6 +176,9 @@ impl DropCounters {
             self.bad_cell,
             self.bad_source_route,
             self.oversized,
+            self.reserved_source,
+            self.spoofed_source,
+            self.request_control,
         ]
     }
 
@@ -188,6 +210,9 @@ mod tests {
             DropReason::BadCell,
             DropReason::BadSourceRoute,
             DropReason::Oversized,
+            DropReason::ReservedSource,
+            DropReason::SpoofedSource,
+            DropReason::RequestControl,
         ];
         for (i, r) in all.iter().enumerate() {
             let mut c = DropCounters::default();

@@ -39,6 +39,7 @@ mod tests;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
+pub use auth::SenderKind;
 pub use drop::{DropCounters, DropReason, DROP_NAMES};
 pub use link::{LinkPort, Port, MAX_QUEUED};
 pub use memory::MemoryLink;
@@ -319,9 +320,18 @@ impl<L: LinkPort> Router<L> {
         }
         let p = OverlayPacket::new_checked(&frame[ETH_HDR_LEN..])?;
         let repr = OverlayRepr::parse(&p)?;
-        self.ports[i].auth.open(&p, &repr)?;
+        let sender = self.ports[i].auth.open(&p, &repr)?;
+        // The console's record ids name no node: a packet from one would
+        // reach the host as stream bytes or an OPEN.
+        if is_reserved_source(repr.src) {
+            return Err(DropReason::ReservedSource);
+        }
+        // A request VM speaks for its own host's node, nobody else.
+        if sender == SenderKind::Request && repr.src != self.ports[i].peer {
+            return Err(DropReason::SpoofedSource);
+        }
         if repr.flags & FLAG_CONTROL != 0 {
-            return self.control(i, &repr, p.payload(), now);
+            return self.control(i, sender, &repr, p.payload(), now);
         }
         if repr.protocol == Protocol::Onion {
             return self.onion_cell(i, repr.flow_id, p.payload(), now);
@@ -408,6 +418,12 @@ impl<L: LinkPort> Router<L> {
         }
         worked
     }
+}
+
+/// Whether `src` is one of the console's record ids, which no node has
+/// (`topo` and node configs refuse them as ids).
+pub fn is_reserved_source(src: NodeId) -> bool {
+    src == RECORD_STREAM || src == RECORD_CONTROL
 }
 
 /// Whether a frame claims to be overlay; whether it is a valid one is the

@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use crate::node::{EdgeRequest, NodeConfig, PortConfig, Record};
+use crate::node::{EdgeRequest, KeyScope, NodeConfig, PortConfig, Record};
 use crate::onion::public_key;
 use crate::routing::{Link, NodeId};
 use crate::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr};
@@ -58,6 +58,7 @@ pub fn config(links: &[Link], me: NodeId, protocol: u8) -> NodeConfig {
                 tx_link_id: side_id(k, l, me),
                 rx_link_id: side_id(k, l, peer),
                 rx_link_span: SPAN,
+                scope: KeyScope::Link,
                 key: link_key(k),
             }
         })
@@ -132,13 +133,10 @@ impl Net {
                 let cfg = config(links, n, protocol);
                 let router = match request {
                     Some((r, req)) if r == n => {
-                        let mut cfg = cfg;
-                        // A request VM sends under an id of its own in the
-                        // edge side's span.
-                        for p in cfg.ports.iter_mut() {
-                            p.tx_link_id += 1;
-                        }
-                        Router::new_request(&cfg, req, ends, now)
+                        // As the edge host does it: an id of its own in
+                        // the edge side's span, that id's key alone.
+                        let spans = alloc::vec![SPAN; cfg.ports.len()];
+                        Router::new_request(&cfg.request_view(&spans, 0), req, ends, now)
                     }
                     _ => Router::new(&cfg, ends, now),
                 };

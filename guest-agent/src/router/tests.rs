@@ -10,6 +10,7 @@ use super::auth::{request_link_id, MAX_RX_SENDERS};
 use super::sim::{self, link, neighbour_frame, records, sender_frame, Net, SPAN};
 use super::{DropReason, LinkPort, MemoryLink, Notice, RequestPhase, Router};
 use crate::node::{stream_op, EdgeRequest, Record, RECORD_CONTROL, RECORD_STREAM};
+use crate::routing::linkstate::{LinkReport, LinkStatus, Lsa};
 use crate::routing::Link;
 use crate::wire::control::Control;
 use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ETH_HDR_LEN, FLAG_CONTROL};
@@ -279,6 +280,79 @@ fn malformed_control_messages_are_counted_and_answer_nothing() {
     let whole = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, FLAG_CONTROL, 1, 1, 2), &[], &probe, 5_002);
     assert_eq!(b.receive(0, &whole, 2_000), Ok(()));
     assert!(!b.links_idle());
+}
+
+/// A control message for the relay (node 2) from request id `link_id` on
+/// node 1's side of `line3`'s first link.
+fn request_control(links: &[Link], link_id: u32, msg: &Control, seq: u64) -> Vec<u8> {
+    let mut payload = Vec::new();
+    msg.encode(&mut payload);
+    sender_frame(links, 0, 1, link_id, repr(Protocol::Shortest, FLAG_CONTROL, 1, 1, 2), &[], &payload, seq)
+}
+
+#[test]
+fn a_request_vm_may_probe_and_ask_but_its_link_state_and_acks_change_nothing() {
+    let links = line3();
+    let mut net = Net::new(&links, Protocol::Shortest.id(), None);
+    net.run_for(300_000, 500);
+    let vm = sim::side_id(0, &links[0], 1) + 1;
+    let now = net.now;
+    let b = &mut net.host(2).router;
+    let before = *b.stats();
+    let topology = b.topology().clone();
+    let down = Lsa {
+        origin: 3,
+        seq: u32::MAX,
+        links: vec![LinkReport { peer: 2, status: LinkStatus::Down, ..Default::default() }],
+    };
+    let forged = [Control::LinkState(down), Control::ProbeAck { seq: 1, sent_us: 1 }];
+    // Through the port, as they would arrive: the receive path counts.
+    for (k, msg) in forged.iter().enumerate() {
+        b.ports()[0].link().inject(&request_control(&links, vm, msg, 7_000 + k as u64));
+    }
+    b.poll_links(now);
+    let mut expected = before;
+    expected.drops.request_control += 2;
+    assert_eq!(*b.stats(), expected);
+    assert_eq!(b.topology(), &topology);
+    assert!(b.links_idle(), "a refused message was answered");
+    // What it may do: probe its link, pull the link state.
+    for (k, msg) in [Control::Probe { seq: 1, sent_us: 5 }, Control::LsaRequest].iter().enumerate() {
+        assert_eq!(b.receive(0, &request_control(&links, vm, msg, 8_000 + k as u64), now), Ok(()));
+    }
+    assert!(!b.links_idle());
+}
+
+#[test]
+fn packets_from_console_ids_or_a_spoofed_request_source_are_dropped() {
+    let links = line3();
+    let mut net = Net::new(&links, Protocol::Shortest.id(), None);
+    let vm = sim::side_id(0, &links[0], 1) + 1;
+    let b = &mut net.host(2).router;
+    for (k, src) in [RECORD_STREAM, RECORD_CONTROL].into_iter().enumerate() {
+        // Sealed by the neighbour's node itself: the key is right, the source is not a node.
+        for dst in [2, 3] {
+            let f = neighbour_frame(
+                &links,
+                0,
+                1,
+                repr(Protocol::Shortest, 0, 8, src, dst),
+                &[],
+                b"x",
+                5_000 + 2 * k as u64 + u64::from(dst),
+            );
+            b.ports()[0].link().inject(&f);
+        }
+    }
+    // A request VM on node 1 speaks for node 1 only.
+    let spoofed = sender_frame(&links, 0, 1, vm, repr(Protocol::Shortest, 0, 8, 3, 2), &[], b"x", 6_000);
+    let genuine = sender_frame(&links, 0, 1, vm, repr(Protocol::Shortest, 0, 8, 1, 2), &[], b"x", 6_001);
+    b.ports()[0].link().inject(&spoofed);
+    b.ports()[0].link().inject(&genuine);
+    b.poll_links(2_000);
+    let s = b.stats();
+    assert_eq!((s.drops.reserved_source, s.drops.spoofed_source, s.delivered, s.forwarded), (4, 1, 1, 0));
+    assert_eq!(records(b.host_output()), vec![(1, 7, b"x".to_vec())]);
 }
 
 #[test]

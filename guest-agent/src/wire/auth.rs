@@ -52,13 +52,27 @@ impl LinkKey {
     /// of ChaCha20 keystream (ChaCha20 as a PRF) with a nonce of the
     /// reserved id followed by `link_id`.
     pub fn derive(&self, link_id: u32) -> LinkKey {
+        LinkKey::new(&self.derive_bytes(link_id))
+    }
+
+    /// The secret bytes of [`LinkKey::derive`]: what the host hands a
+    /// request VM for its own link id, instead of the link key.
+    pub fn derive_bytes(&self, link_id: u32) -> [u8; 32] {
         let mut n = [0u8; 12];
         n[..4].copy_from_slice(&RESERVED_LINK_ID.to_be_bytes());
         n[4..8].copy_from_slice(&link_id.to_be_bytes());
         let mut k = [0u8; 32];
         // Encrypting zeros yields the keystream; the tag is not used.
         let _ = self.cipher.encrypt_inout_detached(&Nonce::from(n), b"pathvm link key", (&mut k[..]).into());
-        LinkKey::new(&k)
+        k
+    }
+
+    /// The key the neighbour's node seals frames for a request VM with,
+    /// derived from that VM's own id key (`self`), so the VM verifies its
+    /// relay without holding the key of any other sender. Its derivation
+    /// nonce (the reserved id twice) is one no packet and no id key uses.
+    pub fn reply(&self) -> LinkKey {
+        self.derive(RESERVED_LINK_ID)
     }
 
     /// Writes the tag of a packet whose header, state and payload are set.

@@ -101,6 +101,17 @@ impl SlotAllocator {
     }
 }
 
+/// The configuration request `spec`'s VM boots with: its own link id on
+/// each port (offset 0 of the edge side's span is the edge host's node;
+/// requests take the rest) and that id's key alone, derived here on the
+/// host; no link key and no onion secret reach the VM.
+pub fn request_config(edge: &NodeFile, spec: &RequestSpec) -> Result<NodeConfig, RequestError> {
+    let spans: Vec<u32> = edge.port.iter().map(|p| p.tx_link_span).collect();
+    let mut cfg = edge.node_config()?.request_view(&spans, spec.slot);
+    cfg.protocol = spec.protocol;
+    Ok(cfg)
+}
+
 /// tc steering of one request VM; removed on drop.
 struct Steering {
     netlink: Netlink,
@@ -172,14 +183,10 @@ pub fn run(
     on_stream: impl FnMut(StreamReport) + Send + 'static,
     on_up: impl FnOnce(),
 ) -> Result<RunOutcome, RequestError> {
-    let slot = spec.slot;
-    let mut cfg: NodeConfig = edge.node_config()?;
-    cfg.protocol = spec.protocol;
+    let cfg = request_config(edge, spec)?;
     let mut nets = Vec::new();
     let mut steer = Vec::new();
-    for (i, (pc, ps)) in cfg.ports.iter_mut().zip(&edge.port).enumerate() {
-        // Offset 0 of the span is the edge host's node; requests take the rest.
-        pc.tx_link_id = guest_agent::router::auth::request_link_id(ps.tx_link_id, ps.tx_link_span, slot);
+    for (i, ps) in edge.port.iter().enumerate() {
         let tap = format!("r{:08x}{i}", spec.flow);
         nets.push(NetConfig { tap: tap.clone(), vhost_user: None, ip: None, mac: node::parse_mac(&ps.mac).ok() });
         steer.push((tap, ps.iface.clone()));
@@ -199,8 +206,44 @@ pub fn run(
     let mut vm = build_vm(kvm, image, vm_cfg)?;
     vm.on_stream_report(on_stream);
     // One tc priority per live request (slots wrap well below u16::MAX).
-    let prio = u16::try_from(1 + slot % 40_000).unwrap_or(u16::MAX);
+    let prio = u16::try_from(1 + spec.slot % 40_000).unwrap_or(u16::MAX);
     let _steering = Steering::up(&steer, spec.flow, prio)?;
     on_up();
     Ok(vm.run()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest_agent::node::KeyScope;
+    use guest_agent::wire::LinkKey;
+
+    #[test]
+    fn a_request_vm_gets_its_own_ids_keys_only_and_no_onion_secret() {
+        let port = |iface: &str, tx: u32, key: &str| {
+            format!(
+                "[[port]]\niface = \"{iface}\"\ntap = \"t{iface}\"\nmac = \"02:00:00:00:00:01\"\npeer = 2\n\
+                 peer_mac = \"02:00:00:00:00:02\"\ntx_link_id = {tx}\ntx_link_span = 100\nrx_link_id = 900\n\
+                 key = \"{}\"\n",
+                key.repeat(32)
+            )
+        };
+        let text = format!(
+            "id = 1\nhop_limit = 8\nmem_mib = 64\nonion_secret = \"{}\"\n{}{}[[link]]\na = 1\nb = 2\n\
+             latency_us = 1\nbandwidth_mbps = 1\n",
+            "05".repeat(32),
+            port("ln0", 100, "0a"),
+            port("ln1", 300, "0b")
+        );
+        let edge: NodeFile = toml::from_str(&text).unwrap();
+        let spec = RequestSpec { flow: 7, dst: 2, target: "x:1".into(), protocol: 1, slot: 3, avoid: vec![] };
+        let cfg = request_config(&edge, &spec).unwrap();
+        assert_eq!(cfg.onion_secret, [0; 32], "the onion secret stays on the host");
+        for (p, (first, link_key)) in cfg.ports.iter().zip([(100, [0x0a; 32]), (300, [0x0b; 32])]) {
+            assert_eq!(p.tx_link_id, guest_agent::router::auth::request_link_id(first, 100, 3));
+            assert_eq!(p.scope, KeyScope::Own);
+            assert_eq!(p.key, LinkKey::new(&link_key).derive_bytes(p.tx_link_id));
+        }
+        assert_eq!(cfg.protocol, 1);
+    }
 }

@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use guest_agent::node::{NodeConfig, PortConfig, MAX_PORTS};
+use guest_agent::node::{KeyScope, NodeConfig, PortConfig, MAX_PORTS};
+use guest_agent::router::is_reserved_source;
 use guest_agent::routing::{Link, NodeId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::allow::AllowPolicy;
 
 /// Why a node configuration is unusable.
 #[derive(Debug, Error)]
@@ -143,6 +146,11 @@ pub struct NodeFile {
     /// Every node's onion public key (sources build circuits with them).
     #[serde(default)]
     pub onion_key: Vec<OnionKeySpec>,
+    /// Services streams ending here may be connected to, each
+    /// `ADDR/PREFIX:PORTS` (PORTS: `N`, `LOW-HIGH` or `*`). Empty: this
+    /// host's own addresses (its `[[host]]` entry) and loopback, any port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 fn default_protocol() -> String {
@@ -173,8 +181,19 @@ impl NodeFile {
         toml::from_str(&text).map_err(|e| NodeFileError::Parse { path: path.into(), msg: e.to_string() })
     }
 
+    /// Where this node's streams may be connected ([`NodeFile::allow`]).
+    pub fn allow_policy(&self) -> Result<AllowPolicy, NodeFileError> {
+        let own = self.host.iter().filter(|h| h.node == self.id).flat_map(|h| h.addrs.iter().cloned());
+        AllowPolicy::from_config(&self.allow, &own.collect::<Vec<_>>()).map_err(NodeFileError::Invalid)
+    }
+
     /// The agent's view of it.
     pub fn node_config(&self) -> Result<NodeConfig, NodeFileError> {
+        if let Some(id) =
+            [self.id].into_iter().chain(self.port.iter().map(|p| p.peer)).find(|&id| is_reserved_source(id))
+        {
+            return Err(NodeFileError::Invalid(format!("node id {id:#x} is reserved for console records")));
+        }
         if self.port.is_empty() || self.port.len() > MAX_PORTS {
             return Err(NodeFileError::Invalid(format!("a node has 1 to {MAX_PORTS} ports, not {}", self.port.len())));
         }
@@ -194,6 +213,7 @@ impl NodeFile {
                     tx_link_id: p.tx_link_id,
                     rx_link_id: p.rx_link_id,
                     rx_link_span: p.rx_link_span,
+                    scope: KeyScope::Link,
                     key: parse_key(&p.key)?,
                 })
             })
@@ -291,6 +311,7 @@ mod tests {
             link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],
             onion_secret: "02".repeat(32),
             onion_key: vec![OnionKeySpec { node: 1, public: "03".repeat(32) }],
+            allow: vec![],
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));
@@ -298,6 +319,8 @@ mod tests {
         assert_ne!(c.seed, f.node_config().unwrap().seed, "a fresh seed per boot");
         let bad = NodeFile { protocol: "onion".into(), ..f.clone() };
         assert!(bad.node_config().unwrap_err().to_string().contains("carries streams from an edge"));
+        let bad = NodeFile { id: 0xfffe, ..f.clone() };
+        assert!(bad.node_config().unwrap_err().to_string().contains("reserved for console records"));
         let bad = NodeFile { onion_secret: "zz".into(), ..f.clone() };
         assert!(bad.node_config().unwrap_err().to_string().contains("onion_secret must be 64 hex digits"));
         let text = toml::to_string(&f).unwrap();

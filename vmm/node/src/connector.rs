@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use guest_agent::node::{stream_op, Record, RECORD_CONTROL, RECORD_STREAM};
 
+use crate::allow::AllowPolicy;
+
 /// How long a service gets to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest data record sent into the VM.
@@ -49,13 +51,22 @@ impl VmWriter {
 }
 
 /// Starts the router on `host_end` of the VM's console: records from
-/// `input` go into the VM, delivered datagrams go to `output`.
-pub fn start(host_end: UnixStream, input: Box<dyn Read + Send>, output: Box<dyn Write + Send>) -> io::Result<()> {
+/// `input` go into the VM, delivered datagrams go to `output`, streams are
+/// connected to their targets within `allow`.
+pub fn start(
+    host_end: UnixStream,
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+    allow: AllowPolicy,
+) -> io::Result<()> {
     let vm = VmWriter(Arc::new(Mutex::new(host_end.try_clone()?)));
     let flows: Flows = Arc::default();
     let pump_vm = vm.clone();
+    let allow = Arc::new(allow);
     thread::Builder::new().name("pathvm-node-in".into()).spawn(move || pump_input(input, &pump_vm))?;
-    thread::Builder::new().name("pathvm-node-out".into()).spawn(move || route_output(host_end, output, &vm, &flows))?;
+    thread::Builder::new()
+        .name("pathvm-node-out".into())
+        .spawn(move || route_output(host_end, output, &vm, &flows, &allow))?;
     Ok(())
 }
 
@@ -81,7 +92,13 @@ fn pump_input(mut input: Box<dyn Read + Send>, vm: &VmWriter) {
 }
 
 /// Records from the VM: datagrams to the user, stream records to services.
-fn route_output(mut from_vm: UnixStream, mut output: Box<dyn Write + Send>, vm: &VmWriter, flows: &Flows) {
+fn route_output(
+    mut from_vm: UnixStream,
+    mut output: Box<dyn Write + Send>,
+    vm: &VmWriter,
+    flows: &Flows,
+    allow: &Arc<AllowPolicy>,
+) {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -99,7 +116,7 @@ fn route_output(mut from_vm: UnixStream, mut output: Box<dyn Write + Send>, vm: 
                         let _ = tx.send(ToService::Data(r.payload.to_vec()));
                     }
                 }
-                RECORD_CONTROL => control(r.flow, r.payload, vm, flows),
+                RECORD_CONTROL => control(r.flow, r.payload, vm, flows, allow),
                 _ => {
                     let mut rec = Vec::with_capacity(r.payload.len() + 8);
                     r.encode(&mut rec);
@@ -112,13 +129,14 @@ fn route_output(mut from_vm: UnixStream, mut output: Box<dyn Write + Send>, vm: 
     }
 }
 
-fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows) {
+fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows, allow: &Arc<AllowPolicy>) {
     match payload.first().copied() {
         Some(stream_op::OPEN) => {
             let target = String::from_utf8_lossy(&payload[1..]).into_owned();
-            let (vm, flows) = (vm.clone(), flows.clone());
-            let _ =
-                thread::Builder::new().name("pathvm-node-conn".into()).spawn(move || open(flow, &target, &vm, &flows));
+            let (vm, flows, allow) = (vm.clone(), flows.clone(), allow.clone());
+            let _ = thread::Builder::new()
+                .name("pathvm-node-conn".into())
+                .spawn(move || open(flow, &target, &vm, &flows, &allow));
         }
         Some(stream_op::EOF) => {
             if let Some(tx) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&flow) {
@@ -132,9 +150,15 @@ fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows) {
     }
 }
 
-fn connect(target: &str) -> io::Result<TcpStream> {
+/// Connects the target the stream's opener named, trying only the
+/// addresses `allow` permits.
+fn connect(target: &str, allow: &AllowPolicy) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
     for addr in target.to_socket_addrs()? {
+        if !allow.allows(&addr) {
+            last = io::Error::new(io::ErrorKind::PermissionDenied, format!("{addr} is not in this node's allow list"));
+            continue;
+        }
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(s) => return Ok(s),
             Err(e) => last = e,
@@ -144,8 +168,8 @@ fn connect(target: &str) -> io::Result<TcpStream> {
 }
 
 /// Connects stream `flow` to `target` and moves its bytes until done.
-fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows) {
-    let service = match connect(target) {
+fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows, allow: &AllowPolicy) {
+    let service = match connect(target, allow) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(flow, target, "node: service refused: {e}");
@@ -208,7 +232,7 @@ mod tests {
     fn datagrams_pass_through_and_streams_reach_a_service() {
         let (vm_end, host_end) = UnixStream::pair().unwrap();
         let (out_r, out_w) = UnixStream::pair().unwrap();
-        start(host_end, Box::new(io::empty()), Box::new(out_w)).unwrap();
+        start(host_end, Box::new(io::empty()), Box::new(out_w), loopback()).unwrap();
         let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let target = service.local_addr().unwrap().to_string();
         let mut vm = vm_end.try_clone().unwrap();
@@ -243,10 +267,42 @@ mod tests {
         assert_eq!((&back[0..2], &back[8..]), (&[0xff, 0xfe][..], &b"pong"[..]));
     }
 
+    fn loopback() -> AllowPolicy {
+        AllowPolicy::from_config(&[], &[]).unwrap()
+    }
+
+    /// The answer to an OPEN of `target` by a connector allowing `allow`.
+    fn answer_to_open(target: &str, allow: AllowPolicy) -> u8 {
+        let (vm_end, host_end) = UnixStream::pair().unwrap();
+        start(host_end, Box::new(io::empty()), Box::new(io::sink()), allow).unwrap();
+        let mut vm = vm_end;
+        let mut open = vec![stream_op::OPEN];
+        open.extend_from_slice(target.as_bytes());
+        let mut rec = Vec::new();
+        Record { node: RECORD_CONTROL, flow: 3, payload: &open }.encode(&mut rec);
+        vm.write_all(&rec).unwrap();
+        let mut answer = [0u8; 9];
+        vm.read_exact(&mut answer).unwrap();
+        answer[8]
+    }
+
+    #[test]
+    fn a_target_outside_the_allow_list_is_refused_and_never_connected() {
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        service.set_nonblocking(true).unwrap();
+        let target = service.local_addr().unwrap().to_string();
+        let elsewhere = AllowPolicy::from_config(&["192.0.2.0/24:*".into()], &[]).unwrap();
+        assert_eq!(answer_to_open(&target, elsewhere), stream_op::REFUSED);
+        assert!(service.accept().is_err(), "the service was connected");
+        let port = service.local_addr().unwrap().port();
+        let that_port = AllowPolicy::from_config(&[format!("127.0.0.1/32:{port}")], &[]).unwrap();
+        assert_eq!(answer_to_open(&target, that_port), stream_op::OPENED);
+    }
+
     #[test]
     fn a_service_that_is_down_is_refused() {
         let (vm_end, host_end) = UnixStream::pair().unwrap();
-        start(host_end, Box::new(io::empty()), Box::new(io::sink())).unwrap();
+        start(host_end, Box::new(io::empty()), Box::new(io::sink()), loopback()).unwrap();
         let mut vm = vm_end;
         let mut open = vec![stream_op::OPEN];
         open.extend_from_slice(b"127.0.0.1:1");

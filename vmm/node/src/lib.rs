@@ -12,6 +12,7 @@
 //! to the host over the VM's console, and streams that end here are
 //! connected to the real service they name ([`connector`]).
 
+pub mod allow;
 mod config;
 pub mod connector;
 pub mod events;
@@ -61,6 +62,31 @@ pub enum NodeError {
     /// The console's host side.
     #[error("node console: {0}")]
     Console(#[source] std::io::Error),
+    /// Another node runs from this configuration: two nodes on one config
+    /// would send under the same link ids and keys, reusing nonces.
+    #[error("node config {0} is in use by another running pathvm node; stop it first (one node per config)")]
+    InUse(std::path::PathBuf),
+    /// The configuration file could not be locked.
+    #[error("cannot lock node config {path}: {source}")]
+    Lock {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Holds `config` for this process alone (an advisory lock on the file,
+/// released when the process ends, however it ends).
+pub fn lock_config(config: &Path) -> Result<std::fs::File, NodeError> {
+    let lock_err = |source| NodeError::Lock { path: config.into(), source };
+    let f = std::fs::File::open(config).map_err(lock_err)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::InUse(config.into())),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+    }
 }
 
 type ConsoleIo = (Box<dyn Read + Send>, Box<dyn Write + Send>);
@@ -123,6 +149,7 @@ pub fn run(
 ) -> Result<RunOutcome, NodeError> {
     let started = Instant::now();
     let file = NodeFile::load(opts.config)?;
+    let _lock = lock_config(opts.config)?;
     let (node, ports) = (file.id, file.port.len());
     let on_ready = {
         let events = opts.events.clone();
@@ -235,7 +262,7 @@ fn run_vm(
     // other and serves the user's records and the streams' services.
     let (vm_end, host_end) = UnixStream::pair().map_err(NodeError::Console)?;
     let (input, output) = console_io(console).map_err(NodeError::Console)?;
-    connector::start(host_end, input, output).map_err(NodeError::Console)?;
+    connector::start(host_end, input, output, file.allow_policy()?).map_err(NodeError::Console)?;
     let cfg = VmConfig {
         mem_mib: file.mem_mib,
         role: Role::Node,
@@ -264,4 +291,22 @@ fn run_vm(
     drop(backends);
     drop(intake);
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_in_use_is_refused_until_its_node_ends() {
+        let path = std::env::temp_dir().join(format!("pathvm-lock-test-{}.toml", std::process::id()));
+        std::fs::write(&path, "id = 1\n").unwrap();
+        let held = lock_config(&path).unwrap();
+        let err = lock_config(&path).unwrap_err();
+        assert!(matches!(err, NodeError::InUse(_)), "{err}");
+        assert!(err.to_string().contains("in use by another running pathvm node"));
+        drop(held);
+        assert!(lock_config(&path).is_ok());
+        let _ = std::fs::remove_file(&path);
+    }
 }

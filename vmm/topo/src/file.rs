@@ -78,6 +78,14 @@ impl TopologyFile {
             if h.name.is_empty() || h.name.len() > 6 || !h.name.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return Err(format!("host name {:?} must be 1-6 letters or digits", h.name));
             }
+            if guest_agent::router::is_reserved_source(h.id) {
+                return Err(format!(
+                    "host {:?}: id {:#x} is reserved for console records; node ids go up to {:#x}",
+                    h.name,
+                    h.id,
+                    guest_agent::node::RECORD_STREAM - 1
+                ));
+            }
             if self.hosts[..i].iter().any(|o| o.name == h.name || o.id == h.id) {
                 return Err(format!("host {:?} (id {}) is listed twice", h.name, h.id));
             }
@@ -169,6 +177,15 @@ mod tests {
         a = "a"
         b = "b"
     "#;
+
+    #[test]
+    fn the_console_record_ids_are_no_host_ids() {
+        for id in [0xfffe, 0xffff] {
+            let err = parse(&LINE.replace("id = 2", &format!("id = {id}"))).unwrap_err();
+            assert!(err.contains("reserved for console records"), "{err}");
+        }
+        assert!(parse(&LINE.replace("id = 2", "id = 65533")).is_ok());
+    }
 
     #[test]
     fn minimal_file_parses_with_defaults() {

@@ -331,7 +331,12 @@ impl Topo {
             })
             .collect();
         let dir = Path::new(STATE_DIR).join(&self.name);
-        fs::create_dir_all(&dir).map_err(|source| TopoError::Write { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir)
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|source| TopoError::Write { path: dir.clone(), source })?;
         let hosts: Vec<HostAddrs> = self
             .file
             .hosts
@@ -399,10 +404,11 @@ impl Topo {
                 link: links.clone(),
                 onion_secret: vmm::random::hex(secret),
                 onion_key: directory.clone(),
+                allow: Vec::new(),
             };
             let path = self.node_config_path(&h.name);
             let text = toml::to_string(&node).expect("node config serialises");
-            fs::write(&path, text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
+            write_secret(&path, &text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
         }
         Ok(())
     }
@@ -451,6 +457,17 @@ impl Topo {
 /// `aa:bb:..` form of a MAC.
 pub fn fmt_mac(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Writes a file only its owner may read (it holds link keys and the
+/// node's secrets), whatever the umask, replacing any earlier one.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
 }
 
 fn random_key_hex() -> String {

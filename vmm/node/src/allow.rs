@@ -1,0 +1,151 @@
+//! Which services a stream ending at this node may be connected to.
+//!
+//! The OPEN a stream carries names its target; the node connects that
+//! target and nothing else, and only when every address it resolves to
+//! that is used lies within the node's `allow` list. Without a list a node
+//! connects services on its own host only: its addresses in the topology
+//! and loopback, any port. (An exit to the rest of the network is a
+//! separate, explicit policy.)
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+
+/// One `allow` entry: `ADDR/PREFIX:PORTS`, where PORTS is `N`, `LOW-HIGH`
+/// or `*` (e.g. `10.0.0.0/8:80`, `127.0.0.1/32:*`, `[::1]/128:1-1023`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    net: IpAddr,
+    prefix: u8,
+    ports: RangeInclusive<u16>,
+}
+
+impl AllowRule {
+    /// Parses one entry; the error says what is wrong with it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("allow entry {s:?}: {why} (write ADDR/PREFIX:PORT, ADDR/PREFIX:LOW-HIGH or ADDR/PREFIX:*)")
+        };
+        let (net, ports) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let (addr, prefix) = net.split_once('/').ok_or_else(|| bad("no /PREFIX"))?;
+        let addr = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
+        let net: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| bad("prefix out of range"))?;
+        let port = |p: &str| p.parse::<u16>().map_err(|_| bad("not a port"));
+        let ports = match ports {
+            "*" => 0..=u16::MAX,
+            p => match p.split_once('-') {
+                Some((lo, hi)) => port(lo)?..=port(hi)?,
+                None => port(p)?..=port(p)?,
+            },
+        };
+        if ports.is_empty() {
+            return Err(bad("empty port range"));
+        }
+        Ok(Self { net, prefix, ports })
+    }
+
+    /// Any port of `addr` alone.
+    pub fn host(addr: IpAddr) -> Self {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Self { net: addr, prefix, ports: 0..=u16::MAX }
+    }
+
+    /// Whether `to` lies within the rule.
+    pub fn allows(&self, to: &SocketAddr) -> bool {
+        let in_net = match (self.net, to.ip()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u32::from(n).into(), self.prefix, 32) == masked(u32::from(a).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                masked(u128::from(n), self.prefix, 128) == masked(u128::from(a), self.prefix, 128)
+            }
+            _ => false,
+        };
+        in_net && self.ports.contains(&to.port())
+    }
+}
+
+fn masked(v: u128, prefix: u8, bits: u32) -> u128 {
+    let keep = u32::from(prefix).min(bits);
+    if keep == 0 {
+        0
+    } else {
+        v >> (bits - keep)
+    }
+}
+
+/// The node's rules; a target is connected if any rule allows it.
+#[derive(Debug, Clone, Default)]
+pub struct AllowPolicy {
+    rules: Vec<AllowRule>,
+}
+
+impl AllowPolicy {
+    /// From the config's entries, or, when there are none, this host's
+    /// own `addrs` and loopback.
+    pub fn from_config(entries: &[String], own: &[String]) -> Result<Self, String> {
+        if !entries.is_empty() {
+            return Ok(Self { rules: entries.iter().map(|e| AllowRule::parse(e)).collect::<Result<_, _>>()? });
+        }
+        let mut rules = vec![
+            AllowRule { net: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix: 8, ports: 0..=u16::MAX },
+            AllowRule::host(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ];
+        for a in own {
+            let ip: IpAddr = a.parse().map_err(|_| format!("host address {a:?} is not an IP address"))?;
+            rules.push(AllowRule::host(ip));
+        }
+        Ok(Self { rules })
+    }
+
+    /// Whether streams may be connected to `to`.
+    pub fn allows(&self, to: &SocketAddr) -> bool {
+        self.rules.iter().any(|r| r.allows(to))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rules_match_by_prefix_and_port() {
+        let r = AllowRule::parse("10.1.0.0/16:80-81").unwrap();
+        assert!(r.allows(&sa("10.1.200.3:80")) && r.allows(&sa("10.1.0.1:81")));
+        assert!(!r.allows(&sa("10.2.0.1:80")) && !r.allows(&sa("10.1.0.1:82")));
+        assert!(!r.allows(&sa("[::1]:80")));
+        let any = AllowRule::parse("0.0.0.0/0:*").unwrap();
+        assert!(any.allows(&sa("192.0.2.1:1")));
+        let v6 = AllowRule::parse("[fd00::]/8:443").unwrap();
+        assert!(v6.allows(&sa("[fd12::5]:443")) && !v6.allows(&sa("[fe80::1]:443")));
+    }
+
+    #[test]
+    fn bad_entries_say_what_is_wrong() {
+        for (s, why) in [
+            ("10.0.0.0:80", "no /PREFIX"),
+            ("10.0.0.0/8", "no port"),
+            ("10.0.0.0/33:80", "prefix out of range"),
+            ("ten/8:80", "not an IP address"),
+            ("10.0.0.0/8:90-80", "empty port range"),
+            ("10.0.0.0/8:http", "not a port"),
+        ] {
+            let e = AllowRule::parse(s).unwrap_err();
+            assert!(e.contains(why), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn without_rules_only_the_own_host_and_loopback_are_allowed() {
+        let p = AllowPolicy::from_config(&[], &["10.231.1.2".into()]).unwrap();
+        assert!(p.allows(&sa("10.231.1.2:8080")) && p.allows(&sa("127.0.0.1:22")) && p.allows(&sa("[::1]:1")));
+        assert!(!p.allows(&sa("10.231.1.1:8080")) && !p.allows(&sa("192.0.2.1:80")));
+        let p = AllowPolicy::from_config(&["192.0.2.0/24:80".into()], &["10.231.1.2".into()]).unwrap();
+        assert!(p.allows(&sa("192.0.2.9:80")) && !p.allows(&sa("10.231.1.2:80")), "a list replaces the default");
+    }
+}
