@@ -135,12 +135,27 @@ fn frame(link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec
 
 /// The same with any protocol and flags.
 fn frame_of(protocol: Protocol, flags: u8, link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec<u8> {
+    frame_from(1, protocol, flags, link_id, seq, key, dst, payload)
+}
+
+/// The same from any source.
+#[allow(clippy::too_many_arguments)]
+fn frame_from(
+    src: u16,
+    protocol: Protocol,
+    flags: u8,
+    link_id: u32,
+    seq: u64,
+    key: &LinkKey,
+    dst: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let repr = OverlayRepr {
         protocol,
         flags,
         hop_limit: 8,
         flow_id: seq as u32,
-        src: 1,
+        src,
         dst,
         state_len: 0,
         payload_len: payload.len() as u16,
@@ -550,4 +565,22 @@ fn relay_benchmark_prints_rates_and_latencies_beside_kernel_forwarding() {
     ] {
         assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f} missing or zero: {r}");
     }
+}
+
+#[test]
+fn packets_from_console_record_ids_are_dropped_by_the_relay_and_reach_no_host() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    // Sealed with A's real key: only the source (a console record id, which
+    // C's host would read as stream bytes or an OPEN) is wrong.
+    let node = relay_between_valid_frames(|link, key| {
+        [guest_agent::node::RECORD_STREAM, guest_agent::node::RECORD_CONTROL]
+            .into_iter()
+            .enumerate()
+            .map(|(k, src)| frame_from(src, Protocol::Shortest, 0, link, 2 + k as u64, key, 3, b"\x01127.0.0.1:22"))
+            .collect()
+    });
+    assert_eq!(node["drops"]["reserved_source"], 2, "{node}");
+    assert_eq!(node["drops"]["bad_mac"], 0, "{node}");
 }
