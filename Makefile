@@ -11,7 +11,7 @@ AGENT_ELF  := images/agent/target/$(TARGET)/release/pathvm-agent
 APT_PKGS   := iproute2 iputils-ping qemu-system-x86 nftables curl python3
 PATHVM     := target/release/pathvm
 
-.PHONY: all deps image build demo test bench lint clean
+.PHONY: all deps image build demo test bench lint fuzz clean
 
 all: build
 
@@ -52,6 +52,12 @@ bench: deps build
 	$(PATHVM) bench relay --json --image $(IMAGE)
 	$(PATHVM) bench connect --json --image $(IMAGE)
 	$(PATHVM) bench protocols --json --image $(IMAGE)
+
+## fuzz: run each fuzz target FUZZ_SECONDS (default 60); FUZZ_TARGETS picks some
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz:
+	./scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 ## lint: formatting and clippy only
 lint:

@@ -20,6 +20,8 @@
 extern crate alloc;
 
 pub mod boot;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod net;
 pub mod node;
 pub mod onion;

@@ -124,6 +124,11 @@ impl<L: LinkPort> Port<L> {
         self.peer
     }
 
+    /// The port's keys and senders (for tests, fuzzing and diagnostics).
+    pub fn auth(&self) -> &LinkAuth {
+        &self.auth
+    }
+
     /// The device.
     pub fn link(&mut self) -> &mut L {
         &mut self.link
