@@ -27,6 +27,10 @@ pub const MAX_RX_SENDERS: usize = 1024;
 /// are refused, which bounds the per-id floors a link keeps.
 pub const MAX_LINK_SPAN: u32 = 1 << 16;
 
+/// The flow id of node VMs' control messages; never a request's (the
+/// edge's request flows are odd).
+pub const NODE_CONTROL_FLOW: u32 = 0;
+
 /// The link id the edge gives request slot `slot` on the side whose span
 /// starts at `first` and holds `span` ids: offset 0 is the edge host's
 /// node, requests take offsets 1 to `span - 1` in turn, so an id is
@@ -237,7 +241,9 @@ impl LinkAuth {
     /// larger than the sender table.
     fn bind_flow(&mut self, id: u32, flow: u32) {
         let Some(Sender { reply: Some((_, bound)), .. }) = self.rx.get_mut(&id) else { return };
-        if *bound == Some(flow) || self.flows.contains_key(&flow) {
+        // Flow 0 carries the nodes' own control (probes, acks, floods): a
+        // request VM claiming it would cut its host's node off the link.
+        if flow == NODE_CONTROL_FLOW || *bound == Some(flow) || self.flows.contains_key(&flow) {
             return;
         }
         if let Some(old) = bound.replace(flow) {
@@ -402,6 +408,10 @@ mod tests {
         let reply = frame_on(&mut relay, 7);
         assert_eq!(check(&mut vm1, &reply), Ok(()));
         assert_eq!(check(&mut vm2, &reply), Err(DropReason::BadMac));
+        // Nor the nodes' control flow: the edge's node keeps its replies.
+        assert_eq!(check(&mut relay, &frame_on(&mut vm2, NODE_CONTROL_FLOW)), Ok(()));
+        let mut edge_node = LinkAuth::new(&port(10, 20, 1), 100);
+        assert_eq!(check(&mut edge_node, &frame_on(&mut relay, NODE_CONTROL_FLOW)), Ok(()));
         // Once VM 1 is forgotten its flow is free again.
         fill(&mut relay, 1_000..1_000 + MAX_RX_SENDERS as u32);
         assert!(relay.flows.len() <= relay.senders());

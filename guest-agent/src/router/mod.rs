@@ -194,7 +194,7 @@ impl<L: LinkPort> Router<L> {
             topology,
             next_packet_id: 0,
             floods: true,
-            control_flow: 0,
+            control_flow: auth::NODE_CONTROL_FLOW,
             lsa_seq: 0,
             advertised: Vec::new(),
             advertised_at: 0,
