@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use crate::node::{EdgeRequest, KeyScope, NodeConfig, PortConfig, Record};
 use crate::onion::public_key;
 use crate::routing::{Link, NodeId};
-use crate::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr};
+use crate::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol};
 
 use super::{MemoryLink, Router};
 
@@ -207,6 +207,13 @@ pub fn records(b: &[u8]) -> Vec<(NodeId, u32, Vec<u8>)> {
         at += n;
     }
     out
+}
+
+/// The header of a packet `src` originates for `dst` (lengths, link id and
+/// number are set as it is sealed), for tests, fuzzing and benchmarks that
+/// play a neighbour.
+pub fn repr(protocol: Protocol, flags: u8, hop_limit: u8, flow_id: u32, src: NodeId, dst: NodeId) -> OverlayRepr {
+    super::origin_repr(protocol, flags, hop_limit, flow_id, src, dst, 0)
 }
 
 /// A whole overlay frame as node `from` would send it on the `k`-th link

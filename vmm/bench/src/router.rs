@@ -14,7 +14,7 @@ use std::time::Instant;
 use guest_agent::router::sim::{self, link, neighbour_frame};
 use guest_agent::router::{LinkPort, MemoryLink, Router};
 use guest_agent::routing::Link;
-use guest_agent::wire::{seal_built, LinkKey, OverlayPacket, OverlayRepr, Protocol, ETH_HDR_LEN};
+use guest_agent::wire::{seal_built, LinkKey, OverlayPacket, Protocol, ETH_HDR_LEN};
 use serde::Serialize;
 
 use super::{machine, percentile};
@@ -66,18 +66,7 @@ fn line3() -> Vec<Link> {
 
 /// Frames A sends B for C, sequence numbers from `seq`.
 fn frames(links: &[Link], payload: &[u8], seq: u64) -> Vec<Vec<u8>> {
-    let repr = OverlayRepr {
-        protocol: Protocol::Shortest,
-        flags: 0,
-        hop_limit: 16,
-        flow_id: 1,
-        src: 1,
-        dst: 3,
-        state_len: 0,
-        payload_len: 0,
-        link_id: 0,
-        link_seq: 0,
-    };
+    let repr = sim::repr(Protocol::Shortest, 0, 16, 1, 1, 3);
     (0..ROUND as u64).map(|i| neighbour_frame(links, 0, 1, repr, &[], payload, seq + i)).collect()
 }
 
