@@ -282,14 +282,13 @@ impl LinkAuth {
     /// with the reply key of the request VM whose flow it carries, else
     /// with this node's own key.
     pub fn seal(&mut self, frame: &mut [u8]) {
-        let key = match self.flows.is_empty() {
-            true => &self.tx_key,
-            false => frame_flow(frame)
-                .and_then(|flow| self.flows.get(&flow))
-                .and_then(|id| self.rx.get(id))
-                .and_then(|s| s.reply.as_ref())
-                .map_or(&self.tx_key, |(k, _)| k),
+        // No lookup on links without request VMs (relays between nodes).
+        let reply = if self.flows.is_empty() {
+            None
+        } else {
+            frame_flow(frame).and_then(|flow| self.flows.get(&flow)).and_then(|id| self.rx.get(id))
         };
+        let key = reply.and_then(|s| s.reply.as_ref()).map_or(&self.tx_key, |(k, _)| k);
         seal_built(frame, self.next_seq, key);
         self.next_seq += 1;
     }
