@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent::node::Record;
 use guest_agent::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol, ETH_HDR_LEN, FLAG_CONTROL};
+use pathvm_tests::capture::Capture;
 use pathvm_tests::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -119,6 +120,47 @@ fn a_restarted_relay_is_heard_at_once_not_refused_as_a_replay() {
     }
 }
 
+#[test]
+fn a_link_captured_before_the_receiver_restarted_is_refused_whole_after_it() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let mut c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let b = topo.start_node("b", 2, &dir.0.join("b1.json"));
+    let mut a = topo.start_node("a", 1, &dir.0.join("a.json"));
+    let mut c_out = c.child().stdout.take().unwrap();
+    // An observer of the A-B link records 1,000 datagrams (and A's probes
+    // and link state) that B accepted and forwarded.
+    let capture = Capture::start(&topo.netns("a"), "ln0");
+    originate(&mut a, 0..1_000, |i| i);
+    read_n(&mut c_out, 1_000);
+    let (a_link, _) = port_of(&topo.node_config("a"), "ln0");
+    let recorded: Vec<Vec<u8>> = capture.stop().into_iter().filter(|f| overlay_link_id(f) == Some(a_link)).collect();
+    assert!(recorded.len() >= 1_000, "{} frames of A recorded", recorded.len());
+    // A goes quiet, B restarts, and the recording is played to it.
+    a.terminate(UP);
+    b.terminate(UP);
+    let b = topo.start_node("b", 2, &dir.0.join("b2.json"));
+    let n = recorded.len() as u64;
+    inject_every(&topo.netns("a"), "ln0", recorded, Duration::from_micros(300));
+    std::thread::sleep(Duration::from_secs(1));
+    b.terminate(UP);
+    c.terminate(UP);
+    let m = metrics(&dir.0.join("b2.json"));
+    let node = &m["node"];
+    assert_eq!(node["drops"]["stale"], n, "every recorded frame refused as from before B's boot: {m}");
+    assert_eq!(node["forwarded"], 0, "{m}");
+    assert!(m["ports"][0]["rx_frames"].as_u64() >= Some(n), "all of the recording reached B's VM: {m}");
+}
+
+/// The sender link id of an overlay frame.
+fn overlay_link_id(frame: &[u8]) -> Option<u32> {
+    let p = guest_agent::wire::OverlayPacket::new_checked(frame.get(ETH_HDR_LEN..)?).ok()?;
+    (frame[12..14] == guest_agent::wire::ETHERTYPE.to_be_bytes()).then(|| p.link_id())
+}
+
 /// A port of a node config: (tx_link_id, key).
 fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
     let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
@@ -170,22 +212,27 @@ fn frame_from(
 
 /// Sends raw frames out of `iface` inside namespace `ns`.
 fn inject(ns: &str, iface: &str, frames: Vec<Vec<u8>>) {
+    inject_every(ns, iface, frames, Duration::from_millis(20));
+}
+
+/// The same, one frame per `interval`.
+fn inject_every(ns: &str, iface: &str, frames: Vec<Vec<u8>>, interval: Duration) {
     let iface = iface.to_string();
     in_netns(ns, move || {
         let sock = netdev::packet_socket::RawSocket::open(&iface).expect("AF_PACKET socket");
         for f in &frames {
             sock.send(f).expect("send");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(interval);
         }
     });
 }
 
 /// Plays A on line3 (A has no node; the test has A's real link key) and
 /// sends B a valid datagram for C, the frames `hostile` makes from A's
-/// link id and packet key (sequence numbers 2 to 999 are theirs), then
-/// another valid one. Both valid ones must reach C and B must keep
+/// link id and packet key (sequence numbers `t + 2` to `t + 999` are
+/// theirs, `t` the clock after B started), then another valid one. Both valid ones must reach C and B must keep
 /// running; returns B's node counters.
-fn relay_between_valid_frames(hostile: impl FnOnce(u32, &LinkKey) -> Vec<Vec<u8>>) -> serde_json::Value {
+fn relay_between_valid_frames(hostile: impl FnOnce(u32, &LinkKey, u64) -> Vec<Vec<u8>>) -> serde_json::Value {
     let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
     let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
@@ -193,9 +240,10 @@ fn relay_between_valid_frames(hostile: impl FnOnce(u32, &LinkKey) -> Vec<Vec<u8>
     let b = topo.start_node("b", 2, &mb);
     let (link, key) = port_of(&topo.node_config("a"), "ln0");
     let key = LinkKey::new(&key).derive(link);
-    let mut frames = vec![frame(link, 1, &key, 3, b"first valid")];
-    frames.extend(hostile(link, &key));
-    frames.push(frame(link, 1000, &key, 3, b"second valid"));
+    let t = wall_us();
+    let mut frames = vec![frame(link, t + 1, &key, 3, b"first valid")];
+    frames.extend(hostile(link, &key, t));
+    frames.push(frame(link, t + 1000, &key, 3, b"second valid"));
     inject(&topo.netns("a"), "ln0", frames);
     let got = read_records(c.child(), 2, Duration::from_secs(20));
     let payloads: Vec<&[u8]> = got.iter().map(|r| r.2.as_slice()).collect();
@@ -212,15 +260,15 @@ fn relay_drops_and_counts_malformed_packets_and_keeps_forwarding() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    let node = relay_between_valid_frames(|link, key| {
-        let mut truncated = frame(link, 2, key, 3, b"cut short");
+    let node = relay_between_valid_frames(|link, key, t| {
+        let mut truncated = frame(link, t + 2, key, 3, b"cut short");
         truncated.truncate(ETH_HDR_LEN + 20);
-        let mut wrong_version = frame(link, 3, key, 3, b"version 9");
+        let mut wrong_version = frame(link, t + 3, key, 3, b"version 9");
         wrong_version[ETH_HDR_LEN] = 9;
-        let bad_mac = frame(link, 4, &LinkKey::new(&[0x55; 32]), 3, b"forged");
-        let replayed = frame(link, 1, key, 3, b"first valid");
-        let no_route = frame(link, 5, key, 99, b"nowhere");
-        let mut not_overlay = frame(link, 6, key, 3, b"ipv4?");
+        let bad_mac = frame(link, t + 4, &LinkKey::new(&[0x55; 32]), 3, b"forged");
+        let replayed = frame(link, t + 1, key, 3, b"first valid");
+        let no_route = frame(link, t + 5, key, 99, b"nowhere");
+        let mut not_overlay = frame(link, t + 6, key, 3, b"ipv4?");
         not_overlay[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         vec![truncated, wrong_version, bad_mac, replayed, no_route, not_overlay]
     });
@@ -236,9 +284,10 @@ fn hostile_onion_cells_and_control_messages_are_counted_drops_and_the_relay_keep
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    let node = relay_between_valid_frames(|link, key| {
-        let onion = |seq: u64, payload: &[u8]| frame_of(Protocol::Onion, 0, link, seq, key, 2, payload);
-        let control = |seq: u64, payload: &[u8]| frame_of(Protocol::Shortest, FLAG_CONTROL, link, seq, key, 2, payload);
+    let node = relay_between_valid_frames(|link, key, t| {
+        let onion = |seq: u64, payload: &[u8]| frame_of(Protocol::Onion, 0, link, t + seq, key, 2, payload);
+        let control =
+            |seq: u64, payload: &[u8]| frame_of(Protocol::Shortest, FLAG_CONTROL, link, t + seq, key, 2, payload);
         vec![
             // A cell of the wrong size.
             onion(2, &[7u8; 100]),
@@ -274,13 +323,14 @@ fn several_senders_share_a_link_each_under_its_own_id_and_key() {
     let parent = LinkKey::new(&parent);
     let (k0, k1) = (parent.derive(base), parent.derive(base + 1));
     let mut frames = Vec::new();
+    let t = wall_us();
     for seq in 1..=3u64 {
-        frames.push(frame(base, seq, &k0, 3, format!("s0-{seq}").as_bytes()));
-        frames.push(frame(base + 1, seq, &k1, 3, format!("s1-{seq}").as_bytes()));
+        frames.push(frame(base, t + seq, &k0, 3, format!("s0-{seq}").as_bytes()));
+        frames.push(frame(base + 1, t + seq, &k1, 3, format!("s1-{seq}").as_bytes()));
     }
     // Outside A's span, and sealed with the link key itself: both refused.
-    frames.push(frame(base + (1 << 16), 1, &parent.derive(base + (1 << 16)), 3, b"out of span"));
-    frames.push(frame(base + 2, 1, &parent, 3, b"underived key"));
+    frames.push(frame(base + (1 << 16), t + 1, &parent.derive(base + (1 << 16)), 3, b"out of span"));
+    frames.push(frame(base + 2, t + 1, &parent, 3, b"underived key"));
     inject(&topo.netns("a"), "ln0", frames);
     let got = read_records(c.child(), 6, Duration::from_secs(20));
     let mut payloads: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(&r.2).into_owned()).collect();
@@ -574,11 +624,11 @@ fn packets_from_console_record_ids_are_dropped_by_the_relay_and_reach_no_host() 
     }
     // Sealed with A's real key: only the source (a console record id, which
     // C's host would read as stream bytes or an OPEN) is wrong.
-    let node = relay_between_valid_frames(|link, key| {
+    let node = relay_between_valid_frames(|link, key, t| {
         [guest_agent::node::RECORD_STREAM, guest_agent::node::RECORD_CONTROL]
             .into_iter()
             .enumerate()
-            .map(|(k, src)| frame_from(src, Protocol::Shortest, 0, link, 2 + k as u64, key, 3, b"\x01127.0.0.1:22"))
+            .map(|(k, src)| frame_from(src, Protocol::Shortest, 0, link, t + 2 + k as u64, key, 3, b"\x01127.0.0.1:22"))
             .collect()
     });
     assert_eq!(node["drops"]["reserved_source"], 2, "{node}");

@@ -40,7 +40,7 @@ fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>)
         let eth = EthAddrs { dst: [2, 0x50, 0, 0, 0, 2], src: [2, 0x50, 0, 0, 0, 1] };
         let flow = 0x5eed_0001;
         let mut stream = Stream::connect(target.as_bytes());
-        let (mut seq, mut window) = (1u64, ReplayWindow::new());
+        let (mut seq, mut window) = (wall_us(), ReplayWindow::new());
         let (mut sent, mut response) = (0usize, Vec::new());
         let (mut seg, mut frame, mut buf) = (Vec::new(), Vec::new(), vec![0u8; 65536]);
         let start = Instant::now();

@@ -149,7 +149,7 @@ pub fn router(data: &[u8]) {
         b.ports()[0].link().inject(&frame);
         b.poll_links(now);
         b.poll(now);
-        b.flush_links();
+        b.flush_links(now);
         now += 1_000;
         let senders = b.ports()[0].auth().senders();
         assert!(senders <= MAX_RX_SENDERS);

@@ -228,6 +228,14 @@ pub fn boot_cmd(extra: &[&str]) -> Command {
     c
 }
 
+/// The wall clock in µs since the Unix epoch. Nodes refuse link sequence
+/// numbers from before their boot (stale: recorded before a restart), so
+/// a test's hand-sealed frames number from this, read after the node
+/// they are for has started.
+pub fn wall_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_micros() as u64
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

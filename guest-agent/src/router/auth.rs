@@ -49,6 +49,37 @@ pub fn request_link_id(first: u32, span: u32, slot: u32) -> u32 {
     first.wrapping_add(1 + slot % requests)
 }
 
+/// How far below its own boot's clock a request VM still hears its
+/// relay. A relay's clock may lag a VM booted a moment ago (the relay's
+/// boot took a while after its clock was read; TSCs drift), and the VM
+/// speaks first, so it cannot wait for a Lamport catch-up. What it must
+/// refuse is replies recorded for an earlier VM on its recycled id, which
+/// booted at least `MAX_LINK_SPAN - 1` requests (minutes at the edge's
+/// spawn rate) before it.
+pub const REQUEST_GRACE_US: u64 = 10_000_000;
+
+/// The wall clock from router time: the host's reading at this boot plus
+/// the router time since. Link numbers and link-state advertisements are
+/// stamped with it.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    epoch_us: u64,
+    boot_now: u64,
+}
+
+impl WallClock {
+    /// The clock that read `epoch_us` (µs since the Unix epoch) at router
+    /// time `now`.
+    pub fn new(epoch_us: u64, now: u64) -> Self {
+        Self { epoch_us: epoch_us.max(1), boot_now: now }
+    }
+
+    /// µs since the Unix epoch at router time `now`.
+    pub fn at(&self, now: u64) -> u64 {
+        self.epoch_us.saturating_add(now.saturating_sub(self.boot_now))
+    }
+}
+
 /// Who sent a frame that authenticated: the neighbour's node, or one of
 /// the request VMs its side holds ids for. Relays take link state and
 /// control that changes state from nodes only.
@@ -94,15 +125,32 @@ enum Keys {
 /// can hold one entry per id it has, pushing out only senders quieter than
 /// every other one on the link.
 ///
+/// Numbers are wall-clock stamps: a frame leaves numbered with the
+/// sender's clock in µs (its host's wall clock at boot plus the time since),
+/// or one above its last number when frames leave faster than one per µs.
+/// That makes restarts safe both ways without a handshake on the request
+/// path:
+/// - a restarted sender (or a request VM on a recycled id) numbers above
+///   everything it sent before, so its neighbour hears it at once;
+/// - a restarted receiver refuses every number below its own boot's clock
+///   ([`DropReason::Stale`]): what was recorded before it restarted was
+///   stamped before it booted, so a captured link replayed after the
+///   restart is refused whole; a request VM refuses what is older than
+///   its boot by more than [`REQUEST_GRACE_US`], so replies recorded for
+///   the VM that held its recycled id before are refused too.
+///
+/// The second needs the two hosts' clocks to agree to better than a
+/// restart takes (a VM boot, milliseconds): one host's clock in the lab,
+/// NTP across hosts. A sender whose clock runs behind its neighbour's is
+/// not locked out: it takes the neighbour's node's numbers as a floor for
+/// its own (a Lamport clock), so its frames are heard from the first probe
+/// of the restarted neighbour on.
+///
 /// A forgotten sender's replays stay refused: eviction keeps its highest
 /// accepted number as a floor for its id (8 bytes per id of the span,
 /// allocated once the link first evicts), and a sender coming back starts
-/// from a window that refuses every number up to it. Honest senders count
-/// upwards forever (a restart, or a request VM on a recycled id, starts at
-/// its boot's wall clock), so they are heard again at once; no id is ever
-/// refused for good, and no floor depends on another sender's numbers (a
-/// link-wide floor would lock out a long-running sender, which counts
-/// frames, not µs, behind any request VM booted since).
+/// from a window that refuses every number up to it. No id is ever
+/// refused for good, and no floor depends on another sender's numbers.
 ///
 /// Least key: a request VM's port holds only its own id's key
 /// ([`KeyScope::Own`]); the neighbour's node seals the frames of that VM's
@@ -119,7 +167,13 @@ pub struct LinkAuth {
     keys: Keys,
     /// The key this node seals with (its own link id's).
     tx_key: LinkKey,
+    /// The lowest number the next frame may carry.
     next_seq: u64,
+    /// Numbers are stamped from it.
+    clock: WallClock,
+    /// Numbers below this are [`DropReason::Stale`]: this boot's clock
+    /// (a request VM's, less [`REQUEST_GRACE_US`]).
+    stale_below: u64,
     /// Senders on the other side heard lately, by id.
     rx: BTreeMap<u32, Sender>,
     /// The senders by when they were last authenticated, oldest first:
@@ -139,10 +193,10 @@ pub struct LinkAuth {
 }
 
 impl LinkAuth {
-    /// Keys for one port as configured; sequence numbers start at
-    /// `epoch_us` (the boot's wall clock), so a restarted sender is newer
-    /// than anything its neighbour saw from it before.
-    pub fn new(pc: &PortConfig, epoch_us: u64) -> Self {
+    /// Keys for one port as configured, at router time `now`, which is
+    /// wall-clock time `epoch_us` (µs since the Unix epoch, read by the
+    /// host at this boot): see [`LinkAuth`] on how numbers follow it.
+    pub fn new(pc: &PortConfig, epoch_us: u64, now: u64) -> Self {
         let given = LinkKey::new(&pc.key);
         let (keys, tx_key) = match pc.scope {
             KeyScope::Link => (Keys::Link(given.clone()), given.derive(pc.tx_link_id)),
@@ -155,6 +209,11 @@ impl LinkAuth {
             keys,
             tx_key,
             next_seq: epoch_us.max(1),
+            clock: WallClock::new(epoch_us, now),
+            stale_below: match pc.scope {
+                KeyScope::Link => epoch_us,
+                KeyScope::Own => epoch_us.saturating_sub(REQUEST_GRACE_US),
+            },
             rx: BTreeMap::new(),
             lru: BTreeMap::new(),
             tick: 0,
@@ -205,10 +264,13 @@ impl LinkAuth {
             s.window.accept(seq);
             s.heard = heard;
             self.tick += 1;
-            if kind == SenderKind::Request {
-                self.bind_flow(id, repr.flow_id);
-            }
+            self.heard_from(kind, id, repr.flow_id, seq);
             return Ok(kind);
+        }
+        // Nothing sent before this boot is heard: an honest sender stamps
+        // at least its clock, so what is older was recorded.
+        if seq < self.stale_below {
+            return Err(DropReason::Stale);
         }
         let mut window = ReplayWindow::above(self.floors.get(offset as usize).copied().unwrap_or(0));
         if !window.check(seq) {
@@ -228,10 +290,20 @@ impl LinkAuth {
         self.rx.insert(id, Sender { key, window, heard, reply });
         self.lru.insert(heard, id);
         self.tick += 1;
-        if kind == SenderKind::Request {
-            self.bind_flow(id, repr.flow_id);
-        }
+        self.heard_from(kind, id, repr.flow_id, seq);
         Ok(kind)
+    }
+
+    /// After sender `id` authenticated number `seq` on `flow`: a request
+    /// VM speaks for its flow; the neighbour's node's number pulls this
+    /// side's up (a Lamport clock), so a node whose clock runs behind its
+    /// neighbour's (a slow TSC) is heard at once after the neighbour
+    /// restarts instead of once its own clock passes the neighbour's boot.
+    fn heard_from(&mut self, kind: SenderKind, id: u32, flow: u32, seq: u64) {
+        match kind {
+            SenderKind::Request => self.bind_flow(id, flow),
+            SenderKind::Node => self.next_seq = self.next_seq.max(seq.saturating_add(1)),
+        }
     }
 
     /// Request VM `id` speaks for `flow`: frames of that flow leave sealed
@@ -278,10 +350,10 @@ impl LinkAuth {
         }
     }
 
-    /// Numbers and seals a frame `wire::build_frame` made, as it leaves:
-    /// with the reply key of the request VM whose flow it carries, else
-    /// with this node's own key.
-    pub fn seal(&mut self, frame: &mut [u8]) {
+    /// Numbers and seals a frame `wire::build_frame` made, as it leaves at
+    /// router time `now`: with the reply key of the request VM whose flow
+    /// it carries, else with this node's own key.
+    pub fn seal(&mut self, frame: &mut [u8], now: u64) {
         // No lookup on links without request VMs (relays between nodes).
         let reply = if self.flows.is_empty() {
             None
@@ -289,8 +361,11 @@ impl LinkAuth {
             frame_flow(frame).and_then(|flow| self.flows.get(&flow)).and_then(|id| self.rx.get(id))
         };
         let key = reply.and_then(|s| s.reply.as_ref()).map_or(&self.tx_key, |(k, _)| k);
-        seal_built(frame, self.next_seq, key);
-        self.next_seq += 1;
+        // The wall clock now, or one above the last number if frames
+        // leave faster than one per µs.
+        let seq = self.next_seq.max(self.clock.at(now));
+        seal_built(frame, seq, key);
+        self.next_seq = seq.saturating_add(1);
     }
 }
 
@@ -331,6 +406,11 @@ mod tests {
     }
 
     fn frame_on(sender: &mut LinkAuth, flow_id: u32) -> Vec<u8> {
+        frame_at(sender, flow_id, 0)
+    }
+
+    /// A frame on `flow_id` sealed by `sender` at its router time `now`.
+    fn frame_at(sender: &mut LinkAuth, flow_id: u32, now: u64) -> Vec<u8> {
         let repr = OverlayRepr {
             protocol: Protocol::Shortest,
             flags: 0,
@@ -345,7 +425,7 @@ mod tests {
         };
         let mut f = Vec::new();
         build_frame(&mut f, EthAddrs { dst: [1; 6], src: [2; 6] }, &repr, &[], b"hi").unwrap();
-        sender.seal(&mut f);
+        sender.seal(&mut f, now);
         f
     }
 
@@ -362,9 +442,9 @@ mod tests {
     #[test]
     fn a_request_vm_with_its_own_key_only_talks_to_its_relay_both_ways() {
         // The edge side spans 10..14: its node is 10, request VMs 11 to 13.
-        let mut relay = LinkAuth::new(&port(20, 10, 4), 100);
-        let mut vm = LinkAuth::new(&request_port(12, 20), 200);
-        let mut edge_node = LinkAuth::new(&port(10, 20, 1), 100);
+        let mut relay = LinkAuth::new(&port(20, 10, 4), 100, 0);
+        let mut vm = LinkAuth::new(&request_port(12, 20), 200, 0);
+        let mut edge_node = LinkAuth::new(&port(10, 20, 1), 100, 0);
         assert_eq!(open(&mut relay, &frame_on(&mut vm, 0xabc)), Ok(SenderKind::Request));
         assert_eq!(open(&mut relay, &frame_on(&mut edge_node, 5)), Ok(SenderKind::Node));
         // The relay answers the VM's flow under the VM's reply key: the VM
@@ -380,10 +460,10 @@ mod tests {
 
     #[test]
     fn a_request_vm_cannot_seal_as_the_edge_node_or_another_vm() {
-        let mut relay = LinkAuth::new(&port(20, 10, 4), 100);
+        let mut relay = LinkAuth::new(&port(20, 10, 4), 100, 0);
         // A compromised VM relabels its frames as the node's id or a
         // neighbour VM's: its key is not theirs.
-        let mut vm = LinkAuth::new(&request_port(12, 20), 200);
+        let mut vm = LinkAuth::new(&request_port(12, 20), 200, 0);
         for id in [10, 11, 13] {
             let mut f = frame_from(&mut vm);
             OverlayPacket::new_unchecked(&mut f[ETH_HDR_LEN..]).set_link_id(id);
@@ -391,16 +471,16 @@ mod tests {
         }
         assert_eq!(relay.senders(), 0);
         // And it hears only the relay's node id, not other senders there.
-        let mut relay_vm = LinkAuth::new(&port(21, 10, 1), 100);
-        let mut vm2 = LinkAuth::new(&PortConfig { rx_link_span: 4, ..request_port(12, 20) }, 200);
+        let mut relay_vm = LinkAuth::new(&port(21, 10, 1), 100, 0);
+        let mut vm2 = LinkAuth::new(&PortConfig { rx_link_span: 4, ..request_port(12, 20) }, 200, 0);
         assert_eq!(check(&mut vm2, &frame_from(&mut relay_vm)), Err(DropReason::UnknownLink));
     }
 
     #[test]
     fn a_vm_cannot_take_another_vms_flow() {
-        let mut relay = LinkAuth::new(&port(20, 10, 4_000), 100);
-        let mut vm1 = LinkAuth::new(&request_port(11, 20), 200);
-        let mut vm2 = LinkAuth::new(&request_port(12, 20), 200);
+        let mut relay = LinkAuth::new(&port(20, 10, 4_000), 100, 0);
+        let mut vm1 = LinkAuth::new(&request_port(11, 20), 200, 0);
+        let mut vm2 = LinkAuth::new(&request_port(12, 20), 200, 0);
         assert_eq!(check(&mut relay, &frame_on(&mut vm1, 7)), Ok(()));
         // VM 2 claims VM 1's flow: the replies stay VM 1's.
         assert_eq!(check(&mut relay, &frame_on(&mut vm2, 7)), Ok(()));
@@ -409,7 +489,7 @@ mod tests {
         assert_eq!(check(&mut vm2, &reply), Err(DropReason::BadMac));
         // Nor the nodes' control flow: the edge's node keeps its replies.
         assert_eq!(check(&mut relay, &frame_on(&mut vm2, NODE_CONTROL_FLOW)), Ok(()));
-        let mut edge_node = LinkAuth::new(&port(10, 20, 1), 100);
+        let mut edge_node = LinkAuth::new(&port(10, 20, 1), 100, 0);
         assert_eq!(check(&mut edge_node, &frame_on(&mut relay, NODE_CONTROL_FLOW)), Ok(()));
         // Once VM 1 is forgotten its flow is free again.
         fill(&mut relay, 1_000..1_000 + MAX_RX_SENDERS as u32);
@@ -419,8 +499,8 @@ mod tests {
 
     #[test]
     fn a_sealed_frame_opens_once_and_its_replay_is_refused() {
-        let mut a = LinkAuth::new(&port(10, 20, 1), 100);
-        let mut b = LinkAuth::new(&port(20, 10, 4), 100);
+        let mut a = LinkAuth::new(&port(10, 20, 1), 100, 0);
+        let mut b = LinkAuth::new(&port(20, 10, 4), 100, 0);
         let f = frame_from(&mut a);
         assert_eq!(check(&mut b, &f), Ok(()));
         assert_eq!(check(&mut b, &f), Err(DropReason::Replayed));
@@ -429,8 +509,8 @@ mod tests {
 
     #[test]
     fn a_forged_tag_moves_no_window() {
-        let mut a = LinkAuth::new(&port(10, 20, 1), 100);
-        let mut b = LinkAuth::new(&port(20, 10, 4), 100);
+        let mut a = LinkAuth::new(&port(10, 20, 1), 100, 0);
+        let mut b = LinkAuth::new(&port(20, 10, 4), 100, 0);
         let good = frame_from(&mut a);
         let mut forged = good.clone();
         let last = forged.len() - 1;
@@ -442,19 +522,19 @@ mod tests {
 
     #[test]
     fn ids_outside_the_span_and_the_reserved_id_are_unknown() {
-        let mut outside = LinkAuth::new(&port(14, 20, 1), 100);
-        let mut b = LinkAuth::new(&port(20, 10, 4), 100);
+        let mut outside = LinkAuth::new(&port(14, 20, 1), 100, 0);
+        let mut b = LinkAuth::new(&port(20, 10, 4), 100, 0);
         assert_eq!(check(&mut b, &frame_from(&mut outside)), Err(DropReason::UnknownLink));
-        let mut reserved = LinkAuth::new(&port(RESERVED_LINK_ID, 20, 1), 100);
-        let mut c = LinkAuth::new(&port(20, RESERVED_LINK_ID - 1, 4), 100);
+        let mut reserved = LinkAuth::new(&port(RESERVED_LINK_ID, 20, 1), 100, 0);
+        let mut c = LinkAuth::new(&port(20, RESERVED_LINK_ID - 1, 4), 100, 0);
         assert_eq!(check(&mut c, &frame_from(&mut reserved)), Err(DropReason::UnknownLink));
     }
 
     #[test]
     fn senders_in_one_span_have_keys_and_windows_of_their_own() {
-        let mut s1 = LinkAuth::new(&port(11, 20, 1), 100);
-        let mut s2 = LinkAuth::new(&port(12, 20, 1), 100);
-        let mut b = LinkAuth::new(&port(20, 10, 4), 100);
+        let mut s1 = LinkAuth::new(&port(11, 20, 1), 100, 0);
+        let mut s2 = LinkAuth::new(&port(12, 20, 1), 100, 0);
+        let mut b = LinkAuth::new(&port(20, 10, 4), 100, 0);
         // The same sequence number from two senders: both new.
         assert_eq!(check(&mut b, &frame_from(&mut s1)), Ok(()));
         assert_eq!(check(&mut b, &frame_from(&mut s2)), Ok(()));
@@ -468,20 +548,67 @@ mod tests {
 
     #[test]
     fn a_restarted_sender_is_heard_because_it_counts_from_a_later_epoch() {
-        let mut b = LinkAuth::new(&port(20, 10, 1), 100);
-        let mut before = LinkAuth::new(&port(10, 20, 1), 100);
+        let mut b = LinkAuth::new(&port(20, 10, 1), 100, 0);
+        let mut before = LinkAuth::new(&port(10, 20, 1), 100, 0);
         for _ in 0..3 {
             assert_eq!(check(&mut b, &frame_from(&mut before)), Ok(()));
         }
-        let mut after = LinkAuth::new(&port(10, 20, 1), 1_000);
+        let mut after = LinkAuth::new(&port(10, 20, 1), 1_000, 0);
         assert_eq!(check(&mut b, &frame_from(&mut after)), Ok(()));
+    }
+
+    #[test]
+    fn frames_recorded_before_a_receiver_restarted_are_all_refused_after_it() {
+        let mut a = LinkAuth::new(&port(10, 20, 1), 1_000_000, 0);
+        let mut b = LinkAuth::new(&port(20, 10, 4), 1_000_000, 0);
+        // 1,000 frames over A's next 2 ms, some faster than one per µs.
+        let captured: Vec<Vec<u8>> = (0..1_000).map(|i| frame_at(&mut a, 1, i * 2 / 3)).collect();
+        for f in &captured {
+            assert_eq!(check(&mut b, f), Ok(()));
+        }
+        // B restarts 5 ms later: its new boot reads the clock then.
+        let mut b = LinkAuth::new(&port(20, 10, 4), 1_005_000, 0);
+        for f in &captured {
+            assert_eq!(check(&mut b, f), Err(DropReason::Stale));
+        }
+        assert_eq!(b.senders(), 0, "a stale frame adds no sender");
+        // A, still running, is heard again with its next frame.
+        assert_eq!(check(&mut b, &frame_at(&mut a, 1, 5_001)), Ok(()));
+    }
+
+    #[test]
+    fn a_sender_whose_clock_runs_behind_catches_up_from_its_neighbours_numbers() {
+        let mut b = LinkAuth::new(&port(20, 10, 1), 5_000_000, 0);
+        let mut a = LinkAuth::new(&port(10, 20, 1), 1_000_000, 0);
+        assert_eq!(check(&mut b, &frame_at(&mut a, 1, 10)), Err(DropReason::Stale));
+        // B's first probe reaches A: A numbers above it from then on.
+        assert_eq!(check(&mut a, &frame_at(&mut b, 0, 10)), Ok(()));
+        assert_eq!(check(&mut b, &frame_at(&mut a, 1, 20)), Ok(()));
+    }
+
+    #[test]
+    fn a_request_vm_refuses_replies_recorded_for_the_last_vm_on_its_id() {
+        let t0 = 100_000_000;
+        let mut relay = LinkAuth::new(&port(20, 10, 4), t0, 0);
+        let mut old_vm = LinkAuth::new(&request_port(12, 20), t0, 0);
+        assert_eq!(check(&mut relay, &frame_at(&mut old_vm, 7, 0)), Ok(()));
+        let recorded = frame_at(&mut relay, 7, 0);
+        assert_eq!(check(&mut old_vm, &recorded), Ok(()));
+        // The id comes round again a minute later (relay time 60 s).
+        let later = 60_000_000;
+        let mut new_vm = LinkAuth::new(&request_port(12, 20), t0 + later, 0);
+        assert_eq!(check(&mut relay, &frame_at(&mut new_vm, 9, 0)), Ok(()));
+        assert_eq!(check(&mut new_vm, &recorded), Err(DropReason::Stale));
+        // The relay's live replies are heard even though its clock lags
+        // the VM's boot by a few ms.
+        assert_eq!(check(&mut new_vm, &frame_at(&mut relay, 9, later - 3_000)), Ok(()));
     }
 
     /// Senders `first..first + n` on the side at 10 (one frame each, in
     /// order), heard by a receiver at 20 spanning 4,000 ids.
     fn fill(b: &mut LinkAuth, ids: core::ops::Range<u32>) -> Vec<LinkAuth> {
         ids.map(|id| {
-            let mut s = LinkAuth::new(&port(id, 20, 1), 100);
+            let mut s = LinkAuth::new(&port(id, 20, 1), 100, 0);
             assert_eq!(check(b, &frame_from(&mut s)), Ok(()), "id {id}");
             s
         })
@@ -490,10 +617,10 @@ mod tests {
 
     #[test]
     fn forged_frames_from_unknown_ids_add_no_sender_and_evict_none() {
-        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100);
+        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100, 0);
         let mut neighbour = fill(&mut b, 10..11).remove(0);
         for id in 11..3_011 {
-            let mut f = frame_from(&mut LinkAuth::new(&port(id, 20, 1), 100));
+            let mut f = frame_from(&mut LinkAuth::new(&port(id, 20, 1), 100, 0));
             let last = f.len() - 1;
             f[last] ^= 1;
             assert_eq!(check(&mut b, &f), Err(DropReason::BadMac));
@@ -505,7 +632,7 @@ mod tests {
 
     #[test]
     fn the_least_recently_authenticated_sender_is_evicted_not_the_lowest_id() {
-        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100);
+        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100, 0);
         let mut senders = fill(&mut b, 10..10 + MAX_RX_SENDERS as u32);
         // The lowest id speaks again: now 11 is the least recent.
         assert_eq!(check(&mut b, &frame_from(&mut senders[0])), Ok(()));
@@ -522,8 +649,8 @@ mod tests {
 
     #[test]
     fn an_evicted_senders_old_frames_stay_refused_and_it_is_heard_again() {
-        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100);
-        let mut s = LinkAuth::new(&port(10, 20, 1), 100);
+        let mut b = LinkAuth::new(&port(20, 10, 4_000), 100, 0);
+        let mut s = LinkAuth::new(&port(10, 20, 1), 100, 0);
         let old: Vec<Vec<u8>> = (0..5).map(|_| frame_from(&mut s)).collect();
         // The second is lost on the way: never accepted, but older than
         // what the receiver forgot, so refused too.
@@ -546,10 +673,10 @@ mod tests {
 
     #[test]
     fn ids_beyond_the_largest_span_are_unknown() {
-        let mut b = LinkAuth::new(&port(20, 10, u32::MAX - 20), 100);
-        let mut far = LinkAuth::new(&port(10 + MAX_LINK_SPAN, 20, 1), 100);
+        let mut b = LinkAuth::new(&port(20, 10, u32::MAX - 20), 100, 0);
+        let mut far = LinkAuth::new(&port(10 + MAX_LINK_SPAN, 20, 1), 100, 0);
         assert_eq!(check(&mut b, &frame_from(&mut far)), Err(DropReason::UnknownLink));
-        let mut last = LinkAuth::new(&port(10 + MAX_LINK_SPAN - 1, 20, 1), 100);
+        let mut last = LinkAuth::new(&port(10 + MAX_LINK_SPAN - 1, 20, 1), 100, 0);
         assert_eq!(check(&mut b, &frame_from(&mut last)), Ok(()));
     }
 

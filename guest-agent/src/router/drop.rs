@@ -48,6 +48,9 @@ pub enum DropReason {
     /// A request VM's control message other than a probe or a link-state
     /// request (link state and acks come from nodes only).
     RequestControl,
+    /// A link sequence number from before this node booted: a frame
+    /// recorded before a restart (senders number from their clock).
+    Stale,
 }
 
 impl From<WireError> for DropReason {
@@ -68,7 +71,7 @@ impl From<WireError> for DropReason {
 
 /// Names of the counters, in [`DropCounters::values`] order: the one list
 /// the VMM's reports use.
-pub const DROP_NAMES: [&str; 18] = [
+pub const DROP_NAMES: [&str; 19] = [
     "not_overlay",
     "truncated",
     "bad_version",
@@ -87,6 +90,7 @@ pub const DROP_NAMES: [&str; 18] = [
     "reserved_source",
     "spoofed_source",
     "request_control",
+    "stale",
 ];
 
 /// One counter per [`DropReason`]; `repr(C)` u64s, so it can sit in the
@@ -130,6 +134,8 @@ pub struct DropCounters {
     pub spoofed_source: u64,
     /// [`DropReason::RequestControl`].
     pub request_control: u64,
+    /// [`DropReason::Stale`].
+    pub stale: u64,
 }
 
 impl DropCounters {
@@ -154,12 +160,13 @@ impl DropCounters {
             DropReason::ReservedSource => &mut self.reserved_source,
             DropReason::SpoofedSource => &mut self.spoofed_source,
             DropReason::RequestControl => &mut self.request_control,
+            DropReason::Stale => &mut self.stale,
         };
         *c += 1;
     }
 
     /// The counters in [`DROP_NAMES`] order.
-    pub fn values(&self) -> [u64; 18] {
+    pub fn values(&self) -> [u64; 19] {
         [
             self.not_overlay,
             self.truncated,
@@ -179,6 +186,7 @@ impl DropCounters {
             self.reserved_source,
             self.spoofed_source,
             self.request_control,
+            self.stale,
         ]
     }
 
@@ -213,6 +221,7 @@ mod tests {
             DropReason::ReservedSource,
             DropReason::SpoofedSource,
             DropReason::RequestControl,
+            DropReason::Stale,
         ];
         for (i, r) in all.iter().enumerate() {
             let mut c = DropCounters::default();

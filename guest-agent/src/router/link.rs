@@ -68,7 +68,7 @@ impl<L: LinkPort> Port<L> {
             mac,
             peer: pc.peer,
             peer_mac: pc.peer_mac,
-            auth: LinkAuth::new(pc, epoch_us),
+            auth: LinkAuth::new(pc, epoch_us, now),
             queue: VecDeque::new(),
             monitor: LinkMonitor::new(pc.peer, now),
         }
@@ -98,15 +98,16 @@ impl<L: LinkPort> Port<L> {
         Ok(true)
     }
 
-    /// Hands queued frames to the link while it has room; whether any went.
-    pub(super) fn flush(&mut self) -> bool {
+    /// Hands queued frames to the link while it has room, at time `now`;
+    /// whether any went.
+    pub(super) fn flush(&mut self, now: u64) -> bool {
         let mut worked = false;
         while let Some(f) = self.queue.front_mut() {
             // Sealing numbers the frame: only for one that goes now.
             if !self.link.can_send() {
                 break;
             }
-            self.auth.seal(f);
+            self.auth.seal(f, now);
             if !self.link.send(f) {
                 // Not after can_send; if it happens the frame waits and is
                 // sealed again, under a newer number, when it goes.

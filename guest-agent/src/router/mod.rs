@@ -39,7 +39,7 @@ mod tests;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-pub use auth::SenderKind;
+pub use auth::{SenderKind, WallClock};
 pub use drop::{DropCounters, DropReason, DROP_NAMES};
 pub use link::{LinkPort, Port, MAX_QUEUED};
 pub use memory::MemoryLink;
@@ -349,11 +349,12 @@ impl<L: LinkPort> Router<L> {
         Ok(())
     }
 
-    /// Hands queued frames to the links. Returns whether any went.
-    pub fn flush_links(&mut self) -> bool {
+    /// Hands queued frames to the links at time `now` (their numbers are
+    /// stamped from it). Returns whether any went.
+    pub fn flush_links(&mut self, now: u64) -> bool {
         let mut worked = false;
         for p in self.ports.iter_mut() {
-            worked |= p.flush();
+            worked |= p.flush(now);
         }
         worked
     }

@@ -165,7 +165,7 @@ impl Net {
                 worked |= used > 0;
             }
             worked |= r.poll(now);
-            worked |= r.flush_links();
+            worked |= r.flush_links(now);
             if !r.host_output().is_empty() {
                 h.from_router.extend_from_slice(r.host_output());
                 let n = r.host_output().len();

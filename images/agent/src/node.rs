@@ -95,8 +95,9 @@ pub fn run(params: &BootParams) -> ! {
             let used = router.host_input(&inbuf);
             inbuf.drain(..used);
         }
-        worked |= router.poll(clock::now_us());
-        worked |= router.flush_links();
+        let now = clock::now_us();
+        worked |= router.poll(now);
+        worked |= router.flush_links(now);
         // Deliveries to the host.
         if !router.host_output().is_empty() {
             let n = con.send(router.host_output());
@@ -165,7 +166,7 @@ pub fn run_edge(params: &BootParams) -> ! {
             router.app_took(n);
             worked |= n > 0;
         }
-        worked |= router.flush_links();
+        worked |= router.flush_links(now);
         con.flush();
         log_notices(&mut router);
         if router.request_done(now) && con.tx_drained() {

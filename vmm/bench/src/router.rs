@@ -104,7 +104,7 @@ fn measure(payload_bytes: usize, rounds: usize) -> SizeReport {
         let mut out = 0;
         while out < ROUND {
             b.poll_links(0);
-            b.flush_links();
+            b.flush_links(0);
             out += c_end.receive(&mut |_| {});
             if b.stats().drops.total() > 0 {
                 unreachable!("the relay dropped a valid frame: {:?}", b.stats().drops);
