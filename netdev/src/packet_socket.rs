@@ -45,6 +45,26 @@ impl RawSocket {
         Ok(s)
     }
 
+    /// Raises the receive queue to `bytes` (past `rmem_max`, as root), so a
+    /// capture that falls behind for a moment loses no frames.
+    pub fn set_recv_buffer(&self, bytes: usize) -> io::Result<()> {
+        let v = i32::try_from(bytes).unwrap_or(i32::MAX);
+        // SAFETY: setsockopt reads one int from a live local.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&v as *const i32).cast(),
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn addr(&self, proto: u16) -> libc::sockaddr_ll {
         // SAFETY: sockaddr_ll is plain data; zero is a valid start.
         let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };

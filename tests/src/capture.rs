@@ -10,6 +10,9 @@ use netdev::packet_socket::RawSocket;
 /// Frames most one capture keeps (bounded memory).
 const MAX_FRAMES: usize = 200_000;
 
+/// Receive queue of a capture socket.
+const RECV_BUFFER: usize = 64 << 20;
+
 /// A running capture; [`Capture::stop`] returns what it saw.
 pub struct Capture {
     stop: Arc<AtomicBool>,
@@ -25,6 +28,10 @@ impl Capture {
         let thread = std::thread::spawn(move || {
             crate::in_netns(&ns, move || {
                 let s = RawSocket::open(&iface).unwrap_or_else(|e| panic!("capture on {iface}: {e}"));
+                // The default queue holds ~100 frames: a capture thread that
+                // loses the core for a few ms on a loaded 2-core CI box
+                // would miss part of the link.
+                s.set_recv_buffer(RECV_BUFFER).unwrap_or_else(|e| panic!("capture buffer on {iface}: {e}"));
                 let _ = ready_tx.send(());
                 let mut frames = Vec::new();
                 let mut buf = vec![0u8; 65536];
