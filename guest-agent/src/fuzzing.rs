@@ -211,13 +211,18 @@ mod tests {
         let frame = neighbour_frame(&links, 0, 1, repr, &[], b"seed", 5);
         let mut control = Vec::new();
         Control::Probe { seq: 1, sent_us: 2 }.encode(&mut control);
-        let mut lsa = Vec::new();
-        Lsa {
+        let mut lsa = Lsa {
             origin: 3,
             seq: 4,
             links: alloc::vec![LinkReport { peer: 2, status: LinkStatus::Up, latency_us: 9, loss_permille: 0 }],
-        }
-        .encode(&mut lsa);
+            sig: [0; 64],
+        };
+        crate::routing::lsa_sign::LsaSigner::new(&sim::lsa_secret(3)).sign(&mut lsa);
+        let lsa = {
+            let mut b = Vec::new();
+            lsa.encode(&mut b);
+            b
+        };
         let mut route = Vec::new();
         SourceRoute::encode_parts(0, 1, &[1, 2, 3], &mut route);
         let mut codecs = Vec::new();

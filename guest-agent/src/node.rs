@@ -17,7 +17,7 @@ use crate::router::DropCounters;
 use crate::routing::{Link, NodeId, Topology};
 
 /// First bytes of an encoded [`NodeConfig`].
-const CONFIG_MAGIC: [u8; 4] = *b"PVN5";
+const CONFIG_MAGIC: [u8; 4] = *b"PVN6";
 const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 1 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 const KEY_ENTRY_LEN: usize = 2 + 32;
@@ -103,6 +103,12 @@ pub struct NodeConfig {
     pub onion_secret: [u8; 32],
     /// Every node's static onion public key, for building circuits.
     pub directory: Vec<(NodeId, [u8; 32])>,
+    /// This node's Ed25519 secret for signing its link-state
+    /// advertisements; all zero: it advertises nothing (request VMs).
+    pub lsa_secret: [u8; 32],
+    /// Every node's link-state public key: the origins whose
+    /// advertisements this node accepts.
+    pub lsa_keys: Vec<(NodeId, [u8; 32])>,
 }
 
 /// Why an encoded config was refused.
@@ -134,6 +140,24 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+fn encode_keys(keys: &[(NodeId, [u8; 32])], out: &mut Vec<u8>) {
+    for (n, k) in keys.iter().take(MAX_DIRECTORY) {
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(k);
+    }
+}
+
+fn decode_keys(b: &mut &[u8], n: usize) -> Result<Vec<(NodeId, [u8; 32])>, ConfigError> {
+    let mut keys = Vec::with_capacity(n.min(b.len() / KEY_ENTRY_LEN));
+    for _ in 0..n {
+        let e = take(b, KEY_ENTRY_LEN)?;
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&e[2..]);
+        keys.push((be16(e), k));
+    }
+    Ok(keys)
+}
+
 impl NodeConfig {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -161,10 +185,10 @@ impl NodeConfig {
             out.extend_from_slice(&l.latency_us.to_be_bytes());
             out.extend_from_slice(&l.bandwidth_mbps.to_be_bytes());
         }
-        for (n, k) in self.directory.iter().take(MAX_DIRECTORY) {
-            out.extend_from_slice(&n.to_be_bytes());
-            out.extend_from_slice(k);
-        }
+        encode_keys(&self.directory, out);
+        out.extend_from_slice(&self.lsa_secret);
+        out.push(self.lsa_keys.len().min(MAX_DIRECTORY) as u8);
+        encode_keys(&self.lsa_keys, out);
     }
 
     /// Bytes [`encode`](Self::encode) writes.
@@ -173,6 +197,9 @@ impl NodeConfig {
             + self.ports.len() * PORT_LEN
             + self.links.len() * LINK_LEN
             + self.directory.len().min(MAX_DIRECTORY) * KEY_ENTRY_LEN
+            + 32
+            + 1
+            + self.lsa_keys.len().min(MAX_DIRECTORY) * KEY_ENTRY_LEN
     }
 
     /// Decodes what `encode` wrote.
@@ -215,20 +242,31 @@ impl NodeConfig {
             let l = take(&mut b, LINK_LEN)?;
             links.push(Link { a: be16(l), b: be16(&l[2..]), latency_us: be32(&l[4..]), bandwidth_mbps: be32(&l[8..]) });
         }
-        let mut directory = Vec::with_capacity(ndir.min(b.len() / KEY_ENTRY_LEN));
-        for _ in 0..ndir {
-            let e = take(&mut b, KEY_ENTRY_LEN)?;
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&e[2..]);
-            directory.push((be16(e), k));
-        }
-        Ok(Self { me, hop_limit, protocol, ports, links, epoch_us, seed, onion_secret, directory })
+        let directory = decode_keys(&mut b, ndir)?;
+        let mut lsa_secret = [0u8; 32];
+        lsa_secret.copy_from_slice(take(&mut b, 32)?);
+        let nkeys = take(&mut b, 1)?[0] as usize;
+        let lsa_keys = decode_keys(&mut b, nkeys)?;
+        Ok(Self {
+            me,
+            hop_limit,
+            protocol,
+            ports,
+            links,
+            epoch_us,
+            seed,
+            onion_secret,
+            directory,
+            lsa_secret,
+            lsa_keys,
+        })
     }
 
     /// What a request VM of this (edge) node gets for request slot
     /// `slot`: per port, its own link id in the edge side's span (which
     /// holds `tx_spans[port]` ids) and only that id's key; no onion secret
-    /// (a request VM's circuits use keys of its boot alone). The one rule
+    /// (a request VM's circuits use keys of its boot alone) and no
+    /// link-state secret (it advertises nothing). The one rule
     /// for the edge host and the simulations.
     pub fn request_view(&self, tx_spans: &[u32], slot: u32) -> NodeConfig {
         let ports = self
@@ -245,7 +283,7 @@ impl NodeConfig {
                 PortConfig { tx_link_id: id, scope: KeyScope::Own, key: own, ..*p }
             })
             .collect();
-        NodeConfig { ports, onion_secret: [0; 32], ..self.clone() }
+        NodeConfig { ports, onion_secret: [0; 32], lsa_secret: [0; 32], ..self.clone() }
     }
 
     /// The topology of the config.
@@ -445,6 +483,8 @@ mod tests {
             seed: [3; 32],
             onion_secret: [4; 32],
             directory: vec![(1, [5; 32]), (3, [6; 32])],
+            lsa_secret: [7; 32],
+            lsa_keys: vec![(1, [10; 32]), (3, [11; 32])],
         }
     }
 
@@ -457,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn a_request_view_holds_its_own_ids_keys_and_no_onion_secret() {
+    fn a_request_view_holds_its_own_ids_keys_and_no_secret_of_the_node() {
         let mut cfg = config();
         cfg.ports[1].scope = KeyScope::Link;
         let v = cfg.request_view(&[4, 4], 1);
@@ -467,8 +507,9 @@ mod tests {
             assert_eq!(p.key, crate::wire::LinkKey::new(&link.key).derive_bytes(p.tx_link_id));
             assert_ne!(p.key, link.key);
         }
-        assert_eq!(v.onion_secret, [0; 32]);
+        assert_eq!((v.onion_secret, v.lsa_secret), ([0; 32], [0; 32]), "no secret of the host's node");
         assert_eq!((v.me, v.directory.clone(), v.seed), (cfg.me, cfg.directory.clone(), cfg.seed));
+        assert_eq!(v.lsa_keys, cfg.lsa_keys, "it checks link state as nodes do");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use crate::routing::linkstate::{significant_change, LinkReport, Lsa, LSA_REFRESH_US};
+use crate::routing::linkstate::{significant_change, LinkReport, Lsa, LSA_MIN_INTERVAL_US, LSA_REFRESH_US};
 use crate::routing::{NodeId, Routes};
 use crate::wire::control::Control;
 use crate::wire::{OverlayRepr, Protocol, FLAG_CONTROL};
@@ -64,15 +64,14 @@ impl<L: LinkPort> Router<L> {
             }
             Control::LsaRequest => {
                 let mut all: Vec<Lsa> = self.lsdb.lsas().cloned().collect();
-                if self.floods {
-                    all.push(Lsa { origin: self.me, seq: self.lsa_seq, links: self.advertised.clone() });
-                }
+                all.extend(self.own_lsa.clone());
                 for lsa in all {
                     self.send_control(i, repr.flow_id, repr.src, &Control::LinkState(lsa));
                 }
             }
             Control::LinkState(lsa) => {
-                if self.lsdb.accept(self.me, now, lsa.clone()) {
+                let wall = self.clock.at(now);
+                if self.lsdb.offer(self.me, now, wall, lsa.clone(), &mut self.ports[i].lsa_budget)? {
                     self.stats.lsas_accepted += 1;
                     if self.floods {
                         self.flood(&lsa, Some(i));
@@ -145,13 +144,23 @@ impl<L: LinkPort> Router<L> {
         }
         if self.floods {
             let own = self.own_reports(now);
-            let due = now.saturating_sub(self.advertised_at) >= LSA_REFRESH_US;
-            if due || significant_change(&self.advertised, &own) {
-                self.lsa_seq = self.lsa_seq.wrapping_add(1);
-                let lsa = Lsa { origin: self.me, seq: self.lsa_seq, links: own.clone() };
-                self.flood(&lsa, None);
+            let since = self.advertised_at.map_or(u64::MAX, |t| now.saturating_sub(t));
+            let changed = since >= LSA_MIN_INTERVAL_US && significant_change(&self.advertised, &own);
+            if changed || since >= LSA_REFRESH_US {
+                // A node without a signing key routes on what it measures
+                // and advertises nothing (no one would accept it).
+                if let Some(signer) = &self.signer {
+                    // Numbered by the wall clock (so a restart numbers past
+                    // what it sent before), never twice the same.
+                    let last = self.own_lsa.as_ref().map_or(0, |l| l.seq);
+                    let seq = self.clock.at(now).max(last + LSA_MIN_INTERVAL_US);
+                    let mut lsa = Lsa { origin: self.me, seq, links: own.clone(), sig: [0; 64] };
+                    signer.sign(&mut lsa);
+                    self.flood(&lsa, None);
+                    self.own_lsa = Some(lsa);
+                }
                 self.advertised = own;
-                self.advertised_at = now;
+                self.advertised_at = Some(now);
                 self.refresh_topology(now);
                 return true;
             }

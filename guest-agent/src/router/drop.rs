@@ -51,6 +51,28 @@ pub enum DropReason {
     /// A link sequence number from before this node booted: a frame
     /// recorded before a restart (senders number from their clock).
     Stale,
+    /// A link-state advertisement from an origin without a configured key.
+    UnknownOrigin,
+    /// A link-state advertisement its origin did not sign.
+    BadSignature,
+    /// A link-state advertisement older than its origin's newest, or
+    /// outside the clock window (recorded long ago).
+    StaleLsa,
+    /// A link-state advertisement too soon after its origin's last, or
+    /// beyond the sending port's verification budget.
+    LsaRate,
+}
+
+impl From<crate::routing::linkstate::LsaRefusal> for DropReason {
+    fn from(r: crate::routing::linkstate::LsaRefusal) -> Self {
+        use crate::routing::linkstate::LsaRefusal;
+        match r {
+            LsaRefusal::UnknownOrigin => Self::UnknownOrigin,
+            LsaRefusal::BadSignature => Self::BadSignature,
+            LsaRefusal::Stale => Self::StaleLsa,
+            LsaRefusal::RateLimited => Self::LsaRate,
+        }
+    }
 }
 
 impl From<WireError> for DropReason {
@@ -71,7 +93,7 @@ impl From<WireError> for DropReason {
 
 /// Names of the counters, in [`DropCounters::values`] order: the one list
 /// the VMM's reports use.
-pub const DROP_NAMES: [&str; 19] = [
+pub const DROP_NAMES: [&str; 23] = [
     "not_overlay",
     "truncated",
     "bad_version",
@@ -91,6 +113,10 @@ pub const DROP_NAMES: [&str; 19] = [
     "spoofed_source",
     "request_control",
     "stale",
+    "unknown_origin",
+    "bad_signature",
+    "stale_lsa",
+    "lsa_rate",
 ];
 
 /// One counter per [`DropReason`]; `repr(C)` u64s, so it can sit in the
@@ -136,6 +162,14 @@ pub struct DropCounters {
     pub request_control: u64,
     /// [`DropReason::Stale`].
     pub stale: u64,
+    /// [`DropReason::UnknownOrigin`].
+    pub unknown_origin: u64,
+    /// [`DropReason::BadSignature`].
+    pub bad_signature: u64,
+    /// [`DropReason::StaleLsa`].
+    pub stale_lsa: u64,
+    /// [`DropReason::LsaRate`].
+    pub lsa_rate: u64,
 }
 
 impl DropCounters {
@@ -161,12 +195,16 @@ impl DropCounters {
             DropReason::SpoofedSource => &mut self.spoofed_source,
             DropReason::RequestControl => &mut self.request_control,
             DropReason::Stale => &mut self.stale,
+            DropReason::UnknownOrigin => &mut self.unknown_origin,
+            DropReason::BadSignature => &mut self.bad_signature,
+            DropReason::StaleLsa => &mut self.stale_lsa,
+            DropReason::LsaRate => &mut self.lsa_rate,
         };
         *c += 1;
     }
 
     /// The counters in [`DROP_NAMES`] order.
-    pub fn values(&self) -> [u64; 19] {
+    pub fn values(&self) -> [u64; 23] {
         [
             self.not_overlay,
             self.truncated,
@@ -187,6 +225,10 @@ impl DropCounters {
             self.spoofed_source,
             self.request_control,
             self.stale,
+            self.unknown_origin,
+            self.bad_signature,
+            self.stale_lsa,
+            self.lsa_rate,
         ]
     }
 
@@ -222,6 +264,10 @@ mod tests {
             DropReason::SpoofedSource,
             DropReason::RequestControl,
             DropReason::Stale,
+            DropReason::UnknownOrigin,
+            DropReason::BadSignature,
+            DropReason::StaleLsa,
+            DropReason::LsaRate,
         ];
         for (i, r) in all.iter().enumerate() {
             let mut c = DropCounters::default();

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use crate::node::PortConfig;
 use crate::routing::linkstate::LinkMonitor;
+use crate::routing::lsa_sign::VerifyBudget;
 use crate::routing::NodeId;
 use crate::virtio::net::VirtioNet;
 use crate::wire::{build_frame, EthAddrs, OverlayRepr};
@@ -59,6 +60,8 @@ pub struct Port<L> {
     pub(super) queue: VecDeque<Vec<u8>>,
     /// Probing of this link.
     pub(super) monitor: LinkMonitor,
+    /// Link-state signature checks this neighbour may still cost us.
+    pub(super) lsa_budget: VerifyBudget,
 }
 
 impl<L: LinkPort> Port<L> {
@@ -71,6 +74,7 @@ impl<L: LinkPort> Port<L> {
             auth: LinkAuth::new(pc, epoch_us, now),
             queue: VecDeque::new(),
             monitor: LinkMonitor::new(pc.peer, now),
+            lsa_budget: VerifyBudget::new(now),
         }
     }
 

@@ -46,7 +46,8 @@ pub use memory::MemoryLink;
 pub use request::{RequestPhase, RequestStream};
 
 use crate::node::{EdgeRequest, NodeConfig, NodeStats, Record, RECORD_CONTROL, RECORD_STREAM, STATS_MAGIC};
-use crate::routing::linkstate::{LinkReport, LinkStateDb};
+use crate::routing::linkstate::{LinkReport, LinkStateDb, Lsa};
+use crate::routing::lsa_sign::{LsaKeys, LsaSigner};
 use crate::routing::{NodeId, Routes, Topology};
 use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL};
 
@@ -149,10 +150,15 @@ pub struct Router<L> {
     /// request's flow on a request VM (so the edge host steers the acks to
     /// it).
     control_flow: u32,
-    lsa_seq: u32,
+    /// Signs this node's advertisements (none: it advertises nothing).
+    signer: Option<LsaSigner>,
+    /// This node's last advertisement, signed (for link-state requests).
+    own_lsa: Option<Lsa>,
+    /// The wall clock, which numbers advertisements.
+    clock: WallClock,
     /// What this node last advertised, and when.
     advertised: Vec<LinkReport>,
-    advertised_at: u64,
+    advertised_at: Option<u64>,
     next_maintenance: u64,
     next_expiry: u64,
     /// On a request VM: when to ask the neighbours for link state again.
@@ -190,14 +196,16 @@ impl<L: LinkPort> Router<L> {
             stats: NodeStats { magic: STATS_MAGIC, ..Default::default() },
             deliver: Vec::new(),
             flows: BTreeMap::new(),
-            lsdb: LinkStateDb::new(&topology),
+            lsdb: LinkStateDb::new(&topology, LsaKeys::new(&cfg.lsa_keys)),
             topology,
             next_packet_id: 0,
             floods: true,
             control_flow: auth::NODE_CONTROL_FLOW,
-            lsa_seq: 0,
+            signer: (cfg.lsa_secret != [0; 32]).then(|| LsaSigner::new(&cfg.lsa_secret)),
+            own_lsa: None,
+            clock: WallClock::new(cfg.epoch_us, now),
             advertised: Vec::new(),
-            advertised_at: 0,
+            advertised_at: None,
             next_maintenance: 0,
             next_expiry: 0,
             next_lsa_request: 0,

@@ -1,13 +1,14 @@
 //! Simulated overlay networks: routers joined by [`MemoryLink`]s, driven
 //! on a simulated clock. For host tests and `pathvm bench router`; the
 //! configurations are the ones `pathvm topo up` would write (one key per
-//! link, one span of link ids per side, onion keys from a directory).
+//! link, one span of link ids per side, onion and link-state keys from a
+//! directory).
 
 use alloc::vec::Vec;
 
 use crate::node::{EdgeRequest, KeyScope, NodeConfig, PortConfig, Record};
 use crate::onion::public_key;
-use crate::routing::{Link, NodeId};
+use crate::routing::{lsa_sign, Link, NodeId};
 use crate::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol};
 
 use super::{MemoryLink, Router};
@@ -36,6 +37,13 @@ pub fn side_id(k: usize, link: &Link, n: NodeId) -> u32 {
 /// Node `n`'s static onion secret in a simulation.
 pub fn onion_secret(n: NodeId) -> [u8; 32] {
     let mut s = [0x11u8; 32];
+    s[..2].copy_from_slice(&n.to_be_bytes());
+    s
+}
+
+/// Node `n`'s link-state signing secret in a simulation.
+pub fn lsa_secret(n: NodeId) -> [u8; 32] {
+    let mut s = [0x22u8; 32];
     s[..2].copy_from_slice(&n.to_be_bytes());
     s
 }
@@ -75,6 +83,8 @@ pub fn config(links: &[Link], me: NodeId, protocol: u8) -> NodeConfig {
         seed,
         onion_secret: onion_secret(me),
         directory: nodes.iter().map(|&n| (n, public_key(&onion_secret(n)))).collect(),
+        lsa_secret: lsa_secret(me),
+        lsa_keys: nodes.iter().map(|&n| (n, lsa_sign::public_key(&lsa_secret(n)))).collect(),
     }
 }
 

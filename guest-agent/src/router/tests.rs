@@ -300,11 +300,7 @@ fn a_request_vm_may_probe_and_ask_but_its_link_state_and_acks_change_nothing() {
     let b = &mut net.host(2).router;
     let before = *b.stats();
     let topology = b.topology().clone();
-    let down = Lsa {
-        origin: 3,
-        seq: u32::MAX,
-        links: vec![LinkReport { peer: 2, status: LinkStatus::Down, ..Default::default() }],
-    };
+    let down = signed_lsa(3, u64::MAX, vec![LinkReport { peer: 2, status: LinkStatus::Down, ..Default::default() }]);
     let forged = [Control::LinkState(down), Control::ProbeAck { seq: 1, sent_us: 1 }];
     // Through the port, as they would arrive: the receive path counts.
     for (k, msg) in forged.iter().enumerate() {
@@ -366,6 +362,80 @@ fn probes_are_answered_and_link_state_floods_to_every_node() {
         assert!(s.lsas_accepted >= 5, "node {}: {s:?}", h.router.me());
         assert_eq!(s.drops.total(), 0, "node {}: {s:?}", h.router.me());
     }
+}
+
+/// A link-state advertisement of `origin` signed with its simulation key.
+fn signed_lsa(origin: u16, seq: u64, links: Vec<LinkReport>) -> Lsa {
+    signed_lsa_with(&sim::lsa_secret(origin), origin, seq, links)
+}
+
+fn signed_lsa_with(secret: &[u8; 32], origin: u16, seq: u64, links: Vec<LinkReport>) -> Lsa {
+    let mut l = Lsa { origin, seq, links, sig: [0; 64] };
+    crate::routing::lsa_sign::LsaSigner::new(secret).sign(&mut l);
+    l
+}
+
+fn flipped_sig(mut l: Lsa) -> Lsa {
+    l.sig[63] ^= 1;
+    l
+}
+
+#[test]
+fn a_neighbours_forged_invented_or_replayed_link_state_changes_nothing() {
+    let links = ladder();
+    let mut net = Net::new(&links, Protocol::Shortest.id(), None);
+    net.run_for(1_200_000, 500);
+    let now = net.now;
+    // Node 1, a neighbour of 2 holding their link's key, turned hostile.
+    let wall = 1_000 + now;
+    let down = |peer| vec![LinkReport { peer, status: LinkStatus::Down, ..Default::default() }];
+    let genuine = net.host(2).router.lsdb.lsas().find(|l| l.origin == 3).cloned().expect("3's link state at 2");
+    let own_old = net.host(2).router.own_lsa.clone().expect("2 advertised");
+    let mut tampered = genuine.clone();
+    tampered.links = down(6);
+    let mut tampered_newer = tampered.clone();
+    tampered_newer.seq += 100_000;
+    let hostile = [
+        (signed_lsa_with(&sim::lsa_secret(1), 3, wall + 100_000, down(2)), "bad_signature"),
+        (tampered, "stale_lsa"),
+        (tampered_newer, "bad_signature"),
+        (flipped_sig(signed_lsa(3, wall + 100_000, down(2))), "bad_signature"),
+        (signed_lsa_with(&sim::lsa_secret(1), 99, wall, down(1)), "unknown_origin"),
+        (signed_lsa(3, genuine.seq - 1, down(2)), "stale_lsa"),
+        (signed_lsa(3, genuine.seq + 1_000, down(2)), "lsa_rate"),
+        (genuine, ""),
+        (own_old, ""),
+    ];
+    let b = &mut net.host(2).router;
+    let (before, topology) = (*b.stats(), b.topology().clone());
+    let held: Vec<Lsa> = b.lsdb.lsas().cloned().collect();
+    let mut expected = before;
+    for (k, (lsa, why)) in hostile.iter().enumerate() {
+        let mut payload = Vec::new();
+        Control::LinkState(lsa.clone()).encode(&mut payload);
+        let seq = 1 << 40 | k as u64;
+        let f = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, FLAG_CONTROL, 1, 1, 2), &[], &payload, seq);
+        b.ports()[0].link().inject(&f);
+        b.poll_links(now);
+        let names = crate::router::DROP_NAMES;
+        if let Some(i) = names.iter().position(|n| n == why) {
+            let mut v = expected.drops.values();
+            v[i] += 1;
+            assert_eq!(b.stats().drops.values(), v, "message {k} counted as {why}");
+        }
+        expected.drops = b.stats().drops;
+    }
+    assert_eq!((b.stats().lsas_accepted, b.stats().topology_changes), (before.lsas_accepted, before.topology_changes));
+    assert_eq!(b.topology(), &topology);
+    assert_eq!(b.lsdb.lsas().cloned().collect::<Vec<_>>(), held);
+    assert!(b.links_idle(), "nothing refused was flooded on");
+    // The origin's own next word is taken.
+    let mut payload = Vec::new();
+    Control::LinkState(signed_lsa(3, wall + 100_000, down(2))).encode(&mut payload);
+    let f = neighbour_frame(&links, 0, 1, repr(Protocol::Shortest, FLAG_CONTROL, 1, 1, 2), &[], &payload, 1 << 41);
+    assert_eq!(b.receive(0, &f, now), Ok(()));
+    assert_eq!(b.stats().lsas_accepted, before.lsas_accepted + 1);
+    assert!(b.topology().link(2, 3).is_none());
 }
 
 #[test]

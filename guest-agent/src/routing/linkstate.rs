@@ -15,10 +15,18 @@
 //! re-floods new ones, and forgets those not refreshed within
 //! [`LSA_MAX_AGE_US`]. [`LinkStateDb::effective`] turns the configured
 //! topology plus what is measured into the topology routing runs on.
+//!
+//! Every advertisement is signed by its origin ([`super::lsa_sign`]) and
+//! numbered by the origin's wall clock, so what a node takes in
+//! ([`LinkStateDb::offer`]) is the origin's own word, newer than what it
+//! holds, recent by its own clock, and no more frequent than an origin
+//! advertises: a forged, replayed or invented advertisement changes
+//! nothing.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use super::lsa_sign::{LsaKeys, VerifyBudget};
 use super::{Link, NodeId, Topology};
 
 /// How often a node probes each link.
@@ -41,6 +49,19 @@ pub const MIN_RTT_SAMPLES: usize = 4;
 pub const LSA_MAX_AGE_US: u64 = 3_000_000;
 /// A node re-advertises at least this often.
 pub const LSA_REFRESH_US: u64 = 1_000_000;
+/// A node advertises at most this often, however its links flap.
+pub const LSA_MIN_INTERVAL_US: u64 = 50_000;
+/// Advertisements of one origin numbered closer together than this are
+/// refused: an origin keeps [`LSA_MIN_INTERVAL_US`], so only a flapping or
+/// hostile origin would, and each would cost a verification and a route
+/// computation.
+pub const LSA_MIN_GAP_US: u64 = 25_000;
+/// How far the hosts' wall clocks may disagree. An advertisement numbered
+/// more than this ahead of the receiver's clock, or older than
+/// [`LSA_MAX_AGE_US`] plus this, is stale: a node that restarted (and so
+/// holds no newest number) cannot be fed an advertisement recorded long
+/// ago.
+pub const LSA_CLOCK_SKEW_US: u64 = 10_000_000;
 
 const PROBES_KEPT: usize = 32;
 const RTTS_KEPT: usize = 32;
@@ -186,25 +207,43 @@ impl LinkMonitor {
 pub struct Lsa {
     /// The advertising node.
     pub origin: NodeId,
-    /// Increases with every advertisement of the origin.
-    pub seq: u32,
+    /// The origin's wall clock when it advertised (µs since the Unix
+    /// epoch), raised past its last number: increases across restarts.
+    pub seq: u64,
     /// Its links.
     pub links: Vec<LinkReport>,
+    /// The origin's Ed25519 signature over the rest.
+    pub sig: [u8; 64],
 }
 
 /// Why an advertisement was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MalformedLsa;
 
-const LSA_HDR: usize = 7;
+/// Why [`LinkStateDb::offer`] refused a well-formed advertisement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LsaRefusal {
+    /// No key is configured for its origin.
+    UnknownOrigin,
+    /// The signature is not the origin's.
+    BadSignature,
+    /// Older than the origin's newest, or outside the clock window.
+    Stale,
+    /// Too soon after the origin's last, or the port's verification
+    /// budget is spent.
+    RateLimited,
+}
+
+const LSA_HDR: usize = 11;
 const REPORT_LEN: usize = 9;
+const SIG_LEN: usize = 64;
 /// Most links one advertisement carries.
 pub const MAX_LSA_LINKS: usize = 32;
 
 impl Lsa {
-    /// Appends the encoding (origin, seq, count, then per link: peer,
-    /// latency, loss, status; big-endian).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends what the signature covers: origin, seq, count, then per
+    /// link: peer, latency, loss, status (big-endian).
+    pub fn encode_signed_part(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.origin.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.push(self.links.len().min(MAX_LSA_LINKS) as u8);
@@ -216,23 +255,36 @@ impl Lsa {
         }
     }
 
+    /// Appends the encoding: the signed part, then the signature.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_signed_part(out);
+        out.extend_from_slice(&self.sig);
+    }
+
     /// Decodes what `encode` wrote; any inconsistency is an error.
     pub fn decode(b: &[u8]) -> Result<Self, MalformedLsa> {
         let h = b.get(..LSA_HDR).ok_or(MalformedLsa)?;
-        let n = h[6] as usize;
-        if n > MAX_LSA_LINKS || b.len() != LSA_HDR + n * REPORT_LEN {
+        let n = h[10] as usize;
+        if n > MAX_LSA_LINKS || b.len() != LSA_HDR + n * REPORT_LEN + SIG_LEN {
             return Err(MalformedLsa);
         }
+        let (reports, sig) = b[LSA_HDR..].split_at(n * REPORT_LEN);
         let mut links = Vec::with_capacity(n);
-        for r in b[LSA_HDR..].chunks_exact(REPORT_LEN) {
+        for r in reports.chunks_exact(REPORT_LEN) {
+            // Loss is taken as sent (the signature covers the bytes);
+            // `effective` clamps it.
             links.push(LinkReport {
                 peer: u16::from_be_bytes([r[0], r[1]]),
                 latency_us: u32::from_be_bytes([r[2], r[3], r[4], r[5]]),
-                loss_permille: u16::from_be_bytes([r[6], r[7]]).min(1000),
+                loss_permille: u16::from_be_bytes([r[6], r[7]]),
                 status: LinkStatus::from_u8(r[8]).ok_or(MalformedLsa)?,
             });
         }
-        Ok(Self { origin: u16::from_be_bytes([h[0], h[1]]), seq: u32::from_be_bytes([h[2], h[3], h[4], h[5]]), links })
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&h[2..10]);
+        let mut s = [0u8; SIG_LEN];
+        s.copy_from_slice(sig);
+        Ok(Self { origin: u16::from_be_bytes([h[0], h[1]]), seq: u64::from_be_bytes(seq), links, sig: s })
     }
 }
 
@@ -240,31 +292,66 @@ impl Lsa {
 #[derive(Debug, Clone, Default)]
 pub struct LinkStateDb {
     base: Vec<Link>,
+    keys: LsaKeys,
+    /// Held advertisements, with when they were received.
     lsas: BTreeMap<NodeId, (u64, Lsa)>,
+    /// The newest number taken in per origin, kept after its
+    /// advertisement ages out (so a replay of it is still refused); one
+    /// entry per configured origin at most.
+    newest: BTreeMap<NodeId, u64>,
 }
 
 impl LinkStateDb {
-    /// A database over the configured topology.
-    pub fn new(base: &Topology) -> Self {
-        Self { base: base.links().to_vec(), lsas: BTreeMap::new() }
+    /// A database over the configured topology, taking advertisements
+    /// from the origins of `keys`.
+    pub fn new(base: &Topology, keys: LsaKeys) -> Self {
+        Self { base: base.links().to_vec(), keys, lsas: BTreeMap::new(), newest: BTreeMap::new() }
     }
 
-    /// Stores `lsa` received at `now` if it is newer than what is known of
-    /// its origin (or that has aged out); true if stored, i.e. it should
-    /// be flooded on. An advertisement claiming to be from `me` is never
-    /// stored.
-    pub fn accept(&mut self, me: NodeId, now: u64, lsa: Lsa) -> bool {
+    /// Offers `lsa`, received at `now` (router time) when the wall clock
+    /// reads `wall_us`. `Ok(true)`: stored, so it should be flooded on;
+    /// `Ok(false)`: a copy of what is held, or this node's own. A refusal
+    /// changes nothing. Cheap checks come first; the signature is checked
+    /// last, out of the sending port's `budget`.
+    pub fn offer(
+        &mut self,
+        me: NodeId,
+        now: u64,
+        wall_us: u64,
+        lsa: Lsa,
+        budget: &mut VerifyBudget,
+    ) -> Result<bool, LsaRefusal> {
         if lsa.origin == me {
-            return false;
+            return Ok(false);
         }
-        let newer = match self.lsas.get(&lsa.origin) {
-            None => true,
-            Some((at, old)) => lsa.seq > old.seq || now.saturating_sub(*at) > LSA_MAX_AGE_US,
-        };
-        if newer {
-            self.lsas.insert(lsa.origin, (now, lsa));
+        if !self.keys.knows(lsa.origin) {
+            return Err(LsaRefusal::UnknownOrigin);
         }
-        newer
+        let oldest = wall_us.saturating_sub(LSA_MAX_AGE_US + LSA_CLOCK_SKEW_US);
+        if lsa.seq < oldest || lsa.seq > wall_us.saturating_add(LSA_CLOCK_SKEW_US) {
+            return Err(LsaRefusal::Stale);
+        }
+        if let Some(&newest) = self.newest.get(&lsa.origin) {
+            if lsa.seq == newest && self.lsas.get(&lsa.origin).is_some_and(|(_, held)| *held == lsa) {
+                return Ok(false);
+            }
+            // An origin never signs two advertisements under one number.
+            if lsa.seq <= newest {
+                return Err(LsaRefusal::Stale);
+            }
+            if lsa.seq < newest.saturating_add(LSA_MIN_GAP_US) {
+                return Err(LsaRefusal::RateLimited);
+            }
+        }
+        if !budget.take(now) {
+            return Err(LsaRefusal::RateLimited);
+        }
+        if !self.keys.verify(&lsa) {
+            return Err(LsaRefusal::BadSignature);
+        }
+        self.newest.insert(lsa.origin, lsa.seq);
+        self.lsas.insert(lsa.origin, (now, lsa));
+        Ok(true)
     }
 
     /// Every advertisement held.
@@ -334,6 +421,7 @@ pub fn significant_change(last: &[LinkReport], now: &[LinkReport]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lsa_sign;
     use super::*;
     use alloc::vec;
 
@@ -395,16 +483,39 @@ mod tests {
         assert_eq!(was.report(2_000_000).status, LinkStatus::Down);
     }
 
+    /// Wall clock of the tests (any recent time).
+    const WALL: u64 = 1_700_000_000_000_000;
+
+    fn secret(n: NodeId) -> [u8; 32] {
+        [n as u8; 32]
+    }
+
+    /// A database at node 1 that knows nodes 2 and 3.
+    fn db() -> LinkStateDb {
+        let keys = LsaKeys::new(&[(2, lsa_sign::public_key(&secret(2))), (3, lsa_sign::public_key(&secret(3)))]);
+        LinkStateDb::new(&mesh(), keys)
+    }
+
+    fn signed(origin: NodeId, seq: u64, links: Vec<LinkReport>) -> Lsa {
+        let mut l = Lsa { origin, seq, links, sig: [0; 64] };
+        lsa_sign::LsaSigner::new(&secret(origin)).sign(&mut l);
+        l
+    }
+
+    fn offer(db: &mut LinkStateDb, now: u64, lsa: Lsa) -> Result<bool, LsaRefusal> {
+        db.offer(1, now, WALL + now, lsa, &mut VerifyBudget::new(now))
+    }
+
     #[test]
     fn lsa_round_trips_and_refuses_garbage() {
-        let lsa = Lsa {
-            origin: 12,
-            seq: 7,
-            links: vec![
+        let lsa = signed(
+            12,
+            WALL,
+            vec![
                 LinkReport { peer: 11, status: LinkStatus::Down, latency_us: 0, loss_permille: 1000 },
                 LinkReport { peer: 3, status: LinkStatus::Up, latency_us: 150, loss_permille: 20 },
             ],
-        };
+        );
         let mut b = Vec::new();
         lsa.encode(&mut b);
         assert_eq!(Lsa::decode(&b), Ok(lsa));
@@ -412,28 +523,72 @@ mod tests {
             assert_eq!(Lsa::decode(&b[..n]), Err(MalformedLsa), "prefix {n}");
         }
         let mut bad = b.clone();
-        *bad.last_mut().unwrap() = 9;
-        assert_eq!(Lsa::decode(&bad), Err(MalformedLsa));
+        bad[LSA_HDR + 2 * REPORT_LEN - 1] = 9;
+        assert_eq!(Lsa::decode(&bad), Err(MalformedLsa), "no such status");
     }
 
     #[test]
-    fn only_newer_advertisements_are_stored_until_they_age_out() {
-        let mut db = LinkStateDb::new(&mesh());
-        let lsa = |seq| Lsa { origin: 2, seq, links: vec![] };
-        assert!(db.accept(1, 0, lsa(5)));
-        assert!(!db.accept(1, 10, lsa(5)), "a flooded copy is not re-flooded");
-        assert!(!db.accept(1, 10, lsa(4)));
-        assert!(db.accept(1, 10, lsa(6)));
-        // A restarted origin counts from 1 again; its old state ages out.
-        assert!(db.accept(1, 10 + LSA_MAX_AGE_US + 1, lsa(1)));
-        assert!(!db.accept(1, 0, Lsa { origin: 1, seq: 99, links: vec![] }), "own origin");
+    fn only_newer_advertisements_are_stored_and_a_replay_stays_refused_after_they_age_out() {
+        let mut db = db();
+        let ms = 1_000;
+        let first = signed(2, WALL, vec![]);
+        assert_eq!(offer(&mut db, 0, first.clone()), Ok(true));
+        assert_eq!(offer(&mut db, 10, first.clone()), Ok(false), "a flooded copy is not re-flooded");
+        assert_eq!(offer(&mut db, 10, signed(2, WALL - 100 * ms, vec![])), Err(LsaRefusal::Stale));
+        assert_eq!(offer(&mut db, 10, signed(2, WALL + 10 * ms, vec![])), Err(LsaRefusal::RateLimited));
+        assert_eq!(offer(&mut db, 10, signed(2, WALL + 60 * ms, vec![])), Ok(true));
+        // Aged out, its number is still known: the old one stays refused.
+        assert!(db.expire(10 + LSA_MAX_AGE_US + 1));
+        assert_eq!(db.lsas().count(), 0);
+        assert_eq!(offer(&mut db, LSA_MAX_AGE_US + 20, first), Err(LsaRefusal::Stale));
+        assert_eq!(offer(&mut db, 0, signed(1, WALL, vec![])), Ok(false), "own origin");
+    }
+
+    #[test]
+    fn forged_invented_or_long_recorded_advertisements_change_nothing() {
+        let mut db = db();
+        let down = LinkReport { peer: 3, status: LinkStatus::Down, ..Default::default() };
+        // Node 3 signing for node 2, and a signature over other links.
+        let mut forged = signed(3, WALL, vec![down]);
+        forged.origin = 2;
+        assert_eq!(offer(&mut db, 0, forged), Err(LsaRefusal::BadSignature));
+        let mut altered = signed(2, WALL, vec![]);
+        altered.links.push(down);
+        assert_eq!(offer(&mut db, 0, altered), Err(LsaRefusal::BadSignature));
+        assert_eq!(offer(&mut db, 0, signed(9, WALL, vec![down])), Err(LsaRefusal::UnknownOrigin));
+        // Recorded long ago, or numbered far ahead to lock the origin out.
+        let long_ago = WALL - LSA_MAX_AGE_US - LSA_CLOCK_SKEW_US - 1;
+        assert_eq!(offer(&mut db, 0, signed(2, long_ago, vec![down])), Err(LsaRefusal::Stale));
+        let ahead = WALL + LSA_CLOCK_SKEW_US + 1;
+        assert_eq!(offer(&mut db, 0, signed(2, ahead, vec![down])), Err(LsaRefusal::Stale));
+        assert_eq!(db.lsas().count(), 0);
+        assert_eq!(db.effective(1, &[]).links(), mesh().links());
+        // The origin's own word still gets in.
+        assert_eq!(offer(&mut db, 0, signed(2, WALL, vec![down])), Ok(true));
+        assert_eq!(db.effective(1, &[]).links().len(), 3);
+    }
+
+    #[test]
+    fn a_port_that_spent_its_verifications_waits_and_nothing_is_stored_meanwhile() {
+        let mut db = db();
+        let mut budget = VerifyBudget::new(0);
+        let mut forged = signed(2, WALL, vec![]);
+        forged.sig[0] ^= 1;
+        for k in 0..lsa_sign::VERIFY_BURST as u64 {
+            let l = Lsa { seq: WALL + k * LSA_MIN_GAP_US, ..forged.clone() };
+            assert_eq!(db.offer(1, 0, WALL, l, &mut budget), Err(LsaRefusal::BadSignature));
+        }
+        let good = signed(3, WALL, vec![]);
+        assert_eq!(db.offer(1, 0, WALL, good.clone(), &mut budget), Err(LsaRefusal::RateLimited));
+        assert_eq!(db.lsas().count(), 0);
+        assert_eq!(db.offer(1, 100_000, WALL, good, &mut budget), Ok(true), "the budget refills");
     }
 
     #[test]
     fn a_link_either_end_reports_down_leaves_the_topology() {
-        let mut db = LinkStateDb::new(&mesh());
+        let mut db = db();
         let down = LinkReport { peer: 2, status: LinkStatus::Down, ..Default::default() };
-        db.accept(1, 0, Lsa { origin: 3, seq: 1, links: vec![down] });
+        assert_eq!(offer(&mut db, 0, signed(3, WALL, vec![down])), Ok(true));
         let t = db.effective(1, &[]);
         assert_eq!(t.links().len(), 3);
         assert!(!t.links().iter().any(|l| (l.a, l.b) == (2, 3)));
@@ -447,9 +602,9 @@ mod tests {
 
     #[test]
     fn measured_latency_raises_the_metric_and_loss_lowers_bandwidth() {
-        let mut db = LinkStateDb::new(&mesh());
+        let mut db = db();
         let slow = LinkReport { peer: 3, status: LinkStatus::Up, latency_us: 100_000, loss_permille: 500 };
-        db.accept(1, 0, Lsa { origin: 2, seq: 1, links: vec![slow] });
+        assert_eq!(offer(&mut db, 0, signed(2, WALL, vec![slow])), Ok(true));
         let t = db.effective(1, &[LinkReport { peer: 2, status: LinkStatus::Up, latency_us: 4_500, loss_permille: 0 }]);
         let l12 = t.links().iter().find(|l| (l.a, l.b) == (1, 2)).unwrap();
         assert_eq!(l12.latency_us, 100, "measurement noise does not move the configured latency");

@@ -16,6 +16,7 @@
 
 pub mod disjoint;
 pub mod linkstate;
+pub mod lsa_sign;
 pub mod multipath;
 pub mod onion;
 pub mod pathset;

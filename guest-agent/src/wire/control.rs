@@ -97,6 +97,7 @@ mod tests {
             origin: 3,
             seq: 9,
             links: vec![LinkReport { peer: 1, status: LinkStatus::Up, ..Default::default() }],
+            sig: [5; 64],
         };
         for m in [
             Control::Probe { seq: 1, sent_us: 2 },

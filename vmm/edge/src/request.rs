@@ -219,7 +219,7 @@ mod tests {
     use guest_agent::wire::LinkKey;
 
     #[test]
-    fn a_request_vm_gets_its_own_ids_keys_only_and_no_onion_secret() {
+    fn a_request_vm_gets_its_own_ids_keys_only_and_no_secret_of_the_node() {
         let port = |iface: &str, tx: u32, key: &str| {
             format!(
                 "[[port]]\niface = \"{iface}\"\ntap = \"t{iface}\"\nmac = \"02:00:00:00:00:01\"\npeer = 2\n\
@@ -229,9 +229,10 @@ mod tests {
             )
         };
         let text = format!(
-            "id = 1\nhop_limit = 8\nmem_mib = 64\nonion_secret = \"{}\"\n{}{}[[link]]\na = 1\nb = 2\n\
-             latency_us = 1\nbandwidth_mbps = 1\n",
+            "id = 1\nhop_limit = 8\nmem_mib = 64\nonion_secret = \"{}\"\nlsa_secret = \"{}\"\n{}{}[[link]]\n\
+             a = 1\nb = 2\nlatency_us = 1\nbandwidth_mbps = 1\n",
             "05".repeat(32),
+            "06".repeat(32),
             port("ln0", 100, "0a"),
             port("ln1", 300, "0b")
         );
@@ -239,6 +240,7 @@ mod tests {
         let spec = RequestSpec { flow: 7, dst: 2, target: "x:1".into(), protocol: 1, slot: 3, avoid: vec![] };
         let cfg = request_config(&edge, &spec).unwrap();
         assert_eq!(cfg.onion_secret, [0; 32], "the onion secret stays on the host");
+        assert_eq!(cfg.lsa_secret, [0; 32], "so does the link-state secret");
         for (p, (first, link_key)) in cfg.ports.iter().zip([(100, [0x0a; 32]), (300, [0x0b; 32])]) {
             assert_eq!(p.tx_link_id, guest_agent::router::auth::request_link_id(first, 100, 3));
             assert_eq!(p.scope, KeyScope::Own);

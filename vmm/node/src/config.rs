@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use guest_agent::node::{KeyScope, NodeConfig, PortConfig, MAX_PORTS};
 use guest_agent::router::is_reserved_source;
+use guest_agent::routing::lsa_sign;
 use guest_agent::routing::{Link, NodeId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -106,13 +107,14 @@ pub struct HostAddrs {
     pub addrs: Vec<String>,
 }
 
-/// One node's static onion public key.
+/// One node's public key: its onion key (X25519) in `onion_key`, its
+/// link-state signing key (Ed25519) in `lsa_key`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct OnionKeySpec {
+pub struct PublicKeySpec {
     /// The node.
     pub node: NodeId,
-    /// Its X25519 public key, hex.
+    /// The public key, hex.
     pub public: String,
 }
 
@@ -145,7 +147,16 @@ pub struct NodeFile {
     pub onion_secret: String,
     /// Every node's onion public key (sources build circuits with them).
     #[serde(default)]
-    pub onion_key: Vec<OnionKeySpec>,
+    pub onion_key: Vec<PublicKeySpec>,
+    /// This node's Ed25519 secret for signing its link-state
+    /// advertisements, hex; `topo up` makes one. Without it the node
+    /// routes on what it measures itself and advertises nothing.
+    #[serde(default)]
+    pub lsa_secret: String,
+    /// Every node's link-state public key: only advertisements signed by
+    /// one of these origins are taken in.
+    #[serde(default)]
+    pub lsa_key: Vec<PublicKeySpec>,
     /// Services streams ending here may be connected to, each
     /// `ADDR/PREFIX:PORTS` (PORTS: `N`, `LOW-HIGH` or `*`). Empty: this
     /// host's own addresses (its `[[host]]` entry) and loopback, any port.
@@ -172,6 +183,14 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 fn parse_key(s: &str) -> Result<[u8; 32], String> {
     vmm::random::parse_hex32(s, "a link key")
+}
+
+/// `(node, key)` of hex public keys, each named `what` in errors.
+fn public_keys(specs: &[PublicKeySpec], what: &str) -> Result<Vec<(NodeId, [u8; 32])>, String> {
+    specs
+        .iter()
+        .map(|k| Ok((k.node, vmm::random::parse_hex32(&k.public, &format!("{what} of node {}", k.node))?)))
+        .collect()
 }
 
 impl NodeFile {
@@ -244,12 +263,24 @@ impl NodeFile {
             "" => [0; 32],
             s => vmm::random::parse_hex32(s, "onion_secret").map_err(NodeFileError::Invalid)?,
         };
-        let directory = self
-            .onion_key
-            .iter()
-            .map(|k| Ok((k.node, vmm::random::parse_hex32(&k.public, &format!("onion key of node {}", k.node))?)))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(NodeFileError::Invalid)?;
+        let directory = public_keys(&self.onion_key, "onion key").map_err(NodeFileError::Invalid)?;
+        let lsa_secret = match self.lsa_secret.as_str() {
+            "" => [0; 32],
+            s => vmm::random::parse_hex32(s, "lsa_secret").map_err(NodeFileError::Invalid)?,
+        };
+        let lsa_keys = public_keys(&self.lsa_key, "link-state key").map_err(NodeFileError::Invalid)?;
+        if let Some((n, _)) = lsa_keys.iter().find(|(_, k)| !lsa_sign::is_public_key(k)) {
+            return Err(NodeFileError::Invalid(format!("link-state key of node {n} is not an Ed25519 public key")));
+        }
+        if lsa_secret != [0; 32] {
+            let public = lsa_sign::public_key(&lsa_secret);
+            if lsa_keys.iter().any(|&(n, k)| n == self.id && k != public) {
+                return Err(NodeFileError::Invalid(format!(
+                    "lsa_secret does not match node {}'s own lsa_key: the file mixes two topologies",
+                    self.id
+                )));
+            }
+        }
         let cfg = NodeConfig {
             me: self.id,
             hop_limit: self.hop_limit,
@@ -262,6 +293,8 @@ impl NodeFile {
             seed: vmm::random::bytes(),
             onion_secret,
             directory,
+            lsa_secret,
+            lsa_keys,
         };
         if cfg.encoded_len() > guest_agent::boot::ARGS_LEN {
             return Err(NodeFileError::Invalid(format!(
@@ -310,12 +343,28 @@ mod tests {
             }],
             link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],
             onion_secret: "02".repeat(32),
-            onion_key: vec![OnionKeySpec { node: 1, public: "03".repeat(32) }],
+            onion_key: vec![PublicKeySpec { node: 1, public: "03".repeat(32) }],
+            lsa_secret: "04".repeat(32),
+            lsa_key: vec![
+                PublicKeySpec { node: 1, public: vmm::random::hex(&lsa_sign::public_key(&[5; 32])) },
+                PublicKeySpec { node: 2, public: vmm::random::hex(&lsa_sign::public_key(&[4; 32])) },
+            ],
             allow: vec![],
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));
         assert_eq!((c.onion_secret, c.directory.clone()), ([2; 32], vec![(1, [3; 32])]));
+        assert_eq!((c.lsa_secret, c.lsa_keys[0]), ([4; 32], (1, lsa_sign::public_key(&[5; 32]))));
+        let other = NodeFile { lsa_secret: "06".repeat(32), ..f.clone() };
+        assert!(other.node_config().unwrap_err().to_string().contains("does not match node 2's own lsa_key"));
+        let mut no_point = f.clone();
+        // y = 2 has no x on the curve.
+        no_point.lsa_key[0].public = format!("02{}", "00".repeat(31));
+        assert!(
+            no_point.node_config().unwrap_err().to_string().contains("not an Ed25519 public key"),
+            "{:?}",
+            no_point.node_config()
+        );
         assert_ne!(c.seed, f.node_config().unwrap().seed, "a fresh seed per boot");
         let bad = NodeFile { protocol: "onion".into(), ..f.clone() };
         assert!(bad.node_config().unwrap_err().to_string().contains("carries streams from an edge"));

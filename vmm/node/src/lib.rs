@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use events::{micros, Counters, Event, EventSink};
 
-pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, OnionKeySpec, PortBackend, PortSpec, TopoLinkSpec};
+pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, PublicKeySpec, TopoLinkSpec};
 pub use plumbing::{Intake, IntakeError};
 
 use guest_agent::boot::Role;

@@ -21,7 +21,7 @@ use thiserror::Error;
 
 pub use file::{HostSpec, LinkSpec, TopologyFile};
 
-use node::{HostAddrs, NodeFile, OnionKeySpec, PortSpec, TopoLinkSpec};
+use node::{HostAddrs, NodeFile, PortSpec, PublicKeySpec, TopoLinkSpec};
 
 /// Each side of a link may send under 2^16 directed link ids.
 const LINK_SPAN_BITS: u32 = 16;
@@ -358,14 +358,11 @@ impl Topo {
         // Every host's static onion key; each node gets its secret and
         // everyone's public key.
         let onion: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
-        let directory: Vec<OnionKeySpec> = self
-            .file
-            .hosts
-            .iter()
-            .zip(&onion)
-            .map(|(h, s)| OnionKeySpec { node: h.id, public: vmm::random::hex(&guest_agent::onion::public_key(s)) })
-            .collect();
-        for (h, secret) in self.file.hosts.iter().zip(&onion) {
+        let directory = self.public_keys(&onion, guest_agent::onion::public_key);
+        // And its link-state signing key, the same way.
+        let lsa: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
+        let lsa_keys = self.public_keys(&lsa, guest_agent::routing::lsa_sign::public_key);
+        for ((h, secret), lsa_secret) in self.file.hosts.iter().zip(&onion).zip(&lsa) {
             let mut ports = Vec::new();
             for (i, l) in self.file.links.iter().enumerate() {
                 let (end, peer) = if l.a == h.name {
@@ -404,6 +401,8 @@ impl Topo {
                 link: links.clone(),
                 onion_secret: vmm::random::hex(secret),
                 onion_key: directory.clone(),
+                lsa_secret: vmm::random::hex(lsa_secret),
+                lsa_key: lsa_keys.clone(),
                 allow: Vec::new(),
             };
             let path = self.node_config_path(&h.name);
@@ -411,6 +410,17 @@ impl Topo {
             write_secret(&path, &text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
         }
         Ok(())
+    }
+
+    /// Every host's public key of `secrets` (in host order), as the node
+    /// files list them.
+    fn public_keys(&self, secrets: &[[u8; 32]], public: fn(&[u8; 32]) -> [u8; 32]) -> Vec<PublicKeySpec> {
+        self.file
+            .hosts
+            .iter()
+            .zip(secrets)
+            .map(|(h, s)| PublicKeySpec { node: h.id, public: vmm::random::hex(&public(s)) })
+            .collect()
     }
 
     /// Removes every namespace of this topology, ending the processes in
@@ -499,5 +509,28 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/topologies/line3.toml");
         assert!(Topo::load(&p, Some("has-dash")).is_err());
         assert!(Topo::load(&p, Some("waytoolongname")).is_err());
+    }
+
+    #[test]
+    fn every_node_signs_with_its_own_key_and_every_node_knows_all_of_them() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/topologies/line3.toml");
+        let t = Topo::load(&p, Some(&format!("k{}", std::process::id() % 10_000_000))).unwrap();
+        t.write_node_configs().unwrap();
+        let configs: Vec<_> = t
+            .file
+            .hosts
+            .iter()
+            .map(|h| NodeFile::load(&t.node_config_path(&h.name)).unwrap().node_config().unwrap())
+            .collect();
+        let _ = fs::remove_dir_all(t.node_config_path("x").parent().unwrap());
+        let publics: Vec<_> =
+            configs.iter().map(|c| (c.me, guest_agent::routing::lsa_sign::public_key(&c.lsa_secret))).collect();
+        for c in &configs {
+            assert_eq!(c.lsa_keys, publics, "node {} knows every origin's key", c.me);
+        }
+        let mut secrets: Vec<_> = configs.iter().map(|c| c.lsa_secret).collect();
+        secrets.sort();
+        secrets.dedup();
+        assert_eq!(secrets.len(), configs.len(), "one secret per node");
     }
 }
