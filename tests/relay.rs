@@ -172,6 +172,14 @@ fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
     (p["tx_link_id"].as_integer().unwrap() as u32, key.try_into().unwrap())
 }
 
+/// The link-state signing secret of a node config.
+fn lsa_secret_of(config: &Path) -> [u8; 32] {
+    let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let hex = v["lsa_secret"].as_str().expect("lsa_secret");
+    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    key.try_into().unwrap()
+}
+
 /// An Ethernet frame carrying a sealed overlay packet.
 fn frame(link_id: u32, seq: u64, key: &LinkKey, dst: u16, payload: &[u8]) -> Vec<u8> {
     frame_of(Protocol::Shortest, 0, link_id, seq, key, dst, payload)
@@ -235,7 +243,14 @@ fn inject_every(ns: &str, iface: &str, frames: Vec<Vec<u8>>, interval: Duration)
 /// theirs, `t` the clock after B started), then another valid one. Both valid ones must reach C and B must keep
 /// running; returns B's node counters.
 fn relay_between_valid_frames(hostile: impl FnOnce(u32, &LinkKey, u64) -> Vec<Vec<u8>>) -> serde_json::Value {
-    let topo = TopoGuard::up("line3.toml");
+    relay_between_valid_frames_on(&TopoGuard::up("line3.toml"), hostile)
+}
+
+/// The same on a line3 already up.
+fn relay_between_valid_frames_on(
+    topo: &TopoGuard,
+    hostile: impl FnOnce(u32, &LinkKey, u64) -> Vec<Vec<u8>>,
+) -> serde_json::Value {
     let dir = TempDir::new();
     let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
     let mut c = topo.start_node("c", 3, &mc);
@@ -307,6 +322,44 @@ fn hostile_onion_cells_and_control_messages_are_counted_drops_and_the_relay_keep
         (Some(1), Some(1), Some(2)),
         "{node}"
     );
+}
+
+#[test]
+fn link_state_forged_by_a_neighbour_is_refused_and_the_relay_keeps_its_routes() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    use guest_agent::routing::linkstate::{LinkReport, LinkStatus, Lsa};
+    use guest_agent::routing::lsa_sign::LsaSigner;
+    use guest_agent::wire::control::Control;
+    let topo = TopoGuard::up("line3.toml");
+    // A holds its link key and its own signing key, not C's: it claims
+    // C's link to B is down, as C and as an origin nobody configured.
+    let a_secret = lsa_secret_of(&topo.node_config("a"));
+    let node = relay_between_valid_frames_on(&topo, |link, key, t| {
+        let lsa = |origin: u16, seq: u64| {
+            let mut l = Lsa {
+                origin,
+                seq,
+                links: vec![LinkReport { peer: 2, status: LinkStatus::Down, latency_us: 0, loss_permille: 1000 }],
+                sig: [0; 64],
+            };
+            LsaSigner::new(&a_secret).sign(&mut l);
+            let mut payload = Vec::new();
+            Control::LinkState(l).encode(&mut payload);
+            payload
+        };
+        let control =
+            |seq: u64, payload: &[u8]| frame_of(Protocol::Shortest, FLAG_CONTROL, link, t + seq, key, 2, payload);
+        // Numbered a second ahead: newer than anything C sent.
+        let ahead = wall_us() + 1_000_000;
+        let mut frames: Vec<Vec<u8>> = (0..5).map(|k| control(2 + k, &lsa(3, ahead + k * 100_000))).collect();
+        frames.push(control(10, &lsa(99, ahead)));
+        frames
+    });
+    let d = &node["drops"];
+    assert_eq!((d["bad_signature"].as_u64(), d["unknown_origin"].as_u64()), (Some(5), Some(1)), "{node}");
+    assert!(node["lsas_accepted"].as_u64() >= Some(1), "C's own link state was taken in: {node}");
 }
 
 #[test]
