@@ -64,17 +64,27 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
     let visible_port = http_server(&topo.netns("c"), visible.clone());
     let secret_port = http_server(&topo.netns("c"), secret.clone());
 
-    // Control: under `shortest` an observer of the links reads the bytes.
+    // Under `shortest` the stream is sealed end to end: an observer of the
+    // links sees its frames (headers naming A and C: the control that the
+    // capture sees the stream) but none of its bytes.
     let caps = capture_all(&topo);
     let (code, got) =
-        curl(&topo, &format!("http://c:{visible_port}/shortest-visible-path"), Some("pathvm:latency=require"));
+        curl(&topo, &format!("http://c:{visible_port}/shortest-sealed-path"), Some("pathvm:latency=require"));
     assert_eq!((code, sha256(&got)), (Some(0), sha256(&visible)));
     std::thread::sleep(Duration::from_millis(500));
     let seen = stop_all(caps);
-    assert!(
-        seen.values().flatten().any(|f| contains(f, b"SHORTEST-PLAINTEXT-")),
-        "the capture cannot see plaintext, so it proves nothing"
-    );
+    let end_to_end = seen
+        .values()
+        .flatten()
+        .filter(|f| overlay(std::slice::from_ref(f), 1).len() == 1 && matches!(f[22..26], [0, 1, 0, 3] | [0, 3, 0, 1]))
+        .count();
+    assert!(end_to_end > 1000, "the capture did not see the shortest stream ({end_to_end} frames between A and C)");
+    for (i, a, b) in LINKS {
+        assert!(
+            !seen[&i].iter().any(|f| contains(f, b"SHORTEST-PLAINTEXT-") || contains(f, b"shortest-sealed-path")),
+            "link {a}-{b} carried a shortest stream's bytes in the clear"
+        );
+    }
 
     // The same through an onion circuit.
     let caps = capture_all(&topo);
@@ -123,15 +133,18 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
         assert!(!log.contains(&target) && !log.contains("onion-secret-path"), "{h} logged the destination:\n{log}");
         let mem = dir.0.join(format!("{h}.mem"));
         assert!(std::fs::metadata(&mem).map(|m| m.len() > 1 << 20).unwrap_or(false), "{h}: no memory dump");
-        for needle in ["ONION-PLAINTEXT-", "onion-secret-path", &target] {
+        for needle in ["ONION-PLAINTEXT-", "onion-secret-path", &target, "SHORTEST-PLAINTEXT-"] {
             assert!(!grep(&mem, needle), "relay {h} held {needle:?}");
         }
         let m: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap();
         assert!(m["node"]["circuits"].as_u64().unwrap() >= 1, "{h} relayed no circuit: {m}");
     }
-    // The control again: a relay on the shortest path did hold its plaintext.
-    assert!(grep(&dir.0.join("r1.mem"), "SHORTEST-PLAINTEXT-"), "memory dumps cannot show what a relay held");
+    // The control again: the destination, which opens both streams, did
+    // hold their plaintext.
+    for needle in ["SHORTEST-PLAINTEXT-", "ONION-PLAINTEXT-"] {
+        assert!(grep(&dir.0.join("c.mem"), needle), "memory dumps cannot show what a VM held ({needle})");
+    }
 }
 
 /// `pathvm node` on ladder8's destination and six relays (metrics in

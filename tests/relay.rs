@@ -152,7 +152,9 @@ fn a_link_captured_before_the_receiver_restarted_is_refused_whole_after_it() {
     c.terminate(UP);
     let m = metrics(&dir.0.join("b2.json"));
     let node = &m["node"];
-    assert_eq!(node["drops"]["stale"], n, "every recorded frame refused as from before B's boot: {m}");
+    // At least the recording (a frame C sealed just before B came back may
+    // count too).
+    assert!(node["drops"]["stale"].as_u64() >= Some(n), "every recorded frame refused as from before B's boot: {m}");
     assert_eq!(node["forwarded"], 0, "{m}");
     assert!(m["ports"][0]["rx_frames"].as_u64() >= Some(n), "all of the recording reached B's VM: {m}");
 }

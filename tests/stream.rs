@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use guest_agent::transport::e2e::{self, Binding, E2eSession};
+use guest_agent::transport::stream::MSS;
 use guest_agent::transport::{Segment, Stream, StreamState};
 use guest_agent::wire::{
     seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN,
@@ -16,33 +18,54 @@ use pathvm_tests::*;
 
 const UP: Duration = Duration::from_secs(20);
 
-/// A's port: (tx link id, rx link id, key).
-fn a_port(config: &Path) -> (u32, u32, [u8; 32]) {
-    let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    let p = &v["port"].as_array().unwrap()[0];
-    let hex = p["key"].as_str().unwrap();
-    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    (
-        p["tx_link_id"].as_integer().unwrap() as u32,
-        p["rx_link_id"].as_integer().unwrap() as u32,
-        key.try_into().unwrap(),
-    )
+/// What the test, playing A, needs of A's node config.
+#[derive(Clone)]
+struct APort {
+    tx_link: u32,
+    rx_link: u32,
+    key: [u8; 32],
+    /// C's onion public key, which the stream's end-to-end key agrees with.
+    c_public: [u8; 32],
 }
 
-/// Plays A: opens a stream to `target` on node 3, sends `request`, returns
-/// everything the service sent back (or why it failed).
-fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>) -> Result<Vec<u8>, String> {
+fn hex32(hex: &str) -> [u8; 32] {
+    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    key.try_into().unwrap()
+}
+
+/// A's port and C's onion key, from A's node config.
+fn a_port(config: &Path) -> APort {
+    let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let p = &v["port"].as_array().unwrap()[0];
+    let c = v["onion_key"].as_array().unwrap().iter().find(|k| k["node"].as_integer() == Some(3)).expect("C's key");
+    APort {
+        tx_link: p["tx_link_id"].as_integer().unwrap() as u32,
+        rx_link: p["rx_link_id"].as_integer().unwrap() as u32,
+        key: hex32(p["key"].as_str().unwrap()),
+        c_public: hex32(c["public"].as_str().unwrap()),
+    }
+}
+
+/// Plays A: opens a stream to `target` on node 3 (sealed end to end, as a
+/// request VM seals it), sends `request`, returns everything the service
+/// sent back (or why it failed). With `flip`, the first packet carrying
+/// request bytes has one byte flipped after the end-to-end seal and
+/// before the link seal, as a relay holding the link key could do.
+fn fetch(ns: &str, port: APort, target: String, request: Vec<u8>, flip: bool) -> Result<Vec<u8>, String> {
     in_netns(ns, move || {
-        let (tx_link, rx_link, key) = port;
-        let link_key = LinkKey::new(&key);
-        let (key, rx_key) = (link_key.derive(tx_link), link_key.derive(rx_link));
+        let link_key = LinkKey::new(&port.key);
+        let (key, rx_key) = (link_key.derive(port.tx_link), link_key.derive(port.rx_link));
         let sock = RawSocket::open("ln0").map_err(|e| e.to_string())?;
         let eth = EthAddrs { dst: [2, 0x50, 0, 0, 0, 2], src: [2, 0x50, 0, 0, 0, 1] };
         let flow = 0x5eed_0001;
+        let ephemeral: [u8; 32] = random_bytes(32, wall_us()).try_into().unwrap();
+        let binding = Binding { flow, src: 1, dst: 3 };
+        let mut e2e = E2eSession::initiate(&ephemeral, &port.c_public, binding, wall_us()).ok_or("C's onion key")?;
         let mut stream = Stream::connect(target.as_bytes());
+        stream.set_mss(MSS - e2e::OVERHEAD);
         let (mut seq, mut window) = (wall_us(), ReplayWindow::new());
-        let (mut sent, mut response) = (0usize, Vec::new());
-        let (mut seg, mut frame, mut buf) = (Vec::new(), Vec::new(), vec![0u8; 65536]);
+        let (mut sent, mut response, mut flipped) = (0usize, Vec::new(), !flip);
+        let (mut seg, mut sealed, mut frame, mut buf) = (Vec::new(), Vec::new(), Vec::new(), vec![0u8; 65536]);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
             let now = start.elapsed().as_micros() as u64;
@@ -53,6 +76,15 @@ fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>)
                 }
             }
             while stream.poll_transmit(now, &mut seg) {
+                let data =
+                    Segment::parse(&seg).is_ok_and(|s| !s.data.is_empty() && stream.state() != StreamState::SynSent);
+                sealed.clear();
+                e2e.seal(&seg, &mut sealed);
+                if data && !flipped {
+                    let at = sealed.len() - 20;
+                    sealed[at] ^= 0x01;
+                    flipped = true;
+                }
                 let repr = OverlayRepr {
                     protocol: Protocol::Shortest,
                     flags: FLAG_STREAM,
@@ -61,12 +93,12 @@ fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>)
                     src: 1,
                     dst: 3,
                     state_len: 0,
-                    payload_len: seg.len() as u16,
-                    link_id: tx_link,
+                    payload_len: sealed.len() as u16,
+                    link_id: port.tx_link,
                     link_seq: seq,
                 };
                 seq += 1;
-                seal_frame(&mut frame, eth, &repr, &[], &seg, &key).map_err(|e| format!("{e:?}"))?;
+                seal_frame(&mut frame, eth, &repr, &[], &sealed, &key).map_err(|e| format!("{e:?}"))?;
                 sock.send(&frame).map_err(|e| e.to_string())?;
             }
             stream.read(&mut response, usize::MAX);
@@ -82,12 +114,16 @@ fn fetch(ns: &str, port: (u32, u32, [u8; 32]), target: String, request: Vec<u8>)
             }
             let Ok(p) = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]) else { continue };
             let Ok(r) = OverlayRepr::parse(&p) else { continue };
-            if r.link_id != rx_link || !window.check(r.link_seq) || rx_key.open(&p).is_err() {
+            if r.link_id != port.rx_link || !window.check(r.link_seq) || rx_key.open(&p).is_err() {
                 continue;
             }
             window.accept(r.link_seq);
             if r.flags & FLAG_STREAM != 0 && r.flow_id == flow {
-                if let Ok(s) = Segment::parse(p.payload()) {
+                let mut plain = Vec::new();
+                if e2e.open(p.payload(), &mut plain).is_err() {
+                    continue;
+                }
+                if let Ok(s) = Segment::parse(&plain) {
                     stream.on_segment(start.elapsed().as_micros() as u64, &s);
                 }
             }
@@ -119,7 +155,8 @@ fn a_stream_through_relay_b_fetches_two_mib_intact_from_a_service_on_c() {
     let body = random_bytes(2 << 20, 99);
     let port = serve(&topo.netns("c"), body.clone());
 
-    let got = fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec());
+    let got =
+        fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec(), false);
     let got = got.unwrap();
     assert_eq!(got.len(), body.len());
     assert_eq!(sha256(&got), sha256(&body));
@@ -146,7 +183,8 @@ fn a_stream_survives_five_percent_loss_on_the_b_c_link() {
     let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
     let body = random_bytes(1 << 20, 7);
     let port = serve(&topo.netns("c"), body.clone());
-    let got = fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec());
+    let got =
+        fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec(), false);
     let got = got.unwrap();
     assert_eq!(sha256(&got), sha256(&body), "lossy link corrupted or cut the stream ({} bytes)", got.len());
 }
@@ -161,7 +199,33 @@ fn a_stream_to_a_service_that_is_down_is_reset_not_hung() {
     let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
     let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
     let started = Instant::now();
-    let got = fetch(&topo.netns("a"), a_port(&topo.node_config("a")), "10.231.1.2:1".into(), b"GET\n".to_vec());
+    let got = fetch(&topo.netns("a"), a_port(&topo.node_config("a")), "10.231.1.2:1".into(), b"GET\n".to_vec(), false);
     assert!(got.unwrap_err().starts_with("stream reset"), "a refused service must reset the stream");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_byte_a_relay_flips_in_a_shortest_stream_is_dropped_by_the_destination_and_the_download_completes() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
+    let c = topo.start_node("c", 3, &mc);
+    let b = topo.start_node("b", 2, &mb);
+    let body = random_bytes(1 << 20, 42);
+    let port = serve(&topo.netns("c"), body.clone());
+    // The request's data packet arrives with a valid link tag and one
+    // byte changed: C's VM must drop it, the stream send it again.
+    let got =
+        fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec(), true);
+    let got = got.unwrap();
+    assert_eq!(sha256(&got), sha256(&body), "{} bytes", got.len());
+    b.terminate(UP);
+    c.terminate(UP);
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mc).unwrap()).unwrap();
+    let d = &m["node"]["drops"];
+    assert_eq!(d["bad_e2e"], 1, "C's VM dropped the altered packet, and nothing else: {m}");
+    assert_eq!(d["bad_mac"], 0, "the link tag was valid: {m}");
 }

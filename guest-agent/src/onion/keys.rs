@@ -61,6 +61,18 @@ impl HopKeys {
     }
 }
 
+impl HopKeys {
+    /// What names this hop's create in a replay cache: one create, one
+    /// tag (a share re-encoded into another point of the same class
+    /// agrees the same keys, so the tag comes from them, not the share).
+    pub fn replay_tag(&self) -> [u8; 16] {
+        let d: [u8; 32] = Sha256::new().chain_update(b"pathvm create tag").chain_update(self.mac).finalize().into();
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&d[..16]);
+        t
+    }
+}
+
 /// XORs ChaCha20's keystream for `key` and `nonce` into `data`.
 pub fn xor_keystream(key: &[u8; 32], nonce: &[u8; 12], data: &mut [u8]) {
     let mut c = ChaCha20::new(&(*key).into(), &(*nonce).into());

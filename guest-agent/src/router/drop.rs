@@ -61,6 +61,29 @@ pub enum DropReason {
     /// A link-state advertisement too soon after its origin's last, or
     /// beyond the sending port's verification budget.
     LsaRate,
+    /// A stream packet its end-to-end key did not open: altered on the
+    /// way, or not this stream's.
+    BadE2e,
+    /// The first packet of a stream or an onion create seen before, or
+    /// stamped outside the clock window: a recording played again.
+    ReplayedHandshake,
+}
+
+impl From<crate::transport::e2e::E2eError> for DropReason {
+    fn from(e: crate::transport::e2e::E2eError) -> Self {
+        use crate::transport::e2e::E2eError;
+        match e {
+            E2eError::Malformed => Self::BadSegment,
+            E2eError::Forged => Self::BadE2e,
+            E2eError::Replayed => Self::Replayed,
+        }
+    }
+}
+
+impl From<crate::wire::handshakes::HandshakeRefusal> for DropReason {
+    fn from(_: crate::wire::handshakes::HandshakeRefusal) -> Self {
+        Self::ReplayedHandshake
+    }
 }
 
 impl From<crate::routing::linkstate::LsaRefusal> for DropReason {
@@ -93,7 +116,7 @@ impl From<WireError> for DropReason {
 
 /// Names of the counters, in [`DropCounters::values`] order: the one list
 /// the VMM's reports use.
-pub const DROP_NAMES: [&str; 23] = [
+pub const DROP_NAMES: [&str; 25] = [
     "not_overlay",
     "truncated",
     "bad_version",
@@ -117,6 +140,8 @@ pub const DROP_NAMES: [&str; 23] = [
     "bad_signature",
     "stale_lsa",
     "lsa_rate",
+    "bad_e2e",
+    "replayed_handshake",
 ];
 
 /// One counter per [`DropReason`]; `repr(C)` u64s, so it can sit in the
@@ -170,6 +195,10 @@ pub struct DropCounters {
     pub stale_lsa: u64,
     /// [`DropReason::LsaRate`].
     pub lsa_rate: u64,
+    /// [`DropReason::BadE2e`].
+    pub bad_e2e: u64,
+    /// [`DropReason::ReplayedHandshake`].
+    pub replayed_handshake: u64,
 }
 
 impl DropCounters {
@@ -199,12 +228,14 @@ impl DropCounters {
             DropReason::BadSignature => &mut self.bad_signature,
             DropReason::StaleLsa => &mut self.stale_lsa,
             DropReason::LsaRate => &mut self.lsa_rate,
+            DropReason::BadE2e => &mut self.bad_e2e,
+            DropReason::ReplayedHandshake => &mut self.replayed_handshake,
         };
         *c += 1;
     }
 
     /// The counters in [`DROP_NAMES`] order.
-    pub fn values(&self) -> [u64; 23] {
+    pub fn values(&self) -> [u64; 25] {
         [
             self.not_overlay,
             self.truncated,
@@ -229,6 +260,8 @@ impl DropCounters {
             self.bad_signature,
             self.stale_lsa,
             self.lsa_rate,
+            self.bad_e2e,
+            self.replayed_handshake,
         ]
     }
 
@@ -268,6 +301,8 @@ mod tests {
             DropReason::BadSignature,
             DropReason::StaleLsa,
             DropReason::LsaRate,
+            DropReason::BadE2e,
+            DropReason::ReplayedHandshake,
         ];
         for (i, r) in all.iter().enumerate() {
             let mut c = DropCounters::default();

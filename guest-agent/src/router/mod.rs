@@ -49,6 +49,8 @@ use crate::node::{EdgeRequest, NodeConfig, NodeStats, Record, RECORD_CONTROL, RE
 use crate::routing::linkstate::{LinkReport, LinkStateDb, Lsa};
 use crate::routing::lsa_sign::{LsaKeys, LsaSigner};
 use crate::routing::{NodeId, Routes, Topology};
+use crate::transport::e2e::{Binding, E2eSession};
+use crate::wire::handshakes::HandshakeCache;
 use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL};
 
 use onion::Onion;
@@ -165,6 +167,8 @@ pub struct Router<L> {
     next_lsa_request: u64,
     /// Onion circuits through, ending at, or starting at this node.
     onion: Onion,
+    /// Streams' first packets taken lately, so none is taken twice.
+    handshakes: HandshakeCache,
     /// Packet ids seen per (source, flow), to deliver redundant copies once.
     seen: BTreeMap<(NodeId, u32), ReplayWindow>,
     /// On a request VM: its stream.
@@ -210,6 +214,7 @@ impl<L: LinkPort> Router<L> {
             next_expiry: 0,
             next_lsa_request: 0,
             onion: Onion::new(cfg.onion_secret, cfg.directory.clone(), cfg.seed),
+            handshakes: HandshakeCache::new(),
             seen: BTreeMap::new(),
             request: None,
             notices: VecDeque::new(),
@@ -229,7 +234,22 @@ impl<L: LinkPort> Router<L> {
         let mut r = Self::new(cfg, links, now)?;
         r.floods = false;
         r.control_flow = req.flow;
-        r.request = Some(RequestStream::new(req, r.protocol));
+        let mut stream = RequestStream::new(req, r.protocol);
+        if r.protocol != Protocol::Onion {
+            // A fresh key for this stream alone, agreed with the
+            // destination's onion key; without one the stream is refused
+            // rather than carried unprotected.
+            let mut ephemeral = [0u8; 32];
+            r.onion.rng.fill(&mut ephemeral);
+            let binding = Binding { flow: req.flow, src: r.me, dst: req.dst };
+            let stamp = r.clock.at(now);
+            stream.e2e =
+                r.onion.directory_key(req.dst).and_then(|k| E2eSession::initiate(&ephemeral, &k, binding, stamp));
+            if stream.e2e.is_none() {
+                stream.stream.refuse();
+            }
+        }
+        r.request = Some(stream);
         if r.protocol == Protocol::Onion && r.onion_prepare(req.dst).is_err() {
             r.notice(Notice::NoCircuit);
             if let Some(s) = r.request.as_mut() {

@@ -84,6 +84,17 @@ impl Onion {
         Self { public: public_key(&secret), secret, directory, rng, ends: BTreeMap::new(), source: None, token }
     }
 
+    /// The node's static onion secret (streams' end-to-end keys agree
+    /// with it too).
+    pub(super) fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
+    /// Node `n`'s onion public key, from the directory.
+    pub(super) fn directory_key(&self, n: NodeId) -> Option<[u8; 32]> {
+        self.directory.iter().find(|(id, _)| *id == n).map(|(_, k)| *k)
+    }
+
     /// Forgets circuits idle for long (their streams are long gone).
     pub fn expire(&mut self, now: u64) {
         self.ends.retain(|_, (e, at)| matches!(e, End::Source) || now.saturating_sub(*at) < CIRCUIT_IDLE_US);
@@ -105,11 +116,28 @@ fn alpha_of(cell: &[u8]) -> [u8; 32] {
     a
 }
 
-/// Splits an opened cell's data by command: `(token, segment)`.
-fn attach_parts(cmd: u8, data: &[u8]) -> Result<(Option<&[u8]>, &[u8]), DropReason> {
+/// Bytes of the source's wall-clock stamp at the front of a create's data.
+const STAMP_LEN: usize = 8;
+
+/// What a create carries for the exit besides a segment: when the source
+/// sent it (the exit refuses creates replayed later) and the stream's
+/// token.
+struct Attach {
+    stamp_us: u64,
+    token: [u8; TOKEN_LEN],
+}
+
+/// Splits an opened cell's data by command: `(attach, segment)`.
+fn attach_parts(cmd: u8, data: &[u8]) -> Result<(Option<Attach>, &[u8]), DropReason> {
     match cmd {
         CMD_STREAM => Ok((None, data)),
-        CMD_ATTACH if data.len() >= TOKEN_LEN => Ok((Some(&data[..TOKEN_LEN]), &data[TOKEN_LEN..])),
+        CMD_ATTACH if data.len() >= STAMP_LEN + TOKEN_LEN => {
+            let mut stamp = [0u8; STAMP_LEN];
+            stamp.copy_from_slice(&data[..STAMP_LEN]);
+            let mut token = [0u8; TOKEN_LEN];
+            token.copy_from_slice(&data[STAMP_LEN..STAMP_LEN + TOKEN_LEN]);
+            Ok((Some(Attach { stamp_us: u64::from_be_bytes(stamp), token }), &data[STAMP_LEN + TOKEN_LEN..]))
+        }
         _ => Err(DropReason::BadCell),
     }
 }
@@ -223,10 +251,18 @@ impl<L: LinkPort> Router<L> {
                 Ok(())
             }
             Processed::Exit { keys } => {
+                let tag = keys.replay_tag();
                 let hop = ExitHop::new(keys);
                 let (cmd, range) = hop.open(&mut cell, true).map_err(|_| DropReason::BadMac)?;
-                let (token, seg) = attach_parts(cmd, &cell[range])?;
-                let token: Option<[u8; TOKEN_LEN]> = token.and_then(|t| t.try_into().ok());
+                let (attach, seg) = attach_parts(cmd, &cell[range])?;
+                // A create opens state from nothing: it must be fresh and
+                // never seen, or a recording of it would re-home or
+                // re-open its stream.
+                let Some(attach) = attach else { return Err(DropReason::BadCell) };
+                let wall = self.clock.at(now);
+                self.handshakes.check(&tag, attach.stamp_us, wall)?;
+                self.handshakes.insert(tag, attach.stamp_us, wall);
+                let token = Some(attach.token);
                 // A stream this exit already carries, on a new circuit.
                 let known = token.and_then(|t| self.flows.iter().find(|(_, f)| f.token == Some(t)).map(|(id, _)| *id));
                 if let Some(flow) = known {
@@ -292,8 +328,7 @@ impl<L: LinkPort> Router<L> {
         }
         let mut hops = Vec::with_capacity(path.len() - 1);
         for &n in &path[1..] {
-            let public = self.onion.directory.iter().find(|(id, _)| *id == n).map(|(_, k)| *k);
-            hops.push(Hop { node: n, public: public.ok_or(DropReason::NoRoute)? });
+            hops.push(Hop { node: n, public: self.onion.directory_key(n).ok_or(DropReason::NoRoute)? });
         }
         let circuit = SourceCircuit::new(&hops, &mut self.onion.rng).map_err(|_| DropReason::NoRoute)?;
         let circ = self.control_flow;
@@ -349,11 +384,13 @@ impl<L: LinkPort> Router<L> {
     }
 
     /// Sends a segment of a request VM's stream to `dst` on its circuit:
-    /// in a create cell with the stream's token until the exit answers,
+    /// in a create cell with its stamp and the stream's token until the
+    /// exit answers,
     /// then in data cells.
-    pub(super) fn onion_send_forward(&mut self, dst: NodeId, seg: &[u8]) -> Result<bool, DropReason> {
+    pub(super) fn onion_send_forward(&mut self, dst: NodeId, seg: &[u8], now: u64) -> Result<bool, DropReason> {
         self.onion_prepare(dst)?;
         let token = self.onion.token;
+        let stamp = self.clock.at(now);
         let Some(src) = self.onion.source.as_mut() else { return Err(DropReason::NoRoute) };
         let (port, circ) = (src.port, src.circ);
         let mut cell = Vec::with_capacity(CELL_LEN);
@@ -363,8 +400,9 @@ impl<L: LinkPort> Router<L> {
             // A full-sized segment does not fit beside the header: the
             // create carries the token alone and the stream sends the
             // segment again once the circuit is up.
-            let mut data = token.to_vec();
-            if TOKEN_LEN + seg.len() <= MAX_CREATE_DATA {
+            let mut data = stamp.to_be_bytes().to_vec();
+            data.extend_from_slice(&token);
+            if STAMP_LEN + TOKEN_LEN + seg.len() <= MAX_CREATE_DATA {
                 data.extend_from_slice(seg);
             }
             src.circuit.seal(true, CMD_ATTACH, &data, &mut cell).map_err(|_| DropReason::BadCell)?;

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 
 use crate::node::EdgeRequest;
 use crate::routing::NodeId;
+use crate::transport::e2e::{self, E2eSession};
 use crate::transport::{Stream, StreamState};
 use crate::wire::{Protocol, FLAG_STREAM};
 
@@ -71,6 +72,9 @@ pub struct RequestStream {
     pub(super) avoid: Vec<NodeId>,
     /// Refused because no onion circuit could be built.
     pub(super) no_circuit: bool,
+    /// The end-to-end session with the destination (not for onion, whose
+    /// circuit seals end to end itself).
+    pub(super) e2e: Option<E2eSession>,
 }
 
 impl RequestStream {
@@ -88,6 +92,7 @@ impl RequestStream {
             closing_since: None,
             avoid: req.avoid.clone(),
             no_circuit: false,
+            e2e: None,
         }
     }
 
@@ -208,13 +213,21 @@ impl<L: LinkPort> Router<L> {
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let mut seg = Vec::new();
         while r.stream.poll_transmit(now, &mut seg) {
-            segments.push(core::mem::take(&mut seg));
+            match r.e2e.as_mut() {
+                Some(session) => {
+                    let mut sealed = Vec::with_capacity(seg.len() + e2e::OVERHEAD);
+                    session.seal(&seg, &mut sealed);
+                    seg.clear();
+                    segments.push(sealed);
+                }
+                None => segments.push(core::mem::take(&mut seg)),
+            }
         }
         let (flow, dst) = (r.flow, r.dst);
         for seg in segments {
             worked = true;
             let sent = if protocol == Protocol::Onion {
-                self.onion_send_forward(dst, &seg)
+                self.onion_send_forward(dst, &seg, now)
             } else {
                 let repr = origin_repr(protocol, FLAG_STREAM, hop_limit, flow, me, dst, seg.len());
                 self.send_from_here(repr, &seg)

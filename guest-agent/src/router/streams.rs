@@ -11,6 +11,8 @@ use alloc::vec::Vec;
 use crate::node::{stream_op, Record, RECORD_CONTROL, RECORD_STREAM};
 use crate::onion::cell::TOKEN_LEN;
 use crate::routing::{NodeId, ReplyPaths, SourceRoute};
+use crate::transport::e2e::{self, Binding, E2eSession};
+use crate::transport::stream::MSS;
 use crate::transport::{Segment, Stream, StreamState};
 use crate::wire::{OverlayRepr, Protocol, FLAG_STREAM};
 
@@ -40,6 +42,9 @@ pub struct Flow {
     /// For a source-routed stream: the paths its packets came on, to
     /// answer on.
     pub(super) reply: ReplyPaths,
+    /// The end-to-end session with the request VM (every stream but an
+    /// onion one, whose cells are sealed end to end already).
+    pub(super) e2e: Option<E2eSession>,
 }
 
 impl Flow {
@@ -55,6 +60,7 @@ impl Flow {
             circuit,
             token: None,
             reply: ReplyPaths::default(),
+            e2e: None,
         }
     }
 }
@@ -78,8 +84,10 @@ const HOST_READ: usize = 16 * 1024;
 pub fn fit_stream(stream: &mut Stream, protocol: Protocol) {
     match protocol {
         Protocol::Onion => stream.set_mss(ONION_MSS),
-        Protocol::Multipath => stream.set_reorder_tolerance(MULTIPATH_REORDER),
-        _ => {}
+        _ => stream.set_mss(MSS - e2e::OVERHEAD),
+    }
+    if protocol == Protocol::Multipath {
+        stream.set_reorder_tolerance(MULTIPATH_REORDER);
     }
 }
 
@@ -89,45 +97,75 @@ impl<L: LinkPort> Router<L> {
         self.flows.len()
     }
 
-    /// A transport segment of stream `repr.flow_id` arrived for this node.
+    /// A transport segment of stream `repr.flow_id` arrived for this node,
+    /// sealed end to end.
     pub(super) fn stream_segment(&mut self, repr: &OverlayRepr, payload: &[u8], now: u64) -> Result<(), DropReason> {
-        let seg = Segment::parse(payload).map_err(|_| DropReason::BadSegment)?;
+        let mut plain = Vec::new();
         if let Some(e) = self.request.as_mut() {
             // A request VM has exactly one stream and accepts no others.
-            if e.flow == repr.flow_id && e.dst == repr.src {
-                e.stream.on_segment(now, &seg);
-                self.stats.delivered += 1;
-                return Ok(());
+            if e.flow != repr.flow_id || e.dst != repr.src {
+                return Err(DropReason::NoRoute);
             }
-            return Err(DropReason::NoRoute);
+            let Some(session) = e.e2e.as_mut() else { return Err(DropReason::BadSegment) };
+            session.open(payload, &mut plain)?;
+            let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
+            e.stream.on_segment(now, &seg);
+            self.stats.delivered += 1;
+            return Ok(());
         }
         match self.flows.get_mut(&repr.flow_id) {
-            Some(f) if f.peer == repr.src => f.stream.on_segment(now, &seg),
+            Some(f) if f.peer == repr.src && f.circuit.is_none() => {
+                let Some(session) = f.e2e.as_mut() else { return Err(DropReason::BadSegment) };
+                session.open(payload, &mut plain)?;
+                let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
+                f.stream.on_segment(now, &seg);
+            }
             // Another source reusing a live flow id: not this stream's.
             Some(_) => return Err(DropReason::BadSegment),
-            None => {
-                let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
-                if self.flows.len() >= MAX_FLOWS {
-                    // Full: refuse at once rather than hold state for it.
-                    stream.refuse();
-                    let mut rst = Vec::new();
-                    if stream.poll_transmit(now, &mut rst) {
-                        let reply = OverlayRepr {
-                            hop_limit: self.hop_limit,
-                            src: self.me,
-                            dst: repr.src,
-                            state_len: 0,
-                            payload_len: rst.len() as u16,
-                            ..*repr
-                        };
-                        self.send_from_here(reply, &rst)?;
-                    }
-                    return Ok(());
-                }
-                fit_stream(&mut stream, repr.protocol);
-                self.open_flow(repr.flow_id, Flow::new(stream, repr.src, repr.protocol, None), &info);
-            }
+            None => return self.stream_open(repr, payload, now),
         }
+        self.stats.delivered += 1;
+        Ok(())
+    }
+
+    /// The first packet of a stream: a hello whose key share agrees with
+    /// this node's onion key, stamped recently, never seen before, that
+    /// opens to a SYN. Anything else opens nothing (a late packet of a
+    /// stream already gone is no error).
+    fn stream_open(&mut self, repr: &OverlayRepr, payload: &[u8], now: u64) -> Result<(), DropReason> {
+        let Some(hello) = e2e::parse_hello(payload) else { return Ok(()) };
+        let binding = Binding { flow: repr.flow_id, src: repr.src, dst: self.me };
+        let mut session = E2eSession::respond(self.onion.secret(), hello, binding).ok_or(DropReason::BadE2e)?;
+        let wall = self.clock.at(now);
+        self.handshakes.check(&session.tag(), hello.stamp_us, wall)?;
+        let mut plain = Vec::new();
+        session.open(payload, &mut plain)?;
+        let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
+        let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
+        self.handshakes.insert(session.tag(), hello.stamp_us, wall);
+        if self.flows.len() >= MAX_FLOWS {
+            // Full: refuse at once rather than hold state for it.
+            stream.refuse();
+            let mut rst = Vec::new();
+            if stream.poll_transmit(now, &mut rst) {
+                let mut sealed = Vec::new();
+                session.seal(&rst, &mut sealed);
+                let reply = OverlayRepr {
+                    hop_limit: self.hop_limit,
+                    src: self.me,
+                    dst: repr.src,
+                    state_len: 0,
+                    payload_len: sealed.len() as u16,
+                    ..*repr
+                };
+                self.send_from_here(reply, &sealed)?;
+            }
+            return Ok(());
+        }
+        fit_stream(&mut stream, repr.protocol);
+        let mut flow = Flow::new(stream, repr.src, repr.protocol, None);
+        flow.e2e = Some(session);
+        self.open_flow(repr.flow_id, flow, &info);
         self.stats.delivered += 1;
         Ok(())
     }
@@ -230,8 +268,17 @@ impl<L: LinkPort> Router<L> {
             }
             let mut seg = Vec::new();
             while f.stream.poll_transmit(now, &mut seg) {
-                let repr = origin_repr(f.protocol, FLAG_STREAM, hop_limit, id, me, f.peer, seg.len());
-                segments.push((repr, core::mem::take(&mut seg)));
+                let packet = match f.e2e.as_mut() {
+                    Some(session) => {
+                        let mut sealed = Vec::with_capacity(seg.len() + e2e::OVERHEAD);
+                        session.seal(&seg, &mut sealed);
+                        seg.clear();
+                        sealed
+                    }
+                    None => core::mem::take(&mut seg),
+                };
+                let repr = origin_repr(f.protocol, FLAG_STREAM, hop_limit, id, me, f.peer, packet.len());
+                segments.push((repr, packet));
             }
             match f.stream.state() {
                 StreamState::Closed => gone.push(id),

@@ -13,7 +13,7 @@ use crate::node::{stream_op, EdgeRequest, Record, RECORD_CONTROL, RECORD_STREAM}
 use crate::routing::linkstate::{LinkReport, LinkStatus, Lsa};
 use crate::routing::Link;
 use crate::wire::control::Control;
-use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ETH_HDR_LEN, FLAG_CONTROL};
+use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ETH_HDR_LEN, FLAG_CONTROL, FLAG_STREAM};
 
 const STEP: u64 = 100;
 
@@ -579,6 +579,84 @@ fn onion_relays_hold_circuits_and_the_exit_serves_the_stream() {
         assert_eq!(net.host(relay).router.flow_count(), 0);
     }
     assert_eq!(net.host(5).router.flow_count(), 1);
+}
+
+#[test]
+fn a_streams_first_packet_replayed_after_the_stream_ended_opens_nothing() {
+    let links = line3();
+    let req = request(3, b"10.0.0.9:80");
+    let mut net = Net::new(&links, Protocol::Shortest.id(), Some((1, &req)));
+    let dst_at = net.hosts.iter().position(|h| h.router.me() == 3).unwrap();
+    net.hosts.swap(0, dst_at);
+    // Relay 2 records what it sends the destination (and passes it on).
+    let mut first = None;
+    let mut opens = Vec::new();
+    net.run_until(1_000_000, STEP, |net| {
+        for f in net.host(2).router.ports()[1].link().take_sent() {
+            if let Ok(p) = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]) {
+                if first.is_none() && p.flags() & FLAG_STREAM != 0 {
+                    first = Some((p.flow_id(), p.payload().to_vec()));
+                }
+            }
+            net.host(3).router.ports()[0].link().inject(&f);
+        }
+        opens.extend(serve_opens(net, 3, stream_op::REFUSED));
+        net.host(1).router.request_phase() == RequestPhase::Refused
+    });
+    let (flow, hello) = first.expect("a stream packet reached the destination");
+    assert!(crate::transport::e2e::parse_hello(&hello).is_some(), "the first packet is a hello");
+    assert!(!contains(&hello, b"10.0.0.9:80"), "the target travels sealed");
+    net.run_for(200_000, STEP);
+    let now = net.now;
+    let c = &mut net.host(3).router;
+    assert_eq!((opens.len(), c.flow_count()), (1, 0), "refused, then forgotten");
+    let replay = OverlayRepr { flow_id: flow, ..repr(Protocol::Shortest, FLAG_STREAM, 8, 1, 3) };
+    let frame = neighbour_frame(&links, 1, 2, replay, &[], &hello, 1 << 40);
+    assert_eq!(c.receive(0, &frame, now), Err(DropReason::ReplayedHandshake));
+    assert_eq!(c.flow_count(), 0, "no stream opened again");
+    assert!(records(c.host_output()).is_empty(), "the host was asked to connect nothing");
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_create_a_relay_replays_on_a_new_circuit_is_refused_at_the_exit() {
+    let links = line5();
+    let req = request(5, b"10.0.0.9:80");
+    let mut net = Net::new(&links, Protocol::Onion.id(), Some((1, &req)));
+    // Relay 4 records every cell it sends the exit (and passes it on):
+    // the exit polls first in each step, so 4's frames wait between steps.
+    let exit_at = net.hosts.iter().position(|h| h.router.me() == 5).unwrap();
+    net.hosts.swap(0, exit_at);
+    let mut create = None;
+    let up = net.run_until(1_000_000, STEP, |net| {
+        let sent = net.host(4).router.ports()[1].link().take_sent();
+        for f in sent {
+            if let Ok(p) = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]) {
+                if create.is_none() && p.protocol() == Protocol::Onion {
+                    create = Some(p.payload().to_vec());
+                }
+            }
+            net.host(5).router.ports()[0].link().inject(&f);
+        }
+        serve_opens(net, 5, stream_op::OPENED);
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    assert!(up);
+    let create = create.expect("the exit got a create");
+    let now = net.now;
+    let exit = &mut net.host(5).router;
+    let before = *exit.stats();
+    // Sealed afresh for the link under a circuit id the exit never saw:
+    // without a replay cache the exit would move the stream onto it.
+    let replay = OverlayRepr { flow_id: 0x0bad_cafe, ..repr(Protocol::Onion, 0, 1, 4, 5) };
+    let frame = neighbour_frame(&links, 3, 4, replay, &[], &create, 1 << 40);
+    assert_eq!(exit.receive(0, &frame, now), Err(DropReason::ReplayedHandshake));
+    assert_eq!(exit.flow_count(), 1);
+    assert_eq!(exit.stats().circuits, before.circuits, "no circuit end made for it");
+    assert!(exit.flows.values().all(|f| f.circuit != Some((0, 0x0bad_cafe))), "the stream stayed on its circuit");
 }
 
 #[test]

@@ -22,7 +22,7 @@ impl RoutingProtocol for Multipath {
     const PROFILE: Profile = Profile {
         name: "multipath",
         wire: Protocol::Multipath,
-        levels: [1, 3, 0, 2, 0],
+        levels: [1, 3, 0, 2, 2],
         min_hops: 1,
         avoids_relays: true,
         summary: "packets spread over node-disjoint paths, weighted by bandwidth",

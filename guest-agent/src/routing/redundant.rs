@@ -19,7 +19,7 @@ impl RoutingProtocol for Redundant {
     const PROFILE: Profile = Profile {
         name: "redundant",
         wire: Protocol::Redundant,
-        levels: [2, 0, 0, 3, 0],
+        levels: [2, 0, 0, 3, 2],
         min_hops: 1,
         avoids_relays: true,
         summary: "every packet on two node-disjoint paths",

@@ -69,7 +69,7 @@ impl RoutingProtocol for Shortest {
     const PROFILE: Profile = Profile {
         name: "shortest",
         wire: Protocol::Shortest,
-        levels: [3, 1, 0, 1, 0],
+        levels: [3, 1, 0, 1, 2],
         min_hops: 1,
         avoids_relays: false,
         summary: "link-state, hop by hop, lowest total latency",

@@ -75,7 +75,7 @@ impl RoutingProtocol for Widest {
     const PROFILE: Profile = Profile {
         name: "widest",
         wire: Protocol::Widest,
-        levels: [1, 3, 0, 1, 0],
+        levels: [1, 3, 0, 1, 2],
         min_hops: 1,
         avoids_relays: false,
         summary: "the path with the largest bottleneck bandwidth",

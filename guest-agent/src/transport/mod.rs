@@ -12,6 +12,7 @@
 //! segments and the time, and sends what it produces, so the same code
 //! runs in the agent and in host tests with a simulated lossy network.
 
+pub mod e2e;
 pub mod segment;
 pub mod stream;
 

@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod control;
+pub mod handshakes;
 pub mod overlay;
 pub mod replay;
 

@@ -36,6 +36,9 @@ pub struct Counters {
     pub probes_sent: u64,
     /// Packets dropped because a transmit ring stayed full.
     pub tx_full: u64,
+    /// Drops by reason (`guest_agent::router::DROP_NAMES`), those that
+    /// happened only.
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl From<&NodeStats> for Counters {
@@ -48,6 +51,12 @@ impl From<&NodeStats> for Counters {
             circuits: s.circuits,
             probes_sent: s.probes_sent,
             tx_full: s.tx_full,
+            drops: guest_agent::router::DROP_NAMES
+                .iter()
+                .zip(s.drops.values())
+                .filter(|(_, n)| *n > 0)
+                .map(|(&name, n)| (name, n))
+                .collect(),
         }
     }
 }
