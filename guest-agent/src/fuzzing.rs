@@ -20,7 +20,7 @@ use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ReplayWindow};
 pub type Body = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` and the regression replay know them.
-pub const TARGETS: [(&str, Body); 9] = [
+pub const TARGETS: [(&str, Body); 11] = [
     ("overlay", overlay),
     ("control", control),
     ("linkstate", linkstate),
@@ -30,6 +30,8 @@ pub const TARGETS: [(&str, Body); 9] = [
     ("socks", socks),
     ("replay_window", replay_window),
     ("router", router),
+    ("e2e", e2e),
+    ("stream", stream),
 ];
 
 /// The overlay header parser: an accepted packet's fields re-parse from
@@ -120,6 +122,79 @@ pub fn replay_window(data: &[u8]) {
             top = top.max(seq);
         }
         assert_eq!(w.top(), top);
+    }
+}
+
+/// Length-prefixed chunks of `data` (a byte of length, then that many).
+fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    core::iter::from_fn(move || {
+        let n = usize::from(*data.get(at)?);
+        let c = data.get(at + 1..(at + 1 + n).min(data.len()))?;
+        at += 1 + n;
+        Some(c)
+    })
+}
+
+/// A stream's end-to-end layer at the destination: a genuine session (its
+/// hello taken), then every chunk as a packet. No fuzzed packet may open
+/// (the fuzzer holds no key), and none may panic a fresh responder.
+pub fn e2e(data: &[u8]) {
+    use crate::transport::e2e::{parse_hello, Binding, E2eSession};
+    let binding = Binding { flow: 7, src: 1, dst: 3 };
+    let secret = [9u8; 32];
+    let Some(mut a) = E2eSession::initiate(&[4; 32], &crate::onion::public_key(&secret), binding, 1_000) else {
+        return;
+    };
+    let mut hello = Vec::new();
+    a.seal(b"syn", &mut hello);
+    let Some(h) = parse_hello(&hello) else { return };
+    let Some(mut d) = E2eSession::respond(&secret, h, binding) else { return };
+    let mut out = Vec::new();
+    assert!(d.open(&hello, &mut out).is_ok());
+    for p in chunks(data) {
+        out.clear();
+        assert!(d.open(p, &mut out).is_err(), "a fuzzed packet opened");
+        assert!(out.is_empty(), "a refused packet left bytes");
+        if let Some(h) = parse_hello(p) {
+            if let Some(mut fresh) = E2eSession::respond(&secret, h, binding) {
+                let _ = fresh.open(p, &mut out);
+            }
+        }
+    }
+}
+
+/// The stream's receive side: an accepted stream fed every chunk that
+/// parses as a segment, advancing time, sending and reading as it goes;
+/// it must never panic, never hand out more than its peer could have sent,
+/// and keep what it sends bounded.
+pub fn stream(data: &[u8]) {
+    use crate::transport::{Segment, Stream};
+    let mut client = Stream::connect(b"10.0.0.3:80");
+    let mut syn = Vec::new();
+    if !client.poll_transmit(0, &mut syn) {
+        return;
+    }
+    let Ok(seg) = Segment::parse(&syn) else { return };
+    let Some((mut s, _)) = Stream::accept(&seg) else { return };
+    let (mut now, mut read, mut offered) = (0u64, 0usize, 0usize);
+    let mut out = Vec::new();
+    for c in chunks(data) {
+        if let Ok(seg) = Segment::parse(c) {
+            offered += seg.data.len();
+            s.on_segment(now, &seg);
+        }
+        now += 1_000 + u64::from(c.first().copied().unwrap_or(0)) * 10_000;
+        for _ in 0..64 {
+            out.clear();
+            if !s.poll_transmit(now, &mut out) {
+                break;
+            }
+        }
+        let mut got = Vec::new();
+        read += s.read(&mut got, usize::MAX);
+        assert!(read <= offered, "read {read} of {offered} offered bytes");
+        s.write(b"reply");
     }
 }
 
@@ -232,7 +307,12 @@ mod tests {
         router.extend_from_slice(b"data");
         router.push(frame.len() as u8);
         router.extend_from_slice(&frame[..frame.len().min(255)]);
-        let seeds: [(&str, Vec<u8>); 9] = [
+        let mut stream_seed = Vec::new();
+        for seg in [&b"\x03\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00\x01data"[..]] {
+            stream_seed.push(seg.len() as u8);
+            stream_seed.extend_from_slice(seg);
+        }
+        let seeds: [(&str, Vec<u8>); 11] = [
             ("overlay", frame[crate::wire::ETH_HDR_LEN..].to_vec()),
             ("control", control),
             ("linkstate", lsa),
@@ -242,6 +322,8 @@ mod tests {
             ("socks", alloc::vec![5, 1, 0]),
             ("replay_window", alloc::vec![0, 64, 0, 128, 255, 192, 0, 64]),
             ("router", router),
+            ("e2e", alloc::vec![20, 2, 0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
+            ("stream", stream_seed),
         ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
         for (name, bytes) in seeds {
