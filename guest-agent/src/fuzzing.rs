@@ -307,11 +307,10 @@ mod tests {
         router.extend_from_slice(b"data");
         router.push(frame.len() as u8);
         router.extend_from_slice(&frame[..frame.len().min(255)]);
-        let mut stream_seed = Vec::new();
-        for seg in [&b"\x03\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00\x01data"[..]] {
-            stream_seed.push(seg.len() as u8);
-            stream_seed.extend_from_slice(seg);
-        }
+        // One data segment (kind 3, window 16 KiB, seq 1, ack 1), length-prefixed.
+        let data_segment = b"\x03\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00\x01data";
+        let mut stream_seed = alloc::vec![data_segment.len() as u8];
+        stream_seed.extend_from_slice(data_segment);
         let seeds: [(&str, Vec<u8>); 11] = [
             ("overlay", frame[crate::wire::ETH_HDR_LEN..].to_vec()),
             ("control", control),
