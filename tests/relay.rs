@@ -169,17 +169,13 @@ fn overlay_link_id(frame: &[u8]) -> Option<u32> {
 fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
     let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
     let p = v["port"].as_array().unwrap().iter().find(|p| p["iface"].as_str() == Some(iface)).expect("port");
-    let hex = p["key"].as_str().unwrap();
-    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    (p["tx_link_id"].as_integer().unwrap() as u32, key.try_into().unwrap())
+    (p["tx_link_id"].as_integer().unwrap() as u32, hex32(p["key"].as_str().unwrap()))
 }
 
 /// The link-state signing secret of a node config.
 fn lsa_secret_of(config: &Path) -> [u8; 32] {
     let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    let hex = v["lsa_secret"].as_str().expect("lsa_secret");
-    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    key.try_into().unwrap()
+    hex32(v["lsa_secret"].as_str().expect("lsa_secret"))
 }
 
 /// An Ethernet frame carrying a sealed overlay packet.

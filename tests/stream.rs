@@ -28,11 +28,6 @@ struct APort {
     c_public: [u8; 32],
 }
 
-fn hex32(hex: &str) -> [u8; 32] {
-    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    key.try_into().unwrap()
-}
-
 /// A's port and C's onion key, from A's node config.
 fn a_port(config: &Path) -> APort {
     let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
@@ -142,27 +137,54 @@ fn serve(ns: &str, body: Vec<u8>) -> u16 {
     })
 }
 
+/// line3 with node VMs on B and C and a service on C serving `body`.
+struct Line3 {
+    topo: TopoGuard,
+    dir: TempDir,
+    b: Daemon,
+    c: Daemon,
+    body: Vec<u8>,
+    port: u16,
+}
+
+impl Line3 {
+    fn up(len: usize, seed: u64) -> Self {
+        let topo = TopoGuard::up("line3.toml");
+        let dir = TempDir::new();
+        let c = topo.start_node("c", 3, &dir.0.join("c.json"));
+        let b = topo.start_node("b", 2, &dir.0.join("b.json"));
+        let body = random_bytes(len, seed);
+        let port = serve(&topo.netns("c"), body.clone());
+        Self { topo, dir, b, c, body, port }
+    }
+
+    /// [`fetch`] of the service from A.
+    fn fetch(&self, flip: bool) -> Result<Vec<u8>, String> {
+        let target = format!("10.231.1.2:{}", self.port);
+        fetch(&self.topo.netns("a"), a_port(&self.topo.node_config("a")), target, b"GET\n".to_vec(), flip)
+    }
+
+    /// Stops B and C; their metrics.
+    fn stop(self) -> (serde_json::Value, serde_json::Value) {
+        self.b.terminate(UP);
+        self.c.terminate(UP);
+        let read = |h: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(self.dir.0.join(format!("{h}.json"))).unwrap()).unwrap()
+        };
+        (read("b"), read("c"))
+    }
+}
+
 #[test]
 fn a_stream_through_relay_b_fetches_two_mib_intact_from_a_service_on_c() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    let topo = TopoGuard::up("line3.toml");
-    let dir = TempDir::new();
-    let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
-    let c = topo.start_node("c", 3, &mc);
-    let b = topo.start_node("b", 2, &mb);
-    let body = random_bytes(2 << 20, 99);
-    let port = serve(&topo.netns("c"), body.clone());
-
-    let got =
-        fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec(), false);
-    let got = got.unwrap();
-    assert_eq!(got.len(), body.len());
-    assert_eq!(sha256(&got), sha256(&body));
-    b.terminate(UP);
-    c.terminate(UP);
-    let bm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mb).unwrap()).unwrap();
+    let l = Line3::up(2 << 20, 99);
+    let got = l.fetch(false).unwrap();
+    assert_eq!(got.len(), l.body.len());
+    assert_eq!(sha256(&got), sha256(&l.body));
+    let (bm, _) = l.stop();
     assert!(bm["node"]["forwarded"].as_u64().unwrap() > 1500, "B relayed the stream both ways: {bm}");
 }
 
@@ -209,22 +231,12 @@ fn a_byte_a_relay_flips_in_a_shortest_stream_is_dropped_by_the_destination_and_t
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    let topo = TopoGuard::up("line3.toml");
-    let dir = TempDir::new();
-    let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
-    let c = topo.start_node("c", 3, &mc);
-    let b = topo.start_node("b", 2, &mb);
-    let body = random_bytes(1 << 20, 42);
-    let port = serve(&topo.netns("c"), body.clone());
+    let l = Line3::up(1 << 20, 42);
     // The request's data packet arrives with a valid link tag and one
     // byte changed: C's VM must drop it, the stream send it again.
-    let got =
-        fetch(&topo.netns("a"), a_port(&topo.node_config("a")), format!("10.231.1.2:{port}"), b"GET\n".to_vec(), true);
-    let got = got.unwrap();
-    assert_eq!(sha256(&got), sha256(&body), "{} bytes", got.len());
-    b.terminate(UP);
-    c.terminate(UP);
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mc).unwrap()).unwrap();
+    let got = l.fetch(true).unwrap();
+    assert_eq!(sha256(&got), sha256(&l.body), "{} bytes", got.len());
+    let (_, m) = l.stop();
     let d = &m["node"]["drops"];
     assert_eq!(d["bad_e2e"], 1, "C's VM dropped the altered packet, and nothing else: {m}");
     assert_eq!(d["bad_mac"], 0, "the link tag was valid: {m}");

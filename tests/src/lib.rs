@@ -228,6 +228,12 @@ pub fn boot_cmd(extra: &[&str]) -> Command {
     c
 }
 
+/// A 32-byte key from the 64 hex digits a node config holds.
+pub fn hex32(hex: &str) -> [u8; 32] {
+    let key: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    key.try_into().expect("32 bytes")
+}
+
 /// The wall clock in µs since the Unix epoch. Nodes refuse link sequence
 /// numbers from before their boot (stale: recorded before a restart), so
 /// a test's hand-sealed frames number from this, read after the node

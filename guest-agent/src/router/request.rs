@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use crate::node::EdgeRequest;
 use crate::routing::NodeId;
-use crate::transport::e2e::{self, E2eSession};
+use crate::transport::e2e::E2eSession;
 use crate::transport::{Stream, StreamState};
 use crate::wire::{Protocol, FLAG_STREAM};
 
@@ -215,10 +215,8 @@ impl<L: LinkPort> Router<L> {
         while r.stream.poll_transmit(now, &mut seg) {
             match r.e2e.as_mut() {
                 Some(session) => {
-                    let mut sealed = Vec::with_capacity(seg.len() + e2e::OVERHEAD);
-                    session.seal(&seg, &mut sealed);
+                    segments.push(session.sealed(&seg));
                     seg.clear();
-                    segments.push(sealed);
                 }
                 None => segments.push(core::mem::take(&mut seg)),
             }

@@ -148,8 +148,7 @@ impl<L: LinkPort> Router<L> {
             stream.refuse();
             let mut rst = Vec::new();
             if stream.poll_transmit(now, &mut rst) {
-                let mut sealed = Vec::new();
-                session.seal(&rst, &mut sealed);
+                let sealed = session.sealed(&rst);
                 let reply = OverlayRepr {
                     hop_limit: self.hop_limit,
                     src: self.me,
@@ -270,8 +269,7 @@ impl<L: LinkPort> Router<L> {
             while f.stream.poll_transmit(now, &mut seg) {
                 let packet = match f.e2e.as_mut() {
                     Some(session) => {
-                        let mut sealed = Vec::with_capacity(seg.len() + e2e::OVERHEAD);
-                        session.seal(&seg, &mut sealed);
+                        let sealed = session.sealed(&seg);
                         seg.clear();
                         sealed
                     }

@@ -586,20 +586,12 @@ fn a_streams_first_packet_replayed_after_the_stream_ended_opens_nothing() {
     let links = line3();
     let req = request(3, b"10.0.0.9:80");
     let mut net = Net::new(&links, Protocol::Shortest.id(), Some((1, &req)));
-    let dst_at = net.hosts.iter().position(|h| h.router.me() == 3).unwrap();
-    net.hosts.swap(0, dst_at);
     // Relay 2 records what it sends the destination (and passes it on).
+    polls_first(&mut net, 3);
     let mut first = None;
     let mut opens = Vec::new();
     net.run_until(1_000_000, STEP, |net| {
-        for f in net.host(2).router.ports()[1].link().take_sent() {
-            if let Ok(p) = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]) {
-                if first.is_none() && p.flags() & FLAG_STREAM != 0 {
-                    first = Some((p.flow_id(), p.payload().to_vec()));
-                }
-            }
-            net.host(3).router.ports()[0].link().inject(&f);
-        }
+        record_first(net, (2, 1), (3, 0), &mut first, |p| p.flags() & FLAG_STREAM != 0);
         opens.extend(serve_opens(net, 3, stream_op::REFUSED));
         net.host(1).router.request_phase() == RequestPhase::Refused
     });
@@ -621,31 +613,49 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Moves node `n` to the front of the net's loop: in each step it polls
+/// before the others send, so what they send waits between steps for
+/// [`record_first`] to see.
+fn polls_first(net: &mut Net, n: u16) {
+    let at = net.hosts.iter().position(|h| h.router.me() == n).unwrap();
+    net.hosts.swap(0, at);
+}
+
+/// Takes what `from` (node, port) sent, keeps the first frame `wanted`
+/// picks as (flow id, payload), and hands every frame on to `to` (node,
+/// port): a relay recording the link.
+fn record_first(
+    net: &mut Net,
+    from: (u16, usize),
+    to: (u16, usize),
+    first: &mut Option<(u32, Vec<u8>)>,
+    wanted: impl Fn(&OverlayPacket<&[u8]>) -> bool,
+) {
+    for f in net.host(from.0).router.ports()[from.1].link().take_sent() {
+        if let Ok(p) = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]) {
+            if first.is_none() && wanted(&p) {
+                *first = Some((p.flow_id(), p.payload().to_vec()));
+            }
+        }
+        net.host(to.0).router.ports()[to.1].link().inject(&f);
+    }
+}
+
 #[test]
 fn a_create_a_relay_replays_on_a_new_circuit_is_refused_at_the_exit() {
     let links = line5();
     let req = request(5, b"10.0.0.9:80");
     let mut net = Net::new(&links, Protocol::Onion.id(), Some((1, &req)));
-    // Relay 4 records every cell it sends the exit (and passes it on):
-    // the exit polls first in each step, so 4's frames wait between steps.
-    let exit_at = net.hosts.iter().position(|h| h.router.me() == 5).unwrap();
-    net.hosts.swap(0, exit_at);
-    let mut create = None;
+    // Relay 4 records every cell it sends the exit (and passes it on).
+    polls_first(&mut net, 5);
+    let mut first = None;
     let up = net.run_until(1_000_000, STEP, |net| {
-        let sent = net.host(4).router.ports()[1].link().take_sent();
-        for f in sent {
-            if let Ok(p) = OverlayPacket::new_checked(&f[ETH_HDR_LEN..]) {
-                if create.is_none() && p.protocol() == Protocol::Onion {
-                    create = Some(p.payload().to_vec());
-                }
-            }
-            net.host(5).router.ports()[0].link().inject(&f);
-        }
+        record_first(net, (4, 1), (5, 0), &mut first, |p| p.protocol() == Protocol::Onion);
         serve_opens(net, 5, stream_op::OPENED);
         net.host(1).router.request_phase() == RequestPhase::Up
     });
     assert!(up);
-    let create = create.expect("the exit got a create");
+    let (_, create) = first.expect("the exit got a create");
     let now = net.now;
     let exit = &mut net.host(5).router;
     let before = *exit.stats();

@@ -195,6 +195,13 @@ impl E2eSession {
         out.extend_from_slice(&tag);
     }
 
+    /// `segment`, sealed, as a packet of its own.
+    pub fn sealed(&mut self, segment: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HELLO_HDR + segment.len() + TAG_LEN);
+        self.seal(segment, &mut out);
+        out
+    }
+
     /// Opens `packet` into `out` (the segment). A refused packet changes
     /// nothing.
     pub fn open(&mut self, packet: &[u8], out: &mut Vec<u8>) -> Result<(), E2eError> {

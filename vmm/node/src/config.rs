@@ -185,6 +185,14 @@ fn parse_key(s: &str) -> Result<[u8; 32], String> {
     vmm::random::parse_hex32(s, "a link key")
 }
 
+/// A secret that may be left out (empty: all zero, the agent's "none").
+fn optional_secret(hex: &str, name: &str) -> Result<[u8; 32], NodeFileError> {
+    match hex {
+        "" => Ok([0; 32]),
+        s => vmm::random::parse_hex32(s, name).map_err(NodeFileError::Invalid),
+    }
+}
+
 /// `(node, key)` of hex public keys, each named `what` in errors.
 fn public_keys(specs: &[PublicKeySpec], what: &str) -> Result<Vec<(NodeId, [u8; 32])>, String> {
     specs
@@ -259,15 +267,9 @@ impl NodeFile {
                 )))
             }
         };
-        let onion_secret = match self.onion_secret.as_str() {
-            "" => [0; 32],
-            s => vmm::random::parse_hex32(s, "onion_secret").map_err(NodeFileError::Invalid)?,
-        };
+        let onion_secret = optional_secret(&self.onion_secret, "onion_secret")?;
         let directory = public_keys(&self.onion_key, "onion key").map_err(NodeFileError::Invalid)?;
-        let lsa_secret = match self.lsa_secret.as_str() {
-            "" => [0; 32],
-            s => vmm::random::parse_hex32(s, "lsa_secret").map_err(NodeFileError::Invalid)?,
-        };
+        let lsa_secret = optional_secret(&self.lsa_secret, "lsa_secret")?;
         let lsa_keys = public_keys(&self.lsa_key, "link-state key").map_err(NodeFileError::Invalid)?;
         if let Some((n, _)) = lsa_keys.iter().find(|(_, k)| !lsa_sign::is_public_key(k)) {
             return Err(NodeFileError::Invalid(format!("link-state key of node {n} is not an Ed25519 public key")));
