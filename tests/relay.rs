@@ -339,6 +339,7 @@ fn link_state_forged_by_a_neighbour_is_refused_and_the_relay_keeps_its_routes() 
             let mut l = Lsa {
                 origin,
                 seq,
+                onion_key: [0; 32],
                 links: vec![LinkReport { peer: 2, status: LinkStatus::Down, latency_us: 0, loss_permille: 1000 }],
                 sig: [0; 64],
             };

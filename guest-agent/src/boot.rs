@@ -218,6 +218,12 @@ impl BootParams {
         let n = (self.args_len as usize).min(ARGS_LEN);
         &self.args[..n]
     }
+
+    /// Wipes the role arguments (a node's boot seed and keys), once
+    /// decoded: whoever reads this memory later finds none of them.
+    pub fn wipe_args(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.args[..]);
+    }
 }
 
 #[cfg(test)]

@@ -289,6 +289,7 @@ mod tests {
         let mut lsa = Lsa {
             origin: 3,
             seq: 4,
+            onion_key: crate::onion::public_key(&[8; 32]),
             links: alloc::vec![LinkReport { peer: 2, status: LinkStatus::Up, latency_us: 9, loss_permille: 0 }],
             sig: [0; 64],
         };

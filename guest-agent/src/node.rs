@@ -17,13 +17,13 @@ use crate::router::DropCounters;
 use crate::routing::{Link, NodeId, Topology};
 
 /// First bytes of an encoded [`NodeConfig`].
-const CONFIG_MAGIC: [u8; 4] = *b"PVN6";
+const CONFIG_MAGIC: [u8; 4] = *b"PVN7";
 const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 1 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 const KEY_ENTRY_LEN: usize = 2 + 32;
-const HEAD_LEN: usize = 4 + 8 + 8 + 32 + 32;
-/// Most entries of the onion key directory.
-pub const MAX_DIRECTORY: usize = 255;
+const HEAD_LEN: usize = 4 + 8 + 8 + 32 + 4;
+/// Most entries of a key list (link-state public keys).
+pub const MAX_KEYS: usize = 255;
 /// Most ports (virtio-net devices) a node has.
 pub const MAX_PORTS: usize = 7;
 
@@ -96,13 +96,14 @@ pub struct NodeConfig {
     /// newer than any its neighbours saw from it before (their replay
     /// windows would refuse a count restarting at 1).
     pub epoch_us: u64,
-    /// Fresh random bytes from the host for this boot (ephemeral onion
-    /// keys, circuit ids).
+    /// Fresh random bytes from the host for this boot: the seed of the
+    /// generator that draws onion keys, ephemeral keys and circuit ids
+    /// (the agent wipes every copy once the generator has it).
     pub seed: [u8; 32],
-    /// This node's static onion secret (X25519).
-    pub onion_secret: [u8; 32],
-    /// Every node's static onion public key, for building circuits.
-    pub directory: Vec<(NodeId, [u8; 32])>,
+    /// Seconds between this node's onion key rotations
+    /// ([`crate::onion::rotation`]); 0: it has no onion key (request VMs,
+    /// which only build circuits and hellos to other nodes' keys).
+    pub onion_period_s: u32,
     /// This node's Ed25519 secret for signing its link-state
     /// advertisements; all zero: it advertises nothing (request VMs).
     pub lsa_secret: [u8; 32],
@@ -141,7 +142,7 @@ fn be32(b: &[u8]) -> u32 {
 }
 
 fn encode_keys(keys: &[(NodeId, [u8; 32])], out: &mut Vec<u8>) {
-    for (n, k) in keys.iter().take(MAX_DIRECTORY) {
+    for (n, k) in keys.iter().take(MAX_KEYS) {
         out.extend_from_slice(&n.to_be_bytes());
         out.extend_from_slice(k);
     }
@@ -166,10 +167,10 @@ impl NodeConfig {
         out.push(self.hop_limit);
         out.push(self.ports.len() as u8);
         out.extend_from_slice(&(self.links.len() as u16).to_be_bytes());
-        out.extend_from_slice(&[self.protocol, self.directory.len().min(MAX_DIRECTORY) as u8]);
+        out.extend_from_slice(&[self.protocol, 0]);
         out.extend_from_slice(&self.epoch_us.to_be_bytes());
         out.extend_from_slice(&self.seed);
-        out.extend_from_slice(&self.onion_secret);
+        out.extend_from_slice(&self.onion_period_s.to_be_bytes());
         for p in &self.ports {
             out.extend_from_slice(&p.peer.to_be_bytes());
             out.extend_from_slice(&p.peer_mac);
@@ -185,9 +186,8 @@ impl NodeConfig {
             out.extend_from_slice(&l.latency_us.to_be_bytes());
             out.extend_from_slice(&l.bandwidth_mbps.to_be_bytes());
         }
-        encode_keys(&self.directory, out);
         out.extend_from_slice(&self.lsa_secret);
-        out.push(self.lsa_keys.len().min(MAX_DIRECTORY) as u8);
+        out.push(self.lsa_keys.len().min(MAX_KEYS) as u8);
         encode_keys(&self.lsa_keys, out);
     }
 
@@ -196,10 +196,9 @@ impl NodeConfig {
         HEAD_LEN
             + self.ports.len() * PORT_LEN
             + self.links.len() * LINK_LEN
-            + self.directory.len().min(MAX_DIRECTORY) * KEY_ENTRY_LEN
             + 32
             + 1
-            + self.lsa_keys.len().min(MAX_DIRECTORY) * KEY_ENTRY_LEN
+            + self.lsa_keys.len().min(MAX_KEYS) * KEY_ENTRY_LEN
     }
 
     /// Decodes what `encode` wrote.
@@ -209,14 +208,12 @@ impl NodeConfig {
         }
         let h = take(&mut b, 8)?;
         let (me, hop_limit, nports, nlinks, protocol) = (be16(h), h[2], h[3] as usize, be16(&h[4..]) as usize, h[6]);
-        let ndir = h[7] as usize;
         let mut epoch = [0u8; 8];
         epoch.copy_from_slice(take(&mut b, 8)?);
         let epoch_us = u64::from_be_bytes(epoch);
         let mut seed = [0u8; 32];
         seed.copy_from_slice(take(&mut b, 32)?);
-        let mut onion_secret = [0u8; 32];
-        onion_secret.copy_from_slice(take(&mut b, 32)?);
+        let onion_period_s = be32(take(&mut b, 4)?);
         if nports > MAX_PORTS {
             return Err(ConfigError::TooManyPorts);
         }
@@ -242,31 +239,18 @@ impl NodeConfig {
             let l = take(&mut b, LINK_LEN)?;
             links.push(Link { a: be16(l), b: be16(&l[2..]), latency_us: be32(&l[4..]), bandwidth_mbps: be32(&l[8..]) });
         }
-        let directory = decode_keys(&mut b, ndir)?;
         let mut lsa_secret = [0u8; 32];
         lsa_secret.copy_from_slice(take(&mut b, 32)?);
         let nkeys = take(&mut b, 1)?[0] as usize;
         let lsa_keys = decode_keys(&mut b, nkeys)?;
-        Ok(Self {
-            me,
-            hop_limit,
-            protocol,
-            ports,
-            links,
-            epoch_us,
-            seed,
-            onion_secret,
-            directory,
-            lsa_secret,
-            lsa_keys,
-        })
+        Ok(Self { me, hop_limit, protocol, ports, links, epoch_us, seed, onion_period_s, lsa_secret, lsa_keys })
     }
 
     /// What a request VM of this (edge) node gets for request slot
     /// `slot`: per port, its own link id in the edge side's span (which
-    /// holds `tx_spans[port]` ids) and only that id's key; no onion secret
-    /// (a request VM's circuits use keys of its boot alone) and no
-    /// link-state secret (it advertises nothing). The one rule
+    /// holds `tx_spans[port]` ids) and only that id's key; no onion key
+    /// (a request VM's circuits and hellos use keys of its boot alone) and
+    /// no link-state secret (it advertises nothing). The one rule
     /// for the edge host and the simulations.
     pub fn request_view(&self, tx_spans: &[u32], slot: u32) -> NodeConfig {
         let ports = self
@@ -283,7 +267,19 @@ impl NodeConfig {
                 PortConfig { tx_link_id: id, scope: KeyScope::Own, key: own, ..*p }
             })
             .collect();
-        NodeConfig { ports, onion_secret: [0; 32], lsa_secret: [0; 32], ..self.clone() }
+        NodeConfig { ports, onion_period_s: 0, lsa_secret: [0; 32], ..self.clone() }
+    }
+
+    /// Wipes the seed and the secrets once the router holds what it needs
+    /// of them: the generator erases its key as it draws, and this copy
+    /// must not outlive it.
+    pub fn wipe_secrets(&mut self) {
+        use zeroize::Zeroize;
+        self.seed.zeroize();
+        self.lsa_secret.zeroize();
+        for p in &mut self.ports {
+            p.key.zeroize();
+        }
     }
 
     /// The topology of the config.
@@ -481,8 +477,7 @@ mod tests {
             ],
             epoch_us: 1_700_000_000_000_000,
             seed: [3; 32],
-            onion_secret: [4; 32],
-            directory: vec![(1, [5; 32]), (3, [6; 32])],
+            onion_period_s: 600,
             lsa_secret: [7; 32],
             lsa_keys: vec![(1, [10; 32]), (3, [11; 32])],
         }
@@ -507,8 +502,8 @@ mod tests {
             assert_eq!(p.key, crate::wire::LinkKey::new(&link.key).derive_bytes(p.tx_link_id));
             assert_ne!(p.key, link.key);
         }
-        assert_eq!((v.onion_secret, v.lsa_secret), ([0; 32], [0; 32]), "no secret of the host's node");
-        assert_eq!((v.me, v.directory.clone(), v.seed), (cfg.me, cfg.directory.clone(), cfg.seed));
+        assert_eq!((v.onion_period_s, v.lsa_secret), (0, [0; 32]), "no onion key, no secret of the host's node");
+        assert_eq!((v.me, v.seed), (cfg.me, cfg.seed));
         assert_eq!(v.lsa_keys, cfg.lsa_keys, "it checks link state as nodes do");
     }
 

@@ -50,6 +50,11 @@ impl SourceCircuit {
         &self.nodes
     }
 
+    /// The keys this circuit shares with its exit.
+    pub fn exit_keys(&self) -> &HopKeys {
+        &self.keys[self.keys.len() - 1]
+    }
+
     /// Appends one cell carrying `data` to `out`: a create cell (the
     /// header, then the data) or a data cell.
     pub fn seal(&mut self, create: bool, cmd: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), CellError> {
@@ -147,6 +152,11 @@ impl ExitHop {
     /// The exit's part, with the keys its header gave it.
     pub fn new(keys: HopKeys) -> Self {
         Self { keys, sent: 0 }
+    }
+
+    /// The keys this circuit shares with its source.
+    pub fn keys(&self) -> &HopKeys {
+        &self.keys
     }
 
     /// Opens a forward cell in place: command and data range in `cell`.

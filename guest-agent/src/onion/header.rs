@@ -9,7 +9,7 @@
 //! slot   = next node (2) | α of the next hop (32) | γ of the next hop (16)
 //! ```
 //!
-//! A hop derives its keys from α and its static secret, checks γ, XORs
+//! A hop derives its keys from α and its onion secret, checks γ, XORs
 //! `β ‖ 0^50` with its keystream and reads the first slot: the next node
 //! (or [`EXIT`]) and the next hop's α and γ. The remaining slots, with the
 //! 50 keystream bytes that came out of the zeros, are the next β — the same
@@ -31,12 +31,12 @@ pub const HEADER_LEN: usize = 32 + 16 + BETA_LEN;
 /// The "next node" of the last hop: the circuit ends here.
 pub const EXIT: NodeId = 0xffff;
 
-/// One hop the source routes through: its node and static public key.
+/// One hop the source routes through: its node and onion public key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hop {
     /// The node.
     pub node: NodeId,
-    /// Its static onion key.
+    /// Its current onion key (from its link state).
     pub public: [u8; 32],
 }
 
@@ -131,7 +131,7 @@ pub fn build(hops: &[Hop], ephemeral: &[[u8; 32]]) -> Result<([u8; HEADER_LEN], 
     Ok((header, keys))
 }
 
-/// Peels this node's layer off `header` with its static `secret` (and
+/// Peels this node's layer off `header` with its onion `secret` (and
 /// public key, which the keys are bound to).
 pub fn process(secret: &[u8; 32], public: &[u8; 32], header: &[u8]) -> Result<Processed, HeaderError> {
     let header = header.get(..HEADER_LEN).ok_or(HeaderError::Truncated)?;

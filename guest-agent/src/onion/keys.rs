@@ -7,8 +7,9 @@ use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
 
-/// A node's static onion public key for its 32-byte secret.
+/// The X25519 public key of a 32-byte onion secret.
 pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
     PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
 }
@@ -37,6 +38,16 @@ pub struct HopKeys {
     pub bwd_nonce: [u8; 32],
 }
 
+impl Drop for HopKeys {
+    /// A circuit's keys leave no copy behind when it ends.
+    fn drop(&mut self) {
+        for k in [&mut self.mac, &mut self.prg, &mut self.fwd, &mut self.fwd_nonce, &mut self.bwd, &mut self.bwd_nonce]
+        {
+            k.zeroize();
+        }
+    }
+}
+
 impl core::fmt::Debug for HopKeys {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("HopKeys(..)")
@@ -44,7 +55,7 @@ impl core::fmt::Debug for HopKeys {
 }
 
 impl HopKeys {
-    /// Keys from a hop's shared secret, bound to the ephemeral and static
+    /// Keys from a hop's shared secret, bound to the ephemeral and onion
     /// public keys it came from: SHA-256 of all three (and a label), then
     /// expanded with ChaCha20.
     pub fn derive(shared: &[u8; 32], ephemeral: &[u8; 32], node: &[u8; 32]) -> Self {
@@ -57,7 +68,9 @@ impl HopKeys {
         let mut out = [0u8; 192];
         xor_keystream(&seed, &[0; 12], &mut out);
         let k = |i: usize| -> [u8; 32] { out[32 * i..32 * (i + 1)].try_into().unwrap_or([0; 32]) };
-        Self { mac: k(0), prg: k(1), fwd: k(2), fwd_nonce: k(3), bwd: k(4), bwd_nonce: k(5) }
+        let keys = Self { mac: k(0), prg: k(1), fwd: k(2), fwd_nonce: k(3), bwd: k(4), bwd_nonce: k(5) };
+        out.zeroize();
+        keys
     }
 }
 
@@ -70,6 +83,13 @@ impl HopKeys {
         let mut t = [0u8; 16];
         t.copy_from_slice(&d[..16]);
         t
+    }
+
+    /// A key for the stream this hop's circuit opens at its exit, known to
+    /// the source and the exit alone: later circuits of the stream prove
+    /// their source with it.
+    pub fn stream_key(&self) -> [u8; 32] {
+        Sha256::new().chain_update(b"pathvm onion stream").chain_update(self.fwd).finalize().into()
     }
 }
 
@@ -146,27 +166,31 @@ pub fn unpermute(key: &[u8; 32], n: &[u8; 12]) -> [u8; 12] {
     out
 }
 
-/// A deterministic random generator (ChaCha20 keystream) from a seed the
-/// host hands the VM at boot; it draws ephemeral keys and circuit ids.
+/// A random generator from a seed the host hands the VM at boot; it draws
+/// onion keys, ephemeral keys and circuit ids. It erases its key as it
+/// goes (each call's ChaCha20 keystream begins with the next key, as in
+/// Bernstein's fast-key-erasure generator): whoever reads the VM's memory
+/// later learns nothing of what it drew before, so erased onion keys stay
+/// erased.
 #[derive(Clone)]
 pub struct Drbg {
-    key: [u8; 32],
-    counter: u64,
+    key: Zeroizing<[u8; 32]>,
 }
 
 impl Drbg {
-    /// A generator from 32 seed bytes.
+    /// A generator from 32 seed bytes (the caller wipes its own copy).
     pub fn new(seed: [u8; 32]) -> Self {
-        Self { key: seed, counter: 0 }
+        Self { key: Zeroizing::new(seed) }
     }
 
     /// Fills `out` with fresh bytes.
     pub fn fill(&mut self, out: &mut [u8]) {
-        self.counter += 1;
-        let mut n = [0u8; 12];
-        n[4..].copy_from_slice(&self.counter.to_be_bytes());
+        let mut c = ChaCha20::new(&(*self.key).into(), &[0u8; 12].into());
+        let mut next = Zeroizing::new([0u8; 32]);
+        c.apply_keystream(&mut *next);
         out.fill(0);
-        xor_keystream(&self.key, &n, out);
+        c.apply_keystream(out);
+        self.key = next;
     }
 
     /// 32 fresh bytes.
@@ -223,6 +247,20 @@ mod tests {
         let (a, b) = (d.bytes32(), d.bytes32());
         assert_ne!(a, b);
         assert_ne!(Drbg::new([4; 32]).bytes32(), Drbg::new([3; 32]).bytes32());
+    }
+
+    #[test]
+    fn the_generator_keeps_nothing_that_recomputes_what_it_drew() {
+        let mut d = Drbg::new([3; 32]);
+        let first = d.bytes32();
+        let later = d.clone();
+        // A generator seeded with what `later` holds is `later`: it never
+        // yields `first` again.
+        let mut again = Drbg::new(*later.key);
+        for _ in 0..4 {
+            assert_ne!(again.bytes32(), first);
+        }
+        assert_ne!(*later.key, [3; 32], "the seed is gone from the generator");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! A circuit is set up by one create cell, Sphinx-style ([`header`]): the
 //! source agrees a key with every hop at once (X25519 with each node's
-//! static key, one fresh ephemeral key per hop) and wraps the routing
+//! current onion key, [`rotation`], one fresh ephemeral key per hop) and wraps the routing
 //! instructions so that each hop, peeling its layer, learns only the next
 //! node, while a filler keeps the header the same length at every hop (no
 //! hop learns its position). Each hop then keeps only the pair of links
@@ -21,8 +21,10 @@ pub mod cell;
 pub mod circuit;
 pub mod header;
 pub mod keys;
+pub mod rotation;
 
 pub use cell::{CellError, CELL_LEN, MAX_CREATE_DATA, MAX_DATA};
 pub use circuit::{ExitHop, RelayHop, SourceCircuit};
 pub use header::{Hop, Processed, EXIT, HEADER_LEN, MAX_HOPS};
 pub use keys::{public_key, Drbg, HopKeys};
+pub use rotation::OnionKeyRing;

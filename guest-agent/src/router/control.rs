@@ -146,7 +146,10 @@ impl<L: LinkPort> Router<L> {
             let own = self.own_reports(now);
             let since = self.advertised_at.map_or(u64::MAX, |t| now.saturating_sub(t));
             let changed = since >= LSA_MIN_INTERVAL_US && significant_change(&self.advertised, &own);
-            if changed || since >= LSA_REFRESH_US {
+            // A new onion key goes out at once: sources build to it while
+            // the key before still opens what is under way.
+            let rotated = self.onion.rotate(now);
+            if changed || rotated || since >= LSA_REFRESH_US {
                 // A node without a signing key routes on what it measures
                 // and advertises nothing (no one would accept it).
                 if let Some(signer) = &self.signer {
@@ -154,7 +157,8 @@ impl<L: LinkPort> Router<L> {
                     // what it sent before), never twice the same.
                     let last = self.own_lsa.as_ref().map_or(0, |l| l.seq);
                     let seq = self.clock.at(now).max(last + LSA_MIN_INTERVAL_US);
-                    let mut lsa = Lsa { origin: self.me, seq, links: own.clone(), sig: [0; 64] };
+                    let onion_key = self.onion.public();
+                    let mut lsa = Lsa { origin: self.me, seq, onion_key, links: own.clone(), sig: [0; 64] };
                     signer.sign(&mut lsa);
                     self.flood(&lsa, None);
                     self.own_lsa = Some(lsa);

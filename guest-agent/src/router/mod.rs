@@ -49,7 +49,6 @@ use crate::node::{EdgeRequest, NodeConfig, NodeStats, Record, RECORD_CONTROL, RE
 use crate::routing::linkstate::{LinkReport, LinkStateDb, Lsa};
 use crate::routing::lsa_sign::{LsaKeys, LsaSigner};
 use crate::routing::{NodeId, Routes, Topology};
-use crate::transport::e2e::{Binding, E2eSession};
 use crate::wire::handshakes::HandshakeCache;
 use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL};
 
@@ -213,7 +212,7 @@ impl<L: LinkPort> Router<L> {
             next_maintenance: 0,
             next_expiry: 0,
             next_lsa_request: 0,
-            onion: Onion::new(cfg.onion_secret, cfg.directory.clone(), cfg.seed),
+            onion: Onion::new(cfg.onion_period_s, cfg.seed, now),
             handshakes: HandshakeCache::new(),
             seen: BTreeMap::new(),
             request: None,
@@ -223,8 +222,10 @@ impl<L: LinkPort> Router<L> {
     }
 
     /// A request VM's router: probes its own links but floods nothing,
-    /// carries the one stream `req` asks for (an onion circuit is built
-    /// at once, so the app learns at once if there can be none).
+    /// carries the one stream `req` asks for. The stream waits for the
+    /// first link state it pulls, which signs the destination's (and the
+    /// relays') current onion keys ([`Router::poll`] then seals it end to
+    /// end or builds its circuit).
     pub fn new_request(
         cfg: &NodeConfig,
         req: &EdgeRequest,
@@ -234,29 +235,10 @@ impl<L: LinkPort> Router<L> {
         let mut r = Self::new(cfg, links, now)?;
         r.floods = false;
         r.control_flow = req.flow;
-        let mut stream = RequestStream::new(req, r.protocol);
-        if r.protocol != Protocol::Onion {
-            // A fresh key for this stream alone, agreed with the
-            // destination's onion key; without one the stream is refused
-            // rather than carried unprotected.
-            let mut ephemeral = [0u8; 32];
-            r.onion.rng.fill(&mut ephemeral);
-            let binding = Binding { flow: req.flow, src: r.me, dst: req.dst };
-            let stamp = r.clock.at(now);
-            stream.e2e =
-                r.onion.directory_key(req.dst).and_then(|k| E2eSession::initiate(&ephemeral, &k, binding, stamp));
-            if stream.e2e.is_none() {
-                stream.stream.refuse();
-            }
-        }
-        r.request = Some(stream);
-        if r.protocol == Protocol::Onion && r.onion_prepare(req.dst).is_err() {
-            r.notice(Notice::NoCircuit);
-            if let Some(s) = r.request.as_mut() {
-                s.no_circuit = true;
-                s.stream.refuse();
-            }
-        }
+        r.request = Some(RequestStream::new(req, r.protocol, now));
+        // An onion request no circuit can carry is refused before anything
+        // is sent.
+        r.request_keyed(now);
         Ok(r)
     }
 

@@ -9,8 +9,10 @@ use alloc::vec::Vec;
 
 use crate::onion::cell::{CMD_ATTACH, CMD_STREAM, NONCE_LEN, TOKEN_LEN};
 use crate::onion::header::process;
+use crate::onion::keys::{mac, same};
 use crate::onion::{
-    public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN, MAX_CREATE_DATA, MAX_DATA,
+    Drbg, ExitHop, Hop, HopKeys, OnionKeyRing, Processed, RelayHop, SourceCircuit, CELL_LEN, HEADER_LEN,
+    MAX_CREATE_DATA, MAX_DATA,
 };
 use crate::routing::{NodeId, Route, RouteContext};
 use crate::transport::{Segment, Stream};
@@ -61,38 +63,97 @@ struct Source {
     established: bool,
 }
 
+/// How a stream that came over an onion circuit is known at its exit:
+/// the token its source names it by, and the key only the source and the
+/// exit hold (from the circuit that opened it) under which every later
+/// attach must carry a proof. Knowing the token alone moves nothing.
+#[derive(Clone)]
+pub(super) struct StreamAttach {
+    pub(super) token: [u8; TOKEN_LEN],
+    key: [u8; 32],
+}
+
+impl Drop for StreamAttach {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+impl StreamAttach {
+    /// The stream's attach key, from the keys of the circuit that opened it.
+    fn new(token: [u8; TOKEN_LEN], opened_by: &HopKeys) -> Self {
+        Self { token, key: opened_by.stream_key() }
+    }
+
+    /// The proof an attach carries: a MAC under the stream's key of its
+    /// stamp and of the create it rides in (so it fits no other create).
+    fn proof(&self, stamp_us: u64, create: &HopKeys) -> [u8; PROOF_LEN] {
+        let mut m = [0u8; STAMP_LEN + 16];
+        m[..STAMP_LEN].copy_from_slice(&stamp_us.to_be_bytes());
+        m[STAMP_LEN..].copy_from_slice(&create.replay_tag());
+        mac(&self.key, &m)
+    }
+}
+
+/// Why a source has no circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoCircuit {
+    /// No path of enough relays avoids what the app avoids: there will be
+    /// none (link state only ever removes links).
+    NoPath,
+    /// A relay's current onion key is not known yet (its link state has
+    /// not arrived), or it is unusable.
+    NoKey,
+}
+
 /// A node's onion state.
 pub struct Onion {
-    secret: [u8; 32],
-    public: [u8; 32],
-    directory: Vec<(NodeId, [u8; 32])>,
+    /// The node's onion keys (none on a request VM, which only builds).
+    keys: Option<OnionKeyRing>,
     pub(super) rng: Drbg,
     ends: BTreeMap<(usize, u32), (End, u64)>,
     source: Option<Source>,
-    /// A request VM's stream token: the exit knows the stream by it, on
-    /// whichever circuit it arrives.
-    token: [u8; TOKEN_LEN],
+    /// A request VM's stream, as its exit will know it (set by the first
+    /// circuit; again by the next while no exit has answered).
+    attach: Option<StreamAttach>,
+    /// An exit has answered on one of this source's circuits: it knows
+    /// the stream by `attach`.
+    attached: bool,
 }
 
 impl Onion {
-    /// Onion state from the node's static secret, the directory and the
-    /// boot seed.
-    pub fn new(secret: [u8; 32], directory: Vec<(NodeId, [u8; 32])>, seed: [u8; 32]) -> Self {
+    /// Onion state from the boot seed; a node with a rotation period
+    /// (`period_s` > 0) draws its first onion key at `now`.
+    pub fn new(period_s: u32, seed: [u8; 32], now: u64) -> Self {
         let mut rng = Drbg::new(seed);
-        let mut token = [0u8; TOKEN_LEN];
-        rng.fill(&mut token);
-        Self { public: public_key(&secret), secret, directory, rng, ends: BTreeMap::new(), source: None, token }
+        let keys = (period_s > 0).then(|| OnionKeyRing::new(period_s, now, &mut rng));
+        Self { keys, rng, ends: BTreeMap::new(), source: None, attach: None, attached: false }
     }
 
-    /// The node's static onion secret (streams' end-to-end keys agree
-    /// with it too).
-    pub(super) fn secret(&self) -> &[u8; 32] {
-        &self.secret
+    /// The onion public key this node advertises now (all zero: none).
+    pub(super) fn public(&self) -> [u8; 32] {
+        self.keys.as_ref().map_or([0; 32], OnionKeyRing::public)
     }
 
-    /// Node `n`'s onion public key, from the directory.
-    pub(super) fn directory_key(&self, n: NodeId) -> Option<[u8; 32]> {
-        self.directory.iter().find(|(id, _)| *id == n).map(|(_, k)| *k)
+    /// Rotates the node's onion key when its period is over; true when
+    /// the key changed (advertise it).
+    pub(super) fn rotate(&mut self, now: u64) -> bool {
+        match self.keys.as_mut() {
+            Some(k) => k.tick(now, &mut self.rng),
+            None => false,
+        }
+    }
+
+    /// The onion secrets that may open a create or a hello now, newest
+    /// first, with their public keys.
+    pub(super) fn secrets(&self) -> impl Iterator<Item = (&[u8; 32], &[u8; 32])> {
+        self.keys.iter().flat_map(OnionKeyRing::keys)
+    }
+
+    /// Peels a create's header with whichever of the node's keys it was
+    /// built for.
+    fn process(&self, header: &[u8]) -> Option<Processed> {
+        self.secrets().find_map(|(secret, public)| process(secret, public, header).ok())
     }
 
     /// Forgets circuits idle for long (their streams are long gone).
@@ -118,25 +179,32 @@ fn alpha_of(cell: &[u8]) -> [u8; 32] {
 
 /// Bytes of the source's wall-clock stamp at the front of a create's data.
 const STAMP_LEN: usize = 8;
+/// Bytes of an attach's proof.
+const PROOF_LEN: usize = 16;
+/// Bytes of what a create carries before its segment.
+const ATTACH_LEN: usize = STAMP_LEN + TOKEN_LEN + PROOF_LEN;
 
 /// What a create carries for the exit besides a segment: when the source
-/// sent it (the exit refuses creates replayed later) and the stream's
-/// token.
+/// sent it (the exit refuses creates replayed later), the stream's token
+/// and the proof that the stream's source sent it.
 struct Attach {
     stamp_us: u64,
     token: [u8; TOKEN_LEN],
+    proof: [u8; PROOF_LEN],
 }
 
 /// Splits an opened cell's data by command: `(attach, segment)`.
 fn attach_parts(cmd: u8, data: &[u8]) -> Result<(Option<Attach>, &[u8]), DropReason> {
     match cmd {
         CMD_STREAM => Ok((None, data)),
-        CMD_ATTACH if data.len() >= STAMP_LEN + TOKEN_LEN => {
+        CMD_ATTACH if data.len() >= ATTACH_LEN => {
             let mut stamp = [0u8; STAMP_LEN];
             stamp.copy_from_slice(&data[..STAMP_LEN]);
             let mut token = [0u8; TOKEN_LEN];
             token.copy_from_slice(&data[STAMP_LEN..STAMP_LEN + TOKEN_LEN]);
-            Ok((Some(Attach { stamp_us: u64::from_be_bytes(stamp), token }), &data[STAMP_LEN + TOKEN_LEN..]))
+            let mut proof = [0u8; PROOF_LEN];
+            proof.copy_from_slice(&data[STAMP_LEN + TOKEN_LEN..ATTACH_LEN]);
+            Ok((Some(Attach { stamp_us: u64::from_be_bytes(stamp), token, proof }), &data[ATTACH_LEN..]))
         }
         _ => Err(DropReason::BadCell),
     }
@@ -202,6 +270,7 @@ impl<L: LinkPort> Router<L> {
                 }
                 let (_, range) = src.circuit.open(&mut cell).map_err(|_| DropReason::BadMac)?;
                 src.established = true;
+                self.onion.attached = true;
                 let seg = Segment::parse(&cell[range]).map_err(|_| DropReason::BadSegment)?;
                 if let Some(e) = self.request.as_mut() {
                     e.stream.on_segment(now, &seg);
@@ -232,7 +301,7 @@ impl<L: LinkPort> Router<L> {
             return Err(DropReason::NoRoute);
         }
         let alpha = alpha_of(&cell);
-        match process(&self.onion.secret, &self.onion.public, &cell[NONCE_LEN..]).map_err(|_| DropReason::BadMac)? {
+        match self.onion.process(&cell[NONCE_LEN..]).ok_or(DropReason::BadMac)? {
             Processed::Forward { next, header, keys } => {
                 let j = self.port_to(next).ok_or(DropReason::NoRoute)?;
                 let out_circ = self.onion.fresh_circ(j);
@@ -261,11 +330,24 @@ impl<L: LinkPort> Router<L> {
                 let Some(attach) = attach else { return Err(DropReason::BadCell) };
                 let wall = self.clock.at(now);
                 self.handshakes.check(&tag, attach.stamp_us, wall)?;
+                // A stream this exit already carries, on a new circuit: only
+                // if its source proves it sent this create.
+                let known = self.flows.iter().find_map(|(id, f)| {
+                    f.attach
+                        .as_ref()
+                        .filter(|a| same(&a.token, &attach.token))
+                        .map(|a| (*id, a.proof(attach.stamp_us, hop.keys())))
+                });
+                let opening = StreamAttach::new(attach.token, hop.keys());
+                let proof = match known {
+                    Some((_, p)) => p,
+                    None => opening.proof(attach.stamp_us, hop.keys()),
+                };
+                if !same(&proof, &attach.proof) {
+                    return Err(DropReason::BadMac);
+                }
                 self.handshakes.insert(tag, attach.stamp_us, wall);
-                let token = Some(attach.token);
-                // A stream this exit already carries, on a new circuit.
-                let known = token.and_then(|t| self.flows.iter().find(|(_, f)| f.token == Some(t)).map(|(id, _)| *id));
-                if let Some(flow) = known {
+                if let Some((flow, _)) = known {
                     self.onion.ends.insert((i, circ), (End::Exit { hop, flow, alpha }, now));
                     self.stats.circuits += 1;
                     if let Some(f) = self.flows.get_mut(&flow) {
@@ -292,7 +374,7 @@ impl<L: LinkPort> Router<L> {
                 self.stats.circuits += 1;
                 self.stats.delivered += 1;
                 let mut f = Flow::new(stream, 0, Protocol::Onion, Some((i, circ)));
-                f.token = token;
+                f.attach = Some(opening);
                 self.open_flow(flow, f, &info);
                 Ok(())
             }
@@ -314,23 +396,29 @@ impl<L: LinkPort> Router<L> {
     /// A new circuit to `dst` for a request VM: at least three relays
     /// (`routing::onion`), none the app asked to avoid, each with a key in
     /// the directory, starting on a port other than `not_via`.
-    fn onion_build(&mut self, dst: NodeId, not_via: Option<usize>) -> Result<Source, DropReason> {
+    fn onion_build(&mut self, dst: NodeId, not_via: Option<usize>) -> Result<Source, NoCircuit> {
         let avoid = self.request.as_ref().map(|e| e.avoid.as_slice()).unwrap_or(&[]);
         let mut ctx = RouteContext { avoid, rng: &mut self.onion.rng };
         let Some(Route::Circuit(path)) = self.routes.route(Protocol::Onion, dst, &mut ctx) else {
-            return Err(DropReason::NoRoute);
+            return Err(NoCircuit::NoPath);
         };
-        let port = self.port_to(path[1]).ok_or(DropReason::NoRoute)?;
+        let port = self.port_to(path[1]).ok_or(NoCircuit::NoPath)?;
         // The edge host steers a request's frames by its flow id, and the
         // first relay knows that id on that link as the old circuit's.
         if Some(port) == not_via {
-            return Err(DropReason::NoRoute);
+            return Err(NoCircuit::NoPath);
         }
         let mut hops = Vec::with_capacity(path.len() - 1);
         for &n in &path[1..] {
-            hops.push(Hop { node: n, public: self.onion.directory_key(n).ok_or(DropReason::NoRoute)? });
+            hops.push(Hop { node: n, public: self.lsdb.onion_key(n).ok_or(NoCircuit::NoKey)? });
         }
-        let circuit = SourceCircuit::new(&hops, &mut self.onion.rng).map_err(|_| DropReason::NoRoute)?;
+        let circuit = SourceCircuit::new(&hops, &mut self.onion.rng).map_err(|_| NoCircuit::NoKey)?;
+        if !self.onion.attached {
+            // The circuit that opens the stream at the exit names it.
+            let mut token = [0u8; TOKEN_LEN];
+            self.onion.rng.fill(&mut token);
+            self.onion.attach = Some(StreamAttach::new(token, circuit.exit_keys()));
+        }
         let circ = self.control_flow;
         self.notice(Notice::CircuitBuilt { relays: path.len() - 2 });
         self.onion.ends.insert((port, circ), (End::Source, 0));
@@ -338,7 +426,7 @@ impl<L: LinkPort> Router<L> {
     }
 
     /// Builds a request VM's circuit to `dst` if it has none yet.
-    pub(super) fn onion_prepare(&mut self, dst: NodeId) -> Result<(), DropReason> {
+    pub(super) fn onion_prepare(&mut self, dst: NodeId) -> Result<(), NoCircuit> {
         if self.onion.source.is_none() {
             let s = self.onion_build(dst, None)?;
             self.onion.source = Some(s);
@@ -384,13 +472,12 @@ impl<L: LinkPort> Router<L> {
     }
 
     /// Sends a segment of a request VM's stream to `dst` on its circuit:
-    /// in a create cell with its stamp and the stream's token until the
-    /// exit answers,
-    /// then in data cells.
+    /// in a create cell with its stamp, the stream's token and the attach
+    /// proof until the exit answers, then in data cells.
     pub(super) fn onion_send_forward(&mut self, dst: NodeId, seg: &[u8], now: u64) -> Result<bool, DropReason> {
-        self.onion_prepare(dst)?;
-        let token = self.onion.token;
+        self.onion_prepare(dst).map_err(|_| DropReason::NoRoute)?;
         let stamp = self.clock.at(now);
+        let Some(attach) = self.onion.attach.as_ref() else { return Err(DropReason::NoRoute) };
         let Some(src) = self.onion.source.as_mut() else { return Err(DropReason::NoRoute) };
         let (port, circ) = (src.port, src.circ);
         let mut cell = Vec::with_capacity(CELL_LEN);
@@ -401,8 +488,9 @@ impl<L: LinkPort> Router<L> {
             // create carries the token alone and the stream sends the
             // segment again once the circuit is up.
             let mut data = stamp.to_be_bytes().to_vec();
-            data.extend_from_slice(&token);
-            if STAMP_LEN + TOKEN_LEN + seg.len() <= MAX_CREATE_DATA {
+            data.extend_from_slice(&attach.token);
+            data.extend_from_slice(&attach.proof(stamp, src.circuit.exit_keys()));
+            if ATTACH_LEN + seg.len() <= MAX_CREATE_DATA {
                 data.extend_from_slice(seg);
             }
             src.circuit.seal(true, CMD_ATTACH, &data, &mut cell).map_err(|_| DropReason::BadCell)?;

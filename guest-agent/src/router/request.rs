@@ -11,12 +11,15 @@
 
 use alloc::vec::Vec;
 
+use zeroize::Zeroize;
+
 use crate::node::EdgeRequest;
 use crate::routing::NodeId;
-use crate::transport::e2e::E2eSession;
+use crate::transport::e2e::{Binding, E2eSession};
 use crate::transport::{Stream, StreamState};
 use crate::wire::{Protocol, FLAG_STREAM};
 
+use super::onion::NoCircuit;
 use super::streams::fit_stream;
 use super::{origin_repr, LinkPort, Router};
 
@@ -26,6 +29,10 @@ pub const MAX_APP_PENDING: usize = 64 * 1024;
 const APP_READ: usize = 64 * 1024;
 /// How long a closing stream may wait for its peer before the VM leaves.
 pub const GOODBYE_US: u64 = 1_000_000;
+/// How long a request waits for the onion keys its stream needs (they
+/// come with the link state it pulls at once, and again after
+/// [`LSA_REQUEST_US`](super::control::LSA_REQUEST_US)) before it is refused.
+pub const KEY_WAIT_US: u64 = 1_200_000;
 
 /// Where the request's stream stands, as the app must be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +82,17 @@ pub struct RequestStream {
     /// The end-to-end session with the destination (not for onion, whose
     /// circuit seals end to end itself).
     pub(super) e2e: Option<E2eSession>,
+    /// The stream has its keys (a session, or a circuit): it may send.
+    keyed: bool,
+    /// When the request VM started, to bound the wait for keys.
+    started: u64,
+    /// The link-state count at the last try for keys (a try is worth it
+    /// only when new link state came in).
+    tried_at_lsas: Option<u64>,
 }
 
 impl RequestStream {
-    pub(super) fn new(req: &EdgeRequest, protocol: Protocol) -> Self {
+    pub(super) fn new(req: &EdgeRequest, protocol: Protocol, now: u64) -> Self {
         let mut stream = Stream::connect(&req.target);
         fit_stream(&mut stream, protocol);
         Self {
@@ -93,6 +107,9 @@ impl RequestStream {
             avoid: req.avoid.clone(),
             no_circuit: false,
             e2e: None,
+            keyed: false,
+            started: now,
+            tried_at_lsas: None,
         }
     }
 
@@ -177,9 +194,65 @@ impl<L: LinkPort> Router<L> {
         finished && self.links_idle()
     }
 
+    /// Whether the request's stream may send: it has a fresh end-to-end
+    /// session with the destination's current onion key or (onion) a
+    /// circuit through relays' current keys, both from signed link state.
+    /// Without them by [`KEY_WAIT_US`], or at once when no circuit can
+    /// avoid what the app avoids, the request is refused (for onion, as no
+    /// circuit: the app learns why); it is never sent unsealed.
+    pub(super) fn request_keyed(&mut self, now: u64) -> bool {
+        let lsas = self.stats.lsas_accepted;
+        let Some(r) = self.request.as_mut() else { return false };
+        if r.keyed {
+            return true;
+        }
+        let late = now.saturating_sub(r.started) >= KEY_WAIT_US;
+        if r.tried_at_lsas == Some(lsas) && !late {
+            return false;
+        }
+        r.tried_at_lsas = Some(lsas);
+        let (dst, flow) = (r.dst, r.flow);
+        let mut hopeless = false;
+        let ready = if self.protocol == Protocol::Onion {
+            let built = self.onion_prepare(dst);
+            hopeless = built == Err(NoCircuit::NoPath);
+            built.is_ok()
+        } else {
+            // A fresh key for this stream alone.
+            let mut ephemeral = [0u8; 32];
+            self.onion.rng.fill(&mut ephemeral);
+            let binding = Binding { flow, src: self.me, dst };
+            let stamp = self.clock.at(now);
+            let session = self.lsdb.onion_key(dst).and_then(|k| E2eSession::initiate(&ephemeral, &k, binding, stamp));
+            ephemeral.zeroize();
+            let ready = session.is_some();
+            if let Some(r) = self.request.as_mut() {
+                r.e2e = session;
+            }
+            ready
+        };
+        let onion = self.protocol == Protocol::Onion;
+        let Some(r) = self.request.as_mut() else { return false };
+        let late = late || hopeless;
+        if ready || late {
+            r.keyed = true;
+        }
+        if !ready && late {
+            r.no_circuit = onion;
+            r.stream.refuse();
+            if onion {
+                self.notice(super::Notice::NoCircuit);
+            }
+        }
+        ready
+    }
+
     /// The request's stream: circuit upkeep (at maintenance pace), bytes
     /// both ways, closing, and its segments onto the links.
     pub(super) fn poll_request(&mut self, now: u64, maintained: bool) -> bool {
+        if !self.request_keyed(now) {
+            return false;
+        }
         let mut worked = false;
         if maintained && self.protocol == Protocol::Onion {
             let dst = self.request.as_ref().map_or(0, |r| r.dst);

@@ -1,17 +1,19 @@
 //! Simulated overlay networks: routers joined by [`MemoryLink`]s, driven
 //! on a simulated clock. For host tests and `pathvm bench router`; the
 //! configurations are the ones `pathvm topo up` would write (one key per
-//! link, one span of link ids per side, onion and link-state keys from a
-//! directory).
+//! link, one span of link ids per side, link-state keys from a directory;
+//! each node draws its own onion keys).
 
 use alloc::vec::Vec;
 
 use crate::node::{EdgeRequest, KeyScope, NodeConfig, PortConfig, Record};
-use crate::onion::public_key;
 use crate::routing::{lsa_sign, Link, NodeId};
 use crate::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol};
 
 use super::{MemoryLink, Router};
+
+/// Seconds between a simulated node's onion key rotations (the default).
+pub const ONION_PERIOD_S: u32 = crate::onion::rotation::DEFAULT_PERIOD_S;
 
 /// Link ids each side of a link owns (its node, then request VMs).
 pub const SPAN: u32 = 1 << 16;
@@ -32,13 +34,6 @@ pub fn link_key(k: usize) -> [u8; 32] {
 pub fn side_id(k: usize, link: &Link, n: NodeId) -> u32 {
     let side = u32::from(n != link.a);
     1 + (2 * k as u32 + side) * SPAN
-}
-
-/// Node `n`'s static onion secret in a simulation.
-pub fn onion_secret(n: NodeId) -> [u8; 32] {
-    let mut s = [0x11u8; 32];
-    s[..2].copy_from_slice(&n.to_be_bytes());
-    s
 }
 
 /// Node `n`'s link-state signing secret in a simulation.
@@ -81,8 +76,7 @@ pub fn config(links: &[Link], me: NodeId, protocol: u8) -> NodeConfig {
         links: links.to_vec(),
         epoch_us: 1_000,
         seed,
-        onion_secret: onion_secret(me),
-        directory: nodes.iter().map(|&n| (n, public_key(&onion_secret(n)))).collect(),
+        onion_period_s: ONION_PERIOD_S,
         lsa_secret: lsa_secret(me),
         lsa_keys: nodes.iter().map(|&n| (n, lsa_sign::public_key(&lsa_secret(n)))).collect(),
     }

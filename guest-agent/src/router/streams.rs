@@ -9,7 +9,6 @@
 use alloc::vec::Vec;
 
 use crate::node::{stream_op, Record, RECORD_CONTROL, RECORD_STREAM};
-use crate::onion::cell::TOKEN_LEN;
 use crate::routing::{NodeId, ReplyPaths, SourceRoute};
 use crate::transport::e2e::{self, Binding, E2eSession};
 use crate::transport::stream::MSS;
@@ -18,7 +17,7 @@ use crate::wire::{OverlayRepr, Protocol, FLAG_STREAM};
 
 use super::drop::DropReason;
 use super::forward::{new_packet_id, route_states};
-use super::onion::ONION_MSS;
+use super::onion::{StreamAttach, ONION_MSS};
 use super::{origin_repr, LinkPort, Router};
 
 /// A stream ending at this node: the transport, and who is at the other
@@ -37,8 +36,8 @@ pub struct Flow {
     /// For a stream that came over an onion circuit: the circuit's port
     /// and id here (the source is unknown, by design).
     pub(super) circuit: Option<(usize, u32)>,
-    /// For such a stream: the token its source attaches new circuits with.
-    pub(super) token: Option<[u8; TOKEN_LEN]>,
+    /// For such a stream: how its source attaches new circuits to it.
+    pub(super) attach: Option<StreamAttach>,
     /// For a source-routed stream: the paths its packets came on, to
     /// answer on.
     pub(super) reply: ReplyPaths,
@@ -58,7 +57,7 @@ impl Flow {
             pending: Vec::new(),
             host_eof: false,
             circuit,
-            token: None,
+            attach: None,
             reply: ReplyPaths::default(),
             e2e: None,
         }
@@ -135,11 +134,21 @@ impl<L: LinkPort> Router<L> {
     fn stream_open(&mut self, repr: &OverlayRepr, payload: &[u8], now: u64) -> Result<(), DropReason> {
         let Some(hello) = e2e::parse_hello(payload) else { return Ok(()) };
         let binding = Binding { flow: repr.flow_id, src: repr.src, dst: self.me };
-        let mut session = E2eSession::respond(self.onion.secret(), hello, binding).ok_or(DropReason::BadE2e)?;
+        // Sealed to this node's current onion key or, for a source that
+        // still held the advertisement before the last rotation, the one
+        // before.
+        let mut plain = Vec::new();
+        let mut session = self
+            .onion
+            .secrets()
+            .find_map(|(secret, _)| {
+                let mut s = E2eSession::respond(secret, hello, binding)?;
+                plain.clear();
+                s.open(payload, &mut plain).is_ok().then_some(s)
+            })
+            .ok_or(DropReason::BadE2e)?;
         let wall = self.clock.at(now);
         self.handshakes.check(&session.tag(), hello.stamp_us, wall)?;
-        let mut plain = Vec::new();
-        session.open(payload, &mut plain)?;
         let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
         let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
         self.handshakes.insert(session.tag(), hello.stamp_us, wall);

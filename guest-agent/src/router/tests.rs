@@ -370,7 +370,7 @@ fn signed_lsa(origin: u16, seq: u64, links: Vec<LinkReport>) -> Lsa {
 }
 
 fn signed_lsa_with(secret: &[u8; 32], origin: u16, seq: u64, links: Vec<LinkReport>) -> Lsa {
-    let mut l = Lsa { origin, seq, links, sig: [0; 64] };
+    let mut l = Lsa { origin, seq, onion_key: [0; 32], links, sig: [0; 64] };
     crate::routing::lsa_sign::LsaSigner::new(secret).sign(&mut l);
     l
 }
@@ -563,13 +563,17 @@ fn an_onion_request_goes_through_three_relays_none_of_which_sees_the_bytes() {
 fn onion_relays_hold_circuits_and_the_exit_serves_the_stream() {
     let req = request(5, b"10.0.0.9:80");
     let mut net = Net::new(&line5(), Protocol::Onion.id(), Some((1, &req)));
-    let notices: Vec<Notice> = core::iter::from_fn(|| net.host(1).router.poll_notice()).collect();
-    assert_eq!(notices, vec![Notice::CircuitBuilt { relays: 3 }]);
+    // The circuit waits for the relays' onion keys in the link state the
+    // request VM pulls.
+    assert_eq!(net.host(1).router.poll_notice(), None);
     let mut opened = Vec::new();
+    let mut notices = Vec::new();
     net.run_until(1_000_000, STEP, |net| {
         opened.extend(serve_opens(net, 5, stream_op::OPENED));
+        notices.extend(core::iter::from_fn(|| net.host(1).router.poll_notice()));
         net.host(1).router.request_phase() == RequestPhase::Up
     });
+    assert_eq!(notices, vec![Notice::CircuitBuilt { relays: 3 }]);
     assert_eq!(opened.len(), 1);
     for relay in [2, 3, 4] {
         let s = *net.host(relay).router.stats();
@@ -667,6 +671,117 @@ fn a_create_a_relay_replays_on_a_new_circuit_is_refused_at_the_exit() {
     assert_eq!(exit.flow_count(), 1);
     assert_eq!(exit.stats().circuits, before.circuits, "no circuit end made for it");
     assert!(exit.flows.values().all(|f| f.circuit != Some((0, 0x0bad_cafe))), "the stream stayed on its circuit");
+}
+
+/// Runs node `n`'s maintenance `periods` onion key periods past `now`
+/// (each a rotation); returns the time it reached.
+fn rotate_onion_keys(net: &mut Net, n: u16, now: u64, periods: u64) -> u64 {
+    let period = u64::from(sim::ONION_PERIOD_S) * 1_000_000;
+    let r = &mut net.host(n).router;
+    let mut t = now;
+    for _ in 0..periods {
+        let before = r.onion.public();
+        t += period;
+        r.maintain(t);
+        assert_ne!(r.onion.public(), before, "node {n} rotated");
+    }
+    t
+}
+
+#[test]
+fn a_recorded_create_opens_nothing_two_onion_key_periods_later() {
+    let links = line5();
+    let req = request(5, b"10.0.0.9:80");
+    let mut net = Net::new(&links, Protocol::Onion.id(), Some((1, &req)));
+    polls_first(&mut net, 5);
+    let mut first = None;
+    let up = net.run_until(1_000_000, STEP, |net| {
+        record_first(net, (4, 1), (5, 0), &mut first, |p| p.protocol() == Protocol::Onion);
+        serve_opens(net, 5, stream_op::OPENED);
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    assert!(up);
+    let (_, create) = first.expect("the exit got a create");
+    let replay = |net: &mut Net, t: u64, seq: u64| {
+        let r = OverlayRepr { flow_id: 0x0bad_0000 + seq as u32, ..repr(Protocol::Onion, 0, 1, 4, 5) };
+        let frame = neighbour_frame(&links, 3, 4, r, &[], &create, seq);
+        net.host(5).router.receive(0, &frame, t)
+    };
+    // One rotation on, the key before still opens the create (a source may
+    // have built on the advertisement before): it is refused as a replay.
+    let now = net.now;
+    let t = rotate_onion_keys(&mut net, 5, now, 1);
+    assert_eq!(replay(&mut net, t, 1 << 40), Err(DropReason::ReplayedHandshake));
+    // Two on, the key is gone: nothing in the exit opens it any more.
+    let t = rotate_onion_keys(&mut net, 5, t, 1);
+    assert_eq!(replay(&mut net, t, (1 << 40) + 1), Err(DropReason::BadMac));
+    assert_eq!(net.host(5).router.onion.secrets().count(), 2, "the current key and the one before, no older");
+}
+
+#[test]
+fn a_recorded_stream_hello_opens_nothing_two_onion_key_periods_later() {
+    let links = line3();
+    let req = request(3, b"10.0.0.9:80");
+    let mut net = Net::new(&links, Protocol::Shortest.id(), Some((1, &req)));
+    polls_first(&mut net, 3);
+    let mut first = None;
+    net.run_until(1_000_000, STEP, |net| {
+        record_first(net, (2, 1), (3, 0), &mut first, |p| p.flags() & FLAG_STREAM != 0);
+        serve_opens(net, 3, stream_op::OPENED);
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    let (flow, hello) = first.expect("a stream packet reached the destination");
+    let replay = |net: &mut Net, t: u64, seq: u64| {
+        let r = OverlayRepr { flow_id: flow ^ 1, ..repr(Protocol::Shortest, FLAG_STREAM, 8, 1, 3) };
+        let frame = neighbour_frame(&links, 1, 2, r, &[], &hello, seq);
+        net.host(3).router.receive(0, &frame, t)
+    };
+    let now = net.now;
+    let t = rotate_onion_keys(&mut net, 3, now, 1);
+    // Bound to its flow id: under another it opens to nothing at all.
+    assert_eq!(replay(&mut net, t, 1 << 40), Err(DropReason::BadE2e));
+    let r = OverlayRepr { flow_id: flow, ..repr(Protocol::Shortest, FLAG_STREAM, 8, 1, 3) };
+    net.host(3).router.flows.clear();
+    let frame = neighbour_frame(&links, 1, 2, r, &[], &hello, (1 << 40) + 1);
+    assert_eq!(net.host(3).router.receive(0, &frame, t), Err(DropReason::ReplayedHandshake), "the key before opens it");
+    let t = rotate_onion_keys(&mut net, 3, t, 1);
+    let frame = neighbour_frame(&links, 1, 2, r, &[], &hello, (1 << 40) + 2);
+    assert_eq!(net.host(3).router.receive(0, &frame, t), Err(DropReason::BadE2e), "two periods on, nothing opens it");
+    assert_eq!(net.host(3).router.flow_count(), 0);
+}
+
+#[test]
+fn a_create_naming_a_live_streams_token_without_its_proof_moves_nothing() {
+    use crate::onion::cell::CMD_ATTACH;
+    use crate::onion::{Drbg, Hop, SourceCircuit};
+    let links = line5();
+    let req = request(5, b"10.0.0.9:80");
+    let mut net = Net::new(&links, Protocol::Onion.id(), Some((1, &req)));
+    let up = net.run_until(1_000_000, STEP, |net| {
+        serve_opens(net, 5, stream_op::OPENED);
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    assert!(up);
+    let now = net.now;
+    let exit = &mut net.host(5).router;
+    let (&flow, f) = exit.flows.iter().next().expect("the exit carries the stream");
+    let (circuit, token) = (f.circuit, f.attach.as_ref().map(|a| a.token).expect("an onion stream's token"));
+    // Anyone may build a create to the exit's advertised key; whoever
+    // learnt the token still cannot make the proof.
+    let hop = Hop { node: 5, public: exit.onion.public() };
+    let mut forger = SourceCircuit::new(&[hop], &mut Drbg::new([0x66; 32])).unwrap();
+    let mut data = exit.clock.at(now).to_be_bytes().to_vec();
+    data.extend_from_slice(&token);
+    data.extend_from_slice(&[0u8; 16]);
+    let mut cell = Vec::new();
+    forger.seal(true, CMD_ATTACH, &data, &mut cell).unwrap();
+    let r = OverlayRepr { flow_id: 0x0bad_cafe, ..repr(Protocol::Onion, 0, 1, 4, 5) };
+    let frame = neighbour_frame(&links, 3, 4, r, &[], &cell, 1 << 40);
+    let before = exit.stats().circuits;
+    assert_eq!(exit.receive(0, &frame, now), Err(DropReason::BadMac));
+    assert_eq!(exit.stats().circuits, before, "no circuit end made for it");
+    assert_eq!(exit.flows[&flow].circuit, circuit, "the stream stayed on its circuit");
+    assert_eq!(exit.flow_count(), 1, "and no stream opened");
 }
 
 #[test]

@@ -210,6 +210,10 @@ pub struct Lsa {
     /// The origin's wall clock when it advertised (µs since the Unix
     /// epoch), raised past its last number: increases across restarts.
     pub seq: u64,
+    /// The origin's current onion public key (sources build circuits and
+    /// stream hellos to it; [`crate::onion::rotation`]), all zero if it has
+    /// none.
+    pub onion_key: [u8; 32],
     /// Its links.
     pub links: Vec<LinkReport>,
     /// The origin's Ed25519 signature over the rest.
@@ -234,18 +238,19 @@ pub enum LsaRefusal {
     RateLimited,
 }
 
-const LSA_HDR: usize = 11;
+const LSA_HDR: usize = 43;
 const REPORT_LEN: usize = 9;
 const SIG_LEN: usize = 64;
 /// Most links one advertisement carries.
 pub const MAX_LSA_LINKS: usize = 32;
 
 impl Lsa {
-    /// Appends what the signature covers: origin, seq, count, then per
-    /// link: peer, latency, loss, status (big-endian).
+    /// Appends what the signature covers: origin, seq, onion key, count,
+    /// then per link: peer, latency, loss, status (big-endian).
     pub fn encode_signed_part(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.origin.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.onion_key);
         out.push(self.links.len().min(MAX_LSA_LINKS) as u8);
         for r in self.links.iter().take(MAX_LSA_LINKS) {
             out.extend_from_slice(&r.peer.to_be_bytes());
@@ -264,7 +269,7 @@ impl Lsa {
     /// Decodes what `encode` wrote; any inconsistency is an error.
     pub fn decode(b: &[u8]) -> Result<Self, MalformedLsa> {
         let h = b.get(..LSA_HDR).ok_or(MalformedLsa)?;
-        let n = h[10] as usize;
+        let n = h[42] as usize;
         if n > MAX_LSA_LINKS || b.len() != LSA_HDR + n * REPORT_LEN + SIG_LEN {
             return Err(MalformedLsa);
         }
@@ -282,9 +287,11 @@ impl Lsa {
         }
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&h[2..10]);
+        let mut onion_key = [0u8; 32];
+        onion_key.copy_from_slice(&h[10..42]);
         let mut s = [0u8; SIG_LEN];
         s.copy_from_slice(sig);
-        Ok(Self { origin: u16::from_be_bytes([h[0], h[1]]), seq: u64::from_be_bytes(seq), links, sig: s })
+        Ok(Self { origin: u16::from_be_bytes([h[0], h[1]]), seq: u64::from_be_bytes(seq), onion_key, links, sig: s })
     }
 }
 
@@ -357,6 +364,12 @@ impl LinkStateDb {
     /// Every advertisement held.
     pub fn lsas(&self) -> impl Iterator<Item = &Lsa> {
         self.lsas.values().map(|(_, l)| l)
+    }
+
+    /// Node `n`'s onion key as its newest advertisement signs it: what a
+    /// source seals creates and stream hellos to.
+    pub fn onion_key(&self, n: NodeId) -> Option<[u8; 32]> {
+        self.lsas.get(&n).map(|(_, l)| l.onion_key).filter(|k| *k != [0; 32])
     }
 
     /// Forgets advertisements older than [`LSA_MAX_AGE_US`]; true if any
@@ -497,7 +510,7 @@ mod tests {
     }
 
     fn signed(origin: NodeId, seq: u64, links: Vec<LinkReport>) -> Lsa {
-        let mut l = Lsa { origin, seq, links, sig: [0; 64] };
+        let mut l = Lsa { origin, seq, onion_key: [origin as u8; 32], links, sig: [0; 64] };
         lsa_sign::LsaSigner::new(&secret(origin)).sign(&mut l);
         l
     }

@@ -132,7 +132,7 @@ mod tests {
 
     fn lsa(origin: NodeId) -> Lsa {
         let down = LinkReport { peer: 3, status: LinkStatus::Down, latency_us: 0, loss_permille: 1000 };
-        Lsa { origin, seq: 1_700_000_000_000_000, links: vec![down], sig: [0; 64] }
+        Lsa { origin, seq: 1_700_000_000_000_000, onion_key: [5; 32], links: vec![down], sig: [0; 64] }
     }
 
     #[test]

@@ -96,6 +96,7 @@ mod tests {
         let lsa = Lsa {
             origin: 3,
             seq: 9,
+            onion_key: [7; 32],
             links: vec![LinkReport { peer: 1, status: LinkStatus::Up, ..Default::default() }],
             sig: [5; 64],
         };

@@ -37,9 +37,16 @@ extern "C" fn agent_main(params_addr: u64) -> ! {
     if params_addr == 0 {
         pvh_main();
     }
+    let boot = params_addr as *mut BootParams;
     // SAFETY: the VMM placed an initialised BootParams at this address
-    // before starting the vCPU; it is only read.
-    let params: &BootParams = unsafe { &*(params_addr as *const BootParams) };
+    // before starting the vCPU, and nothing else refers to it: the agent
+    // copies it once, then wipes the original's role arguments (a node's
+    // boot seed and keys) so that no later reader of guest memory finds
+    // them there; the copy is wiped as soon as it is decoded.
+    let mut params: BootParams = unsafe { core::ptr::read(boot) };
+    // SAFETY: as above; the pointer is valid, aligned and unaliased.
+    unsafe { (*boot).wipe_args() };
+    let params = &mut params;
     let role = match params.validate() {
         Ok(r) => r,
         Err(e) => {

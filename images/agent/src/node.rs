@@ -68,9 +68,11 @@ fn unusable(e: impl core::fmt::Display) -> ! {
 }
 
 /// Runs a node VM until it is stopped.
-pub fn run(params: &BootParams) -> ! {
-    let cfg = decode_config(params);
+pub fn run(params: &mut BootParams) -> ! {
+    let mut cfg = decode_config(params);
+    params.wipe_args();
     let mut router = Router::new(&cfg, links(params), clock::now_us()).unwrap_or_else(|e| unusable(e));
+    cfg.wipe_secrets();
     let mut con = console(params);
     publish_stats(router.stats());
     log!("node {} up: {} ports, originating with {:?}", router.me(), router.ports().len(), router.protocol());
@@ -117,8 +119,8 @@ pub fn run(params: &BootParams) -> ! {
 /// daemon's SOCKS handshake) as a stream to the service on the destination
 /// node, reports to the host when the stream is up or refused (the host
 /// writes the SOCKS reply), and exits when the connection is over.
-pub fn run_edge(params: &BootParams) -> ! {
-    let cfg = decode_config(params);
+pub fn run_edge(params: &mut BootParams) -> ! {
+    let mut cfg = decode_config(params);
     let req = match EdgeRequest::decode(params.args().get(cfg.encoded_len()..).unwrap_or(&[])) {
         Ok(r) => r,
         Err(e) => {
@@ -126,7 +128,9 @@ pub fn run_edge(params: &BootParams) -> ! {
             io::exit(ports::EXIT_BAD_BOOT);
         }
     };
+    params.wipe_args();
     let mut router = Router::new_request(&cfg, &req, links(params), clock::now_us()).unwrap_or_else(|e| unusable(e));
+    cfg.wipe_secrets();
     let mut con = console(params);
     publish_stats(router.stats());
     log_notices(&mut router);

@@ -97,7 +97,7 @@ pub(crate) fn nets(params: &BootParams) -> Vec<VirtioNet> {
 }
 
 /// Runs `role` to completion.
-pub fn run(role: Role, params: &BootParams) -> ! {
+pub fn run(role: Role, params: &mut BootParams) -> ! {
     match role {
         Role::Echo => echo(console(params)),
         Role::BadDescriptor => {

@@ -229,9 +229,8 @@ mod tests {
             )
         };
         let text = format!(
-            "id = 1\nhop_limit = 8\nmem_mib = 64\nonion_secret = \"{}\"\nlsa_secret = \"{}\"\n{}{}[[link]]\n\
+            "id = 1\nhop_limit = 8\nmem_mib = 64\nlsa_secret = \"{}\"\n{}{}[[link]]\n\
              a = 1\nb = 2\nlatency_us = 1\nbandwidth_mbps = 1\n",
-            "05".repeat(32),
             "06".repeat(32),
             port("ln0", 100, "0a"),
             port("ln1", 300, "0b")
@@ -239,7 +238,7 @@ mod tests {
         let edge: NodeFile = toml::from_str(&text).unwrap();
         let spec = RequestSpec { flow: 7, dst: 2, target: "x:1".into(), protocol: 1, slot: 3, avoid: vec![] };
         let cfg = request_config(&edge, &spec).unwrap();
-        assert_eq!(cfg.onion_secret, [0; 32], "the onion secret stays on the host");
+        assert_eq!(cfg.onion_period_s, 0, "a request VM holds no onion key");
         assert_eq!(cfg.lsa_secret, [0; 32], "so does the link-state secret");
         for (p, (first, link_key)) in cfg.ports.iter().zip([(100, [0x0a; 32]), (300, [0x0b; 32])]) {
             assert_eq!(p.tx_link_id, guest_agent::router::auth::request_link_id(first, 100, 3));

@@ -107,8 +107,8 @@ pub struct HostAddrs {
     pub addrs: Vec<String>,
 }
 
-/// One node's public key: its onion key (X25519) in `onion_key`, its
-/// link-state signing key (Ed25519) in `lsa_key`.
+/// One node's link-state signing key (Ed25519), in `lsa_key`: the one
+/// key the topology distributes (onion keys travel signed by it).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicKeySpec {
@@ -141,13 +141,12 @@ pub struct NodeFile {
     pub host: Vec<HostAddrs>,
     /// Topology.
     pub link: Vec<TopoLinkSpec>,
-    /// This node's static onion secret (X25519), hex; `topo up` makes one.
-    /// Without it the node relays no onion circuits.
-    #[serde(default)]
-    pub onion_secret: String,
-    /// Every node's onion public key (sources build circuits with them).
-    #[serde(default)]
-    pub onion_key: Vec<PublicKeySpec>,
+    /// Seconds between this node's onion key rotations. The node draws
+    /// each key itself and advertises it in its signed link state; a key
+    /// opens circuits and stream hellos for two periods, then is wiped,
+    /// so a compromise of the node opens nothing recorded earlier.
+    #[serde(default = "default_onion_period")]
+    pub onion_key_period_s: u32,
     /// This node's Ed25519 secret for signing its link-state
     /// advertisements, hex; `topo up` makes one. Without it the node
     /// routes on what it measures itself and advertises nothing.
@@ -167,6 +166,14 @@ pub struct NodeFile {
 fn default_protocol() -> String {
     "shortest".into()
 }
+
+fn default_onion_period() -> u32 {
+    guest_agent::onion::rotation::DEFAULT_PERIOD_S
+}
+
+/// Longest onion key period: a week (what a compromise opens reaches back
+/// two).
+pub const MAX_ONION_PERIOD_S: u32 = 7 * 24 * 3600;
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -267,8 +274,13 @@ impl NodeFile {
                 )))
             }
         };
-        let onion_secret = optional_secret(&self.onion_secret, "onion_secret")?;
-        let directory = public_keys(&self.onion_key, "onion key").map_err(NodeFileError::Invalid)?;
+        if !(1..=MAX_ONION_PERIOD_S).contains(&self.onion_key_period_s) {
+            return Err(NodeFileError::Invalid(format!(
+                "onion_key_period_s = {} must be 1-{MAX_ONION_PERIOD_S} (seconds between onion key rotations; \
+                 a key opens what was sealed to it for two periods)",
+                self.onion_key_period_s
+            )));
+        }
         let lsa_secret = optional_secret(&self.lsa_secret, "lsa_secret")?;
         let lsa_keys = public_keys(&self.lsa_key, "link-state key").map_err(NodeFileError::Invalid)?;
         if let Some((n, _)) = lsa_keys.iter().find(|(_, k)| !lsa_sign::is_public_key(k)) {
@@ -293,8 +305,7 @@ impl NodeFile {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_micros() as u64),
             seed: vmm::random::bytes(),
-            onion_secret,
-            directory,
+            onion_period_s: self.onion_key_period_s,
             lsa_secret,
             lsa_keys,
         };
@@ -344,8 +355,7 @@ mod tests {
                 key: "01".repeat(32),
             }],
             link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],
-            onion_secret: "02".repeat(32),
-            onion_key: vec![PublicKeySpec { node: 1, public: "03".repeat(32) }],
+            onion_key_period_s: 30,
             lsa_secret: "04".repeat(32),
             lsa_key: vec![
                 PublicKeySpec { node: 1, public: vmm::random::hex(&lsa_sign::public_key(&[5; 32])) },
@@ -355,7 +365,7 @@ mod tests {
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));
-        assert_eq!((c.onion_secret, c.directory.clone()), ([2; 32], vec![(1, [3; 32])]));
+        assert_eq!(c.onion_period_s, 30);
         assert_eq!((c.lsa_secret, c.lsa_keys[0]), ([4; 32], (1, lsa_sign::public_key(&[5; 32]))));
         let other = NodeFile { lsa_secret: "06".repeat(32), ..f.clone() };
         assert!(other.node_config().unwrap_err().to_string().contains("does not match node 2's own lsa_key"));
@@ -372,8 +382,10 @@ mod tests {
         assert!(bad.node_config().unwrap_err().to_string().contains("carries streams from an edge"));
         let bad = NodeFile { id: 0xfffe, ..f.clone() };
         assert!(bad.node_config().unwrap_err().to_string().contains("reserved for console records"));
-        let bad = NodeFile { onion_secret: "zz".into(), ..f.clone() };
-        assert!(bad.node_config().unwrap_err().to_string().contains("onion_secret must be 64 hex digits"));
+        let bad = NodeFile { onion_key_period_s: 0, ..f.clone() };
+        assert!(bad.node_config().unwrap_err().to_string().contains("onion_key_period_s = 0 must be 1-604800"));
+        let bad = NodeFile { lsa_secret: "zz".into(), ..f.clone() };
+        assert!(bad.node_config().unwrap_err().to_string().contains("lsa_secret must be 64 hex digits"));
         let text = toml::to_string(&f).unwrap();
         let back: NodeFile = toml::from_str(&text).unwrap();
         assert_eq!(back.port[0].tap, "tap0");

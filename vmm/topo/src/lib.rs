@@ -355,14 +355,12 @@ impl Topo {
                     .collect(),
             })
             .collect();
-        // Every host's static onion key; each node gets its secret and
-        // everyone's public key.
-        let onion: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
-        let directory = self.public_keys(&onion, guest_agent::onion::public_key);
-        // And its link-state signing key, the same way.
+        // Every host's link-state signing key: each node gets its secret
+        // and everyone's public key. (Onion keys are not here: each node
+        // draws its own and advertises them under this signature.)
         let lsa: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
         let lsa_keys = self.public_keys(&lsa, guest_agent::routing::lsa_sign::public_key);
-        for ((h, secret), lsa_secret) in self.file.hosts.iter().zip(&onion).zip(&lsa) {
+        for (h, lsa_secret) in self.file.hosts.iter().zip(&lsa) {
             let mut ports = Vec::new();
             for (i, l) in self.file.links.iter().enumerate() {
                 let (end, peer) = if l.a == h.name {
@@ -399,8 +397,7 @@ impl Topo {
                 host: hosts.clone(),
                 port: ports,
                 link: links.clone(),
-                onion_secret: vmm::random::hex(secret),
-                onion_key: directory.clone(),
+                onion_key_period_s: guest_agent::onion::rotation::DEFAULT_PERIOD_S,
                 lsa_secret: vmm::random::hex(lsa_secret),
                 lsa_key: lsa_keys.clone(),
                 allow: Vec::new(),
