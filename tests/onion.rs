@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
+use guest_agent::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol};
+use netdev::packet_socket::RawSocket;
 use pathvm_tests::capture::{contains, Capture};
 use pathvm_tests::edge::*;
 use pathvm_tests::events;
@@ -39,6 +41,38 @@ fn stop_all(caps: Vec<(usize, Capture)>) -> HashMap<usize, Vec<Vec<u8>>> {
 /// Overlay frames (EtherType 0x88b5) of protocol `proto` (3 = onion).
 fn overlay(frames: &[Vec<u8>], proto: u8) -> Vec<&Vec<u8>> {
     frames.iter().filter(|f| f.len() > 16 && f[12..14] == [0x88, 0xb5] && f[15] == proto).collect()
+}
+
+/// Plays relay `host` gone bad: takes an onion frame it sent on `iface`
+/// and sends its cell again to the same neighbour under a circuit id the
+/// neighbour never saw, sealed afresh for the link (under an id of the
+/// relay's own span, with the key its link key gives that id, and a fresh
+/// link number), as a relay holding its link key can.
+fn replay_cell_as(topo: &TopoGuard, host: &str, iface: &str, sent: &[u8]) {
+    let v: toml::Value = toml::from_str(&std::fs::read_to_string(topo.node_config(host)).unwrap()).unwrap();
+    let p = v["port"].as_array().unwrap().iter().find(|p| p["iface"].as_str() == Some(iface)).expect("the port");
+    let link_id = p["tx_link_id"].as_integer().unwrap() as u32 + 100;
+    let key = LinkKey::new(&hex32(p["key"].as_str().unwrap())).derive(link_id);
+    let (mut dst, mut src) = ([0u8; 6], [0u8; 6]);
+    dst.copy_from_slice(&sent[..6]);
+    src.copy_from_slice(&sent[6..12]);
+    let cell = &sent[14 + 28..sent.len() - 16];
+    let repr = OverlayRepr {
+        protocol: Protocol::Onion,
+        flags: 0,
+        hop_limit: 1,
+        flow_id: 0x0bad_cafe,
+        src: u16::from_be_bytes([sent[22], sent[23]]),
+        dst: u16::from_be_bytes([sent[24], sent[25]]),
+        state_len: 0,
+        payload_len: cell.len() as u16,
+        link_id,
+        link_seq: wall_us(),
+    };
+    let mut frame = Vec::new();
+    seal_frame(&mut frame, EthAddrs { dst, src }, &repr, &[], cell, &key).unwrap();
+    let iface = iface.to_string();
+    in_netns(&topo.netns(host), move || RawSocket::open(&iface).unwrap().send(&frame).unwrap());
 }
 
 fn grep(file: &std::path::Path, needle: &str) -> bool {
@@ -123,11 +157,26 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
         }
     }
 
+    // r4, the last relay, plays the create it passed to the exit again on
+    // a new circuit: the exit refuses it (single-use creates) and makes no
+    // circuit end for it.
+    let create = overlay(&seen[&5], 3)
+        .into_iter()
+        .find(|f| f[22..26] == [0, 14, 0, 3])
+        .expect("r4 passed a create to the exit")
+        .clone();
+    replay_cell_as(&topo, "r4", "ln5", &create);
+    std::thread::sleep(Duration::from_millis(300));
+
     // The relays: what they logged and what their memory held at the end.
     drop(edge.child);
     for (h, g) in nodes {
         let (_, log) = g.terminate(Duration::from_secs(20));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap();
         if h == "c" {
+            assert_eq!(m["node"]["drops"]["replayed_handshake"], 1, "the exit refused the replayed create: {m}");
+            assert_eq!(m["node"]["circuits"], 1, "and made no circuit end for it: {m}");
             continue;
         }
         assert!(!log.contains(&target) && !log.contains("onion-secret-path"), "{h} logged the destination:\n{log}");
@@ -136,8 +185,6 @@ fn onion_relays_see_only_their_neighbours_and_links_carry_ciphertext_of_one_size
         for needle in ["ONION-PLAINTEXT-", "onion-secret-path", &target, "SHORTEST-PLAINTEXT-"] {
             assert!(!grep(&mem, needle), "relay {h} held {needle:?}");
         }
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap();
         assert!(m["node"]["circuits"].as_u64().unwrap() >= 1, "{h} relayed no circuit: {m}");
     }
     // The control again: the destination, which opens both streams, held
