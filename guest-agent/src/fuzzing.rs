@@ -20,7 +20,7 @@ use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ReplayWindow};
 pub type Body = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` and the regression replay know them.
-pub const TARGETS: [(&str, Body); 11] = [
+pub const TARGETS: [(&str, Body); 13] = [
     ("overlay", overlay),
     ("control", control),
     ("linkstate", linkstate),
@@ -32,6 +32,8 @@ pub const TARGETS: [(&str, Body); 11] = [
     ("router", router),
     ("e2e", e2e),
     ("stream", stream),
+    ("onion", onion),
+    ("stream_delivery", stream_delivery),
 ];
 
 /// The overlay header parser: an accepted packet's fields re-parse from
@@ -198,6 +200,159 @@ pub fn stream(data: &[u8]) {
     }
 }
 
+/// Onion creates and cells: a genuine three-hop circuit, then each chunk
+/// as a create header at the first relay, as a forward data cell through
+/// the relays to the exit, as a backward cell at the source, and XORed
+/// into a genuine cell. Only what the source or the exit sealed opens, and
+/// genuine cells still open after the fuzzed ones.
+pub fn onion(data: &[u8]) {
+    use crate::onion::cell::{CMD_STREAM, NONCE_LEN};
+    use crate::onion::header::process;
+    use crate::onion::{public_key, Drbg, ExitHop, Hop, Processed, RelayHop, SourceCircuit, CELL_LEN};
+    let secrets = [[41u8; 32], [42; 32], [43; 32]];
+    let hops: Vec<Hop> = secrets.iter().zip(2u16..).map(|(s, node)| Hop { node, public: public_key(s) }).collect();
+    let Ok(mut src) = SourceCircuit::new(&hops, &mut Drbg::new([7; 32])) else { return };
+    let mut cell = Vec::new();
+    if src.seal(true, CMD_STREAM, b"open", &mut cell).is_err() {
+        return;
+    }
+    let (mut relays, mut exit) = (Vec::new(), None);
+    for (secret, hop) in secrets.iter().zip(&hops) {
+        match process(secret, &hop.public, &cell[NONCE_LEN..]) {
+            Ok(Processed::Forward { header, keys, .. }) => {
+                let r = RelayHop::new(keys);
+                assert!(r.forward(&mut cell, Some(&header)).is_ok());
+                relays.push(r);
+            }
+            Ok(Processed::Exit { keys }) => {
+                exit = Some(ExitHop::new(keys));
+                break;
+            }
+            Err(e) => panic!("a genuine create refused: {e:?}"),
+        }
+    }
+    let mut exit = exit.expect("the circuit ends at its third hop");
+    assert!(exit.open(&mut cell, true).is_ok(), "the genuine create opens");
+    for c in chunks(data) {
+        let _ = process(&secrets[0], &hops[0].public, c);
+        let mut fuzzed = c.to_vec();
+        fuzzed.resize(CELL_LEN, 0);
+        let _ = process(&secrets[0], &hops[0].public, &fuzzed[NONCE_LEN..]);
+        if c.len() != CELL_LEN {
+            let mut raw = c.to_vec();
+            assert!(relays[0].forward(&mut raw, None).is_err() && src.open(&mut raw).is_err());
+            assert!(exit.open(&mut raw, false).is_err() && relays[0].backward(&mut raw).is_err());
+        }
+        let mut fwd = fuzzed.clone();
+        for r in &relays {
+            assert!(r.forward(&mut fwd, None).is_ok());
+        }
+        assert!(exit.open(&mut fwd, false).is_err(), "a fuzzed forward cell opened");
+        let mut bwd = fuzzed;
+        assert!(src.open(&mut bwd).is_err(), "a fuzzed backward cell opened");
+        // The chunk XORed into a genuine cell: it opens only unchanged.
+        let mut genuine = Vec::new();
+        assert!(src.seal(false, CMD_STREAM, b"data", &mut genuine).is_ok());
+        let at = usize::from(c.first().copied().unwrap_or(0)) * 5;
+        let mut changed = false;
+        for (i, b) in c.iter().skip(1).enumerate() {
+            genuine[(at + i) % CELL_LEN] ^= b;
+            changed |= *b != 0;
+        }
+        for r in &relays {
+            assert!(r.forward(&mut genuine, None).is_ok());
+        }
+        assert_eq!(
+            exit.open(&mut genuine, false).is_ok(),
+            !changed,
+            "an altered cell opened, or a genuine one did not"
+        );
+    }
+    let mut back = Vec::new();
+    assert!(exit.seal(CMD_STREAM, b"reply", &mut back).is_ok());
+    for r in relays.iter().rev() {
+        assert!(r.backward(&mut back).is_ok());
+    }
+    assert!(src.open(&mut back).is_ok(), "a genuine backward cell opens after the fuzzed ones");
+}
+
+/// The stream over an arbitrary network (the delivery property): each
+/// input byte decides the fate of one segment in flight: delivered,
+/// dropped, duplicated, or held back behind later ones. Whatever the
+/// network does, the receiver reads a prefix of what was sent, in order,
+/// each byte once; once the input is spent the network is perfect, and
+/// then the transfer completes unless the stream gave up (reset).
+pub fn stream_delivery(data: &[u8]) {
+    use crate::transport::{Segment, Stream, StreamState};
+    let payload: Vec<u8> = (0..6_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut a = Stream::connect(b"s:1");
+    let mut b: Option<Stream> = None;
+    let mut fates = data.iter().copied();
+    let (mut held, mut got, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sent, mut now) = (0usize, 0u64);
+    for _ in 0..20_000 {
+        sent += a.write(&payload[sent..]);
+        if sent == payload.len() {
+            a.close();
+        }
+        let mut wire: Vec<(bool, Vec<u8>)> = Vec::new();
+        while a.poll_transmit(now, &mut out) {
+            wire.push((true, core::mem::take(&mut out)));
+        }
+        if let Some(b) = b.as_mut() {
+            while b.poll_transmit(now, &mut out) {
+                wire.push((false, core::mem::take(&mut out)));
+            }
+        }
+        let mut arrive = Vec::new();
+        for w in wire {
+            match fates.next().map(|f| f % 8) {
+                Some(0) => {}
+                Some(1) => arrive.extend([w.clone(), w]),
+                Some(2) => held.push(w),
+                Some(3) => {
+                    arrive.push(w);
+                    arrive.extend(held.drain(..).rev());
+                }
+                _ => arrive.push(w),
+            }
+        }
+        if fates.len() == 0 {
+            arrive.extend(held.drain(..));
+        }
+        for (to_b, seg) in arrive {
+            let Ok(s) = Segment::parse(&seg) else { panic!("a stream sent an unparsable segment") };
+            match (to_b, b.as_mut()) {
+                (true, Some(b)) => b.on_segment(now, &s),
+                (true, None) => {
+                    if let Some((mut nb, info)) = Stream::accept(&s) {
+                        assert_eq!(info, b"s:1");
+                        nb.confirm();
+                        b = Some(nb);
+                    }
+                }
+                (false, _) => a.on_segment(now, &s),
+            }
+        }
+        if let Some(b) = b.as_mut() {
+            b.read(&mut got, usize::MAX);
+            assert!(payload.starts_with(&got), "read bytes that were not sent, or out of order");
+            if b.peer_finished() {
+                b.close();
+            }
+        }
+        let over = |s: &Stream| matches!(s.state(), StreamState::Closed | StreamState::Reset);
+        if over(&a) && b.as_ref().is_none_or(over) {
+            break;
+        }
+        now += 10_000;
+    }
+    let reset = a.state() == StreamState::Reset || b.as_ref().is_some_and(|b| b.state() == StreamState::Reset);
+    if !reset && fates.len() == 0 {
+        assert_eq!(got.len(), payload.len(), "a perfect network did not finish the transfer");
+    }
+}
+
 /// The router's receive path at a relay (node 2 of a-b-c): each input
 /// chunk is a raw frame, or (first byte odd) a header and payload the
 /// harness seals with node 1's real key and next number, so fuzzed input
@@ -312,7 +467,7 @@ mod tests {
         let data_segment = b"\x03\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00\x01data";
         let mut stream_seed = alloc::vec![data_segment.len() as u8];
         stream_seed.extend_from_slice(data_segment);
-        let seeds: [(&str, Vec<u8>); 11] = [
+        let seeds: [(&str, Vec<u8>); 13] = [
             ("overlay", frame[crate::wire::ETH_HDR_LEN..].to_vec()),
             ("control", control),
             ("linkstate", lsa),
@@ -324,6 +479,8 @@ mod tests {
             ("router", router),
             ("e2e", alloc::vec![20, 2, 0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
             ("stream", stream_seed),
+            ("onion", alloc::vec![3, 9, 1, 2]),
+            ("stream_delivery", alloc::vec![4, 0, 4, 2, 4, 3, 1, 4, 4]),
         ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
         for (name, bytes) in seeds {
