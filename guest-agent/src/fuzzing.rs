@@ -318,7 +318,7 @@ pub fn stream_delivery(data: &[u8]) {
             }
         }
         if fates.len() == 0 {
-            arrive.extend(held.drain(..));
+            arrive.append(&mut held);
         }
         for (to_b, seg) in arrive {
             let Ok(s) = Segment::parse(&seg) else { panic!("a stream sent an unparsable segment") };
