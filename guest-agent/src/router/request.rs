@@ -212,39 +212,44 @@ impl<L: LinkPort> Router<L> {
         }
         r.tried_at_lsas = Some(lsas);
         let (dst, flow) = (r.dst, r.flow);
-        let mut hopeless = false;
-        let ready = if self.protocol == Protocol::Onion {
-            let built = self.onion_prepare(dst);
-            hopeless = built == Err(NoCircuit::NoPath);
-            built.is_ok()
+        let onion = self.protocol == Protocol::Onion;
+        // Err(true): no circuit can ever carry the stream.
+        let keyed = if onion {
+            self.onion_prepare(dst).map_err(|e| e == NoCircuit::NoPath)
         } else {
-            // A fresh key for this stream alone.
-            let mut ephemeral = [0u8; 32];
-            self.onion.rng.fill(&mut ephemeral);
-            let binding = Binding { flow, src: self.me, dst };
-            let stamp = self.clock.at(now);
-            let session = self.lsdb.onion_key(dst).and_then(|k| E2eSession::initiate(&ephemeral, &k, binding, stamp));
-            ephemeral.zeroize();
+            let session = self.lsdb.onion_key(dst).and_then(|k| {
+                // A fresh key for this stream alone.
+                let mut ephemeral = [0u8; 32];
+                self.onion.rng.fill(&mut ephemeral);
+                let binding = Binding { flow, src: self.me, dst };
+                let s = E2eSession::initiate(&ephemeral, &k, binding, self.clock.at(now));
+                ephemeral.zeroize();
+                s
+            });
             let ready = session.is_some();
             if let Some(r) = self.request.as_mut() {
                 r.e2e = session;
             }
-            ready
-        };
-        let onion = self.protocol == Protocol::Onion;
-        let Some(r) = self.request.as_mut() else { return false };
-        let late = late || hopeless;
-        if ready || late {
-            r.keyed = true;
-        }
-        if !ready && late {
-            r.no_circuit = onion;
-            r.stream.refuse();
-            if onion {
-                self.notice(super::Notice::NoCircuit);
+            if ready {
+                Ok(())
+            } else {
+                Err(false)
             }
+        };
+        let Some(r) = self.request.as_mut() else { return false };
+        match keyed {
+            Ok(()) => r.keyed = true,
+            Err(hopeless) if hopeless || late => {
+                r.keyed = true;
+                r.no_circuit = onion;
+                r.stream.refuse();
+                if onion {
+                    self.notice(super::Notice::NoCircuit);
+                }
+            }
+            Err(_) => {}
         }
-        ready
+        keyed.is_ok()
     }
 
     /// The request's stream: circuit upkeep (at maintenance pace), bytes

@@ -645,12 +645,13 @@ fn record_first(
     }
 }
 
-#[test]
-fn a_create_a_relay_replays_on_a_new_circuit_is_refused_at_the_exit() {
+/// An onion stream from node 1 up through line5's relays to exit 5, and
+/// the first cell relay 4 passed the exit (the create), as relay 4 recorded
+/// it.
+fn onion_stream_with_its_create_recorded() -> (Vec<Link>, Net, Vec<u8>) {
     let links = line5();
     let req = request(5, b"10.0.0.9:80");
     let mut net = Net::new(&links, Protocol::Onion.id(), Some((1, &req)));
-    // Relay 4 records every cell it sends the exit (and passes it on).
     polls_first(&mut net, 5);
     let mut first = None;
     let up = net.run_until(1_000_000, STEP, |net| {
@@ -660,6 +661,12 @@ fn a_create_a_relay_replays_on_a_new_circuit_is_refused_at_the_exit() {
     });
     assert!(up);
     let (_, create) = first.expect("the exit got a create");
+    (links, net, create)
+}
+
+#[test]
+fn a_create_a_relay_replays_on_a_new_circuit_is_refused_at_the_exit() {
+    let (links, mut net, create) = onion_stream_with_its_create_recorded();
     let now = net.now;
     let exit = &mut net.host(5).router;
     let before = *exit.stats();
@@ -673,35 +680,20 @@ fn a_create_a_relay_replays_on_a_new_circuit_is_refused_at_the_exit() {
     assert!(exit.flows.values().all(|f| f.circuit != Some((0, 0x0bad_cafe))), "the stream stayed on its circuit");
 }
 
-/// Runs node `n`'s maintenance `periods` onion key periods past `now`
-/// (each a rotation); returns the time it reached.
-fn rotate_onion_keys(net: &mut Net, n: u16, now: u64, periods: u64) -> u64 {
-    let period = u64::from(sim::ONION_PERIOD_S) * 1_000_000;
+/// Runs node `n`'s maintenance one onion key period past `now` (a
+/// rotation); returns that time.
+fn rotate_onion_key(net: &mut Net, n: u16, now: u64) -> u64 {
     let r = &mut net.host(n).router;
-    let mut t = now;
-    for _ in 0..periods {
-        let before = r.onion.public();
-        t += period;
-        r.maintain(t);
-        assert_ne!(r.onion.public(), before, "node {n} rotated");
-    }
+    let before = r.onion.public();
+    let t = now + u64::from(sim::ONION_PERIOD_S) * 1_000_000;
+    r.maintain(t);
+    assert_ne!(r.onion.public(), before, "node {n} rotated");
     t
 }
 
 #[test]
 fn a_recorded_create_opens_nothing_two_onion_key_periods_later() {
-    let links = line5();
-    let req = request(5, b"10.0.0.9:80");
-    let mut net = Net::new(&links, Protocol::Onion.id(), Some((1, &req)));
-    polls_first(&mut net, 5);
-    let mut first = None;
-    let up = net.run_until(1_000_000, STEP, |net| {
-        record_first(net, (4, 1), (5, 0), &mut first, |p| p.protocol() == Protocol::Onion);
-        serve_opens(net, 5, stream_op::OPENED);
-        net.host(1).router.request_phase() == RequestPhase::Up
-    });
-    assert!(up);
-    let (_, create) = first.expect("the exit got a create");
+    let (links, mut net, create) = onion_stream_with_its_create_recorded();
     let replay = |net: &mut Net, t: u64, seq: u64| {
         let r = OverlayRepr { flow_id: 0x0bad_0000 + seq as u32, ..repr(Protocol::Onion, 0, 1, 4, 5) };
         let frame = neighbour_frame(&links, 3, 4, r, &[], &create, seq);
@@ -710,10 +702,10 @@ fn a_recorded_create_opens_nothing_two_onion_key_periods_later() {
     // One rotation on, the key before still opens the create (a source may
     // have built on the advertisement before): it is refused as a replay.
     let now = net.now;
-    let t = rotate_onion_keys(&mut net, 5, now, 1);
+    let t = rotate_onion_key(&mut net, 5, now);
     assert_eq!(replay(&mut net, t, 1 << 40), Err(DropReason::ReplayedHandshake));
     // Two on, the key is gone: nothing in the exit opens it any more.
-    let t = rotate_onion_keys(&mut net, 5, t, 1);
+    let t = rotate_onion_key(&mut net, 5, t);
     assert_eq!(replay(&mut net, t, (1 << 40) + 1), Err(DropReason::BadMac));
     assert_eq!(net.host(5).router.onion.secrets().count(), 2, "the current key and the one before, no older");
 }
@@ -737,14 +729,14 @@ fn a_recorded_stream_hello_opens_nothing_two_onion_key_periods_later() {
         net.host(3).router.receive(0, &frame, t)
     };
     let now = net.now;
-    let t = rotate_onion_keys(&mut net, 3, now, 1);
+    let t = rotate_onion_key(&mut net, 3, now);
     // Bound to its flow id: under another it opens to nothing at all.
     assert_eq!(replay(&mut net, t, 1 << 40), Err(DropReason::BadE2e));
     let r = OverlayRepr { flow_id: flow, ..repr(Protocol::Shortest, FLAG_STREAM, 8, 1, 3) };
     net.host(3).router.flows.clear();
     let frame = neighbour_frame(&links, 1, 2, r, &[], &hello, (1 << 40) + 1);
     assert_eq!(net.host(3).router.receive(0, &frame, t), Err(DropReason::ReplayedHandshake), "the key before opens it");
-    let t = rotate_onion_keys(&mut net, 3, t, 1);
+    let t = rotate_onion_key(&mut net, 3, t);
     let frame = neighbour_frame(&links, 1, 2, r, &[], &hello, (1 << 40) + 2);
     assert_eq!(net.host(3).router.receive(0, &frame, t), Err(DropReason::BadE2e), "two periods on, nothing opens it");
     assert_eq!(net.host(3).router.flow_count(), 0);
