@@ -405,28 +405,18 @@ fn fuzzed_repr(b: &[u8]) -> OverlayRepr {
 }
 
 #[cfg(test)]
+#[path = "../../fuzz/replay.rs"]
+mod replay;
+
+#[cfg(test)]
 mod tests {
     extern crate std;
 
     use super::*;
 
-    /// Replays every committed input (`fuzz/regressions/TARGET/*`: each
-    /// crash a fuzzer found, kept after its fix; `fuzz/seeds/TARGET/*`)
-    /// through its target.
     #[test]
     fn every_committed_fuzz_input_runs_clean() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut ran = 0;
-        for (name, body) in TARGETS {
-            for kind in ["regressions", "seeds"] {
-                let Ok(dir) = std::fs::read_dir(root.join(kind).join(name)) else { continue };
-                for e in dir.flatten() {
-                    body(&std::fs::read(e.path()).unwrap());
-                    ran += 1;
-                }
-            }
-        }
-        assert!(ran >= TARGETS.len(), "only {ran} committed inputs under {}", root.display());
+        super::replay::committed_inputs_run_clean(&TARGETS);
     }
 
     /// Writes `fuzz/seeds/`: one valid input per target, so fuzzing starts

@@ -6,8 +6,12 @@
 //! available routing protocol's [`protocols`] properties against those
 //! criteria, picks one, and explains why; [`resolve`] layers the criteria
 //! (sent > manifest > defaults) once for the edge and `pathvm explain`.
+//! `fuzzing` (feature `fuzzing`) holds the bodies of the `fuzz/` targets
+//! for criteria and manifests.
 
 pub mod criteria;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod manifest;
 pub mod preference;
 pub mod protocols;

@@ -14,7 +14,9 @@
 //! - [`pool`]: VM shells prepared before requests arrive;
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
-//! - [`random`]: entropy for keys and ids.
+//! - [`random`]: entropy for keys and ids;
+//! - `fuzzing` (feature `fuzzing`): the bodies of the `fuzz/` targets that
+//!   play a hostile guest driver against the virtio-mmio transport.
 //!
 //! The daemons and tools built on it are crates of their own beside this
 //! one: `node` (relay and destination hosts), `edge` (the edge host's front
@@ -24,6 +26,8 @@
 pub mod arch;
 pub mod builder;
 pub mod devices;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod kvm;
 pub mod loader;
 pub mod memory;

@@ -212,7 +212,12 @@ impl NodeFile {
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Self, NodeFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| NodeFileError::Parse { path: path.into(), msg: e.to_string() })
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text`, read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, NodeFileError> {
+        toml::from_str(text).map_err(|e| NodeFileError::Parse { path: path.into(), msg: e.to_string() })
     }
 
     /// Where this node's streams may be connected ([`NodeFile::allow`]).

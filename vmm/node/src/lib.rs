@@ -16,6 +16,8 @@ pub mod allow;
 mod config;
 pub mod connector;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod plumbing;
 
 use std::io::{Read, Write};

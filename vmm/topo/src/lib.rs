@@ -10,6 +10,8 @@
 
 pub mod emulator;
 mod file;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod lab;
 pub mod shell;
 
@@ -100,8 +102,13 @@ impl Topo {
     /// names so runs never collide).
     pub fn load(path: &Path, name: Option<&str>) -> Result<Self, TopoError> {
         let text = fs::read_to_string(path).map_err(|source| TopoError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text, name)
+    }
+
+    /// Parses and validates `text`, read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str, name: Option<&str>) -> Result<Self, TopoError> {
         let file: TopologyFile =
-            toml::from_str(&text).map_err(|e| TopoError::Parse { path: path.to_path_buf(), msg: e.to_string() })?;
+            toml::from_str(text).map_err(|e| TopoError::Parse { path: path.to_path_buf(), msg: e.to_string() })?;
         file.validate().map_err(|msg| TopoError::Invalid { path: path.to_path_buf(), msg })?;
         let name = name.map(str::to_string).unwrap_or_else(|| file.name.clone());
         if name.is_empty() || name.len() > 8 || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -316,8 +323,27 @@ impl Topo {
         Ok(())
     }
 
-    /// One node configuration per host, with fresh link keys.
+    /// One node configuration per host, with fresh link keys, written
+    /// where [`Topo::node_config_path`] says (0600 in a 0700 directory).
     fn write_node_configs(&self) -> Result<(), TopoError> {
+        let dir = Path::new(STATE_DIR).join(&self.name);
+        fs::create_dir_all(&dir)
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|source| TopoError::Write { path: dir.clone(), source })?;
+        for (host, node) in self.node_files() {
+            let path = self.node_config_path(&host);
+            let text = toml::to_string(&node).expect("node config serialises");
+            write_secret(&path, &text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Every host's node configuration, by host name, with fresh link and
+    /// link-state keys.
+    pub fn node_files(&self) -> Vec<(String, NodeFile)> {
         let keys: Vec<String> = self.file.links.iter().map(|_| random_key_hex()).collect();
         let links: Vec<TopoLinkSpec> = self
             .file
@@ -330,13 +356,6 @@ impl Topo {
                 bandwidth_mbps: l.bandwidth_mbps,
             })
             .collect();
-        let dir = Path::new(STATE_DIR).join(&self.name);
-        fs::create_dir_all(&dir)
-            .and_then(|_| {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            })
-            .map_err(|source| TopoError::Write { path: dir.clone(), source })?;
         let hosts: Vec<HostAddrs> = self
             .file
             .hosts
@@ -360,6 +379,7 @@ impl Topo {
         // draws its own and advertises them under this signature.)
         let lsa: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
         let lsa_keys = self.public_keys(&lsa, guest_agent::routing::lsa_sign::public_key);
+        let mut files = Vec::with_capacity(self.file.hosts.len());
         for (h, lsa_secret) in self.file.hosts.iter().zip(&lsa) {
             let mut ports = Vec::new();
             for (i, l) in self.file.links.iter().enumerate() {
@@ -402,11 +422,9 @@ impl Topo {
                 lsa_key: lsa_keys.clone(),
                 allow: Vec::new(),
             };
-            let path = self.node_config_path(&h.name);
-            let text = toml::to_string(&node).expect("node config serialises");
-            write_secret(&path, &text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
+            files.push((h.name.clone(), node));
         }
-        Ok(())
+        files
     }
 
     /// Every host's public key of `secrets` (in host order), as the node
