@@ -13,7 +13,8 @@ use super::auth::SenderKind;
 use super::drop::DropReason;
 use super::{origin_repr, LinkPort, Notice, Router};
 
-/// How often a request VM asks its neighbours for the link state.
+/// How often a request VM asks its neighbours for the link state while
+/// it wants it ([`LINK_STATE_AFTER_TRAFFIC_US`](super::request::LINK_STATE_AFTER_TRAFFIC_US)).
 pub const LSA_REQUEST_US: u64 = 500_000;
 
 /// How often a node runs its link maintenance ([`Router::maintain`]).
@@ -126,7 +127,10 @@ impl<L: LinkPort> Router<L> {
             return false;
         }
         self.next_maintenance = now + MAINTENANCE_US;
-        for j in 0..self.ports.len() {
+        // A request VM probes nothing: its neighbours measure its links'
+        // far ends and report them in the link state it pulls.
+        let probed = if self.floods { self.ports.len() } else { 0 };
+        for j in 0..probed {
             if let Some((seq, sent_us)) = self.ports[j].monitor.poll_probe(now) {
                 let (flow, peer) = (self.control_flow, self.ports[j].peer);
                 self.send_control(j, flow, peer, &Control::Probe { seq, sent_us });
@@ -137,7 +141,10 @@ impl<L: LinkPort> Router<L> {
                 self.notice(Notice::LinkDown { peer });
             }
         }
-        let expired = self.lsdb.expire(now);
+        // A request VM keeps what it pulled last (it pulls only while its
+        // stream moves): ageing it out while idle would route on the bare
+        // configuration and, for onion, declare every relay gone.
+        let expired = self.floods && self.lsdb.expire(now);
         if now >= self.next_expiry {
             self.next_expiry = now + EXPIRY_US;
             self.onion.expire(now);
@@ -169,7 +176,8 @@ impl<L: LinkPort> Router<L> {
                 return true;
             }
         }
-        if !self.floods && now >= self.next_lsa_request {
+        let wants = self.request.as_ref().is_some_and(|r| r.wants_link_state(now));
+        if !self.floods && wants && now >= self.next_lsa_request {
             // A request VM hears no floods: it asks its neighbours.
             self.next_lsa_request = now + LSA_REQUEST_US;
             for j in 0..self.ports.len() {

@@ -431,6 +431,21 @@ impl<L: LinkPort> Router<L> {
     }
 }
 
+impl<L: LinkPort> Router<L> {
+    /// The earliest moment [`Router::poll`] has timed work: a node's next
+    /// maintenance; on a request VM, only its stream's own timers
+    /// ([`Router::request_poll_at`]), `None` when nothing but a frame or
+    /// the app can give it work. A driver may sleep until then (and
+    /// until a device wakes it); frames still queued for a full link are
+    /// the devices' to wake it for.
+    pub fn poll_at(&self) -> Option<u64> {
+        if self.request.is_some() {
+            return self.request_poll_at();
+        }
+        Some(self.next_maintenance)
+    }
+}
+
 /// Whether `src` is one of the console's record ids, which no node has
 /// (`topo` and node configs refuse them as ids).
 pub fn is_reserved_source(src: NodeId) -> bool {

@@ -273,7 +273,7 @@ impl<L: LinkPort> Router<L> {
                 self.onion.attached = true;
                 let seg = Segment::parse(&cell[range]).map_err(|_| DropReason::BadSegment)?;
                 if let Some(e) = self.request.as_mut() {
-                    e.stream.on_segment(now, &seg);
+                    e.on_segment(now, &seg);
                     self.stats.delivered += 1;
                 }
             }
@@ -432,6 +432,13 @@ impl<L: LinkPort> Router<L> {
             self.onion.source = Some(s);
         }
         Ok(())
+    }
+
+    /// When [`Router::onion_check`] next re-sends the attach of a circuit
+    /// that replaced a dead one, if it waits for one.
+    pub(super) fn onion_attach_retry_at(&self) -> Option<u64> {
+        let s = self.onion.source.as_ref()?;
+        (s.replaces && !s.established).then_some(s.attach_sent + ATTACH_RETRY_US)
     }
 
     /// On a request VM: whether its circuit still stands in the topology as

@@ -33,6 +33,15 @@ pub const GOODBYE_US: u64 = 1_000_000;
 /// come with the link state it pulls at once, and again after
 /// [`LSA_REQUEST_US`](super::control::LSA_REQUEST_US)) before it is refused.
 pub const KEY_WAIT_US: u64 = 1_200_000;
+/// How long after its stream last moved a segment a request VM keeps
+/// pulling link state. A request VM neither probes nor hears floods: it
+/// routes on what its neighbours last told it, which only matters while
+/// segments move (a relay that dies mid-transfer is reported down by its
+/// neighbours within [`DEAD_AFTER_US`](crate::routing::linkstate::DEAD_AFTER_US),
+/// and the stream's retransmissions take the new route). An idle stream
+/// asks nothing, so it costs its relays and its host nothing; its first
+/// segment after a pause pulls at once.
+pub const LINK_STATE_AFTER_TRAFFIC_US: u64 = 2_000_000;
 
 /// Where the request's stream stands, as the app must be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +98,10 @@ pub struct RequestStream {
     /// The link-state count at the last try for keys (a try is worth it
     /// only when new link state came in).
     tried_at_lsas: Option<u64>,
+    /// When a segment of the stream last came or went.
+    last_traffic: u64,
+    /// The topology-change count the onion circuit was last checked at.
+    checked_topology: u64,
 }
 
 impl RequestStream {
@@ -110,7 +123,31 @@ impl RequestStream {
             keyed: false,
             started: now,
             tried_at_lsas: None,
+            last_traffic: now,
+            checked_topology: 0,
         }
+    }
+
+    /// A segment of this stream arrived.
+    pub(super) fn on_segment(&mut self, now: u64, seg: &crate::transport::Segment<'_>) {
+        self.stream.on_segment(now, seg);
+        self.last_traffic = now;
+    }
+
+    /// Whether the request still needs its neighbours' link state: while
+    /// it waits for keys, opens, closes, or moves segments.
+    pub(super) fn wants_link_state(&self, now: u64) -> bool {
+        !self.keyed
+            || self.stream.state() != StreamState::Established
+            || now.saturating_sub(self.last_traffic) < LINK_STATE_AFTER_TRAFFIC_US
+    }
+
+    /// The earliest moment this stream has timed work of its own: a
+    /// retransmission, the end of the wait for keys, the end of a goodbye.
+    fn poll_at(&self) -> Option<u64> {
+        let key_wait = (!self.keyed).then_some(self.started + KEY_WAIT_US);
+        let goodbye = self.closing_since.map(|t| t + GOODBYE_US + 1);
+        [self.stream.next_deadline(), key_wait, goodbye].into_iter().flatten().min()
     }
 
     fn phase(&self) -> RequestPhase {
@@ -252,6 +289,20 @@ impl<L: LinkPort> Router<L> {
         keyed.is_ok()
     }
 
+    /// The earliest moment [`Router::poll`] has timed work on a request VM
+    /// (`None` on other nodes): its stream's own timers, the next link-state
+    /// pull while it wants one (maintenance pace), an onion circuit's
+    /// attach retry. Frames and console data come on their own; between
+    /// them an idle request VM may sleep until this.
+    pub(super) fn request_poll_at(&self) -> Option<u64> {
+        let r = self.request.as_ref()?;
+        let pull = r
+            .wants_link_state(self.next_maintenance)
+            .then_some(self.next_lsa_request.max(self.next_maintenance));
+        let attach = self.onion_attach_retry_at().map(|t| t.max(self.next_maintenance));
+        [r.poll_at(), pull, attach].into_iter().flatten().min()
+    }
+
     /// The request's stream: circuit upkeep (at maintenance pace), bytes
     /// both ways, closing, and its segments onto the links.
     pub(super) fn poll_request(&mut self, now: u64, maintained: bool) -> bool {
@@ -259,8 +310,13 @@ impl<L: LinkPort> Router<L> {
             return false;
         }
         let mut worked = false;
-        if maintained && self.protocol == Protocol::Onion {
-            let dst = self.request.as_ref().map_or(0, |r| r.dst);
+        let changes = self.stats.topology_changes;
+        let topology_moved = self.request.as_ref().is_some_and(|r| r.checked_topology != changes);
+        if (maintained || topology_moved) && self.protocol == Protocol::Onion {
+            let dst = self.request.as_mut().map_or(0, |r| {
+                r.checked_topology = changes;
+                r.dst
+            });
             if !self.onion_check(dst, now) {
                 if let Some(r) = self.request.as_mut() {
                     r.stream.refuse();
@@ -300,6 +356,9 @@ impl<L: LinkPort> Router<L> {
             }
         }
         let (flow, dst) = (r.flow, r.dst);
+        if !segments.is_empty() {
+            r.last_traffic = now;
+        }
         for seg in segments {
             worked = true;
             let sent = if protocol == Protocol::Onion {

@@ -108,7 +108,7 @@ impl<L: LinkPort> Router<L> {
             let Some(session) = e.e2e.as_mut() else { return Err(DropReason::BadSegment) };
             session.open(payload, &mut plain)?;
             let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
-            e.stream.on_segment(now, &seg);
+            e.on_segment(now, &seg);
             self.stats.delivered += 1;
             return Ok(());
         }

@@ -885,3 +885,52 @@ fn an_onion_request_avoiding_every_circuit_is_refused_before_anything_is_sent() 
         assert_eq!(net.host(relay).router.stats().circuits, 0, "relay {relay} saw a create");
     }
 }
+
+/// Brings a request on node 1 up to `dst` and returns the net and the
+/// stream's flow at the destination.
+fn request_up(links: &[Link], protocol: Protocol, dst: u16) -> (Net, u32) {
+    let req = request(dst, b"10.0.0.9:80");
+    let mut net = Net::new(links, protocol.id(), Some((1, &req)));
+    let mut flow = None;
+    let up = net.run_until(2_000_000, STEP, |net| {
+        flow = flow.or_else(|| serve_opens(net, dst, stream_op::OPENED).first().copied());
+        net.host(1).router.request_phase() == RequestPhase::Up
+    });
+    assert!(up, "{protocol:?}: the stream never came up");
+    net.host(1).router.request_replied();
+    (net, flow.expect("an OPEN reached the destination"))
+}
+
+#[test]
+fn an_idle_request_vm_sends_nothing_and_sleeps_until_the_app_speaks() {
+    for (links, protocol, dst) in [(line3(), Protocol::Shortest, 3), (line5(), Protocol::Onion, 5)] {
+        let (mut net, flow) = request_up(&links, protocol, dst);
+        net.host(1).router.app_input(b"before");
+        net.run_for(3_000_000, STEP);
+        assert_eq!(stream_bytes(&mut net, dst, flow), b"before", "{protocol:?}");
+        // Idle for ten seconds (past every link-state age): node 1 is
+        // driven by hand, so what it sends can be counted; the relays go
+        // on flooding and probing.
+        net.down.push(1);
+        let mut sent = 0;
+        for _ in 0..10_000 {
+            net.step(1_000);
+            let now = net.now;
+            let r = &mut net.host(1).router;
+            r.poll_links(now);
+            r.poll(now);
+            r.flush_links(now);
+            sent += r.ports().iter_mut().map(|p| p.link().take_sent().len()).sum::<usize>();
+            assert_eq!(r.poll_at(), None, "{protocol:?}: an idle request VM has no timer");
+        }
+        assert_eq!(sent, 0, "{protocol:?}: an idle request VM sent frames (probes or link-state pulls)");
+        // The app speaks again: the stream carries it on the route it had.
+        net.down.clear();
+        net.host(1).router.app_input(b" and after");
+        net.run_for(3_000_000, STEP);
+        assert_eq!(stream_bytes(&mut net, dst, flow), b"before and after", "{protocol:?}");
+        let notices: Vec<Notice> = core::iter::from_fn(|| net.host(1).router.poll_notice()).collect();
+        assert!(!notices.contains(&Notice::CircuitLost), "{protocol:?}: {notices:?}");
+        assert_eq!(net.host(1).router.stats().probes_sent, 0);
+    }
+}

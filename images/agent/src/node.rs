@@ -12,10 +12,10 @@ use guest_agent::boot::BootParams;
 use guest_agent::node::{EdgeRequest, NodeConfig, NodeStats, STATS_ADDR};
 use guest_agent::ports;
 use guest_agent::router::{Notice, Router, MAX_HOST_INPUT};
-use guest_agent::virtio::console::ConsoleEvent;
+use guest_agent::virtio::console::{ConsoleEvent, VirtioConsole};
 use guest_agent::virtio::net::VirtioNet;
 
-use crate::roles::{console, nets, Pacer};
+use crate::roles::{console, nets, Pacer, PARK_US};
 use crate::{clock, io, log};
 
 fn decode_config(params: &BootParams) -> NodeConfig {
@@ -111,8 +111,23 @@ pub fn run(params: &mut BootParams) -> ! {
         if worked {
             publish_stats(router.stats());
         }
-        pacer.tick(worked);
+        pacer.tick(worked, PARK_US);
     }
+}
+
+/// Longest a request VM sleeps with nothing to do (the VMM's cap): an
+/// idle request costs one exit per this, not one per maintenance pass.
+const IDLE_PARK_US: u64 = 60_000_000;
+
+/// How long a request VM may sleep: until its router's next timer, or a
+/// short park while frames or console bytes wait for room (the devices
+/// wake it when room comes, the short park bounds a missed wake).
+fn request_park_us(router: &Router<VirtioNet>, con: &mut VirtioConsole) -> u32 {
+    if !router.links_idle() || !router.app_output().is_empty() || !con.tx_drained() {
+        return PARK_US;
+    }
+    let now = clock::now_us();
+    router.poll_at().map_or(IDLE_PARK_US, |t| t.saturating_sub(now).min(IDLE_PARK_US)) as u32
 }
 
 /// A request VM: carries one app connection (the console, after the edge
@@ -180,6 +195,6 @@ pub fn run_edge(params: &mut BootParams) -> ! {
         if worked {
             publish_stats(router.stats());
         }
-        pacer.tick(worked);
+        pacer.tick(worked, request_park_us(&router, &mut con));
     }
 }
