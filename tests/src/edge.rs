@@ -5,8 +5,10 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
+use guest_agent::socks;
+
 use crate::events::{is, Events};
-use crate::{serve_in, Daemon, TopoGuard};
+use crate::{in_netns, serve_in, Daemon, TopoGuard};
 
 /// An HTTP/1.0 server in `ns` answering every request with `body`.
 pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
@@ -103,4 +105,45 @@ pub fn curl_as(topo: &TopoGuard, program: &str, url: &str, proxy_user: Option<&s
     }
     let out = c.arg(url).output().unwrap();
     (out.status.code(), out.stdout)
+}
+
+/// A service in `ns` that echoes every byte back until its client closes.
+pub fn echo_server(ns: &str) -> u16 {
+    serve_in(ns, |mut c| {
+        let mut b = [0u8; 16 << 10];
+        while let Ok(n @ 1..) = c.read(&mut b) {
+            if c.write_all(&b[..n]).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// A SOCKS5 CONNECT (no authentication) to `target` through the edge on
+/// A, made inside A's namespace: the stream (read timeout 30 s) and the
+/// edge's reply.
+pub fn socks_connect(topo: &TopoGuard, target: std::net::SocketAddr) -> (std::net::TcpStream, socks::Reply) {
+    in_netns(&topo.netns("a"), move || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:1080").expect("the edge listens");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; socks::MAX_REQUEST_LEN];
+        let n = socks::Greeting { methods: &[socks::Method::None.code()] }.encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut m = [0u8; socks::MethodChoice::LEN];
+        s.read_exact(&mut m).expect("a method choice");
+        let n = socks::Request::connect(socks::Addr::Ip(target)).encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut rep = [0u8; socks::ReplyMsg::LEN_V4];
+        s.read_exact(&mut rep).expect("a SOCKS5 reply");
+        let Ok(socks::Decoded::Ready(rep, _)) = socks::ReplyMsg::decode(&rep) else { panic!("not a reply: {rep:?}") };
+        (s, rep.reply)
+    })
+}
+
+/// Sends `data` on `s` and reads as many bytes back.
+pub fn echo_round(s: &mut std::net::TcpStream, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).expect("write to the stream");
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).expect("the echo");
+    back
 }

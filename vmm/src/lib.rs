@@ -15,6 +15,8 @@
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
 //! - [`random`]: entropy for keys and ids;
+//! - [`limits`]: the process's fd limit, raised at start, and the default
+//!   cap on VMs;
 //! - `fuzzing` (feature `fuzzing`): the bodies of the `fuzz/` targets that
 //!   play a hostile guest driver against the virtio-mmio transport.
 //!
@@ -29,6 +31,7 @@ pub mod devices;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod kvm;
+pub mod limits;
 pub mod loader;
 pub mod memory;
 pub mod pool;

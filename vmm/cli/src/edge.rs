@@ -4,9 +4,10 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
-use edge::serve::{Edge, EdgeConfig};
+use edge::serve::{Edge, EdgeConfig, EdgeLimits};
 
 /// Arguments of `pathvm edge`.
 #[derive(Debug, Args)]
@@ -40,17 +41,32 @@ pub struct EdgeArgs {
     /// or to stdout with `-`.
     #[arg(long, value_name = "FILE|-")]
     events: Option<PathBuf>,
+    /// Request VMs running at once; beyond, a request gets SOCKS5 reply 1
+    /// ("general failure") at once. Default: what this machine's memory
+    /// (4 MiB a VM) and the raised fd limit (32 a VM) allow.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=65_535))]
+    max_vms: Option<u64>,
+    /// Seconds a client may take over its whole SOCKS5 handshake.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    handshake_timeout: u64,
 }
 
 /// Runs the daemon until killed.
 pub fn run(a: EdgeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let events = super::open_events(a.events.as_deref())?;
+    let mut limits = EdgeLimits::for_this_machine();
+    if let Some(n) = a.max_vms {
+        limits.max_vms = n as usize;
+        limits.max_handshakes = (limits.max_vms / 10).max(64);
+    }
+    limits.handshake_timeout = Duration::from_secs(a.handshake_timeout);
     let edge = Edge::open(EdgeConfig {
         config: a.config,
         image: a.image.unwrap_or_else(super::default_image),
         manifests: a.manifests,
         guest_log: a.guest_log,
         events,
+        limits,
     })?;
     let listener = TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     Arc::new(edge).serve(listener);

@@ -9,10 +9,11 @@
 //! "stream up / refused" report, during the exit that reported it, so it
 //! precedes any stream byte. Each step emits an [`Event`].
 
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,97 @@ use vmm::kvm::{KvmContext, KvmError};
 use vmm::loader::{AgentImage, LoaderError};
 use vmm::vcpu::{GuestLog, StreamReport};
 
-/// How long a client may take over its SOCKS5 handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one edge holds at most, and how long a client may take.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    /// Request VMs running at once; a request beyond gets SOCKS5 reply 1
+    /// at once (default: [`vmm::limits::default_max_vms`]).
+    pub max_vms: usize,
+    /// Clients in their SOCKS5 handshake at once (each holds a thread);
+    /// beyond, a new client is closed unanswered.
+    pub max_handshakes: usize,
+    /// The whole SOCKS5 handshake's deadline, from accept to the request
+    /// read: a client that trickles bytes is cut at it.
+    pub handshake_timeout: Duration,
+}
+
+impl EdgeLimits {
+    /// Limits for this machine and process: VMs by fds and memory, as many
+    /// handshakes as a tenth of that (at least 64), 10 s per handshake.
+    pub fn for_this_machine() -> Self {
+        let fds = vmm::limits::raise_fd_limit().unwrap_or(1024);
+        let max_vms = vmm::limits::default_max_vms(fds, vmm::limits::mem_total_kib().unwrap_or(0));
+        Self { max_vms, max_handshakes: (max_vms / 10).max(64), handshake_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Longest the accept loop waits after running out of descriptors or
+/// memory before it tries again.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A client connection whose reads and writes all end by one deadline.
+struct Deadlined<'a> {
+    conn: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined<'_> {
+    fn arm(&self, set: impl Fn(&TcpStream, Option<Duration>) -> io::Result<()>) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the SOCKS5 handshake took too long"));
+        }
+        set(self.conn, Some(left))
+    }
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_read_timeout)?;
+        match (&mut &*self.conn).read(buf) {
+            // A read timeout shows as WouldBlock on Linux.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the SOCKS5 handshake took too long"))
+            }
+            r => r,
+        }
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_write_timeout)?;
+        (&mut &*self.conn).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts one holder of a limited resource while alive.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    /// One more holder, unless `max` hold it already.
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether an accept error means the process or machine is out of
+/// something (descriptors, memory), so retrying at once would spin.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
 
 /// What an edge needs to start.
 pub struct EdgeConfig {
@@ -43,6 +133,8 @@ pub struct EdgeConfig {
     pub guest_log: bool,
     /// Where events go.
     pub events: EventSink,
+    /// Caps and deadlines.
+    pub limits: EdgeLimits,
 }
 
 /// Why the edge could not start.
@@ -68,6 +160,11 @@ pub struct Edge {
     file: NodeFile,
     manifests: ManifestDir,
     events: Arc<EventSink>,
+    limits: EdgeLimits,
+    /// Request VMs running now.
+    vms: AtomicUsize,
+    /// Clients in their handshake now.
+    handshakes: AtomicUsize,
 }
 
 /// The node a target lives on, and the `host:port` that node connects.
@@ -146,7 +243,15 @@ impl Edge {
             file,
             manifests: ManifestDir::new(&cfg.manifests),
             events: Arc::new(cfg.events),
+            limits: cfg.limits,
+            vms: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
         })
+    }
+
+    /// Request VMs running now.
+    pub fn running_vms(&self) -> usize {
+        self.vms.load(Ordering::Acquire)
     }
 
     /// Serves clients of `listener` until it fails, each on a thread.
@@ -154,16 +259,42 @@ impl Edge {
         let listen = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
         eprintln!("pathvm edge: SOCKS5 on {listen}");
         self.events.emit(&Event::EdgeUp { listen });
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
+        let mut backoff = Duration::ZERO;
+        loop {
+            let conn = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if out_of_resources(&e) => {
+                    // Out of fds or memory: wait for requests to end
+                    // rather than spin on a listener that stays readable.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    tracing::warn!("edge: accept: {e}; retrying in {backoff:?}");
+                    self.events
+                        .emit(&Event::AcceptFailed { error: e.to_string(), retry_in_ms: backoff.as_millis() as u64 });
+                    std::thread::sleep(backoff);
+                    continue;
+                }
+                // The client gave up before we took it (ECONNABORTED):
+                // nothing of ours is wrong.
+                Err(_) => continue,
+            };
+            backoff = Duration::ZERO;
             let edge = self.clone();
             let _ = std::thread::Builder::new().name("pathvm-edge-req".into()).spawn(move || edge.handle(conn));
         }
     }
 
     /// One client, from its handshake until its request VM ended.
-    pub fn handle(&self, mut conn: TcpStream) {
+    pub fn handle(&self, conn: TcpStream) {
         let accepted = Instant::now();
+        let Some(handshaking) = Held::take(&self.handshakes, self.limits.max_handshakes) else {
+            // Closed unanswered: a reply needs the handshake, which needs
+            // the thread this would hold.
+            self.events.emit(&Event::HandshakeFailed {
+                app: "unknown".into(),
+                error: format!("{} handshakes in progress already (the edge's limit)", self.limits.max_handshakes),
+            });
+            return;
+        };
         // (a)-(b): who is asking, and what for.
         let (peer_addr, local) = (conn.peer_addr().ok(), conn.local_addr().ok());
         let app = match (peer_addr, local) {
@@ -171,8 +302,8 @@ impl Edge {
             _ => None,
         };
         let exe = app.as_ref().map_or_else(|| PathBuf::from("unknown"), |a| a.exe.clone());
-        let _ = conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-        let req = match socks::accept(&mut conn) {
+        let deadline = accepted + self.limits.handshake_timeout;
+        let req = match socks::accept(&mut Deadlined { conn: &conn, deadline }) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("edge: {} ({peer_addr:?}): {e}", exe.display());
@@ -180,7 +311,9 @@ impl Edge {
                 return;
             }
         };
+        drop(handshaking);
         let _ = conn.set_read_timeout(None);
+        let _ = conn.set_write_timeout(None);
         let flow = random_flow();
         let replier = Arc::new(Replier {
             conn: conn.try_clone().ok(),
@@ -231,6 +364,12 @@ impl Edge {
         });
         let Some((dst, target)) = destination(&self.file, &req.target) else {
             return refuse(Reply::HostUnreachable, "not a host of this topology".into());
+        };
+        let Some(_vm) = Held::take(&self.vms, self.limits.max_vms) else {
+            return refuse(
+                Reply::GeneralFailure,
+                format!("the edge runs its limit of {} request VMs (--max-vms); try again later", self.limits.max_vms),
+            );
         };
         let spec = RequestSpec {
             flow,
@@ -334,6 +473,46 @@ mod tests {
         let by_addr = destination(&f, &Target::Addr("10.231.1.2:8080".parse().unwrap()));
         assert_eq!(by_addr, Some((3, "10.231.1.2:8080".into())));
         assert_eq!(destination(&f, &Target::Domain("nowhere".into(), 80)), None);
+    }
+
+    #[test]
+    fn a_client_that_trickles_its_handshake_is_cut_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let slow = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            // A valid greeting, one byte every 200 ms: no single read
+            // waits long, the whole takes far too long.
+            for b in [5u8, 1, 0] {
+                if c.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = c.write_all(&[5, 1, 0, 1, 10, 0, 0, 1]);
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        let (conn, _) = l.accept().unwrap();
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_millis(500);
+        let e = socks::accept(&mut Deadlined { conn: &conn, deadline }).unwrap_err();
+        let waited = t0.elapsed();
+        assert!(matches!(&e, socks::SocksError::Io(io) if io.kind() == io::ErrorKind::TimedOut), "{e}");
+        assert!(waited < Duration::from_secs(2), "cut after {waited:?}, not at the deadline");
+        slow.join().unwrap();
+    }
+
+    #[test]
+    fn a_limit_holds_and_frees_its_places() {
+        let n = AtomicUsize::new(0);
+        let a = Held::take(&n, 2).unwrap();
+        let b = Held::take(&n, 2).unwrap();
+        assert!(Held::take(&n, 2).is_none(), "a third place beyond the limit");
+        drop(a);
+        let c = Held::take(&n, 2);
+        assert!(c.is_some());
+        drop((b, c));
+        assert_eq!(n.load(Ordering::Acquire), 0);
     }
 
     #[test]

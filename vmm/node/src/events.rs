@@ -81,6 +81,15 @@ pub enum Event {
         /// Where.
         listen: String,
     },
+    /// The edge could not accept a client: out of descriptors or memory.
+    /// It retries after a pause (doubling, up to a second) instead of
+    /// spinning.
+    AcceptFailed {
+        /// The error.
+        error: String,
+        /// The pause before the next try, ms.
+        retry_in_ms: u64,
+    },
     /// A client's SOCKS5 handshake failed (garbage, truncation); no reply
     /// code applies or it was sent by the handshake itself.
     HandshakeFailed {

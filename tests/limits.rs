@@ -1,0 +1,138 @@
+//! The edge under load and abuse: its caps refuse clearly and at once,
+//! a client that trickles its handshake is cut at the deadline, and the
+//! rest are served meanwhile. Real VMs, real namespaces (line3).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use guest_agent::socks::Reply;
+use pathvm_tests::edge::*;
+use pathvm_tests::events::is;
+use pathvm_tests::*;
+
+/// line3 with nodes on B and C, an echo service on C and the edge on A
+/// started with `edge_args`.
+fn line3_with_echo(dir: &TempDir, edge_args: &[&str]) -> (TopoGuard, Vec<Daemon>, Edge, SocketAddr) {
+    let topo = TopoGuard::up("line3.toml");
+    let nodes = vec![topo.start_node("c", 3, &dir.0.join("c.json")), topo.start_node("b", 2, &dir.0.join("b.json"))];
+    let port = echo_server(&topo.netns("c"));
+    let mut cmd = edge_command(&topo, std::path::Path::new("/nonexistent"));
+    cmd.args(edge_args);
+    let edge = start_edge_from(cmd);
+    (topo, nodes, edge, SocketAddr::from(([10, 231, 1, 2], port)))
+}
+
+#[test]
+fn beyond_max_vms_a_request_gets_reply_1_at_once_and_the_edge_serves_the_rest() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (topo, _nodes, edge, target) = line3_with_echo(&dir, &["--max-vms", "1"]);
+    let (mut held, reply) = socks_connect(&topo, target);
+    assert_eq!(reply, Reply::Succeeded);
+    let data = random_bytes(4096, 1);
+    assert_eq!(sha256(&echo_round(&mut held, &data)), sha256(&data));
+
+    // The one VM is taken: the next request is refused with reply 1 and
+    // a reason naming the limit; no VM starts for it.
+    let (_s, reply) = socks_connect(&topo, target);
+    assert_eq!(reply, Reply::GeneralFailure, "{}", edge.events.dump());
+    let refused = edge.events.wait(Duration::from_secs(10), |e| is(e, "refused"));
+    assert!(refused["reason"].as_str().is_some_and(|r| r.contains("--max-vms")), "{refused}");
+    assert_eq!(edge.events.of("vm_up").len(), 1, "a VM beyond the limit started");
+
+    // The held stream is unharmed; once it ends, its place is free again.
+    let more = random_bytes(4096, 2);
+    assert_eq!(sha256(&echo_round(&mut held, &more)), sha256(&more));
+    drop(held);
+    edge.wait_vms_ended(1);
+    let (mut next, reply) = socks_connect(&topo, target);
+    assert_eq!(reply, Reply::Succeeded, "{}", edge.events.dump());
+    assert_eq!(sha256(&echo_round(&mut next, &data)), sha256(&data));
+    drop(edge.child);
+}
+
+#[test]
+fn a_client_trickling_its_handshake_is_cut_at_the_deadline_while_others_are_served() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (topo, _nodes, edge, target) = line3_with_echo(&dir, &["--handshake-timeout", "1"]);
+    // A whole handshake (greeting, CONNECT 127.0.0.1:80) one byte per
+    // 300 ms: each read is quick, the whole takes 4 s. The edge must close
+    // it before it is done.
+    let slow = std::thread::spawn({
+        let ns = topo.netns("a");
+        move || {
+            in_netns(&ns, || {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:1080").unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                let handshake = [5u8, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 80];
+                for (i, b) in handshake.iter().enumerate() {
+                    if s.write_all(&[*b]).is_err() {
+                        return Some(i);
+                    }
+                    let mut got = [0u8; 16];
+                    match s.read(&mut got) {
+                        Ok(0) => return Some(i),
+                        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return Some(i),
+                        // Nothing yet, or the method choice.
+                        _ => {}
+                    }
+                }
+                None
+            })
+        }
+    });
+    // Meanwhile the edge serves others.
+    for seed in 0..3 {
+        let (mut s, reply) = socks_connect(&topo, target);
+        assert_eq!(reply, Reply::Succeeded);
+        let data = random_bytes(4096, seed);
+        assert_eq!(sha256(&echo_round(&mut s, &data)), sha256(&data));
+    }
+    let cut_after = slow.join().unwrap();
+    assert!(cut_after.is_some(), "the trickling client finished its handshake: never cut");
+    let failed = edge.events.wait(Duration::from_secs(10), |e| is(e, "handshake_failed"));
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("too long")), "{failed}");
+    drop(edge.child);
+}
+
+#[test]
+fn the_edge_raises_its_fd_limit_at_start() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let mut cmd = edge_command(&topo, std::path::Path::new("/nonexistent"));
+    // Started with the usual soft limit of 1,024 (about 50 request VMs).
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's
+    // own limits, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = lim.rlim_max.min(1024);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let edge = start_edge_from(cmd);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", edge.child.pid())).unwrap();
+    let (soft, hard): (u64, u64) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut w = l.split_whitespace().skip(3);
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .expect("a Max open files line");
+    // Raised to the hard limit, which root may raise further where the
+    // machine allows.
+    assert_eq!(soft, hard, "the edge did not raise its fd limit:\n{limits}");
+    drop(edge.child);
+}
