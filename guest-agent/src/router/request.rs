@@ -296,9 +296,8 @@ impl<L: LinkPort> Router<L> {
     /// them an idle request VM may sleep until this.
     pub(super) fn request_poll_at(&self) -> Option<u64> {
         let r = self.request.as_ref()?;
-        let pull = r
-            .wants_link_state(self.next_maintenance)
-            .then_some(self.next_lsa_request.max(self.next_maintenance));
+        let pull =
+            r.wants_link_state(self.next_maintenance).then_some(self.next_lsa_request.max(self.next_maintenance));
         let attach = self.onion_attach_retry_at().map(|t| t.max(self.next_maintenance));
         [r.poll_at(), pull, attach].into_iter().flatten().min()
     }
