@@ -154,7 +154,7 @@ pub enum BuildError {
 struct Assembly<'a> {
     vm_fd: &'a VmFd,
     mem: &'a GuestMemoryMmap,
-    wake: &'a EventFd,
+    wake: &'a Arc<EventFd>,
     bus: MmioBus,
     params: BootParams,
     subscribers: Vec<Subscriber>,
@@ -292,7 +292,7 @@ pub fn finish_vm(kvm: &KvmContext, shell: VmShell, cfg: VmConfig) -> Result<Vm, 
         return Err(BuildError::ArgsTooLong(cfg.args.len()));
     }
     let VmShell { mem, mem_size, vm_fd, vcpu } = shell;
-    let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let mut params = BootParams { role: cfg.role as u32, num_mem: 1, ..Default::default() };
     params.mem[0] = MemRegion { base: 0, size: mem_size };
     params.args[..cfg.args.len()].copy_from_slice(&cfg.args);

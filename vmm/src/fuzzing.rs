@@ -113,7 +113,7 @@ pub fn run(data: &[u8]) -> Outcome {
     mem.write_slice(&image[..image.len().min(MEM_SIZE)], GuestAddress(0)).expect("fits");
     let evts = QUEUE_MAX.iter().map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")).collect();
     let dev = Arc::new(Mutex::new(Harness { acked: 0, running: None, activations: 0, evts }));
-    let wake = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    let wake = std::sync::Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
     let mut t = MmioTransport::new(dev.clone(), mem, Interrupt::new(&wake).expect("interrupt"));
 
     let mut out = Outcome::default();

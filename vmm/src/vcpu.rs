@@ -141,7 +141,7 @@ pub struct VcpuRunner {
     pub(crate) vcpu: VcpuFd,
     pub(crate) bus: MmioBus,
     pub(crate) mem: GuestMemoryMmap,
-    pub(crate) wake: EventFd,
+    pub(crate) wake: std::sync::Arc<EventFd>,
     pub(crate) stop: Arc<StopHandle>,
     pub(crate) ready: Option<SyncSender<Instant>>,
     pub(crate) on_stream: Option<StreamCallback>,

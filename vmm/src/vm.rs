@@ -129,7 +129,7 @@ impl StatsProbe {
 
 /// Ends the device loop when written.
 struct LoopExit {
-    evt: EventFd,
+    evt: Arc<EventFd>,
     done: Arc<AtomicBool>,
 }
 
@@ -145,15 +145,14 @@ impl MutEventSubscriber for LoopExit {
 
 /// The device thread: runs the event loop until told to stop.
 struct DeviceThread {
-    exit: EventFd,
+    exit: Arc<EventFd>,
     handle: JoinHandle<()>,
 }
 
 impl DeviceThread {
     fn start(subscribers: Vec<Subscriber>) -> Result<Self, VmError> {
-        let exit = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
-        let exit_sub =
-            LoopExit { evt: exit.try_clone().map_err(VmError::Thread)?, done: Arc::new(AtomicBool::new(false)) };
+        let exit = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?);
+        let exit_sub = LoopExit { evt: exit.clone(), done: Arc::new(AtomicBool::new(false)) };
         let done = exit_sub.done.clone();
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmError::EventLoop)?;
         for s in subscribers {

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod connect;
+pub mod density;
 pub mod netns_io;
 pub mod protocols;
 pub mod relay;

@@ -58,6 +58,52 @@ pub fn serve(ns: &str) -> io::Result<u16> {
     rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("the benchmark's service did not start"))
 }
 
+/// Longest an echo connection may sit idle before the service drops it:
+/// the density benchmark holds connections idle for minutes.
+pub const ECHO_IDLE: Duration = Duration::from_secs(600);
+
+/// Starts an echo service in namespace `ns` on an ephemeral port (every
+/// byte comes back; a connection idle for [`ECHO_IDLE`] is dropped) and
+/// returns the port.
+pub fn serve_echo(ns: &str) -> io::Result<u16> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let _ = in_netns(&ns, move || {
+            let l = TcpListener::bind("0.0.0.0:0")?;
+            let _ = tx.send(l.local_addr()?.port());
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let _ = std::thread::Builder::new().stack_size(64 << 10).spawn(move || {
+                    let _ = c.set_read_timeout(Some(ECHO_IDLE));
+                    let mut b = [0u8; 16 << 10];
+                    while let Ok(n @ 1..) = c.read(&mut b) {
+                        if c.write_all(&b[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Ok(())
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("the benchmark's echo service did not start"))
+}
+
+/// Sends `data` on `s` and reads it back; the round trip's time, ms.
+/// Fails if what comes back differs.
+pub fn echo(s: &mut TcpStream, data: &[u8]) -> io::Result<f64> {
+    let t0 = Instant::now();
+    s.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if back != data {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the echo came back altered"));
+    }
+    Ok(ms)
+}
+
 /// Serves one connection (see [`serve`]).
 fn answer(mut c: TcpStream) {
     let _ = c.set_read_timeout(Some(IO_TIMEOUT));

@@ -23,6 +23,10 @@ pub enum BenchCommand {
     /// throughput and the stall when a relay on its path dies, beside
     /// kernel routing measured in the same run.
     Protocols(ProtocolsArgs),
+    /// What idle connections cost the edge: N held through it (a request
+    /// VM each), the edge's CPU, RSS, fds and threads per connection and a
+    /// 4 KiB echo on one more, beside the same echo with nothing idle.
+    Density(DensityArgs),
     /// The overlay router alone on the host (no VM): frames forwarded per
     /// second on one core for 64- and 1400-byte payloads, authentication
     /// included, beside open+seal alone.
@@ -78,6 +82,29 @@ pub struct ProtocolsArgs {
     #[arg(long, value_name = "N", default_value_t = bench::protocols::DEFAULT_CONNECTS)]
     connects: usize,
     /// One JSON object per protocol, one per line, instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `pathvm bench density`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Holds up to the largest count of connections at once: the edge needs about 20 fds and 1 MiB per connection, and --max-vms is set for it. Fields: idle_cpu_percent_N (of one core), rss_kib_per_conn_N, fds_per_conn_N, threads_per_conn_N, echo_p50_ms_N beside echo_p50_ms_alone and kernel_echo_p50_ms, held_intact of held, fds_after_close beside baseline_fds."
+)]
+pub struct DensityArgs {
+    /// Guest image. Default: $PATHVM_IMAGE, else images/out/agent.elf.
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// Topology (hosts a, b, c in a line, like line3).
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/topologies/line3.toml"))]
+    topology: PathBuf,
+    /// Connection counts to measure at, ascending (connections accumulate).
+    #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+    counts: Vec<usize>,
+    /// Seconds over which idle CPU is measured at each count.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Print one JSON object (the output is JSON either way).
     #[arg(long)]
     json: bool,
 }
@@ -189,6 +216,24 @@ pub fn run(cmd: BenchCommand) -> Result<i32, Box<dyn std::error::Error>> {
             if let (false, Some(r)) = (a.json, rows.first()) {
                 println!("\n{} connections per protocol and for the kernel; {}", r.samples, r.machine);
             }
+            Ok(0)
+        }
+        BenchCommand::Density(a) => {
+            if a.counts.is_empty() || a.counts.windows(2).any(|w| w[0] >= w[1]) || a.counts.contains(&0) {
+                return Err("--counts must be ascending counts of at least 1, e.g. 100,500,1000".into());
+            }
+            if a.counts.iter().any(|&n| n > 4000) {
+                return Err("--counts above 4000 are not supported (each connection is a VM)".into());
+            }
+            if !(1.0..=60.0).contains(&a.seconds) {
+                return Err("--seconds must be between 1 and 60".into());
+            }
+            let image = a.image.unwrap_or_else(super::default_image);
+            let exe = std::env::current_exe()?;
+            let window = std::time::Duration::from_secs_f64(a.seconds);
+            let report = bench::density::run(&exe, &image, &a.topology, &a.counts, window)?;
+            let _ = a.json;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(0)
         }
         BenchCommand::Router(a) => {

@@ -112,9 +112,10 @@ pub fn request_config(edge: &NodeFile, spec: &RequestSpec) -> Result<NodeConfig,
     Ok(cfg)
 }
 
-/// tc steering of one request VM; removed on drop.
+/// tc steering of one request VM; removed on drop. It holds no socket
+/// while the VM runs (a netlink socket per held connection would be a
+/// thousand fds at a thousand connections); teardown opens one.
 struct Steering {
-    netlink: Netlink,
     /// The links' filters for this VM (the taps' go with the taps).
     filters: Vec<(Interface, u16)>,
 }
@@ -143,15 +144,16 @@ impl Steering {
     /// netlink socket: a process start would cost milliseconds on the
     /// connect path.
     fn up(taps_and_links: &[(String, String)], flow: u32, prio: u16) -> Result<Self, NetlinkError> {
-        let mut s = Self { netlink: Netlink::open()?, filters: Vec::new() };
+        let mut netlink = Netlink::open()?;
+        let mut s = Self { filters: Vec::new() };
         for (tap, link) in taps_and_links {
             let (tap, link) = (Interface::by_name(tap)?, Interface::by_name(link)?);
-            s.netlink.set_link_up(&tap)?;
-            ensure_ingress(&mut s.netlink, &link)?;
-            s.netlink.add_redirect(&link, flow_match(flow), prio, &tap)?;
+            netlink.set_link_up(&tap)?;
+            ensure_ingress(&mut netlink, &link)?;
+            netlink.add_redirect(&link, flow_match(flow), prio, &tap)?;
             s.filters.push((link.clone(), prio));
-            s.netlink.add_ingress_qdisc(&tap)?;
-            s.netlink.add_redirect(&tap, U32Match::ANY, 0, &link)?;
+            netlink.add_ingress_qdisc(&tap)?;
+            netlink.add_redirect(&tap, U32Match::ANY, 0, &link)?;
         }
         Ok(s)
     }
@@ -159,8 +161,15 @@ impl Steering {
 
 impl Drop for Steering {
     fn drop(&mut self) {
+        let mut netlink = match Netlink::open() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("request steering left behind ({} filters): {e}", self.filters.len());
+                return;
+            }
+        };
         for (link, prio) in &self.filters {
-            if let Err(e) = self.netlink.del_filters(link, *prio) {
+            if let Err(e) = netlink.del_filters(link, *prio) {
                 tracing::warn!("request steering left behind: {e}");
             }
         }

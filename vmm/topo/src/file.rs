@@ -113,6 +113,11 @@ impl TopologyFile {
         if let Some(h) = self.hosts.iter().find(|h| ports_per_host(&h.name) > guest_agent::node::MAX_PORTS) {
             return Err(format!("host {:?} has more than {} links", h.name, guest_agent::node::MAX_PORTS));
         }
+        // Found by fuzzing: a host on no link got a node config with no
+        // port, which every node refuses to boot.
+        if let Some(h) = self.hosts.iter().find(|h| ports_per_host(&h.name) == 0) {
+            return Err(format!("host {:?} is on no link (every host needs at least one)", h.name));
+        }
         Ok(())
     }
 

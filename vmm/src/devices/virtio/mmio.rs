@@ -368,7 +368,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let evts = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap(), EventFd::new(libc::EFD_NONBLOCK).unwrap()];
         let dev = Arc::new(Mutex::new(Dummy { acked: 0, activated: None, resets: 0, evts }));
-        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let wake = std::sync::Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let t = MmioTransport::new(dev.clone(), mem, Interrupt::new(&wake).unwrap());
         (t, dev)
     }

@@ -44,13 +44,14 @@ pub enum ActivateError {
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
-    wake: EventFd,
+    wake: Arc<EventFd>,
 }
 
 impl Interrupt {
-    /// An interrupt that wakes through `wake` (shared by a VM's devices).
-    pub fn new(wake: &EventFd) -> std::io::Result<Arc<Self>> {
-        Ok(Arc::new(Self { status: AtomicU32::new(0), wake: wake.try_clone()? }))
+    /// An interrupt that wakes through `wake` (shared by a VM's devices:
+    /// shared, not duplicated, as every fd counts at a thousand VMs).
+    pub fn new(wake: &Arc<EventFd>) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self { status: AtomicU32::new(0), wake: wake.clone() }))
     }
 
     /// Tells the guest that used buffers are waiting.
@@ -126,7 +127,7 @@ mod tests {
 
     #[test]
     fn interrupt_wakes_and_acks() {
-        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let irq = Interrupt::new(&wake).unwrap();
         irq.signal_used();
         assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
