@@ -136,3 +136,83 @@ fn the_edge_raises_its_fd_limit_at_start() {
     assert_eq!(soft, hard, "the edge did not raise its fd limit:\n{limits}");
     drop(edge.child);
 }
+
+#[test]
+fn an_app_that_never_reads_holds_up_only_its_own_stream_and_its_vm_goes_when_it_closes() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (topo, _nodes, edge, echo_target) = line3_with_echo(&dir, &[]);
+    // A service that sends 64 MiB to whoever connects.
+    let flood_port = serve_in(&topo.netns("c"), |mut c| {
+        let chunk = vec![0x42u8; 1 << 20];
+        for _ in 0..64 {
+            if c.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let (stuck, reply) = socks_connect(&topo, SocketAddr::from(([10, 231, 1, 2], flood_port)));
+    assert_eq!(reply, Reply::Succeeded);
+    let stuck_flow = edge.events.wait(Duration::from_secs(10), |e| is(e, "stream_up"))["flow"].clone();
+    // The flood fills the app's socket, its VM's console and its stream's
+    // window; other requests go on as if nothing happened.
+    std::thread::sleep(Duration::from_secs(2));
+    for seed in 0..3 {
+        let (mut s, reply) = socks_connect(&topo, echo_target);
+        assert_eq!(reply, Reply::Succeeded, "{}", edge.events.dump());
+        let data = random_bytes(64 << 10, seed);
+        assert_eq!(sha256(&echo_round(&mut s, &data)), sha256(&data));
+    }
+    // The app hangs up without reading: its VM ends and leaves no tap or
+    // filter behind.
+    drop(stuck);
+    let ended = edge.wait_flow(&stuck_flow, "vm_ended");
+    assert!(ended["exit"].as_str().is_some_and(|x| x.contains("Exited")), "{ended}");
+    edge.wait_vms_ended(4);
+    let ns = topo.netns("a");
+    let links = sh(&["ip", "-n", &ns, "-o", "link"]);
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(
+        !links.lines().any(|l| l.split(':').nth(1).is_some_and(|n| n.trim().starts_with('r'))),
+        "a request tap was left: {links}"
+    );
+    let filters = sh(&["ip", "netns", "exec", &ns, "tc", "filter", "show", "dev", "ln0", "ingress"]);
+    assert!(!String::from_utf8_lossy(&filters.stdout).contains("mirred"), "steering left behind");
+    drop(edge.child);
+}
+
+#[test]
+fn a_vm_whose_console_reader_stopped_reading_still_stops_when_told() {
+    if !require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let sock = dir.0.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let console = format!("unix:{}", sock.display());
+    let mut vm = ChildGuard::new(boot_cmd(&["--role", "echo", "--console", &console]).spawn().unwrap());
+    let (stream, _) = listener.accept().unwrap();
+    // 32 MiB in, nothing read back: the echo fills the socket towards us,
+    // then the guest's ring, then the socket towards it.
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let chunk = vec![9u8; 1 << 20];
+        for _ in 0..32 {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(vm.get().try_wait().unwrap().is_none(), "the echo VM ended by itself");
+    // SAFETY: kill on the pid of a child we started and still own.
+    unsafe { libc::kill(vm.get().id() as i32, libc::SIGTERM) };
+    // A device thread blocked on a full console would never join.
+    let status = wait_timeout(vm.get(), Duration::from_secs(20));
+    let mut err = String::new();
+    let _ = vm.get().stderr.take().map(|mut e| e.read_to_string(&mut err));
+    assert_eq!(status, Some(130), "the VM did not stop:\n{err}");
+    drop(stream);
+}

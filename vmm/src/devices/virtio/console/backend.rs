@@ -21,10 +21,24 @@ enum Input {
     Nothing,
 }
 
+/// Where console bytes go.
+enum Output {
+    /// The input's own socket, written with `send(MSG_DONTWAIT)`: an app
+    /// that stops reading fills its socket and its VM waits, the device
+    /// thread does not (nor does anything else it serves).
+    Socket,
+    /// The process's stdout (`pathvm boot`): blocking, as a terminal or a
+    /// pipe that a person reads sets the pace; its file description is
+    /// shared with whoever started pathvm, so it is not switched.
+    Blocking(Box<dyn Write + Send>),
+    /// Discarded.
+    Discard,
+}
+
 /// Where console bytes come from and go to.
 pub struct ConsoleBackend {
     input: Input,
-    output: Option<Box<dyn Write + Send>>,
+    output: Output,
 }
 
 fn dup(fd: RawFd) -> io::Result<File> {
@@ -61,7 +75,7 @@ impl ConsoleBackend {
             let flags = set_nonblocking(stdin.as_raw_fd())?;
             Input::NonBlocking(stdin, flags)
         };
-        Ok(Self { input, output: Some(Box::new(dup(libc::STDOUT_FILENO)?)) })
+        Ok(Self { input, output: Output::Blocking(Box::new(dup(libc::STDOUT_FILENO)?)) })
     }
 
     /// Connects to a Unix stream socket listening at `path`.
@@ -69,15 +83,21 @@ impl ConsoleBackend {
         Self::stream(UnixStream::connect(path)?)
     }
 
-    /// Both directions over an already connected stream.
+    /// Both directions over an already connected stream (one fd: at a
+    /// thousand VMs every fd counts).
     pub fn stream(s: UnixStream) -> io::Result<Self> {
-        let out = s.try_clone()?;
-        Ok(Self { input: Input::Socket(s), output: Some(Box::new(out)) })
+        Ok(Self { input: Input::Socket(s), output: Output::Socket })
     }
 
     /// No input; output discarded.
     pub fn sink() -> Self {
-        Self { input: Input::Nothing, output: None }
+        Self { input: Input::Nothing, output: Output::Discard }
+    }
+
+    /// Whether a write can find the host side full ([`ConsoleBackend::write`]
+    /// says `WouldBlock`); readiness then comes on the input's fd.
+    pub(super) fn output_can_block(&self) -> bool {
+        matches!(self.output, Output::Socket)
     }
 
     /// The fd to watch for input, if epoll can watch it.
@@ -114,15 +134,28 @@ impl ConsoleBackend {
         Ok(n as usize)
     }
 
-    /// Writes all of `data` to the host side (blocking: the host reader's
-    /// pace is the stream's pace).
-    pub(super) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match &mut self.output {
-            Some(w) => {
-                w.write_all(data)?;
-                w.flush()
+    /// Writes what the host side takes now of `data`: the bytes written,
+    /// or `WouldBlock` when it is full (only for a socket).
+    pub(super) fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match (&mut self.output, &self.input) {
+            (Output::Socket, Input::Socket(s)) => {
+                // SAFETY: send from `data`, at most data.len() bytes; no
+                // SIGPIPE if the app has gone (EPIPE instead).
+                let n = unsafe {
+                    libc::send(s.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(n as usize)
             }
-            None => Ok(()),
+            (Output::Socket, _) => Err(io::ErrorKind::NotConnected.into()),
+            (Output::Blocking(w), _) => {
+                w.write_all(data)?;
+                w.flush()?;
+                Ok(data.len())
+            }
+            (Output::Discard, _) => Ok(data.len()),
         }
     }
 }
@@ -149,7 +182,7 @@ mod tests {
         assert_eq!(be.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         b.write_all(b"hi").unwrap();
         assert_eq!(be.read(&mut buf).unwrap(), 2);
-        be.write_all(b"yo").unwrap();
+        assert_eq!(be.write(b"yo").unwrap(), 2);
         let mut yo = [0u8; 2];
         b.read_exact(&mut yo).unwrap();
         assert_eq!(&yo, b"yo");
@@ -169,7 +202,7 @@ mod tests {
         // SAFETY: F_GETFL on an owned descriptor.
         let flags_of = |f: &File| unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
         assert_ne!(flags_of(&r) & libc::O_NONBLOCK, 0, "dup shares the file description");
-        drop(ConsoleBackend { input: Input::NonBlocking(shared, old), output: None });
+        drop(ConsoleBackend { input: Input::NonBlocking(shared, old), output: Output::Discard });
         assert_eq!(flags_of(&r) & libc::O_NONBLOCK, 0);
     }
 
@@ -178,6 +211,31 @@ mod tests {
         let mut be = ConsoleBackend::sink();
         assert!(be.pollable_input().is_none());
         assert_eq!(be.read(&mut [0u8; 4]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        be.write_all(b"dropped").unwrap();
+        assert_eq!(be.write(b"dropped").unwrap(), 7);
+    }
+
+    #[test]
+    fn a_socket_nobody_reads_fills_and_says_so_without_blocking() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut be = ConsoleBackend::stream(a).unwrap();
+        let chunk = [7u8; 64 << 10];
+        let mut sent = 0;
+        let full = loop {
+            match be.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+            assert!(sent < 64 << 20, "a socket nobody reads took {sent} bytes");
+        };
+        assert_eq!(full.kind(), io::ErrorKind::WouldBlock);
+        let mut got = vec![0u8; sent];
+        b.read_exact(&mut got).unwrap();
+        assert!(be.write(&chunk[..1024]).unwrap() > 0, "room again once the reader reads");
+        drop(b);
+        let mut gone = be.write(&chunk);
+        while gone.is_ok() {
+            gone = be.write(&chunk);
+        }
+        assert_eq!(gone.unwrap_err().raw_os_error(), Some(libc::EPIPE), "no SIGPIPE, an error");
     }
 }

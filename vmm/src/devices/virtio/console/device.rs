@@ -4,7 +4,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use netdev::{chain, drain_queue};
+use netdev::chain;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_queue::{Queue, QueueT};
@@ -46,6 +46,13 @@ pub struct Console {
     pending_pos: usize,
     eof: Eof,
     tx_buf: Vec<u8>,
+    /// Guest bytes the host side had no room for yet (at most one chain's
+    /// worth: the guest's later buffers stay on the ring meanwhile, which
+    /// is the back-pressure the guest sees).
+    tx_held: Vec<u8>,
+    tx_held_pos: usize,
+    /// The host side's fd is watched for room to write (bytes are held).
+    pub(super) watching_output: bool,
 }
 
 impl Console {
@@ -62,6 +69,9 @@ impl Console {
             pending_pos: 0,
             eof: Eof::Open,
             tx_buf: Vec::with_capacity(MAX_TX_CHAIN),
+            tx_held: Vec::new(),
+            tx_held_pos: 0,
+            watching_output: false,
         })
     }
 
@@ -127,30 +137,79 @@ impl Console {
         }
     }
 
-    /// Writes everything the guest queued to the host side.
-    pub(super) fn process_tx(&mut self) {
-        let DeviceState::Active { mem, tx, .. } = &mut self.state else { return };
-        let (backend, metrics, buf) = (&mut self.backend, &self.metrics, &mut self.tx_buf);
-        let done = drain_queue(tx, mem, |chain| {
-            if let Err(e) = chain::gather(chain, buf, MAX_TX_CHAIN) {
-                tracing::debug!("virtio-console: transmit chain refused: {e}");
-                metrics.tx_bad_descriptors.fetch_add(1, Ordering::Relaxed);
-                return 0;
+    /// Writes what the guest queued to the host side, as far as the host
+    /// side takes it now; true when it is full and bytes wait (call again
+    /// once it is writable). Never blocks the device thread.
+    pub(super) fn process_tx(&mut self) -> bool {
+        let Self { state, backend, metrics, tx_buf, tx_held, tx_held_pos, interrupt, .. } = self;
+        if !write_held(backend, metrics, tx_held, tx_held_pos) {
+            return true;
+        }
+        let DeviceState::Active { mem, tx, .. } = state else { return false };
+        let mut done = 0;
+        let mut full = false;
+        'ring: loop {
+            if tx.disable_notification(&*mem).is_err() {
+                break;
             }
-            match backend.write_all(buf) {
-                Ok(()) => {
-                    metrics.tx_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            while let Some(chain) = tx.pop_descriptor_chain(&*mem) {
+                let head = chain.head_index();
+                match chain::gather(chain, tx_buf, MAX_TX_CHAIN) {
+                    Ok(_) => {
+                        // The guest's buffer is copied, so it goes back at
+                        // once; what the host side did not take waits here.
+                        std::mem::swap(tx_held, tx_buf);
+                        *tx_held_pos = 0;
+                        full = !write_held(backend, metrics, tx_held, tx_held_pos);
+                    }
+                    Err(e) => {
+                        tracing::debug!("virtio-console: transmit chain refused: {e}");
+                        metrics.tx_bad_descriptors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Err(_) => {
-                    metrics.output_errors.fetch_add(1, Ordering::Relaxed);
+                if tx.add_used(&*mem, head, 0).is_err() {
+                    break 'ring;
+                }
+                done += 1;
+                if full {
+                    // Notifications stay off: the guest's next buffers wait
+                    // on the ring until the host side has room.
+                    break 'ring;
                 }
             }
-            0
-        });
+            match tx.enable_notification(&*mem) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
         if done > 0 {
-            self.interrupt.signal_used();
+            interrupt.signal_used();
+        }
+        full
+    }
+}
+
+/// Writes the held bytes; false if some still wait for room. A host side
+/// that failed (the app is gone) takes nothing more: its bytes are counted
+/// and dropped, as a closed connection drops them.
+fn write_held(backend: &mut ConsoleBackend, metrics: &ConsoleMetrics, held: &mut Vec<u8>, pos: &mut usize) -> bool {
+    while *pos < held.len() {
+        match backend.write(&held[*pos..]) {
+            Ok(n) => {
+                *pos += n;
+                metrics.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                metrics.output_errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
         }
     }
+    held.clear();
+    *pos = 0;
+    true
 }
 
 impl VirtioDevice for Console {

@@ -12,8 +12,8 @@ const ACTIVATE: u32 = 0;
 const RX_KICK: u32 = 1;
 /// The guest queued bytes for the host.
 const TX_KICK: u32 = 2;
-/// The host side has bytes (or closed).
-const INPUT_READABLE: u32 = 3;
+/// The host side has bytes, room for ours, or closed.
+const HOST_READY: u32 = 3;
 
 impl Console {
     fn register_runtime(&self, ops: &mut EventOps) {
@@ -24,7 +24,7 @@ impl Console {
         if let Some(fd) = self.backend.pollable_input() {
             // Edge-triggered: process_rx reads until EAGAIN, or stops for
             // lack of buffers and resumes on the next RX kick.
-            regs.push(Events::with_data_raw(fd, INPUT_READABLE, EventSet::IN | EventSet::EDGE_TRIGGERED));
+            regs.push(Events::with_data_raw(fd, HOST_READY, HOST_IN));
         }
         for ev in regs {
             if let Err(e) = ops.add(ev) {
@@ -32,7 +32,26 @@ impl Console {
             }
         }
     }
+
+    /// Writes what the guest queued; while the host side is full, also
+    /// waits for it to become writable (on the same fd as its input),
+    /// and stops waiting once it drained.
+    fn transmit(&mut self, ops: &mut EventOps) {
+        let full = self.process_tx();
+        if full == self.watching_output || !self.backend.output_can_block() {
+            return;
+        }
+        let Some(fd) = self.backend.pollable_input() else { return };
+        let set = if full { HOST_IN | EventSet::OUT } else { HOST_IN };
+        match ops.modify(Events::with_data_raw(fd, HOST_READY, set)) {
+            Ok(()) => self.watching_output = full,
+            Err(e) => tracing::debug!("virtio-console: watch output: {e:?}"),
+        }
+    }
 }
+
+/// What the host side's fd is watched for besides room to write.
+const HOST_IN: EventSet = EventSet::IN.union(EventSet::EDGE_TRIGGERED);
 
 impl MutEventSubscriber for Console {
     fn init(&mut self, ops: &mut EventOps) {
@@ -54,16 +73,19 @@ impl MutEventSubscriber for Console {
             }
             TX_KICK => {
                 let _ = self.queue_evts[TX_INDEX].read();
-                self.process_tx();
+                self.transmit(ops);
                 // A regular file never signals readiness: every kick is a
                 // chance to read more of it.
                 if self.backend.input_always_ready() {
                     self.process_rx();
                 }
             }
-            INPUT_READABLE => {
+            HOST_READY => {
                 if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP) {
-                    tracing::trace!("virtio-console: input hung up");
+                    tracing::trace!("virtio-console: host side hung up");
+                }
+                if events.event_set().intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
+                    self.transmit(ops);
                 }
                 self.process_rx();
             }
