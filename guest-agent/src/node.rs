@@ -21,7 +21,7 @@ const CONFIG_MAGIC: [u8; 4] = *b"PVN7";
 const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 1 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 const KEY_ENTRY_LEN: usize = 2 + 32;
-const HEAD_LEN: usize = 4 + 8 + 8 + 32 + 4;
+const HEAD_LEN: usize = 4 + 8 + 8 + 32 + 4 + 4;
 /// Most entries of a key list (link-state public keys).
 pub const MAX_KEYS: usize = 255;
 /// Most ports (virtio-net devices) a node has.
@@ -104,6 +104,10 @@ pub struct NodeConfig {
     /// ([`crate::onion::rotation`]); 0: it has no onion key (request VMs,
     /// which only build circuits and hellos to other nodes' keys).
     pub onion_period_s: u32,
+    /// Seconds a stream ending here may go unheard before it is reset and
+    /// its service connection closed (its source keeps it alive at a third
+    /// of this); 0: never.
+    pub idle_timeout_s: u32,
     /// This node's Ed25519 secret for signing its link-state
     /// advertisements; all zero: it advertises nothing (request VMs).
     pub lsa_secret: [u8; 32],
@@ -171,6 +175,7 @@ impl NodeConfig {
         out.extend_from_slice(&self.epoch_us.to_be_bytes());
         out.extend_from_slice(&self.seed);
         out.extend_from_slice(&self.onion_period_s.to_be_bytes());
+        out.extend_from_slice(&self.idle_timeout_s.to_be_bytes());
         for p in &self.ports {
             out.extend_from_slice(&p.peer.to_be_bytes());
             out.extend_from_slice(&p.peer_mac);
@@ -214,6 +219,7 @@ impl NodeConfig {
         let mut seed = [0u8; 32];
         seed.copy_from_slice(take(&mut b, 32)?);
         let onion_period_s = be32(take(&mut b, 4)?);
+        let idle_timeout_s = be32(take(&mut b, 4)?);
         if nports > MAX_PORTS {
             return Err(ConfigError::TooManyPorts);
         }
@@ -243,7 +249,19 @@ impl NodeConfig {
         lsa_secret.copy_from_slice(take(&mut b, 32)?);
         let nkeys = take(&mut b, 1)?[0] as usize;
         let lsa_keys = decode_keys(&mut b, nkeys)?;
-        Ok(Self { me, hop_limit, protocol, ports, links, epoch_us, seed, onion_period_s, lsa_secret, lsa_keys })
+        Ok(Self {
+            me,
+            hop_limit,
+            protocol,
+            ports,
+            links,
+            epoch_us,
+            seed,
+            onion_period_s,
+            idle_timeout_s,
+            lsa_secret,
+            lsa_keys,
+        })
     }
 
     /// What a request VM of this (edge) node gets for request slot
@@ -349,7 +367,16 @@ pub mod stream_op {
     pub const EOF: u8 = 4;
     /// Either way: the stream is gone.
     pub const RESET: u8 = 5;
+    /// Host to node: the host wrote this many more of the stream's bytes
+    /// to its service (u32, big-endian, after the op): the node may hand
+    /// it that many more. A slow service thus closes its own stream's
+    /// window and holds up nothing else.
+    pub const CREDIT: u8 = 6;
 }
+
+/// Stream bytes a node hands the host per stream before the host grants
+/// more ([`stream_op::CREDIT`]).
+pub const HOST_WINDOW: u32 = 1 << 20;
 
 /// One datagram crossing the console: to originate (`node` = destination)
 /// or delivered (`node` = source).
@@ -414,6 +441,11 @@ pub struct NodeStats {
     /// Times the topology routing runs on changed (links down or up,
     /// measured metrics moved).
     pub topology_changes: u64,
+    /// Streams ending here now.
+    pub flows_open: u64,
+    /// Streams ending here reset because their source went silent for the
+    /// idle timeout (an edge that died, a source that left).
+    pub flows_expired: u64,
     /// Drops by reason.
     pub drops: DropCounters,
 }
@@ -478,6 +510,7 @@ mod tests {
             epoch_us: 1_700_000_000_000_000,
             seed: [3; 32],
             onion_period_s: 600,
+            idle_timeout_s: 300,
             lsa_secret: [7; 32],
             lsa_keys: vec![(1, [10; 32]), (3, [11; 32])],
         }

@@ -67,6 +67,12 @@ pub enum DropReason {
     /// The first packet of a stream or an onion create seen before, or
     /// stamped outside the clock window: a recording played again.
     ReplayedHandshake,
+    /// A stream's first packet when this node ends its most streams, or
+    /// its source holds its share of them: refused with a reset.
+    FlowsFull,
+    /// A datagram for the host while the host's backlog is at its share
+    /// for datagrams (the rest is kept for streams' acknowledged bytes).
+    HostBacklog,
 }
 
 impl From<crate::transport::e2e::E2eError> for DropReason {
@@ -116,7 +122,7 @@ impl From<WireError> for DropReason {
 
 /// Names of the counters, in [`DropCounters::values`] order: the one list
 /// the VMM's reports use.
-pub const DROP_NAMES: [&str; 25] = [
+pub const DROP_NAMES: [&str; 27] = [
     "not_overlay",
     "truncated",
     "bad_version",
@@ -142,6 +148,8 @@ pub const DROP_NAMES: [&str; 25] = [
     "lsa_rate",
     "bad_e2e",
     "replayed_handshake",
+    "flows_full",
+    "host_backlog",
 ];
 
 /// One counter per [`DropReason`]; `repr(C)` u64s, so it can sit in the
@@ -199,6 +207,10 @@ pub struct DropCounters {
     pub bad_e2e: u64,
     /// [`DropReason::ReplayedHandshake`].
     pub replayed_handshake: u64,
+    /// [`DropReason::FlowsFull`].
+    pub flows_full: u64,
+    /// [`DropReason::HostBacklog`].
+    pub host_backlog: u64,
 }
 
 impl DropCounters {
@@ -230,12 +242,14 @@ impl DropCounters {
             DropReason::LsaRate => &mut self.lsa_rate,
             DropReason::BadE2e => &mut self.bad_e2e,
             DropReason::ReplayedHandshake => &mut self.replayed_handshake,
+            DropReason::FlowsFull => &mut self.flows_full,
+            DropReason::HostBacklog => &mut self.host_backlog,
         };
         *c += 1;
     }
 
     /// The counters in [`DROP_NAMES`] order.
-    pub fn values(&self) -> [u64; 25] {
+    pub fn values(&self) -> [u64; 27] {
         [
             self.not_overlay,
             self.truncated,
@@ -262,6 +276,8 @@ impl DropCounters {
             self.lsa_rate,
             self.bad_e2e,
             self.replayed_handshake,
+            self.flows_full,
+            self.host_backlog,
         ]
     }
 
@@ -303,6 +319,8 @@ mod tests {
             DropReason::LsaRate,
             DropReason::BadE2e,
             DropReason::ReplayedHandshake,
+            DropReason::FlowsFull,
+            DropReason::HostBacklog,
         ];
         for (i, r) in all.iter().enumerate() {
             let mut c = DropCounters::default();

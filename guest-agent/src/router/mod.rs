@@ -62,8 +62,11 @@ const ORIGINATE_BELOW: usize = 256;
 /// from its links: they wait in the receive rings and the taps' queues
 /// (input buffering) instead of being dropped at the output.
 const RECEIVE_BELOW: usize = 512;
-/// Delivered bytes held for the host before deliveries are dropped.
+/// Delivered bytes held for the host at most: beyond, datagrams are
+/// dropped (counted) and streams wait, their windows closing.
 pub const MAX_DELIVER_BACKLOG: usize = 4 << 20;
+/// The part of [`MAX_DELIVER_BACKLOG`] datagrams may fill.
+pub const MAX_DATAGRAM_BACKLOG: usize = MAX_DELIVER_BACKLOG * 3 / 4;
 /// Host bytes the router takes in one go.
 pub const MAX_HOST_INPUT: usize = 64 * 1024;
 
@@ -172,6 +175,9 @@ pub struct Router<L> {
     seen: BTreeMap<(NodeId, u32), ReplayWindow>,
     /// On a request VM: its stream.
     request: Option<RequestStream>,
+    /// Silence after which a stream ending here is reset, µs (0: never);
+    /// a request VM keeps its stream alive at a third of it.
+    idle_timeout_us: u64,
     notices: VecDeque<Notice>,
     /// Frames taken from the links, waiting to be handled (reused).
     rx_frames: Vec<(usize, Vec<u8>)>,
@@ -216,6 +222,7 @@ impl<L: LinkPort> Router<L> {
             handshakes: HandshakeCache::new(),
             seen: BTreeMap::new(),
             request: None,
+            idle_timeout_us: cfg.idle_timeout_s as u64 * 1_000_000,
             notices: VecDeque::new(),
             rx_frames: Vec::new(),
         })
@@ -405,14 +412,24 @@ impl<L: LinkPort> Router<L> {
         self.deliver.drain(..n.min(self.deliver.len()));
     }
 
-    /// Queues a record for the host; false (counted) if the backlog is full.
+    /// Queues a datagram for the host; false (counted) if datagrams hold
+    /// their share of the backlog already. A flood of datagrams thus never
+    /// takes the room streams' acknowledged bytes need.
     fn queue_for_host(&mut self, node: NodeId, flow: u32, payload: &[u8]) -> bool {
-        if self.deliver.len() + crate::node::RECORD_HDR + payload.len() > MAX_DELIVER_BACKLOG {
-            self.stats.tx_full += 1;
+        if self.deliver.len() + crate::node::RECORD_HDR + payload.len() > MAX_DATAGRAM_BACKLOG {
+            self.stats.drops.count(DropReason::HostBacklog);
             return false;
         }
         Record { node, flow, payload }.encode(&mut self.deliver);
         true
+    }
+
+    /// Queues a stream or control record for the host, always: stream
+    /// bytes are read from their streams only as far as
+    /// [`MAX_DELIVER_BACKLOG`] has room, and control records are a few
+    /// bytes per stream.
+    fn push_for_host(&mut self, node: NodeId, flow: u32, payload: &[u8]) {
+        Record { node, flow, payload }.encode(&mut self.deliver);
     }
 
     /// Everything a driver's loop does besides its devices' own work: link

@@ -289,7 +289,7 @@ impl<L: LinkPort> Router<L> {
         }
         let seg = Segment::parse(seg).map_err(|_| DropReason::BadSegment)?;
         if let Some(f) = self.flows.get_mut(&flow) {
-            f.stream.on_segment(now, &seg);
+            f.on_segment(now, &seg);
             self.stats.delivered += 1;
         }
         Ok(())
@@ -373,7 +373,7 @@ impl<L: LinkPort> Router<L> {
                 self.onion.ends.insert((i, circ), (End::Exit { hop, flow, alpha }, now));
                 self.stats.circuits += 1;
                 self.stats.delivered += 1;
-                let mut f = Flow::new(stream, 0, Protocol::Onion, Some((i, circ)));
+                let mut f = Flow::new(stream, 0, Protocol::Onion, Some((i, circ)), now);
                 f.attach = Some(opening);
                 self.open_flow(flow, f, &info);
                 Ok(())

@@ -100,6 +100,8 @@ pub struct RequestStream {
     tried_at_lsas: Option<u64>,
     /// When a segment of the stream last came or went.
     last_traffic: u64,
+    /// When the stream last sent a keepalive.
+    last_keepalive: u64,
     /// The topology-change count the onion circuit was last checked at.
     checked_topology: u64,
 }
@@ -124,14 +126,19 @@ impl RequestStream {
             started: now,
             tried_at_lsas: None,
             last_traffic: now,
+            last_keepalive: now,
             checked_topology: 0,
         }
     }
 
-    /// A segment of this stream arrived.
+    /// A segment of this stream arrived. A bare acknowledgement is no
+    /// traffic of its own (the answer to a keepalive, or to data this end
+    /// sent and counted already).
     pub(super) fn on_segment(&mut self, now: u64, seg: &crate::transport::Segment<'_>) {
         self.stream.on_segment(now, seg);
-        self.last_traffic = now;
+        if !seg.data.is_empty() || seg.kind != crate::transport::segment::Kind::Data {
+            self.last_traffic = now;
+        }
     }
 
     /// Whether the request still needs its neighbours' link state: while
@@ -142,12 +149,20 @@ impl RequestStream {
             || now.saturating_sub(self.last_traffic) < LINK_STATE_AFTER_TRAFFIC_US
     }
 
+    /// When an established stream next owes its destination a keepalive
+    /// (every `every_us` of silence; none if 0).
+    fn keepalive_at(&self, every_us: u64) -> Option<u64> {
+        (every_us > 0 && self.replied && self.stream.state() == StreamState::Established)
+            .then(|| self.last_traffic.max(self.last_keepalive) + every_us)
+    }
+
     /// The earliest moment this stream has timed work of its own: a
-    /// retransmission, the end of the wait for keys, the end of a goodbye.
-    fn poll_at(&self) -> Option<u64> {
+    /// retransmission, the end of the wait for keys, the end of a goodbye,
+    /// a keepalive.
+    fn poll_at(&self, keepalive_us: u64) -> Option<u64> {
         let key_wait = (!self.keyed).then_some(self.started + KEY_WAIT_US);
         let goodbye = self.closing_since.map(|t| t + GOODBYE_US + 1);
-        [self.stream.next_deadline(), key_wait, goodbye].into_iter().flatten().min()
+        [self.stream.next_deadline(), key_wait, goodbye, self.keepalive_at(keepalive_us)].into_iter().flatten().min()
     }
 
     fn phase(&self) -> RequestPhase {
@@ -299,7 +314,13 @@ impl<L: LinkPort> Router<L> {
         let pull =
             r.wants_link_state(self.next_maintenance).then_some(self.next_lsa_request.max(self.next_maintenance));
         let attach = self.onion_attach_retry_at().map(|t| t.max(self.next_maintenance));
-        [r.poll_at(), pull, attach].into_iter().flatten().min()
+        [r.poll_at(self.keepalive_us()), pull, attach].into_iter().flatten().min()
+    }
+
+    /// How often an idle request stream tells its destination it is alive:
+    /// a third of the idle timeout, so two may be lost.
+    fn keepalive_us(&self) -> u64 {
+        self.idle_timeout_us / 3
     }
 
     /// The request's stream: circuit upkeep (at maintenance pace), bytes
@@ -322,8 +343,15 @@ impl<L: LinkPort> Router<L> {
                 }
             }
         }
-        let (protocol, hop_limit, me) = (self.protocol, self.hop_limit, self.me);
+        let (protocol, hop_limit, me, keepalive_us) = (self.protocol, self.hop_limit, self.me, self.keepalive_us());
         let Some(r) = self.request.as_mut() else { return false };
+        // An empty acknowledgement: the destination resets a stream it
+        // has not heard from for its idle timeout.
+        let keepalive = r.keepalive_at(keepalive_us).is_some_and(|t| now >= t);
+        if keepalive {
+            r.stream.ack_now();
+            r.last_keepalive = now;
+        }
         if r.replied && r.stream.state() == StreamState::Established && !r.pending.is_empty() {
             let n = r.stream.write(&r.pending);
             r.pending.drain(..n);
@@ -355,7 +383,8 @@ impl<L: LinkPort> Router<L> {
             }
         }
         let (flow, dst) = (r.flow, r.dst);
-        if !segments.is_empty() {
+        // A keepalive alone is no traffic: it pulls no link state.
+        if !segments.is_empty() && !keepalive {
             r.last_traffic = now;
         }
         for seg in segments {

@@ -43,6 +43,9 @@ pub fn lsa_secret(n: NodeId) -> [u8; 32] {
     s
 }
 
+/// Streams' idle timeout in simulated nets, s.
+pub const IDLE_TIMEOUT_S: u32 = 30;
+
 /// The configuration of node `me` in the topology `links`, originating
 /// with `protocol` (wire id).
 pub fn config(links: &[Link], me: NodeId, protocol: u8) -> NodeConfig {
@@ -77,6 +80,7 @@ pub fn config(links: &[Link], me: NodeId, protocol: u8) -> NodeConfig {
         epoch_us: 1_000,
         seed,
         onion_period_s: ONION_PERIOD_S,
+        idle_timeout_s: IDLE_TIMEOUT_S,
         lsa_secret: lsa_secret(me),
         lsa_keys: nodes.iter().map(|&n| (n, lsa_sign::public_key(&lsa_secret(n)))).collect(),
     }
@@ -95,6 +99,8 @@ pub struct Host {
     pub to_router: Vec<u8>,
     /// Console bytes the router gave its host.
     pub from_router: Vec<u8>,
+    /// The host stopped reading its console (a slow or stuck service).
+    pub stalled: bool,
 }
 
 /// Routers joined by in-memory links, on one clock.
@@ -145,7 +151,7 @@ impl Net {
                     _ => Router::new(&cfg, ends, now),
                 };
                 let router = router.unwrap_or_else(|e| panic!("node {n}: {e}"));
-                Host { router, to_router: Vec::new(), from_router: Vec::new() }
+                Host { router, to_router: Vec::new(), from_router: Vec::new(), stalled: false }
             })
             .collect();
         Self { hosts, down: Vec::new(), now }
@@ -170,7 +176,7 @@ impl Net {
             }
             worked |= r.poll(now);
             worked |= r.flush_links(now);
-            if !r.host_output().is_empty() {
+            if !r.host_output().is_empty() && !h.stalled {
                 h.from_router.extend_from_slice(r.host_output());
                 let n = r.host_output().len();
                 r.host_took(n);

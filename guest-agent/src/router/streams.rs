@@ -8,7 +8,7 @@
 
 use alloc::vec::Vec;
 
-use crate::node::{stream_op, Record, RECORD_CONTROL, RECORD_STREAM};
+use crate::node::{stream_op, Record, HOST_WINDOW, RECORD_CONTROL, RECORD_HDR, RECORD_STREAM};
 use crate::routing::{NodeId, ReplyPaths, SourceRoute};
 use crate::transport::e2e::{self, Binding, E2eSession};
 use crate::transport::stream::MSS;
@@ -18,7 +18,7 @@ use crate::wire::{OverlayRepr, Protocol, FLAG_STREAM};
 use super::drop::DropReason;
 use super::forward::{new_packet_id, route_states};
 use super::onion::{StreamAttach, ONION_MSS};
-use super::{origin_repr, LinkPort, Router};
+use super::{origin_repr, LinkPort, Router, MAX_DELIVER_BACKLOG};
 
 /// A stream ending at this node: the transport, and who is at the other
 /// end.
@@ -44,10 +44,21 @@ pub struct Flow {
     /// The end-to-end session with the request VM (every stream but an
     /// onion one, whose cells are sealed end to end already).
     pub(super) e2e: Option<E2eSession>,
+    /// Stream bytes the host may still take ([`stream_op::CREDIT`] adds).
+    pub(super) host_credit: u32,
+    /// When a segment of the stream last arrived (its source's keepalives
+    /// included), for the idle timeout.
+    pub(super) last_heard: u64,
 }
 
 impl Flow {
-    pub(super) fn new(stream: Stream, peer: NodeId, protocol: Protocol, circuit: Option<(usize, u32)>) -> Self {
+    pub(super) fn new(
+        stream: Stream,
+        peer: NodeId,
+        protocol: Protocol,
+        circuit: Option<(usize, u32)>,
+        now: u64,
+    ) -> Self {
         Self {
             stream,
             peer,
@@ -60,12 +71,23 @@ impl Flow {
             attach: None,
             reply: ReplyPaths::default(),
             e2e: None,
+            host_credit: HOST_WINDOW,
+            last_heard: now,
         }
+    }
+
+    /// A segment of this stream arrived.
+    pub(super) fn on_segment(&mut self, now: u64, seg: &Segment<'_>) {
+        self.stream.on_segment(now, seg);
+        self.last_heard = now;
     }
 }
 
 /// Streams a node ends at once; further SYNs are refused with a reset.
-pub const MAX_FLOWS: usize = 1024;
+pub const MAX_FLOWS: usize = 2048;
+/// Streams one source (an edge host, for all its requests) may hold here
+/// at once: one source cannot take every place.
+pub const MAX_FLOWS_PER_SOURCE: usize = MAX_FLOWS * 3 / 4;
 
 /// Most bytes held for streams' send buffers before the node stops reading
 /// the console (backpressure to the host).
@@ -117,7 +139,7 @@ impl<L: LinkPort> Router<L> {
                 let Some(session) = f.e2e.as_mut() else { return Err(DropReason::BadSegment) };
                 session.open(payload, &mut plain)?;
                 let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
-                f.stream.on_segment(now, &seg);
+                f.on_segment(now, &seg);
             }
             // Another source reusing a live flow id: not this stream's.
             Some(_) => return Err(DropReason::BadSegment),
@@ -152,8 +174,10 @@ impl<L: LinkPort> Router<L> {
         let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
         let Some((mut stream, info)) = Stream::accept(&seg) else { return Ok(()) };
         self.handshakes.insert(session.tag(), hello.stamp_us, wall);
-        if self.flows.len() >= MAX_FLOWS {
+        let from_source = self.flows.values().filter(|f| f.peer == repr.src && f.circuit.is_none()).count();
+        if self.flows.len() >= MAX_FLOWS || from_source >= MAX_FLOWS_PER_SOURCE {
             // Full: refuse at once rather than hold state for it.
+            self.stats.drops.count(DropReason::FlowsFull);
             stream.refuse();
             let mut rst = Vec::new();
             if stream.poll_transmit(now, &mut rst) {
@@ -171,7 +195,7 @@ impl<L: LinkPort> Router<L> {
             return Ok(());
         }
         fit_stream(&mut stream, repr.protocol);
-        let mut flow = Flow::new(stream, repr.src, repr.protocol, None);
+        let mut flow = Flow::new(stream, repr.src, repr.protocol, None, now);
         flow.e2e = Some(session);
         self.open_flow(repr.flow_id, flow, &info);
         self.stats.delivered += 1;
@@ -184,7 +208,7 @@ impl<L: LinkPort> Router<L> {
         self.flows.insert(id, flow);
         let mut open = alloc::vec![stream_op::OPEN];
         open.extend_from_slice(info);
-        self.queue_for_host(RECORD_CONTROL, id, &open);
+        self.push_for_host(RECORD_CONTROL, id, &open);
     }
 
     /// A record from the host about stream `flow`.
@@ -204,6 +228,13 @@ impl<L: LinkPort> Router<L> {
                 f.stream.refuse();
             }
             Some(stream_op::EOF) => f.host_eof = true,
+            Some(stream_op::CREDIT) => {
+                if let Some(b) = r.payload.get(1..5) {
+                    let more = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    // A host granting past the window is mistaken: cap it.
+                    f.host_credit = f.host_credit.saturating_add(more).min(HOST_WINDOW);
+                }
+            }
             _ => {}
         }
     }
@@ -254,8 +285,22 @@ impl<L: LinkPort> Router<L> {
         let mut segments: Vec<(OverlayRepr, Vec<u8>)> = Vec::new();
         let mut to_host: Vec<(NodeId, u32, Vec<u8>)> = Vec::new();
         let mut gone: Vec<u32> = Vec::new();
-        let (me, hop_limit) = (self.me, self.hop_limit);
+        let (me, hop_limit, idle_us) = (self.me, self.hop_limit, self.idle_timeout_us);
+        // Room in the host's backlog for stream bytes this pass: stream
+        // bytes are acknowledged to their source, so they wait in the
+        // stream (its window closes) rather than ever being dropped here.
+        let mut room = MAX_DELIVER_BACKLOG.saturating_sub(self.deliver.len());
+        let mut expired = 0;
         for (&id, f) in self.flows.iter_mut() {
+            if idle_us > 0 && now.saturating_sub(f.last_heard) > idle_us && f.stream.state() != StreamState::Reset {
+                // Its source went silent past every keepalive: an edge that
+                // died, a source that left. Reset it, and the host closes
+                // the service connection.
+                f.stream.refuse();
+                f.pending.clear();
+                f.answered = true;
+                expired += 1;
+            }
             if !f.pending.is_empty() {
                 let n = f.stream.write(&f.pending);
                 f.pending.drain(..n);
@@ -267,7 +312,10 @@ impl<L: LinkPort> Router<L> {
                 f.stream.close();
             }
             let mut data = Vec::new();
-            if f.stream.read(&mut data, HOST_READ) > 0 {
+            let take = HOST_READ.min(f.host_credit as usize).min(room.saturating_sub(RECORD_HDR));
+            if take > 0 && f.stream.read(&mut data, take) > 0 {
+                f.host_credit -= data.len() as u32;
+                room -= data.len() + RECORD_HDR;
                 to_host.push((RECORD_STREAM, id, data));
             }
             if f.stream.peer_finished() && !f.eof_sent {
@@ -298,9 +346,10 @@ impl<L: LinkPort> Router<L> {
                 _ => {}
             }
         }
+        self.stats.flows_expired += expired;
         for (node, flow, payload) in to_host {
             worked = true;
-            self.queue_for_host(node, flow, &payload);
+            self.push_for_host(node, flow, &payload);
         }
         for (repr, seg) in segments {
             worked = true;
@@ -316,6 +365,7 @@ impl<L: LinkPort> Router<L> {
         for id in gone {
             self.flows.remove(&id);
         }
+        self.stats.flows_open = self.flows.len() as u64;
         worked
     }
 }

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use sha2::{Digest, Sha256};
 
 use super::auth::{request_link_id, MAX_RX_SENDERS};
-use super::sim::{self, link, neighbour_frame, records, sender_frame, Net, SPAN};
+use super::sim::{self, link, neighbour_frame, records, sender_frame, Net, IDLE_TIMEOUT_S, SPAN};
 use super::{DropReason, LinkPort, MemoryLink, Notice, RequestPhase, Router};
 use crate::node::{stream_op, EdgeRequest, Record, RECORD_CONTROL, RECORD_STREAM};
 use crate::routing::linkstate::{LinkReport, LinkStatus, Lsa};
@@ -902,29 +902,42 @@ fn request_up(links: &[Link], protocol: Protocol, dst: u16) -> (Net, u32) {
 }
 
 #[test]
-fn an_idle_request_vm_sends_nothing_and_sleeps_until_the_app_speaks() {
+fn an_idle_request_vm_sends_only_keepalives_and_its_stream_outlives_the_idle_timeout() {
+    let keepalive_us = IDLE_TIMEOUT_S as u64 * 1_000_000 / 3;
     for (links, protocol, dst) in [(line3(), Protocol::Shortest, 3), (line5(), Protocol::Onion, 5)] {
         let (mut net, flow) = request_up(&links, protocol, dst);
         net.host(1).router.app_input(b"before");
         net.run_for(3_000_000, STEP);
         assert_eq!(stream_bytes(&mut net, dst, flow), b"before", "{protocol:?}");
-        // Idle for ten seconds (past every link-state age): node 1 is
-        // driven by hand, so what it sends can be counted; the relays go
-        // on flooding and probing.
+        // Idle for 40 s, past every link-state age and the destination's
+        // idle timeout: node 1 is driven by hand, so what it sends can be
+        // counted; the relays go on flooding and probing.
         net.down.push(1);
         let mut sent = 0;
-        for _ in 0..10_000 {
-            net.step(1_000);
+        for _ in 0..8_000 {
+            net.step(5_000);
             let now = net.now;
             let r = &mut net.host(1).router;
             r.poll_links(now);
             r.poll(now);
             r.flush_links(now);
-            sent += r.ports().iter_mut().map(|p| p.link().take_sent().len()).sum::<usize>();
-            assert_eq!(r.poll_at(), None, "{protocol:?}: an idle request VM has no timer");
+            let frames: Vec<Vec<u8>> = r.ports().iter_mut().flat_map(|p| p.link().take_sent()).collect();
+            let next = r.poll_at();
+            // Counted, then handed on to the relay as the link would.
+            sent += frames.len();
+            let relay = &mut net.host(2).router;
+            let to_relay = relay.ports().iter().position(|p| p.peer() == 1).expect("a port towards node 1");
+            for f in frames {
+                relay.ports()[to_relay].link().inject(&f);
+            }
+            // Its one timer is the next keepalive.
+            let next = next.expect("a keepalive timer");
+            assert!(next > now && next <= now + keepalive_us, "{protocol:?}: next timer at {next}, now {now}");
         }
-        assert_eq!(sent, 0, "{protocol:?}: an idle request VM sent frames (probes or link-state pulls)");
-        // The app speaks again: the stream carries it on the route it had.
+        // One keepalive a third of the timeout (no probes, no pulls).
+        assert!((3..=4).contains(&sent), "{protocol:?}: {sent} frames in 40 s idle");
+        // The destination kept the stream; the app speaks again on it.
+        assert_eq!(net.host(dst).router.stats().flows_expired, 0, "{protocol:?}");
         net.down.clear();
         net.host(1).router.app_input(b" and after");
         net.run_for(3_000_000, STEP);
@@ -933,4 +946,72 @@ fn an_idle_request_vm_sends_nothing_and_sleeps_until_the_app_speaks() {
         assert!(!notices.contains(&Notice::CircuitLost), "{protocol:?}: {notices:?}");
         assert_eq!(net.host(1).router.stats().probes_sent, 0);
     }
+}
+
+#[test]
+fn a_stream_whose_source_went_silent_is_reset_at_the_idle_timeout_and_its_host_told() {
+    let (mut net, flow) = request_up(&line3(), Protocol::Shortest, 3);
+    net.run_for(1_000_000, STEP);
+    assert_eq!(net.host(3).router.flow_count(), 1);
+    // The edge host dies: its request VM says nothing more.
+    net.down.push(1);
+    net.run_for(IDLE_TIMEOUT_S as u64 * 1_000_000 + 2_000_000, 1_000);
+    let c = &mut net.host(3);
+    assert_eq!(c.router.flow_count(), 0);
+    assert_eq!(c.router.stats().flows_expired, 1);
+    let reset = records(&c.from_router)
+        .into_iter()
+        .any(|(n, f, p)| n == RECORD_CONTROL && f == flow && p == [stream_op::RESET]);
+    assert!(reset, "the host was never told to close the service connection");
+}
+
+#[test]
+fn a_stalled_host_and_a_datagram_flood_cost_a_stream_no_byte() {
+    let (mut net, flow) = request_up(&line3(), Protocol::Shortest, 3);
+    let up = body(3 << 20);
+    // The destination's host stops reading its console while 3 MiB come
+    // and datagrams flood it: datagrams beyond their share are dropped,
+    // stream bytes wait in the stream (its window closes).
+    net.host(3).stalled = true;
+    let mut sent = 0;
+    for round in 0..2_000u32 {
+        let r = &mut net.host(1).router;
+        while sent < up.len() && r.wants_app_input() {
+            let end = (sent + 4096).min(up.len());
+            r.app_input(&up[sent..end]);
+            sent = end;
+        }
+        for k in 0..4 {
+            datagram(&mut net, 2, 3, round * 4 + k, &[0xdd; 1200]);
+        }
+        net.step(STEP);
+        if round == 1_500 {
+            assert!(net.host(3).router.stats().drops.host_backlog > 0, "the flood never filled the datagram share");
+        }
+    }
+    // The host reads again, granting credit as it writes to its service.
+    net.host(3).stalled = false;
+    let mut got = Vec::new();
+    net.run_until(30_000_000, STEP, |net| {
+        let h = net.host(3);
+        let recs = records(&h.from_router);
+        h.from_router.clear();
+        for (n, f, p) in recs {
+            if n == RECORD_STREAM && f == flow {
+                got.extend_from_slice(&p);
+                let mut credit = alloc::vec![stream_op::CREDIT];
+                credit.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                Record { node: RECORD_CONTROL, flow, payload: &credit }.encode(&mut h.to_router);
+            }
+        }
+        let r = &mut net.host(1).router;
+        while sent < up.len() && r.wants_app_input() {
+            let end = (sent + 4096).min(up.len());
+            r.app_input(&up[sent..end]);
+            sent = end;
+        }
+        got.len() == up.len()
+    });
+    assert_eq!(got.len(), up.len());
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&up), "stream bytes lost or altered");
 }

@@ -147,6 +147,11 @@ pub struct NodeFile {
     /// so a compromise of the node opens nothing recorded earlier.
     #[serde(default = "default_onion_period")]
     pub onion_key_period_s: u32,
+    /// Seconds a stream ending here may go unheard before it is reset and
+    /// its service connection closed; request VMs of an edge with this
+    /// file send keepalives at a third of it. One value per topology.
+    #[serde(default = "default_idle_timeout")]
+    pub stream_idle_timeout_s: u32,
     /// This node's Ed25519 secret for signing its link-state
     /// advertisements, hex; `topo up` makes one. Without it the node
     /// routes on what it measures itself and advertises nothing.
@@ -169,6 +174,17 @@ fn default_protocol() -> String {
 
 fn default_onion_period() -> u32 {
     guest_agent::onion::rotation::DEFAULT_PERIOD_S
+}
+
+/// Five minutes: long enough for an app's own idle connections (SSH,
+/// databases) with keepalives every 100 s; short enough that a dead edge's
+/// streams do not hold a destination's places for long.
+pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 300;
+/// Bounds of `stream_idle_timeout_s`.
+pub const IDLE_TIMEOUT_RANGE_S: std::ops::RangeInclusive<u32> = 3..=86_400;
+
+fn default_idle_timeout() -> u32 {
+    DEFAULT_IDLE_TIMEOUT_S
 }
 
 /// Longest onion key period: a week (what a compromise opens reaches back
@@ -286,6 +302,14 @@ impl NodeFile {
                 self.onion_key_period_s
             )));
         }
+        if !IDLE_TIMEOUT_RANGE_S.contains(&self.stream_idle_timeout_s) {
+            return Err(NodeFileError::Invalid(format!(
+                "stream_idle_timeout_s = {} must be {}-{} (seconds a stream may go unheard)",
+                self.stream_idle_timeout_s,
+                IDLE_TIMEOUT_RANGE_S.start(),
+                IDLE_TIMEOUT_RANGE_S.end()
+            )));
+        }
         let lsa_secret = optional_secret(&self.lsa_secret, "lsa_secret")?;
         let lsa_keys = public_keys(&self.lsa_key, "link-state key").map_err(NodeFileError::Invalid)?;
         if let Some((n, _)) = lsa_keys.iter().find(|(_, k)| !lsa_sign::is_public_key(k)) {
@@ -311,6 +335,7 @@ impl NodeFile {
                 .map_or(1, |d| d.as_micros() as u64),
             seed: vmm::random::bytes(),
             onion_period_s: self.onion_key_period_s,
+            idle_timeout_s: self.stream_idle_timeout_s,
             lsa_secret,
             lsa_keys,
         };
@@ -361,6 +386,7 @@ mod tests {
             }],
             link: vec![TopoLinkSpec { a: 1, b: 2, latency_us: 5, bandwidth_mbps: 10 }],
             onion_key_period_s: 30,
+            stream_idle_timeout_s: 45,
             lsa_secret: "04".repeat(32),
             lsa_key: vec![
                 PublicKeySpec { node: 1, public: vmm::random::hex(&lsa_sign::public_key(&[5; 32])) },
@@ -370,7 +396,9 @@ mod tests {
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));
-        assert_eq!(c.onion_period_s, 30);
+        assert_eq!((c.onion_period_s, c.idle_timeout_s), (30, 45));
+        let too_short = NodeFile { stream_idle_timeout_s: 1, ..f.clone() };
+        assert!(too_short.node_config().unwrap_err().to_string().contains("stream_idle_timeout_s = 1"));
         assert_eq!((c.lsa_secret, c.lsa_keys[0]), ([4; 32], (1, lsa_sign::public_key(&[5; 32]))));
         let other = NodeFile { lsa_secret: "06".repeat(32), ..f.clone() };
         assert!(other.node_config().unwrap_err().to_string().contains("does not match node 2's own lsa_key"));

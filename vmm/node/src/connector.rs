@@ -8,17 +8,24 @@
 //! connects to the service and answers `OPENED` or `REFUSED`, then moves
 //! the stream's bytes between the service and the VM. Every write into the
 //! VM is one whole record under one lock, so the writers never interleave.
+//!
+//! What waits for a slow service is bounded: the VM hands a stream at most
+//! [`HOST_WINDOW`] bytes beyond what this side has written to the service
+//! and granted back (`CREDIT` records), so the one thread reading the VM
+//! never blocks on one service and holds up the others. A stream the VM
+//! resets (its source went silent, or refused it) has its service
+//! connection shut down, which ends both of its threads.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use guest_agent::node::{stream_op, Record, RECORD_CONTROL, RECORD_STREAM};
+use guest_agent::node::{stream_op, Record, HOST_WINDOW, RECORD_CONTROL, RECORD_STREAM};
 
 use crate::allow::AllowPolicy;
 
@@ -32,7 +39,18 @@ enum ToService {
     Eof,
 }
 
-type Flows = Arc<Mutex<HashMap<u32, Sender<ToService>>>>;
+/// Bytes written to a service before they are granted back to the VM
+/// (sooner when nothing more is queued).
+const CREDIT_BATCH: u32 = HOST_WINDOW / 16;
+
+/// A connected stream: its queue to the service writer, and the service
+/// connection (to shut it down when the VM resets the stream).
+struct FlowHandle {
+    tx: Sender<ToService>,
+    service: TcpStream,
+}
+
+type Flows = Arc<Mutex<HashMap<u32, FlowHandle>>>;
 
 /// Writes whole records into the VM.
 #[derive(Clone)]
@@ -47,6 +65,14 @@ impl VmWriter {
 
     fn control(&self, flow: u32, op: u8) -> io::Result<()> {
         self.send(RECORD_CONTROL, flow, &[op])
+    }
+
+    /// Grants the VM `n` more of stream `flow`'s bytes.
+    fn credit(&self, flow: u32, n: u32) -> io::Result<()> {
+        let mut rec = [0u8; 5];
+        rec[0] = stream_op::CREDIT;
+        rec[1..].copy_from_slice(&n.to_be_bytes());
+        self.send(RECORD_CONTROL, flow, &rec)
     }
 }
 
@@ -112,8 +138,9 @@ fn route_output(
             used += len;
             match r.node {
                 RECORD_STREAM => {
-                    if let Some(tx) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&r.flow) {
-                        let _ = tx.send(ToService::Data(r.payload.to_vec()));
+                    // Never blocks: the VM sends no more than the window.
+                    if let Some(f) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&r.flow) {
+                        let _ = f.tx.send(ToService::Data(r.payload.to_vec()));
                     }
                 }
                 RECORD_CONTROL => control(r.flow, r.payload, vm, flows, allow),
@@ -139,12 +166,16 @@ fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows, allow: &Arc<
                 .spawn(move || open(flow, &target, &vm, &flows, &allow));
         }
         Some(stream_op::EOF) => {
-            if let Some(tx) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&flow) {
-                let _ = tx.send(ToService::Eof);
+            if let Some(f) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&flow) {
+                let _ = f.tx.send(ToService::Eof);
             }
         }
         Some(stream_op::RESET) => {
-            flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
+            if let Some(f) = flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow) {
+                // Ends the reader (its read returns) and, with the queue
+                // dropped, the writer.
+                let _ = f.service.shutdown(Shutdown::Both);
+            }
         }
         _ => tracing::debug!(flow, "node: unknown stream control record"),
     }
@@ -179,26 +210,18 @@ fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows, allow: &AllowPoli
     };
     let _ = service.set_nodelay(true);
     let (tx, rx) = channel();
-    flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow, tx);
+    let (Ok(handle), Ok(writer)) = (service.try_clone(), service.try_clone()) else {
+        let _ = vm.control(flow, stream_op::REFUSED);
+        return;
+    };
+    flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow, FlowHandle { tx, service: handle });
     if vm.control(flow, stream_op::OPENED).is_err() {
         return;
     }
     // VM to service.
-    let Ok(mut writer) = service.try_clone() else { return };
-    let flows_w = flows.clone();
+    let (vm_w, flows_w) = (vm.clone(), flows.clone());
     let _ = thread::Builder::new().name("pathvm-node-w".into()).spawn(move || {
-        while let Ok(msg) = rx.recv() {
-            match msg {
-                ToService::Data(d) => {
-                    if writer.write_all(&d).is_err() {
-                        break;
-                    }
-                }
-                ToService::Eof => {
-                    let _ = writer.shutdown(Shutdown::Write);
-                }
-            }
-        }
+        write_service(flow, writer, &rx, &vm_w);
         flows_w.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
     });
     // Service to VM, on this thread.
@@ -219,6 +242,42 @@ fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows, allow: &AllowPoli
                 let _ = vm.control(flow, stream_op::RESET);
                 flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow);
                 return;
+            }
+        }
+    }
+}
+
+/// Writes stream `flow`'s bytes to the service as they come, granting
+/// them back to the VM as they are written.
+fn write_service(flow: u32, mut writer: TcpStream, rx: &Receiver<ToService>, vm: &VmWriter) {
+    let mut owed = 0u32;
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Empty) => {
+                // Caught up: grant what was written before waiting.
+                if owed > 0 && vm.credit(flow, std::mem::take(&mut owed)).is_err() {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            }
+            Err(TryRecvError::Disconnected) => return,
+        };
+        match msg {
+            ToService::Data(d) => {
+                if writer.write_all(&d).is_err() {
+                    return;
+                }
+                owed += d.len() as u32;
+                if owed >= CREDIT_BATCH && vm.credit(flow, std::mem::take(&mut owed)).is_err() {
+                    return;
+                }
+            }
+            ToService::Eof => {
+                let _ = writer.shutdown(Shutdown::Write);
             }
         }
     }
@@ -261,10 +320,22 @@ mod tests {
         let mut four = [0u8; 4];
         conn.read_exact(&mut four).unwrap();
         assert_eq!(&four, b"ping");
+        // What reached the service is granted back to the VM.
+        let mut credit = [0u8; 13];
+        vm.read_exact(&mut credit).unwrap();
+        assert_eq!((&credit[0..2], credit[8]), (&[0xff, 0xff][..], stream_op::CREDIT));
+        assert_eq!(u32::from_be_bytes(credit[9..13].try_into().unwrap()), 4);
         conn.write_all(b"pong").unwrap();
         let mut back = [0u8; 12];
         vm.read_exact(&mut back).unwrap();
         assert_eq!((&back[0..2], &back[8..]), (&[0xff, 0xfe][..], &b"pong"[..]));
+        // A reset from the VM closes the service connection.
+        rec.clear();
+        Record { node: RECORD_CONTROL, flow: 9, payload: &[stream_op::RESET] }.encode(&mut rec);
+        vm.write_all(&rec).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(conn.read_to_end(&mut rest).unwrap(), 0, "the service saw its connection end");
     }
 
     fn loopback() -> AllowPolicy {

@@ -29,7 +29,10 @@ use std::time::Instant;
 
 use events::{micros, Counters, Event, EventSink};
 
-pub use config::{parse_mac, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, PublicKeySpec, TopoLinkSpec};
+pub use config::{
+    parse_mac, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, PublicKeySpec, TopoLinkSpec,
+    DEFAULT_IDLE_TIMEOUT_S, IDLE_TIMEOUT_RANGE_S,
+};
 pub use plumbing::{Intake, IntakeError};
 
 use guest_agent::boot::Role;
@@ -219,6 +222,8 @@ pub fn metrics_report(outcome: &RunOutcome) -> serde_json::Value {
             "lsas_accepted": s.lsas_accepted,
             "topology_changes": s.topology_changes,
             "circuits": s.circuits,
+            "flows_open": s.flows_open,
+            "flows_expired": s.flows_expired,
             "drops": guest_agent::router::DROP_NAMES
                 .iter()
                 .zip(s.drops.values())

@@ -10,6 +10,11 @@ use guest_agent::routing::{Link, NodeId, Topology};
 pub struct TopologyFile {
     /// Short name: namespaces are `NAME-HOST`.
     pub name: String,
+    /// Seconds a stream may go unheard before its destination resets it
+    /// (every node gets the same; request VMs keep theirs alive at a
+    /// third of it). Default: `node::DEFAULT_IDLE_TIMEOUT_S`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout_s: Option<u32>,
     /// The hosts.
     #[serde(rename = "host")]
     pub hosts: Vec<HostSpec>,
@@ -73,6 +78,13 @@ impl TopologyFile {
     pub fn validate(&self) -> Result<(), String> {
         if self.hosts.len() < 2 {
             return Err("needs at least two hosts".into());
+        }
+        if let Some(t) = self.stream_idle_timeout_s.filter(|t| !node::IDLE_TIMEOUT_RANGE_S.contains(t)) {
+            return Err(format!(
+                "stream_idle_timeout_s = {t} must be {}-{} seconds",
+                node::IDLE_TIMEOUT_RANGE_S.start(),
+                node::IDLE_TIMEOUT_RANGE_S.end()
+            ));
         }
         for (i, h) in self.hosts.iter().enumerate() {
             if h.name.is_empty() || h.name.len() > 6 || !h.name.chars().all(|c| c.is_ascii_alphanumeric()) {

@@ -418,6 +418,7 @@ impl Topo {
                 port: ports,
                 link: links.clone(),
                 onion_key_period_s: guest_agent::onion::rotation::DEFAULT_PERIOD_S,
+                stream_idle_timeout_s: self.file.stream_idle_timeout_s.unwrap_or(node::DEFAULT_IDLE_TIMEOUT_S),
                 lsa_secret: vmm::random::hex(lsa_secret),
                 lsa_key: lsa_keys.clone(),
                 allow: Vec::new(),
