@@ -216,3 +216,103 @@ fn a_vm_whose_console_reader_stopped_reading_still_stops_when_told() {
     assert_eq!(status, Some(130), "the VM did not stop:\n{err}");
     drop(stream);
 }
+
+/// line3 with a short stream idle timeout, written beside the test.
+fn line3_idle(dir: &TempDir, idle_s: u32) -> TopoGuard {
+    let text = std::fs::read_to_string(workspace().join("tests/topologies/line3.toml")).unwrap();
+    let text = text.replacen("name = \"line3\"", &format!("name = \"line3\"\nstream_idle_timeout_s = {idle_s}"), 1);
+    assert!(text.contains("stream_idle_timeout_s"), "line3.toml has no name line to extend");
+    let path = dir.0.join("line3-idle.toml");
+    std::fs::write(&path, text).unwrap();
+    TopoGuard::up_file(&path)
+}
+
+fn threads_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap()
+}
+
+#[test]
+fn when_the_edge_dies_with_100_open_streams_the_destination_lets_go_of_them_all() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let topo = line3_idle(&dir, 4);
+    let c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    // An echo service that counts its open connections.
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = serve_in(&topo.netns("c"), {
+        let live = live.clone();
+        move |mut conn| {
+            live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut b = [0u8; 4096];
+            while let Ok(n @ 1..) = conn.read(&mut b) {
+                if conn.write_all(&b[..n]).is_err() {
+                    break;
+                }
+            }
+            live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let target = SocketAddr::from(([10, 231, 1, 2], port));
+    let threads_before = threads_of(c.pid());
+    let mut edge = start_edge_from(edge_command(&topo, std::path::Path::new("/nonexistent")));
+    let mut held = Vec::new();
+    for seed in 0..100 {
+        let (mut s, reply) = socks_connect(&topo, target);
+        assert_eq!(reply, Reply::Succeeded, "{}", edge.events.dump());
+        let data = random_bytes(512, seed);
+        assert_eq!(sha256(&echo_round(&mut s, &data)), sha256(&data));
+        held.push(s);
+    }
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 100);
+    assert!(threads_of(c.pid()) >= threads_before + 100, "the destination holds a thread per stream");
+    // Held past the idle timeout first: keepalives keep them all.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 100, "live streams were reclaimed");
+    // The edge dies without a word to anyone.
+    edge.child.kill();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        live.load(std::sync::atomic::Ordering::SeqCst) == 0 && threads_of(c.pid()) <= threads_before
+    });
+    assert!(
+        gone,
+        "after 20 s the destination still holds {} service connections and {} threads (had {threads_before})",
+        live.load(std::sync::atomic::Ordering::SeqCst),
+        threads_of(c.pid())
+    );
+    drop(held);
+}
+
+#[test]
+fn a_datagram_flood_at_the_destination_during_a_64_mib_download_costs_it_no_byte() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let topo = TopoGuard::up("line3.toml");
+    // C's delivered datagrams go to its stdout, which nobody reads.
+    let c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let mut b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let body = random_bytes(64 << 20, 11);
+    let port = http_server(&topo.netns("c"), body.clone());
+    let edge = start_edge(&topo);
+    // B's host sends C datagrams as fast as it can while the download runs.
+    let mut stdin = b.child().stdin.take().unwrap();
+    let flood = std::thread::spawn(move || {
+        let mut input = Vec::new();
+        for i in 0..20_000u32 {
+            guest_agent::node::Record { node: 3, flow: i, payload: &[0xdd; 1000] }.encode(&mut input);
+        }
+        let _ = stdin.write_all(&input);
+        stdin
+    });
+    let (code, got) = curl(&topo, &format!("http://c:{port}/big"), None);
+    let _stdin = flood.join().unwrap();
+    assert_eq!((code, got.len()), (Some(0), body.len()), "{}", edge.events.dump());
+    assert_eq!(sha256(&got), sha256(&body));
+    drop((edge.child, c));
+}

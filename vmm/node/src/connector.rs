@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -38,6 +38,11 @@ enum ToService {
     Data(Vec<u8>),
     Eof,
 }
+
+/// Delivered datagrams queued for the user's output at most; beyond, they
+/// are dropped (a user who stopped reading loses datagrams, and streams,
+/// which share the VM's console, are never held up by it).
+const OUTPUT_QUEUE: usize = 1024;
 
 /// Bytes written to a service before they are granted back to the VM
 /// (sooner when nothing more is queued).
@@ -125,6 +130,15 @@ fn route_output(
     flows: &Flows,
     allow: &Arc<AllowPolicy>,
 ) {
+    let (out_tx, out_rx) = sync_channel::<Vec<u8>>(OUTPUT_QUEUE);
+    let _ = thread::Builder::new().name("pathvm-node-dgram".into()).spawn(move || {
+        for rec in out_rx {
+            if output.write_all(&rec).and_then(|_| output.flush()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut dropped = 0u64;
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -147,8 +161,14 @@ fn route_output(
                 _ => {
                     let mut rec = Vec::with_capacity(r.payload.len() + 8);
                     r.encode(&mut rec);
-                    // The user may have stopped reading; deliveries then drop.
-                    let _ = output.write_all(&rec).and_then(|_| output.flush());
+                    // The user may have stopped reading; deliveries then
+                    // drop here, never holding up the streams behind them.
+                    if let Err(TrySendError::Full(_)) = out_tx.try_send(rec) {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!("node: {dropped} delivered datagrams dropped: the output is not read");
+                        }
+                    }
                 }
             }
         }
