@@ -316,3 +316,26 @@ fn a_datagram_flood_at_the_destination_during_a_64_mib_download_costs_it_no_byte
     assert_eq!(sha256(&got), sha256(&body));
     drop((edge.child, c));
 }
+
+#[test]
+fn a_guest_hammering_registers_the_wrong_way_gets_a_bounded_number_of_log_lines() {
+    if !require(&[Need::Kvm]) {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let out = boot_cmd(&["--role", "bad-mmio"]).env("PATHVM_LOG", "warn").output().unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = stderr.lines().filter(|l| l.contains("virtio-mmio")).count();
+    // Each of the guest's accesses would have been a line; the limiter's
+    // burst and rate over the run's length bound them instead.
+    let bound = 20 + (5.0 * secs).ceil() as usize + 5;
+    assert!(lines >= 1, "the wrong-way reads were never reported");
+    assert!(
+        lines <= bound,
+        "{lines} lines for {} accesses in {secs:.1} s (bound {bound})",
+        guest_agent::boot::BAD_MMIO_ACCESSES
+    );
+    assert!(stderr.contains("held_back"), "the lines held back are not counted");
+}

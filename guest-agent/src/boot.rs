@@ -41,7 +41,14 @@ pub enum Role {
     /// [`EdgeRequest`](crate::node::EdgeRequest)) whose bytes are the
     /// console's, over a node's single port.
     Edge = 7,
+    /// Read the console's registers the wrong way (byte-wide)
+    /// [`BAD_MMIO_ACCESSES`] times, then exit 0 (tests that what a guest
+    /// makes the VMM log is bounded).
+    BadMmio = 8,
 }
+
+/// Wrong-way register reads the [`Role::BadMmio`] guest makes.
+pub const BAD_MMIO_ACCESSES: u32 = 100_000;
 
 impl Role {
     /// Decodes the on-wire value; unknown values are `None`.
@@ -54,6 +61,7 @@ impl Role {
             5 => Self::BadDescriptor,
             6 => Self::Node,
             7 => Self::Edge,
+            8 => Self::BadMmio,
             _ => return None,
         })
     }

@@ -329,6 +329,7 @@ pub fn finish_vm(kvm: &KvmContext, shell: VmShell, cfg: VmConfig) -> Result<Vm, 
         on_ready: None,
         log: cfg.guest_log,
         byte_line: Vec::new(),
+        log_limit: Default::default(),
     };
     Ok(Vm { vm_fd, runner, subscribers, metrics, ready_rx })
 }

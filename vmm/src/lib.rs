@@ -15,6 +15,7 @@
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
 //! - [`random`]: entropy for keys and ids;
+//! - [`guest_log`]: rate limits and escaping for lines a guest can cause;
 //! - [`limits`]: the process's fd limit, raised at start, and the default
 //!   cap on VMs;
 //! - `fuzzing` (feature `fuzzing`): the bodies of the `fuzz/` targets that
@@ -30,6 +31,7 @@ pub mod builder;
 pub mod devices;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod guest_log;
 pub mod kvm;
 pub mod limits;
 pub mod loader;

@@ -148,6 +148,8 @@ pub struct VcpuRunner {
     pub(crate) on_ready: Option<Box<dyn FnOnce(Instant) + Send>>,
     pub(crate) log: GuestLog,
     pub(crate) byte_line: Vec<u8>,
+    /// The guest's own log lines, rate-limited.
+    pub(crate) log_limit: crate::guest_log::LogLimiter,
 }
 
 impl VcpuRunner {
@@ -265,10 +267,15 @@ impl VcpuRunner {
         self.emit(&line);
     }
 
-    fn emit(&self, line: &str) {
-        match self.log {
-            GuestLog::Stderr => eprintln!("guest: {line}"),
-            GuestLog::Discard => {}
+    /// Prints one of the guest's lines (escaped, within its rate).
+    fn emit(&mut self, line: &str) {
+        if matches!(self.log, GuestLog::Discard) {
+            return;
+        }
+        match self.log_limit.allow() {
+            Some(0) => eprintln!("guest: {}", crate::guest_log::escape(line)),
+            Some(held) => eprintln!("guest: {} ({held} earlier lines held back)", crate::guest_log::escape(line)),
+            None => {}
         }
     }
 

@@ -120,6 +120,20 @@ pub fn run(role: Role, params: &mut BootParams) -> ! {
                 io::wait(1_000_000);
             }
         }
+        Role::BadMmio => {
+            let Some(d) = params.find_device(device_id::CONSOLE) else {
+                log!("agent: this role needs a virtio-console device");
+                io::exit(ports::EXIT_DEVICE);
+            };
+            io::ready();
+            for _ in 0..guest_agent::boot::BAD_MMIO_ACCESSES {
+                // SAFETY: the console's MMIO window is mapped at this base;
+                // a byte read of its magic register has no effect on the
+                // device beyond the VMM's refusal.
+                let _ = unsafe { (d.base as *const u8).read_volatile() };
+            }
+            io::exit(0)
+        }
         Role::Node => crate::node::run(params),
         Role::Edge => crate::node::run_edge(params),
         Role::Panic => {

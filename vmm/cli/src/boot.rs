@@ -23,6 +23,9 @@ pub enum RoleArg {
     /// Hand the console a descriptor outside guest memory, then echo
     /// (tests that devices reject hostile descriptors).
     BadDescriptor,
+    /// Read the console's registers byte-wide many times, then exit 0
+    /// (tests that what a guest makes pathvm log is rate-limited).
+    BadMmio,
 }
 
 impl From<RoleArg> for Role {
@@ -33,6 +36,7 @@ impl From<RoleArg> for Role {
             RoleArg::Idle => Role::Idle,
             RoleArg::Panic => Role::Panic,
             RoleArg::BadDescriptor => Role::BadDescriptor,
+            RoleArg::BadMmio => Role::BadMmio,
         }
     }
 }

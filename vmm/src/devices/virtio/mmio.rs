@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -50,6 +50,8 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
+    /// Warnings the guest causes, rate-limited ([`crate::guest_log`]).
+    noise: crate::guest_log::LogLimiter,
 }
 
 impl MmioTransport {
@@ -68,6 +70,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
+            noise: Default::default(),
         }
     }
 
@@ -107,7 +110,7 @@ impl MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            warn!(offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register read");
+            crate::guest_warn!(self.noise, offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register read");
             data.fill(0);
             return;
         }
@@ -145,11 +148,11 @@ impl MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register write");
+            crate::guest_warn!(self.noise, offset, len = data.len(), "virtio-mmio: ignoring non-32-bit register write");
             return;
         };
         if !offset.is_multiple_of(4) {
-            warn!(offset, "virtio-mmio: ignoring unaligned register write");
+            crate::guest_warn!(self.noise, offset, "virtio-mmio: ignoring unaligned register write");
             return;
         }
         let v = u32::from_le_bytes(bytes);
@@ -161,7 +164,7 @@ impl MmioTransport {
             VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             VIRTIO_MMIO_DRIVER_FEATURES => {
                 if self.status & (VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK) != VIRTIO_CONFIG_S_DRIVER {
-                    warn!("virtio-mmio: driver features written outside negotiation");
+                    crate::guest_warn!(self.noise, "virtio-mmio: driver features written outside negotiation");
                     return;
                 }
                 match self.driver_features_sel {
@@ -206,7 +209,12 @@ impl MmioTransport {
             | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
             | VIRTIO_MMIO_QUEUE_USED_LOW
             | VIRTIO_MMIO_QUEUE_USED_HIGH => {
-                warn!(offset, status = self.status, "virtio-mmio: queue setup outside FEATURES_OK..DRIVER_OK ignored")
+                crate::guest_warn!(
+                    self.noise,
+                    offset,
+                    status = self.status,
+                    "virtio-mmio: queue setup outside FEATURES_OK..DRIVER_OK ignored"
+                )
             }
             VIRTIO_MMIO_QUEUE_NOTIFY => {
                 // Normally an ioeventfd catches this write before it exits
@@ -242,7 +250,11 @@ impl MmioTransport {
     /// Records the outcome of a queue register write (`None`: no such queue).
     fn note_queue_write(&mut self, ok: Option<bool>) {
         if ok == Some(false) {
-            warn!(queue = self.queue_sel, "virtio-mmio: driver wrote an invalid queue setting; queue refused");
+            crate::guest_warn!(
+                self.noise,
+                queue = self.queue_sel,
+                "virtio-mmio: driver wrote an invalid queue setting; queue refused"
+            );
             if let Some(r) = self.queue_refused.get_mut(self.queue_sel as usize) {
                 *r = true;
             }
@@ -260,14 +272,20 @@ impl MmioTransport {
         }
         // The driver only ever adds bits (virtio 1.x, 3.1.1).
         if v & self.status != self.status {
-            warn!(old = self.status, new = v, "virtio-mmio: status may only gain bits; ignored");
+            crate::guest_warn!(
+                self.noise,
+                old = self.status,
+                new = v,
+                "virtio-mmio: status may only gain bits; ignored"
+            );
             return;
         }
         let added = v & !self.status;
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             let offered = self.device().avail_features() | (1 << VIRTIO_F_VERSION_1);
             if self.driver_features & !offered != 0 || self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
-                warn!(
+                crate::guest_warn!(
+                    self.noise,
                     features = self.driver_features,
                     "virtio-mmio: driver accepted unoffered features or not VERSION_1"
                 );
@@ -278,11 +296,11 @@ impl MmioTransport {
         }
         if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             if v & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-                warn!("virtio-mmio: DRIVER_OK without FEATURES_OK ignored");
+                crate::guest_warn!(self.noise, "virtio-mmio: DRIVER_OK without FEATURES_OK ignored");
                 return;
             }
             if let Err(e) = self.activate() {
-                warn!("virtio-mmio: device not activated: {e}");
+                crate::guest_warn!(self.noise, "virtio-mmio: device not activated: {e}");
                 self.status = v & !VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_NEEDS_RESET;
                 return;
             }
