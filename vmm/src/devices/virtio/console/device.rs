@@ -152,6 +152,7 @@ impl Console {
             if tx.disable_notification(&*mem).is_err() {
                 break;
             }
+            let before = done;
             while let Some(chain) = tx.pop_descriptor_chain(&*mem) {
                 let head = chain.head_index();
                 match chain::gather(chain, tx_buf, MAX_TX_CHAIN) {
@@ -178,7 +179,9 @@ impl Console {
                 }
             }
             match tx.enable_notification(&*mem) {
-                Ok(true) => continue,
+                // As in `netdev::drain_queue`: a broken ring that claims
+                // more forever ends the pass.
+                Ok(true) if done > before => continue,
                 _ => break,
             }
         }
