@@ -339,3 +339,34 @@ fn a_guest_hammering_registers_the_wrong_way_gets_a_bounded_number_of_log_lines(
     );
     assert!(stderr.contains("held_back"), "the lines held back are not counted");
 }
+
+#[test]
+fn the_vcpu_and_device_threads_run_under_seccomp_and_the_rest_does_not() {
+    if !require(&[Need::Kvm]) {
+        return;
+    }
+    let mut cmd = boot_cmd(&["--role", "idle"]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut vm = ChildGuard::new(cmd.spawn().unwrap());
+    let pid = vm.get().id();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        seen.clear();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(|v| v.trim().to_string());
+            seen.insert(comm, mode.unwrap_or_default());
+        }
+        if seen.contains_key("pathvm-vcpu") && seen.contains_key("pathvm-dev") {
+            break;
+        }
+    }
+    assert_eq!(seen.get("pathvm-vcpu").map(String::as_str), Some("2"), "{seen:?}");
+    assert_eq!(seen.get("pathvm-dev").map(String::as_str), Some("2"), "{seen:?}");
+    assert_eq!(seen.get("pathvm").map(String::as_str), Some("0"), "the main thread is confined too: {seen:?}");
+    // SAFETY: kill on the pid of a child we started and still own.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_eq!(wait_timeout(vm.get(), Duration::from_secs(10)), Some(130));
+}

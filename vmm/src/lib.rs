@@ -15,6 +15,7 @@
 //! - [`vcpu`]: the run loop and the agent's port ABI;
 //! - [`vm`]: a running VM, its threads and its teardown;
 //! - [`random`]: entropy for keys and ids;
+//! - [`seccomp`]: the filters that confine the vCPU and device threads;
 //! - [`guest_log`]: rate limits and escaping for lines a guest can cause;
 //! - [`limits`]: the process's fd limit, raised at start, and the default
 //!   cap on VMs;
@@ -38,6 +39,7 @@ pub mod loader;
 pub mod memory;
 pub mod pool;
 pub mod random;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 

@@ -43,6 +43,9 @@ pub enum VmError {
     /// The guest ended before it was ready.
     #[error("guest ended before it was ready: {0:?}")]
     EndedBeforeReady(ExitReason),
+    /// A VM thread could not be confined; the VM never ran.
+    #[error(transparent)]
+    Sandbox(#[from] crate::seccomp::SeccompError),
 }
 
 /// Counters of a VM's devices.
@@ -159,10 +162,18 @@ impl DeviceThread {
             em.add_subscriber(s);
         }
         em.add_subscriber(Arc::new(Mutex::new(exit_sub)));
+        let (confined_tx, confined_rx) = sync_channel(1);
         let handle = std::thread::Builder::new()
             .name("pathvm-dev".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                // Before the first event: no guest queue is read unconfined.
+                let confined = crate::seccomp::confine(crate::seccomp::ThreadKind::Device);
+                let ok = confined.is_ok();
+                let _ = confined_tx.send(confined);
+                if !ok {
+                    return;
+                }
                 while !done.load(Ordering::Acquire) {
                     if let Err(e) = em.run() {
                         tracing::error!("device event loop failed: {e:?}");
@@ -171,7 +182,14 @@ impl DeviceThread {
                 }
             })
             .map_err(VmError::Thread)?;
-        Ok(Self { exit, handle })
+        match confined_rx.recv() {
+            Ok(Ok(())) => Ok(Self { exit, handle }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e.into())
+            }
+            Err(_) => Err(VmError::Thread(std::io::Error::other("the device thread ended at its start"))),
+        }
     }
 
     fn stop(self) {
@@ -209,7 +227,8 @@ impl Vm {
         StatsProbe { mem: self.runner.mem.clone() }
     }
 
-    /// Runs the guest on the calling thread until it ends.
+    /// Runs the guest until it ends (on a vCPU thread of its own, which
+    /// its sandbox confines; the caller waits).
     pub fn run(self) -> Result<RunOutcome, VmError> {
         self.run_then(|_| {})
     }
@@ -217,9 +236,27 @@ impl Vm {
     /// Runs the guest until it ends, then lets `inspect` read its memory
     /// before it is freed (an audit of what a guest held).
     pub fn run_then(self, inspect: impl FnOnce(&vm_memory::GuestMemoryMmap)) -> Result<RunOutcome, VmError> {
-        let Vm { vm_fd, mut runner, subscribers, metrics, ready_rx } = self;
+        let Vm { vm_fd, runner, subscribers, metrics, ready_rx } = self;
         let devices = DeviceThread::start(subscribers)?;
-        let reason = runner.run();
+        let vcpu = std::thread::Builder::new().name("pathvm-vcpu".into()).stack_size(256 * 1024).spawn(move || {
+            let mut runner = runner;
+            let reason = match crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu) {
+                Ok(()) => runner.run(),
+                Err(e) => ExitReason::Crashed(e.to_string()),
+            };
+            (runner, reason)
+        });
+        let (runner, reason) = match vcpu.map(|h| h.join()) {
+            Ok(Ok(done)) => done,
+            Ok(Err(_)) => {
+                devices.stop();
+                return Err(VmError::Thread(std::io::Error::other("the vCPU thread panicked")));
+            }
+            Err(e) => {
+                devices.stop();
+                return Err(VmError::Thread(e));
+            }
+        };
         devices.stop();
         let guest_stats = read_guest_stats(&runner.mem);
         inspect(&runner.mem);
@@ -235,7 +272,11 @@ impl Vm {
         let devices = DeviceThread::start(subscribers)?;
         let (done_tx, done_rx) = sync_channel(1);
         let vcpu = std::thread::Builder::new().name("pathvm-vcpu".into()).stack_size(256 * 1024).spawn(move || {
-            let reason = runner.run();
+            // Before the guest's first instruction.
+            let reason = match crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu) {
+                Ok(()) => runner.run(),
+                Err(e) => ExitReason::Crashed(e.to_string()),
+            };
             let _ = done_tx.send(());
             drop(runner);
             reason
