@@ -22,7 +22,7 @@ mod plumbing;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -233,6 +233,28 @@ pub fn metrics_report(outcome: &RunOutcome) -> serde_json::Value {
     })
 }
 
+/// A directory only this process's user may enter (0700, a fresh random
+/// name, created, never reused), for the vhost-user sockets: no other
+/// local user can connect to a backend or put a socket in its place.
+/// Removed with what it holds on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let name = format!("pathvm-node-{}-{}", std::process::id(), vmm::random::hex(&vmm::random::bytes::<8>()));
+        let path = std::env::temp_dir().join(name);
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_vm(
     kvm: &KvmContext,
@@ -251,12 +273,13 @@ fn run_vm(
     node_cfg.encode(&mut args);
     let mut backends = Vec::new();
     let mut nets = Vec::new();
+    let sockets = PrivateDir::new().map_err(NodeError::Console)?;
     for (i, p) in file.port.iter().enumerate() {
         let vhost_user = match file.backend {
             PortBackend::Tap => None,
             PortBackend::VhostUser => {
                 let tap = Tap::open(&p.tap).map_err(BuildError::from)?;
-                let socket = std::env::temp_dir().join(format!("pathvm-node{}-{i}.sock", std::process::id()));
+                let socket = sockets.0.join(format!("port{i}.sock"));
                 let handle = BackendHandle::start(tap, &socket)?;
                 let port = VhostUserPort { socket, metrics: handle.metrics() };
                 backends.push(handle);
@@ -303,6 +326,20 @@ fn run_vm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vhost_user_sockets_live_in_a_directory_only_we_may_enter() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = PrivateDir::new().unwrap();
+        let mode = std::fs::metadata(&d.0).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let other = PrivateDir::new().unwrap();
+        assert_ne!(d.0, other.0, "a fresh name each time");
+        let path = d.0.clone();
+        std::fs::write(path.join("port0.sock"), b"").unwrap();
+        drop(d);
+        assert!(!path.exists(), "left behind");
+    }
 
     #[test]
     fn a_config_in_use_is_refused_until_its_node_ends() {
