@@ -52,6 +52,7 @@ bench: deps build
 	$(PATHVM) bench relay --json --image $(IMAGE)
 	$(PATHVM) bench connect --json --image $(IMAGE)
 	$(PATHVM) bench protocols --json --image $(IMAGE)
+	$(PATHVM) bench density --json --image $(IMAGE)
 
 ## fuzz: run each fuzz target FUZZ_SECONDS (default 60); FUZZ_TARGETS picks some
 FUZZ_SECONDS ?= 60

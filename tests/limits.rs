@@ -370,3 +370,24 @@ fn the_vcpu_and_device_threads_run_under_seccomp_and_the_rest_does_not() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert_eq!(wait_timeout(vm.get(), Duration::from_secs(10)), Some(130));
 }
+
+#[test]
+fn every_file_holding_keys_is_0600_in_a_0700_directory() {
+    if !require(&[Need::Netns]) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let topo = TopoGuard::up("line3.toml");
+    let dir = topo.node_config("a").parent().unwrap().to_path_buf();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    let mut keyed = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if text.contains("key = ") || text.contains("lsa_secret") {
+            keyed += 1;
+            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        }
+    }
+    assert_eq!(keyed, 3, "one node config per host, each with keys");
+}

@@ -17,6 +17,11 @@ use super::{origin_repr, LinkPort, Notice, Router};
 /// it wants it ([`LINK_STATE_AFTER_TRAFFIC_US`](super::request::LINK_STATE_AFTER_TRAFFIC_US)).
 pub const LSA_REQUEST_US: u64 = 500_000;
 
+/// How often a request VM asks while its stream waits for the keys link
+/// state brings: a relay that booted moments ago may not hold the
+/// destination's advertisement yet, and the app is waiting.
+pub const KEY_PULL_US: u64 = 50_000;
+
 /// How often a node runs its link maintenance ([`Router::maintain`]).
 pub const MAINTENANCE_US: u64 = 5_000;
 
@@ -179,7 +184,8 @@ impl<L: LinkPort> Router<L> {
         let wants = self.request.as_ref().is_some_and(|r| r.wants_link_state(now));
         if !self.floods && wants && now >= self.next_lsa_request {
             // A request VM hears no floods: it asks its neighbours.
-            self.next_lsa_request = now + LSA_REQUEST_US;
+            let waiting = self.request.as_ref().is_some_and(|r| r.waits_for_keys());
+            self.next_lsa_request = now + if waiting { KEY_PULL_US } else { LSA_REQUEST_US };
             for j in 0..self.ports.len() {
                 let (flow, peer) = (self.control_flow, self.ports[j].peer);
                 self.send_control(j, flow, peer, &Control::LsaRequest);

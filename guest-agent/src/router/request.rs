@@ -30,8 +30,8 @@ const APP_READ: usize = 64 * 1024;
 /// How long a closing stream may wait for its peer before the VM leaves.
 pub const GOODBYE_US: u64 = 1_000_000;
 /// How long a request waits for the onion keys its stream needs (they
-/// come with the link state it pulls at once, and again after
-/// [`LSA_REQUEST_US`](super::control::LSA_REQUEST_US)) before it is refused.
+/// come with the link state it pulls at once, and again every
+/// [`KEY_PULL_US`](super::control::KEY_PULL_US)) before it is refused.
 pub const KEY_WAIT_US: u64 = 1_200_000;
 /// How long after its stream last moved a segment a request VM keeps
 /// pulling link state. A request VM neither probes nor hears floods: it
@@ -139,6 +139,11 @@ impl RequestStream {
         if !seg.data.is_empty() || seg.kind != crate::transport::segment::Kind::Data {
             self.last_traffic = now;
         }
+    }
+
+    /// Whether the stream still waits for the keys link state brings.
+    pub(super) fn waits_for_keys(&self) -> bool {
+        !self.keyed
     }
 
     /// Whether the request still needs its neighbours' link state: while
