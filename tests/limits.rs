@@ -391,3 +391,31 @@ fn every_file_holding_keys_is_0600_in_a_0700_directory() {
     }
     assert_eq!(keyed, 3, "one node config per host, each with keys");
 }
+
+#[test]
+fn a_nodes_vhost_user_workers_run_under_seccomp_once_they_serve() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let topo = TopoGuard::up("line3.toml");
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    // Probes between B and C wake B's workers within milliseconds.
+    let mut workers = Vec::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        workers.clear();
+        for t in std::fs::read_dir(format!("/proc/{}/task", b.pid())).unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "vring_worker" {
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                workers.push(status.lines().find_map(|l| l.strip_prefix("Seccomp:")).unwrap_or("").trim().to_string());
+            }
+        }
+        if workers.len() == 2 && workers.iter().all(|m| m == "2") {
+            break;
+        }
+    }
+    assert_eq!(workers, vec!["2", "2"], "B has two ports, each with a confined worker");
+}

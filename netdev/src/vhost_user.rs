@@ -54,12 +54,27 @@ pub struct NetBackend {
     rx_frame: RxFrame,
     tx_frame: Vec<u8>,
     metrics: Arc<NetMetrics>,
+    /// Confines the worker thread (seccomp) before it first touches the
+    /// guest's queues; `None` once done, or if the caller wants none.
+    confine: Option<Confine>,
 }
+
+/// What confines a backend's worker thread, called on that thread at its
+/// first event (the thread is the vhost-user-backend crate's, so this is
+/// the first moment it runs our code).
+pub type Confine = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
 impl NetBackend {
     /// A backend moving frames between `tap` and the guest.
     pub fn new(tap: Tap, metrics: Arc<NetMetrics>) -> Self {
-        Self { tap, mem: None, rx_frame: RxFrame::default(), tx_frame: Vec::with_capacity(MAX_FRAME_WITH_HDR), metrics }
+        Self {
+            tap,
+            mem: None,
+            rx_frame: RxFrame::default(),
+            tx_frame: Vec::with_capacity(MAX_FRAME_WITH_HDR),
+            metrics,
+            confine: None,
+        }
     }
 
     /// Runs one data-plane pass on `vring`'s queue, if the ring is live,
@@ -129,6 +144,10 @@ impl VhostUserBackendMut for NetBackend {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> io::Result<()> {
+        // One worker thread serves both queues: it is confined once.
+        if let Some(confine) = self.confine.take() {
+            confine()?;
+        }
         match device_event {
             RX | TAP_READABLE => self.process_rx(&vrings[RX as usize]),
             TX => {
@@ -154,11 +173,14 @@ pub struct BackendHandle {
 
 impl BackendHandle {
     /// Starts a backend for `tap` listening at `socket` (replaced if it
-    /// exists). It serves one frontend connection, then ends.
-    pub fn start(tap: Tap, socket: &Path) -> Result<Self, BackendError> {
+    /// exists). It serves one frontend connection, then ends. `confine`
+    /// runs on the worker thread before it first reads the guest's queues.
+    pub fn start(tap: Tap, socket: &Path, confine: Option<Confine>) -> Result<Self, BackendError> {
         let metrics = Arc::new(NetMetrics::default());
         let tap_fd = tap.as_raw_fd();
-        let backend = Arc::new(RwLock::new(NetBackend::new(tap, metrics.clone())));
+        let mut net = NetBackend::new(tap, metrics.clone());
+        net.confine = confine;
+        let backend = Arc::new(RwLock::new(net));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("pathvm-vhost-net".into(), backend.clone(), mem)
             .map_err(|e| BackendError::Daemon(e.to_string()))?;

@@ -213,7 +213,14 @@ impl<L: LinkPort> Router<L> {
 
     /// A record from the host about stream `flow`.
     pub(super) fn host_stream_record(&mut self, r: Record<'_>) {
-        let Some(f) = self.flows.get_mut(&r.flow) else { return };
+        let Some(f) = self.flows.get_mut(&r.flow) else {
+            // The host connected a stream that is gone meanwhile (reset
+            // while it was connecting): tell it to let go of the service.
+            if r.node == RECORD_CONTROL && r.payload.first() == Some(&stream_op::OPENED) {
+                self.push_for_host(RECORD_CONTROL, r.flow, &[stream_op::RESET]);
+            }
+            return;
+        };
         if r.node == RECORD_STREAM {
             f.pending.extend_from_slice(r.payload);
             return;

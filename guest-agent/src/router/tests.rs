@@ -1015,3 +1015,14 @@ fn a_stalled_host_and_a_datagram_flood_cost_a_stream_no_byte() {
     assert_eq!(got.len(), up.len());
     assert_eq!(Sha256::digest(&got), Sha256::digest(&up), "stream bytes lost or altered");
 }
+
+#[test]
+fn a_host_that_connects_a_stream_already_gone_is_told_to_let_go() {
+    let mut net = Net::new(&line3(), Protocol::Shortest.id(), None);
+    let h = net.host(3);
+    let mut rec = Vec::new();
+    Record { node: RECORD_CONTROL, flow: 77, payload: &[stream_op::OPENED] }.encode(&mut rec);
+    assert_eq!(h.router.host_input(&rec), rec.len());
+    let out = records(h.router.host_output());
+    assert_eq!(out, vec![(RECORD_CONTROL, 77, vec![stream_op::RESET])]);
+}

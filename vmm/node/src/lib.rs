@@ -280,7 +280,9 @@ fn run_vm(
             PortBackend::VhostUser => {
                 let tap = Tap::open(&p.tap).map_err(BuildError::from)?;
                 let socket = sockets.0.join(format!("port{i}.sock"));
-                let handle = BackendHandle::start(tap, &socket)?;
+                let confine: netdev::vhost_user::Confine =
+                    Arc::new(|| vmm::seccomp::confine(vmm::seccomp::ThreadKind::Device).map_err(std::io::Error::other));
+                let handle = BackendHandle::start(tap, &socket, Some(confine))?;
                 let port = VhostUserPort { socket, metrics: handle.metrics() };
                 backends.push(handle);
                 Some(port)
