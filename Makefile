@@ -21,6 +21,10 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi; \
+	if ! command -v qemu-img >/dev/null 2>&1; then \
+		echo "installing qemu-utils (qemu-system-x86 from bookworm replaces a newer qemu-utils; qemu-img stays usable)"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-utils; \
 	fi
 
 ## image: build the guest agent image into images/out/agent.elf
