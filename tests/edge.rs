@@ -201,8 +201,17 @@ fn connect_benchmark_prints_its_fields_beside_kernel_routing() {
     let out = Command::new(pathvm_bin()).args(["bench", "connect", "--json", "--image"]).arg(image()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    for f in ["connect_p50_ms", "connect_p99_ms", "direct_connect_p50_ms", "throughput_mbps", "kernel_throughput_mbps"]
-    {
+    for f in [
+        "connect_p50_ms",
+        "connect_p99_ms",
+        "direct_connect_p50_ms",
+        "throughput_mbps",
+        "kernel_throughput_mbps",
+        "ssh_connect_p50_ms",
+        "ssh_throughput_mbps",
+        "microsocks_connect_p50_ms",
+        "microsocks_throughput_mbps",
+    ] {
         assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f} missing or zero: {r}");
     }
 }

@@ -1,7 +1,9 @@
 //! `pathvm bench connect`: connect-to-first-byte and single-flow
 //! throughput of an application's connection through pathvm (SOCKS5 edge,
 //! a VM per request, relay B's VM, C's VM) beside the same connection over
-//! plain kernel routing through B, on line3 test hosts made for the run.
+//! plain kernel routing through B and through the tunnels a user would
+//! pick instead (`ssh -D` to B, microsocks on B: [`super::peers`]), all on
+//! line3 test hosts made for the run.
 
 use std::path::Path;
 
@@ -32,6 +34,18 @@ pub struct ConnectReport {
     pub throughput_mbps: f64,
     /// One flow's throughput over kernel forwarding, Mbit/s.
     pub kernel_throughput_mbps: f64,
+    /// Median connect-to-first-byte through `ssh -D` from A to B, ms.
+    pub ssh_connect_p50_ms: f64,
+    /// 99th percentile, ms.
+    pub ssh_connect_p99_ms: f64,
+    /// One flow's throughput through `ssh -D`, Mbit/s.
+    pub ssh_throughput_mbps: f64,
+    /// Median connect-to-first-byte through microsocks on B, ms.
+    pub microsocks_connect_p50_ms: f64,
+    /// 99th percentile, ms.
+    pub microsocks_connect_p99_ms: f64,
+    /// One flow's throughput through microsocks, Mbit/s.
+    pub microsocks_throughput_mbps: f64,
     /// Connections timed.
     pub samples: usize,
     /// Where it was measured.
@@ -60,6 +74,16 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
     let c = lab.host_addr("c").ok_or_else(|| std::io::Error::other("the topology has no host c on a link"))?;
     let target = std::net::SocketAddrV4::new(c, port);
     let (direct, kernel_mbps) = measure(&lab.netns("a"), target, Via::Kernel, CONNECTS, BULK)?;
+    // The peers, before any node takes B's links from B's host stack.
+    let (microsocks, microsocks_mbps) = {
+        let (_peer, proxy) = super::peers::microsocks(&lab)?;
+        measure(&lab.netns("a"), target, Via::Socks { proxy }, CONNECTS, BULK)?
+    };
+    let ssh_dir = std::env::temp_dir().join(format!("pathvm-bench-ssh-{}", std::process::id()));
+    let ssh = super::peers::ssh_dynamic_forward(&lab, &ssh_dir)
+        .and_then(|(_peers, proxy)| measure(&lab.netns("a"), target, Via::Socks { proxy }, CONNECTS, BULK));
+    let _ = std::fs::remove_dir_all(&ssh_dir);
+    let (ssh, ssh_mbps) = ssh?;
 
     let _c = lab.start_node("c", false)?;
     let _b = lab.start_node("b", false)?;
@@ -72,6 +96,12 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
         direct_connect_p99_ms: percentile(&direct, 99.0),
         throughput_mbps: mbps,
         kernel_throughput_mbps: kernel_mbps,
+        ssh_connect_p50_ms: percentile(&ssh, 50.0),
+        ssh_connect_p99_ms: percentile(&ssh, 99.0),
+        ssh_throughput_mbps: ssh_mbps,
+        microsocks_connect_p50_ms: percentile(&microsocks, 50.0),
+        microsocks_connect_p99_ms: percentile(&microsocks, 99.0),
+        microsocks_throughput_mbps: microsocks_mbps,
         samples: CONNECTS,
         machine: machine(),
     })

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub mod connect;
 pub mod density;
 pub mod netns_io;
+pub mod peers;
 pub mod protocols;
 pub mod relay;
 pub mod router;

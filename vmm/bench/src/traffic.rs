@@ -36,6 +36,12 @@ pub enum Via {
         /// Routing criteria, e.g. `latency=require`.
         criteria: Option<String>,
     },
+    /// A SOCKS5 CONNECT (no authentication) to another proxy: a peer
+    /// measured beside pathvm (`ssh -D`, microsocks).
+    Socks {
+        /// Where the proxy listens.
+        proxy: SocketAddr,
+    },
 }
 
 /// Starts a service in namespace `ns` on an ephemeral port and returns the
@@ -143,16 +149,18 @@ pub fn open(target: SocketAddrV4, via: &Via) -> io::Result<TcpStream> {
 
 /// [`open`] with the edge at `edge`.
 fn open_at(edge: SocketAddr, target: SocketAddrV4, via: &Via) -> io::Result<TcpStream> {
-    let first = match via {
-        Via::Kernel => SocketAddr::V4(target),
-        Via::Edge { .. } => edge,
+    let (first, criteria) = match via {
+        Via::Kernel => (SocketAddr::V4(target), &None),
+        Via::Edge { criteria } => (edge, criteria),
+        Via::Socks { proxy } => (*proxy, &None),
     };
+    let edge = first;
     let mut s = TcpStream::connect_timeout(&first, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let Via::Edge { criteria } = via else {
+    if *via == Via::Kernel {
         return Ok(s);
-    };
+    }
     let edge_err = |what: String| io::Error::other(format!("SOCKS5 edge on {edge}: {what}"));
     let mut buf = [0u8; socks::MAX_AUTH_LEN];
     let mut send = |s: &mut TcpStream, encode: &dyn Fn(&mut [u8]) -> Result<usize, socks::Error>| {
