@@ -419,3 +419,24 @@ fn a_nodes_vhost_user_workers_run_under_seccomp_once_they_serve() {
     }
     assert_eq!(workers, vec!["2", "2"], "B has two ports, each with a confined worker");
 }
+
+#[test]
+fn an_eight_mib_upload_crosses_the_destinations_credit_window_intact() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let dir = TempDir::new();
+    let (topo, _nodes, edge, target) = line3_with_echo(&dir, &[]);
+    let (s, reply) = socks_connect(&topo, target);
+    assert_eq!(reply, Reply::Succeeded);
+    // Eight host windows' worth up while the echo comes back.
+    let data = random_bytes(8 << 20, 5);
+    let mut writer = s.try_clone().unwrap();
+    let up = data.clone();
+    let w = std::thread::spawn(move || writer.write_all(&up).unwrap());
+    let mut back = vec![0u8; data.len()];
+    (&s).read_exact(&mut back).expect("the whole echo");
+    w.join().unwrap();
+    assert_eq!(sha256(&back), sha256(&data));
+    drop(edge.child);
+}
