@@ -278,9 +278,24 @@ impl Edge {
                 Err(_) => continue,
             };
             backoff = Duration::ZERO;
+            // Beyond the handshake cap a client is closed here, without a
+            // thread (`handle` checks again, exactly, on its own).
+            if self.handshakes.load(Ordering::Acquire) >= self.limits.max_handshakes {
+                self.too_many_handshakes();
+                continue;
+            }
             let edge = self.clone();
             let _ = std::thread::Builder::new().name("pathvm-edge-req".into()).spawn(move || edge.handle(conn));
         }
+    }
+
+    /// A client closed unanswered: a reply needs the handshake, and the
+    /// edge holds its most already.
+    fn too_many_handshakes(&self) {
+        self.events.emit(&Event::HandshakeFailed {
+            app: "unknown".into(),
+            error: format!("{} handshakes in progress already (the edge's limit)", self.limits.max_handshakes),
+        });
     }
 
     /// One client, from its handshake until its request VM ended.
@@ -289,10 +304,7 @@ impl Edge {
         let Some(handshaking) = Held::take(&self.handshakes, self.limits.max_handshakes) else {
             // Closed unanswered: a reply needs the handshake, which needs
             // the thread this would hold.
-            self.events.emit(&Event::HandshakeFailed {
-                app: "unknown".into(),
-                error: format!("{} handshakes in progress already (the edge's limit)", self.limits.max_handshakes),
-            });
+            self.too_many_handshakes();
             return;
         };
         // (a)-(b): who is asking, and what for.
