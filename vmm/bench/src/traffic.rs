@@ -44,10 +44,10 @@ pub enum Via {
     },
 }
 
-/// Starts a service in namespace `ns` on an ephemeral port and returns the
-/// port. Per connection it reads one command: `P` is answered with one
-/// byte, `D` and a u64 (big-endian) with that many bytes.
-pub fn serve(ns: &str) -> io::Result<u16> {
+/// Listens in namespace `ns` on an ephemeral port, each connection handed
+/// to `handle` on a small thread of its own; returns the port. `what`
+/// names the service in the error if it does not start.
+fn serve_each(ns: &str, what: &'static str, handle: fn(TcpStream)) -> io::Result<u16> {
     let (tx, rx) = std::sync::mpsc::channel();
     let ns = ns.to_string();
     std::thread::spawn(move || {
@@ -56,12 +56,20 @@ pub fn serve(ns: &str) -> io::Result<u16> {
             let _ = tx.send(l.local_addr()?.port());
             for conn in l.incoming() {
                 let Ok(c) = conn else { continue };
-                std::thread::spawn(move || answer(c));
+                let _ = std::thread::Builder::new().stack_size(64 << 10).spawn(move || handle(c));
             }
             Ok(())
         });
     });
-    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("the benchmark's service did not start"))
+    rx.recv_timeout(Duration::from_secs(5))
+        .map_err(|_| io::Error::other(format!("the benchmark's {what} did not start")))
+}
+
+/// Starts a service in namespace `ns` on an ephemeral port and returns the
+/// port. Per connection it reads one command: `P` is answered with one
+/// byte, `D` and a u64 (big-endian) with that many bytes.
+pub fn serve(ns: &str) -> io::Result<u16> {
+    serve_each(ns, "service", answer)
 }
 
 /// Longest an echo connection may sit idle before the service drops it:
@@ -72,28 +80,15 @@ pub const ECHO_IDLE: Duration = Duration::from_secs(600);
 /// byte comes back; a connection idle for [`ECHO_IDLE`] is dropped) and
 /// returns the port.
 pub fn serve_echo(ns: &str) -> io::Result<u16> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let _ = in_netns(&ns, move || {
-            let l = TcpListener::bind("0.0.0.0:0")?;
-            let _ = tx.send(l.local_addr()?.port());
-            for conn in l.incoming() {
-                let Ok(mut c) = conn else { continue };
-                let _ = std::thread::Builder::new().stack_size(64 << 10).spawn(move || {
-                    let _ = c.set_read_timeout(Some(ECHO_IDLE));
-                    let mut b = [0u8; 16 << 10];
-                    while let Ok(n @ 1..) = c.read(&mut b) {
-                        if c.write_all(&b[..n]).is_err() {
-                            return;
-                        }
-                    }
-                });
+    serve_each(ns, "echo service", |mut c| {
+        let _ = c.set_read_timeout(Some(ECHO_IDLE));
+        let mut b = [0u8; 16 << 10];
+        while let Ok(n @ 1..) = c.read(&mut b) {
+            if c.write_all(&b[..n]).is_err() {
+                return;
             }
-            Ok(())
-        });
-    });
-    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| io::Error::other("the benchmark's echo service did not start"))
+        }
+    })
 }
 
 /// Sends `data` on `s` and reads it back; the round trip's time, ms.
