@@ -446,8 +446,27 @@ pub struct NodeStats {
     /// Streams ending here reset because their source went silent for the
     /// idle timeout (an edge that died, a source that left).
     pub flows_expired: u64,
+    /// A request VM's way to its stream's answer (zeros on node VMs).
+    pub connect: ConnectTimes,
     /// Drops by reason.
     pub drops: DropCounters,
+}
+
+/// When a request VM reached each step of opening its stream, in µs since
+/// its router started (0: not reached). The host reads them beside its own
+/// steps to say where a connect's time goes (`pathvm bench connect`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectTimes {
+    /// The first link-state request went to the neighbours.
+    pub lsa_requested_us: u64,
+    /// The stream had its keys (the destination's onion key from signed
+    /// link state, or an onion circuit) and could send its opening.
+    pub keyed_us: u64,
+    /// The stream's answer came: established, or refused.
+    pub answered_us: u64,
+    /// Link-state requests sent before the keys came.
+    pub lsa_requests: u64,
 }
 
 impl NodeStats {

@@ -3,7 +3,9 @@
 //! registers in any order and width, lays out guest memory (descriptor
 //! tables, rings, indirect tables, buffers) as it likes, and has the
 //! device run its queues through the data plane's own chain code
-//! ([`netdev::chain`], [`netdev::queue_pair::drain_queue`]). Only the tap
+//! ([`netdev::chain`], [`netdev::queue_pair::drain_queue`]), and it may
+//! hand the VMM a list of accesses in guest memory at once, as the agent
+//! does at boot ([`crate::devices::batch`]). Only the tap
 //! is replaced: a harness device stands where the net device's tap would
 //! be, so that the run is deterministic and needs no privileges.
 
@@ -20,6 +22,7 @@ use netdev::queue_pair::{drain_queue, MAX_FRAME_WITH_HDR};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::config_space;
 use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice};
+use crate::devices::{batch, MmioBus};
 
 /// A target's body.
 pub type Body = fn(&[u8]);
@@ -35,6 +38,9 @@ const MEM_SIZE: usize = 64 << 10;
 const QUEUE_MAX: [u16; 2] = [16, 16];
 /// Bytes per driver operation: kind, offset (u16), value (u32).
 const OP_LEN: usize = 7;
+/// Where the harness device's window sits on the bus (batches name
+/// registers by guest-physical address).
+const WINDOW: u64 = crate::arch::layout::MMIO_BASE;
 
 /// What one run did, for tests that check a seed reaches the data plane.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -100,9 +106,10 @@ pub fn virtio_mmio(data: &[u8]) {
 /// Runs `data` as a driver: byte 0 is the number of operations, then
 /// [`OP_LEN`] bytes each, then the initial guest memory.
 ///
-/// An operation's kind byte: bits 0-1 pick read (0), write (1) or "the
-/// device runs its queues" (2, 3); bits 2-3 the access width (1, 2, 4 or 8
-/// bytes). The value sizes the frame the device delivers on receive.
+/// An operation's kind byte: bits 0-1 pick read (0), write (1), "the
+/// device runs its queues" (2) or "a batch of accesses listed at guest
+/// address `value`" (3); bits 2-3 the access width (1, 2, 4 or 8 bytes).
+/// For kind 2 the value sizes the frame the device delivers on receive.
 pub fn run(data: &[u8]) -> Outcome {
     let n = usize::from(data.first().copied().unwrap_or(0));
     let ops_end = (1 + n * OP_LEN).min(data.len());
@@ -114,7 +121,8 @@ pub fn run(data: &[u8]) -> Outcome {
     let evts = QUEUE_MAX.iter().map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")).collect();
     let dev = Arc::new(Mutex::new(Harness { acked: 0, running: None, activations: 0, evts }));
     let wake = std::sync::Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
-    let mut t = MmioTransport::new(dev.clone(), mem, Interrupt::new(&wake).expect("interrupt"));
+    let mut bus = MmioBus::default();
+    bus.insert(WINDOW, 0x1000, MmioTransport::new(dev.clone(), mem.clone(), Interrupt::new(&wake).expect("interrupt")));
 
     let mut out = Outcome::default();
     let mut frame = Vec::new();
@@ -125,11 +133,14 @@ pub fn run(data: &[u8]) -> Outcome {
         match op[0] & 3 {
             0 => {
                 let mut buf = [0u8; 8];
-                t.read(offset, &mut buf[..width]);
+                bus.read(WINDOW + offset, &mut buf[..width]);
             }
             1 => {
                 let bytes = u64::from(value).to_le_bytes();
-                t.write(offset, &bytes[..width]);
+                bus.write(WINDOW + offset, &bytes[..width]);
+            }
+            3 => {
+                batch::run(&mut bus, &mem, u64::from(value));
             }
             _ => {
                 let mut d = dev.lock().unwrap();
@@ -238,10 +249,46 @@ pub fn seed(tx: &[u8]) -> Vec<u8> {
         image[b + 0x102..b + 0x104].copy_from_slice(&1u16.to_le_bytes());
     }
     image[TX_BUF..].copy_from_slice(tx);
+    assemble(&ops, &image)
+}
+
+fn assemble(ops: &[u8], image: &[u8]) -> Vec<u8> {
     let mut input = vec![(ops.len() / OP_LEN) as u8];
-    input.extend_from_slice(&ops);
-    input.extend_from_slice(&image);
+    input.extend_from_slice(ops);
+    input.extend_from_slice(image);
     input
+}
+
+/// The same driver as [`seed`], with every register access of its bring-up
+/// in one batch listed in guest memory (as the agent boots), then the
+/// queues run twice.
+pub fn seed_batched(tx: &[u8]) -> Vec<u8> {
+    use guest_agent::virtio::batch::{ENTRY_LEN, HEADER_LEN, OP_READ, OP_WRITE};
+    const LIST: usize = 0x2000;
+    let plain = seed(tx);
+    let n = usize::from(plain[0]);
+    let (ops, mut image) = (&plain[1..1 + n * OP_LEN], plain[1 + n * OP_LEN..].to_vec());
+    let mut list = Vec::new();
+    let mut runs = Vec::new();
+    for op in ops.chunks_exact(OP_LEN) {
+        let reg = u64::from(u16::from_le_bytes([op[1], op[2]]));
+        match op[0] & 3 {
+            k @ (0 | 1) => {
+                list.extend_from_slice(&(WINDOW + reg).to_le_bytes());
+                list.extend_from_slice(&(if k == 0 { OP_READ } else { OP_WRITE }).to_le_bytes());
+                list.extend_from_slice(&op[3..7]);
+            }
+            _ => runs.extend_from_slice(op),
+        }
+    }
+    let count = (list.len() / ENTRY_LEN) as u32;
+    image.resize(LIST + HEADER_LEN + list.len(), 0);
+    image[LIST..LIST + 4].copy_from_slice(&count.to_le_bytes());
+    image[LIST + HEADER_LEN..].copy_from_slice(&list);
+    let mut batched = vec![3 | (2 << 2), 0, 0];
+    batched.extend_from_slice(&(LIST as u32).to_le_bytes());
+    batched.extend_from_slice(&runs);
+    assemble(&batched, &image)
 }
 
 #[cfg(test)]
@@ -258,6 +305,17 @@ mod tests {
         let o = run(&seed(&frame));
         assert_eq!(o.activations, 1);
         assert_eq!((o.tx_chains, o.rx_chains), (1, 1), "each buffer used once, however often the queues run");
+        assert_eq!(o.last_tx, frame);
+    }
+
+    #[test]
+    fn the_batched_seed_reaches_the_data_plane_in_one_batch() {
+        let frame: Vec<u8> = (0..80u8).collect();
+        let input = seed_batched(&frame);
+        assert_eq!(input[0], 3, "one batch, two queue runs");
+        let o = run(&input);
+        assert_eq!(o.activations, 1);
+        assert_eq!((o.tx_chains, o.rx_chains), (1, 1));
         assert_eq!(o.last_tx, frame);
     }
 
@@ -283,5 +341,6 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/virtio_mmio");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("valid"), seed(&[0u8; 64])).unwrap();
+        std::fs::write(dir.join("valid-batched"), seed_batched(&[0u8; 64])).unwrap();
     }
 }

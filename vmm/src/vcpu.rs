@@ -12,6 +12,7 @@ use std::sync::{Arc, Once};
 use std::time::Instant;
 
 use guest_agent::ports::{self, LOG_LINE_MAX};
+use guest_agent::virtio::batch::MMIO_BATCH_ADDR;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -167,7 +168,7 @@ impl VcpuRunner {
             if self.stop.requested() {
                 return ExitReason::Stopped;
             }
-            let Self { vcpu, bus, .. } = self;
+            let Self { vcpu, bus, mem, .. } = self;
             let port_write = match vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let mut v = [0u8; 4];
@@ -181,6 +182,13 @@ impl VcpuRunner {
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     bus.read(addr, data);
+                    None
+                }
+                Ok(VcpuExit::MmioWrite(MMIO_BATCH_ADDR, data)) => {
+                    let mut list = [0u8; 8];
+                    let n = data.len().min(8);
+                    list[..n].copy_from_slice(&data[..n]);
+                    crate::devices::batch::run(bus, mem, u64::from_le_bytes(list));
                     None
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use guest_agent::node::{NodeStats, STATS_ADDR};
+use guest_agent::node::{ConnectTimes, NodeStats, STATS_ADDR};
 use kvm_ioctls::VmFd;
 use serde::Serialize;
 use thiserror::Error;
@@ -127,6 +127,17 @@ impl StatsProbe {
             return None;
         }
         self.mem.load(at(std::mem::offset_of!(NodeStats, topology_changes)), Relaxed).ok()
+    }
+
+    /// A request VM's steps of opening its stream so far; `None` until it
+    /// published its stats page. Read on the vCPU thread while the guest
+    /// waits in a port exit, the agent having published just before, the
+    /// fields are the ones it wrote.
+    pub fn connect_times(&self) -> Option<ConnectTimes> {
+        let mut buf = [0u8; std::mem::size_of::<NodeStats>()];
+        use vm_memory::Bytes;
+        self.mem.read_slice(&mut buf, vm_memory::GuestAddress(STATS_ADDR)).ok()?;
+        NodeStats::from_bytes(&buf).map(|s| s.connect)
     }
 }
 

@@ -186,6 +186,10 @@ impl<L: LinkPort> Router<L> {
             // A request VM hears no floods: it asks its neighbours.
             let waiting = self.request.as_ref().is_some_and(|r| r.waits_for_keys());
             self.next_lsa_request = now + if waiting { KEY_PULL_US } else { LSA_REQUEST_US };
+            if let Some(r) = self.request.as_mut() {
+                r.note_lsa_request(now);
+                self.stats.connect = r.times;
+            }
             for j in 0..self.ports.len() {
                 let (flow, peer) = (self.control_flow, self.ports[j].peer);
                 self.send_control(j, flow, peer, &Control::LsaRequest);

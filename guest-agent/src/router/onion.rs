@@ -274,6 +274,7 @@ impl<L: LinkPort> Router<L> {
                 let seg = Segment::parse(&cell[range]).map_err(|_| DropReason::BadSegment)?;
                 if let Some(e) = self.request.as_mut() {
                     e.on_segment(now, &seg);
+                    self.stats.connect = e.times;
                     self.stats.delivered += 1;
                 }
             }

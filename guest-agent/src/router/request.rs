@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use zeroize::Zeroize;
 
-use crate::node::EdgeRequest;
+use crate::node::{ConnectTimes, EdgeRequest};
 use crate::routing::NodeId;
 use crate::transport::e2e::{Binding, E2eSession};
 use crate::transport::{Stream, StreamState};
@@ -104,6 +104,8 @@ pub struct RequestStream {
     last_keepalive: u64,
     /// The topology-change count the onion circuit was last checked at.
     checked_topology: u64,
+    /// When each step of the opening was reached (for the stats page).
+    pub(super) times: ConnectTimes,
 }
 
 impl RequestStream {
@@ -128,7 +130,31 @@ impl RequestStream {
             last_traffic: now,
             last_keepalive: now,
             checked_topology: 0,
+            times: ConnectTimes::default(),
         }
+    }
+
+    /// µs since the request started, at least 1 (0 means "not reached").
+    fn since_start(&self, now: u64) -> u64 {
+        now.saturating_sub(self.started).max(1)
+    }
+
+    /// Records that the stream's answer came, the first time it has one.
+    fn note_answer(&mut self, now: u64) {
+        if self.times.answered_us == 0 && self.phase() != RequestPhase::Connecting {
+            self.times.answered_us = self.since_start(now);
+        }
+    }
+
+    /// Records a link-state request sent while the stream waits for keys.
+    pub(super) fn note_lsa_request(&mut self, now: u64) {
+        if self.keyed {
+            return;
+        }
+        if self.times.lsa_requested_us == 0 {
+            self.times.lsa_requested_us = self.since_start(now);
+        }
+        self.times.lsa_requests += 1;
     }
 
     /// A segment of this stream arrived. A bare acknowledgement is no
@@ -136,6 +162,7 @@ impl RequestStream {
     /// sent and counted already).
     pub(super) fn on_segment(&mut self, now: u64, seg: &crate::transport::Segment<'_>) {
         self.stream.on_segment(now, seg);
+        self.note_answer(now);
         if !seg.data.is_empty() || seg.kind != crate::transport::segment::Kind::Data {
             self.last_traffic = now;
         }
@@ -294,17 +321,24 @@ impl<L: LinkPort> Router<L> {
             }
         };
         let Some(r) = self.request.as_mut() else { return false };
+        let mut gave_up = false;
         match keyed {
-            Ok(()) => r.keyed = true,
+            Ok(()) => {
+                r.keyed = true;
+                r.times.keyed_us = r.since_start(now);
+            }
             Err(hopeless) if hopeless || late => {
                 r.keyed = true;
                 r.no_circuit = onion;
                 r.stream.refuse();
-                if onion {
-                    self.notice(super::Notice::NoCircuit);
-                }
+                r.note_answer(now);
+                gave_up = true;
             }
             Err(_) => {}
+        }
+        self.stats.connect = r.times;
+        if gave_up && onion {
+            self.notice(super::Notice::NoCircuit);
         }
         keyed.is_ok()
     }

@@ -131,6 +131,7 @@ impl<L: LinkPort> Router<L> {
             session.open(payload, &mut plain)?;
             let seg = Segment::parse(&plain).map_err(|_| DropReason::BadSegment)?;
             e.on_segment(now, &seg);
+            self.stats.connect = e.times;
             self.stats.delivered += 1;
             return Ok(());
         }

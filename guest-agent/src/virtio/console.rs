@@ -7,7 +7,7 @@
 
 use alloc::vec::Vec;
 
-use super::mmio::create_queue;
+use super::mmio::new_queue;
 use super::{DmaBuffers, MmioTransport, SplitQueue, VirtioError};
 use crate::boot::device_id;
 
@@ -39,9 +39,9 @@ pub struct VirtioConsole {
 impl VirtioConsole {
     /// Brings up the device and posts every receive buffer.
     pub fn new(transport: MmioTransport) -> Result<Self, VirtioError> {
-        transport.negotiate(device_id::CONSOLE, 0)?;
-        let rx = create_queue(&transport, RX_QUEUE, QUEUE_SIZE)?;
-        let tx = create_queue(&transport, TX_QUEUE, QUEUE_SIZE)?;
+        let probe = transport.probe(device_id::CONSOLE, 0, 0)?;
+        let rx = new_queue(probe.queue_max[RX_QUEUE as usize], RX_QUEUE, QUEUE_SIZE)?;
+        let tx = new_queue(probe.queue_max[TX_QUEUE as usize], TX_QUEUE, QUEUE_SIZE)?;
         let rx_bufs = DmaBuffers::new(rx.size() as usize, BUF_SIZE)?;
         let tx_bufs = DmaBuffers::new(tx.size() as usize, BUF_SIZE)?;
         let tx_free = (0..tx.size()).rev().collect();
@@ -49,7 +49,7 @@ impl VirtioConsole {
         for i in 0..dev.rx.size() {
             dev.rx.post(i, dev.rx_bufs.addr(i as usize), BUF_SIZE as u32, true);
         }
-        dev.transport.driver_ok();
+        dev.transport.activate(&probe, &[&dev.rx, &dev.tx])?;
         Ok(dev)
     }
 

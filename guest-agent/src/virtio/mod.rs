@@ -6,6 +6,7 @@
 //! single descriptors whose index never changes, which keeps the drivers
 //! free of descriptor free lists: descriptor `i` always points at buffer `i`.
 
+pub mod batch;
 mod buffers;
 pub mod console;
 pub mod mmio;
@@ -109,6 +110,8 @@ pub enum VirtioError {
     QueueUnavailable(u16),
     /// The allocator could not provide ring or buffer memory.
     OutOfMemory,
+    /// The VMM stopped a batch of register accesses after this many.
+    BatchStopped(u32),
 }
 
 impl core::fmt::Display for VirtioError {
@@ -120,6 +123,7 @@ impl core::fmt::Display for VirtioError {
                 write!(f, "expected virtio device {expected}, found {found}")
             }
             Self::MissingFeatures(m) => write!(f, "device lacks required features {m:#x}"),
+            Self::BatchStopped(n) => write!(f, "the VMM stopped a batch of register accesses after {n}"),
             Self::FeaturesRejected => write!(f, "device rejected the negotiated features"),
             Self::QueueUnavailable(q) => write!(f, "virtqueue {q} unavailable"),
             Self::OutOfMemory => write!(f, "out of memory for virtqueues"),

@@ -7,7 +7,7 @@
 use alloc::vec::Vec;
 
 use super::features::NET_MAC;
-use super::mmio::create_queue;
+use super::mmio::new_queue;
 use super::{DmaBuffers, MmioTransport, SplitQueue, VirtioError};
 use crate::boot::device_id;
 
@@ -56,10 +56,10 @@ pub struct VirtioNet {
 impl VirtioNet {
     /// Brings up the device and posts every receive buffer.
     pub fn new(transport: MmioTransport) -> Result<Self, VirtioError> {
-        let features = transport.negotiate(device_id::NET, NET_MAC)?;
-        let mac = (features & NET_MAC != 0).then(|| core::array::from_fn(|i| transport.config_u8(i)));
-        let rx = create_queue(&transport, RX_QUEUE, QUEUE_SIZE)?;
-        let tx = create_queue(&transport, TX_QUEUE, QUEUE_SIZE)?;
+        let probe = transport.probe(device_id::NET, NET_MAC, 6)?;
+        let mac = (probe.accepted & NET_MAC != 0).then(|| core::array::from_fn(|i| probe.config[i]));
+        let rx = new_queue(probe.queue_max[RX_QUEUE as usize], RX_QUEUE, QUEUE_SIZE)?;
+        let tx = new_queue(probe.queue_max[TX_QUEUE as usize], TX_QUEUE, QUEUE_SIZE)?;
         let rx_bufs = DmaBuffers::new(rx.size() as usize, BUF_SIZE)?;
         let tx_bufs = DmaBuffers::new(tx.size() as usize, BUF_SIZE)?;
         let tx_free = (0..tx.size()).rev().collect();
@@ -77,7 +77,7 @@ impl VirtioNet {
         for i in 0..dev.rx.size() {
             dev.rx.post(i, dev.rx_bufs.addr(i as usize), BUF_SIZE as u32, true);
         }
-        dev.transport.driver_ok();
+        dev.transport.activate(&probe, &[&dev.rx, &dev.tx])?;
         Ok(dev)
     }
 

@@ -42,7 +42,8 @@ fn links(params: &BootParams) -> Vec<(VirtioNet, [u8; 6])> {
 fn publish_stats(s: &NodeStats) {
     // SAFETY: STATS_ADDR is a page the VMM reserves for this struct
     // (below the page tables, above the boot block); only the agent
-    // writes it, the VMM reads it after the vCPU stopped.
+    // writes it, the VMM reads it while the vCPU waits in an exit or after
+    // it stopped.
     unsafe { core::ptr::write_volatile(STATS_ADDR as *mut NodeStats, *s) };
 }
 
@@ -156,6 +157,8 @@ pub fn run_edge(params: &mut BootParams) -> ! {
         // Up or refused: the host answers the app (its SOCKS reply) during
         // this exit, before any stream byte reaches the console.
         if let Some(phase) = router.request_reply_due() {
+            // The host reads the opening's steps from the page as it answers.
+            publish_stats(router.stats());
             io::report_stream(phase.port_value());
             router.request_replied();
             worked = true;

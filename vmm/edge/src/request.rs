@@ -14,13 +14,15 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use guest_agent::boot::Role;
-use guest_agent::node::{EdgeRequest, NodeConfig};
+use guest_agent::node::{ConnectTimes, EdgeRequest, NodeConfig};
 use netdev::netlink::{Interface, Netlink, NetlinkError, U32Match};
 use thiserror::Error;
 
+use node::events::{micros, ConnectStages};
 use node::{NodeFile, NodeFileError};
 use vmm::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
 use vmm::kvm::KvmContext;
@@ -176,11 +178,30 @@ impl Drop for Steering {
     }
 }
 
+/// Where the request VM's part of a connect went, µs: the host's steps
+/// (build, steer, boot) and the agent's own (keys, opening), as
+/// [`ConnectStages`] carries them (the edge's steps before the VM are the
+/// caller's).
+fn vm_stages(build: Duration, steer: Duration, boot: Option<Duration>, guest: Option<ConnectTimes>) -> ConnectStages {
+    let guest = guest.unwrap_or_default();
+    ConnectStages {
+        build_us: micros(build),
+        steer_us: micros(steer),
+        boot_us: boot.map_or(0, micros),
+        keys_us: guest.keyed_us,
+        // Refused before it had keys: no opening was sent.
+        open_us: if guest.keyed_us > 0 { guest.answered_us.saturating_sub(guest.keyed_us) } else { 0 },
+        lsa_requests: guest.lsa_requests,
+        ..ConnectStages::default()
+    }
+}
+
 /// Runs the request VM for `spec` with `app` (the client's socket, SOCKS
 /// request already read) as its console, until the connection ends; its
 /// exit and the counters the request VM kept. `on_stream` is called on the
-/// vCPU thread when the VM reports its stream up or refused; `on_up` once
-/// the VM is built and steered, just before it runs.
+/// vCPU thread when the VM reports its stream up or refused, with the VM's
+/// steps so far; `on_up` once the VM is built and steered, just before it
+/// runs.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     kvm: &KvmContext,
@@ -189,9 +210,10 @@ pub fn run(
     spec: &RequestSpec,
     app: OwnedFd,
     guest_log: GuestLog,
-    on_stream: impl FnMut(StreamReport) + Send + 'static,
+    mut on_stream: impl FnMut(StreamReport, ConnectStages) + Send + 'static,
     on_up: impl FnOnce(),
 ) -> Result<RunOutcome, RequestError> {
+    let building = Instant::now();
     let cfg = request_config(edge, spec)?;
     let mut nets = Vec::new();
     let mut steer = Vec::new();
@@ -213,10 +235,25 @@ pub fn run(
         guest_log,
     };
     let mut vm = build_vm(kvm, image, vm_cfg)?;
-    vm.on_stream_report(on_stream);
+    let build = building.elapsed();
     // One tc priority per live request (slots wrap well below u16::MAX).
     let prio = u16::try_from(1 + spec.slot % 40_000).unwrap_or(u16::MAX);
+    let steering = Instant::now();
     let _steering = Steering::up(&steer, spec.flow, prio)?;
+    let steer = steering.elapsed();
+    let ready = Arc::new(OnceLock::new());
+    vm.on_ready({
+        let ready = ready.clone();
+        move |at| {
+            let _ = ready.set(at);
+        }
+    });
+    let probe = vm.stats_probe();
+    let running = Instant::now();
+    vm.on_stream_report(move |report| {
+        let boot = ready.get().map(|at: &Instant| at.saturating_duration_since(running));
+        on_stream(report, vm_stages(build, steer, boot, probe.connect_times()))
+    });
     on_up();
     Ok(vm.run()?)
 }

@@ -23,7 +23,7 @@ use thiserror::Error;
 use crate::peer;
 use crate::request::{self, RequestSpec, SlotAllocator};
 use crate::socks::{self, Reply, Target};
-use node::events::{flow_name, micros, Counters, Event, EventSink, ProtocolRow};
+use node::events::{flow_name, micros, ConnectStages, Counters, Event, EventSink, ProtocolRow};
 use node::{NodeFile, NodeFileError};
 use vmm::kvm::{KvmContext, KvmError};
 use vmm::loader::{AgentImage, LoaderError};
@@ -199,10 +199,13 @@ struct Replier {
 }
 
 impl Replier {
-    fn success(&self) {
+    fn success(&self, stages: ConnectStages) {
         if self.send(Reply::Succeeded) {
-            self.events
-                .emit(&Event::StreamUp { flow: self.flow.clone(), since_accept_us: micros(self.accepted.elapsed()) });
+            self.events.emit(&Event::StreamUp {
+                flow: self.flow.clone(),
+                since_accept_us: micros(self.accepted.elapsed()),
+                stages,
+            });
         }
     }
 
@@ -324,6 +327,7 @@ impl Edge {
             }
         };
         drop(handshaking);
+        let socks_done = Instant::now();
         let _ = conn.set_read_timeout(None);
         let _ = conn.set_write_timeout(None);
         let flow = random_flow();
@@ -398,17 +402,31 @@ impl Edge {
             spec.flow,
             decision.summary()
         );
-        self.run_request(&spec, conn, replier, accepted);
+        let edge_steps = ConnectStages {
+            socks_us: micros(socks_done.duration_since(accepted)),
+            decide_us: micros(socks_done.elapsed()),
+            ..ConnectStages::default()
+        };
+        self.run_request(&spec, conn, replier, accepted, edge_steps);
     }
 
     /// The request VM: it carries the stream; the reply is written when it
     /// reports (or, if it never does, when it ends).
-    fn run_request(&self, spec: &RequestSpec, conn: TcpStream, replier: Arc<Replier>, accepted: Instant) {
+    fn run_request(
+        &self,
+        spec: &RequestSpec,
+        conn: TcpStream,
+        replier: Arc<Replier>,
+        accepted: Instant,
+        edge_steps: ConnectStages,
+    ) {
         let log = if self.guest_log { GuestLog::Stderr } else { GuestLog::Discard };
         let on_stream = {
             let r = replier.clone();
-            move |report| match report {
-                StreamReport::Up => r.success(),
+            move |report, vm: ConnectStages| match report {
+                StreamReport::Up => {
+                    r.success(ConnectStages { socks_us: edge_steps.socks_us, decide_us: edge_steps.decide_us, ..vm })
+                }
                 StreamReport::Refused => {
                     r.refuse(Reply::ConnectionRefused, "the destination refused the stream".into())
                 }

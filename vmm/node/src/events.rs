@@ -61,6 +61,32 @@ impl From<&NodeStats> for Counters {
     }
 }
 
+/// Where one connect's time went, µs per step, in order: the edge's steps
+/// measured on the host, the request VM's read from its stats page when it
+/// reported. A step not reached is 0. `since_accept_us` minus their sum is
+/// what no step names (thread hand-offs, the report's own exit).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ConnectStages {
+    /// Accept to the SOCKS5 request read (identifying the app included).
+    pub socks_us: u64,
+    /// Criteria resolved, protocol chosen, a slot taken.
+    pub decide_us: u64,
+    /// The request VM built (from a prepared shell when one was ready).
+    pub build_us: u64,
+    /// Its taps up and joined to the links.
+    pub steer_us: u64,
+    /// vCPU start to the agent's ready signal (the guest's boot).
+    pub boot_us: u64,
+    /// Agent start to the stream's keys: link state pulled from the
+    /// neighbours, signatures checked, the end-to-end key agreed.
+    pub keys_us: u64,
+    /// Keys to the stream's answer: the opening across every hop, the
+    /// destination's host connecting the service, the answer back.
+    pub open_us: u64,
+    /// Link-state requests the VM sent before it had keys.
+    pub lsa_requests: u64,
+}
+
 /// One protocol's line of a selection.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ProtocolRow {
@@ -142,6 +168,8 @@ pub enum Event {
         flow: String,
         /// From accept to the reply, µs.
         since_accept_us: u64,
+        /// Where that time went, step by step.
+        stages: ConnectStages,
     },
     /// The app got a refusal, from the edge (policy, unknown destination,
     /// a VM that failed) or from the destination (service down).
@@ -252,7 +280,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("pathvm-events-{}.jsonl", std::process::id()));
         let sink = EventSink::open(&path).unwrap();
         sink.emit(&Event::EdgeUp { listen: "127.0.0.1:1080".into() });
-        sink.emit(&Event::StreamUp { flow: flow_name(1), since_accept_us: 5 });
+        sink.emit(&Event::StreamUp { flow: flow_name(1), since_accept_us: 5, stages: ConnectStages::default() });
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
