@@ -49,6 +49,11 @@ pub struct EdgeArgs {
     /// Seconds a client may take over its whole SOCKS5 handshake.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     handshake_timeout: u64,
+    /// Request VMs kept prepared ahead of requests (KVM VM, memory with the
+    /// image, vCPU at the entry), refilled by a background thread: a
+    /// request then only adds its devices. 0 builds each VM on the spot.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+    prepared_vms: u64,
 }
 
 /// Runs the daemon until killed.
@@ -67,6 +72,7 @@ pub fn run(a: EdgeArgs) -> Result<i32, Box<dyn std::error::Error>> {
         guest_log: a.guest_log,
         events,
         limits,
+        prepared_vms: a.prepared_vms as usize,
     })?;
     let listener = TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     Arc::new(edge).serve(listener);

@@ -24,9 +24,10 @@ use thiserror::Error;
 
 use node::events::{micros, ConnectStages};
 use node::{NodeFile, NodeFileError};
-use vmm::builder::{build_vm, BuildError, ConsoleConfig, NetConfig, VmConfig};
+use vmm::builder::{finish_vm, prepare_shell, BuildError, ConsoleConfig, NetConfig, VmConfig};
 use vmm::kvm::KvmContext;
 use vmm::loader::AgentImage;
+use vmm::pool::ShellPool;
 use vmm::vcpu::{GuestLog, StreamReport};
 use vmm::vm::{RunOutcome, VmError};
 
@@ -75,30 +76,38 @@ pub struct RequestSpec {
 /// recycled id cannot replay the earlier VM's frames, because each VM
 /// numbers its frames from its boot's wall clock (µs), above anything the
 /// earlier holder of the id sent, and the relay refuses every number up
-/// to the highest it accepted under that id. The next slot is kept in a
-/// file beside the edge's configuration so that a restarted edge goes on
-/// where it stopped rather than starting again at the first id.
+/// to the highest it accepted under that id. A file beside the edge's
+/// configuration records where a restarted edge goes on: the end of the
+/// block of [`SLOT_BLOCK`] slots handed out now, written once per block
+/// rather than once per request (a restart skips what was left of it).
 pub struct SlotAllocator {
     path: PathBuf,
-    next: Mutex<u32>,
+    next: Mutex<(u32, u32)>,
 }
+
+/// Slots reserved in the state file at a time.
+pub const SLOT_BLOCK: u32 = 1024;
 
 impl SlotAllocator {
     /// Continues from the slot recorded at `path` (1 if none).
     pub fn open(path: PathBuf) -> Self {
         let next = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1);
-        Self { path, next: Mutex::new(next) }
+        Self { path, next: Mutex::new((next, next)) }
     }
 
     /// A slot no earlier request of this edge used.
     pub fn alloc(&self) -> u32 {
         let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = *n;
-        *n = n.wrapping_add(1).max(1);
-        // Best effort: an unwritable state dir makes a restarted edge
-        // reuse ids early, which is safe (the VMs number from the wall
-        // clock) but reorders which id recycles next.
-        let _ = std::fs::write(&self.path, format!("{}\n", *n));
+        let (slot, reserved) = *n;
+        if slot == reserved {
+            let end = slot.wrapping_add(SLOT_BLOCK).max(1);
+            // Best effort: an unwritable state dir makes a restarted edge
+            // reuse ids early, which is safe (the VMs number from the wall
+            // clock) but reorders which id recycles next.
+            let _ = std::fs::write(&self.path, format!("{end}\n"));
+            n.1 = end;
+        }
+        n.0 = slot.wrapping_add(1).max(1);
         slot
     }
 }
@@ -178,6 +187,23 @@ impl Drop for Steering {
     }
 }
 
+/// What request VMs are made from: KVM, the image and, when the edge keeps
+/// one, the pool of shells prepared ahead of requests.
+pub struct Vmm<'a> {
+    /// /dev/kvm.
+    pub kvm: &'a KvmContext,
+    /// The guest image.
+    pub image: &'a AgentImage,
+    /// Prepared shells (an empty pool prepares one on the spot).
+    pub pool: Option<&'a ShellPool>,
+}
+
+/// Guest memory of a request VM, MiB: the edge's configured size, at most
+/// 64 (one stream needs no more).
+pub fn mem_mib(edge: &NodeFile) -> u64 {
+    edge.mem_mib.min(64)
+}
+
 /// Where the request VM's part of a connect went, µs: the host's steps
 /// (build, steer, boot) and the agent's own (keys, opening), as
 /// [`ConnectStages`] carries them (the edge's steps before the VM are the
@@ -202,10 +228,8 @@ fn vm_stages(build: Duration, steer: Duration, boot: Option<Duration>, guest: Op
 /// vCPU thread when the VM reports its stream up or refused, with the VM's
 /// steps so far; `on_up` once the VM is built and steered, just before it
 /// runs.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
-    kvm: &KvmContext,
-    image: &AgentImage,
+    vmm: &Vmm<'_>,
     edge: &NodeFile,
     spec: &RequestSpec,
     app: OwnedFd,
@@ -227,14 +251,18 @@ pub fn run(
     EdgeRequest { dst: spec.dst, flow: spec.flow, target: spec.target.as_bytes().to_vec(), avoid: spec.avoid.clone() }
         .encode(&mut args);
     let vm_cfg = VmConfig {
-        mem_mib: edge.mem_mib.min(64),
+        mem_mib: mem_mib(edge),
         role: Role::Edge,
         console: Some(ConsoleConfig::Stream(UnixStream::from(app))),
         nets,
         args,
         guest_log,
     };
-    let mut vm = build_vm(kvm, image, vm_cfg)?;
+    let shell = match vmm.pool {
+        Some(pool) => pool.take()?,
+        None => prepare_shell(vmm.kvm, vmm.image, vm_cfg.mem_mib)?,
+    };
+    let mut vm = finish_vm(vmm.kvm, shell, vm_cfg)?;
     let build = building.elapsed();
     // One tc priority per live request (slots wrap well below u16::MAX).
     let prio = u16::try_from(1 + spec.slot % 40_000).unwrap_or(u16::MAX);
@@ -263,6 +291,22 @@ mod tests {
     use super::*;
     use guest_agent::node::KeyScope;
     use guest_agent::wire::LinkKey;
+
+    #[test]
+    fn slots_go_on_past_a_restart_and_the_file_is_written_once_a_block() {
+        let path = std::env::temp_dir().join(format!("pathvm-slots-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let a = SlotAllocator::open(path.clone());
+        assert_eq!((a.alloc(), a.alloc()), (1, 2));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), (1 + SLOT_BLOCK).to_string());
+        std::fs::write(&path, "7\n").unwrap();
+        a.alloc();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "7", "not rewritten within the block");
+        std::fs::write(&path, (1 + SLOT_BLOCK).to_string()).unwrap();
+        let restarted = SlotAllocator::open(path.clone());
+        assert_eq!(restarted.alloc(), 1 + SLOT_BLOCK, "a restart never reuses a slot of the block before");
+        let _ = std::fs::remove_file(path);
+    }
 
     #[test]
     fn a_request_vm_gets_its_own_ids_keys_only_and_no_secret_of_the_node() {

@@ -27,6 +27,7 @@ use node::events::{flow_name, micros, ConnectStages, Counters, Event, EventSink,
 use node::{NodeFile, NodeFileError};
 use vmm::kvm::{KvmContext, KvmError};
 use vmm::loader::{AgentImage, LoaderError};
+use vmm::pool::ShellPool;
 use vmm::vcpu::{GuestLog, StreamReport};
 
 /// What one edge holds at most, and how long a client may take.
@@ -135,6 +136,9 @@ pub struct EdgeConfig {
     pub events: EventSink,
     /// Caps and deadlines.
     pub limits: EdgeLimits,
+    /// VM shells kept prepared for the next requests (0: each request
+    /// builds its VM from nothing).
+    pub prepared_vms: usize,
 }
 
 /// Why the edge could not start.
@@ -149,14 +153,20 @@ pub enum EdgeError {
     /// The guest image.
     #[error(transparent)]
     Image(#[from] LoaderError),
+    /// The thread that prepares VM shells.
+    #[error("cannot start the thread that prepares request VMs: {0}")]
+    Pool(#[source] io::Error),
 }
 
 /// A running edge: what every request shares.
 pub struct Edge {
     guest_log: bool,
     slots: SlotAllocator,
-    kvm: KvmContext,
-    image: AgentImage,
+    kvm: Arc<KvmContext>,
+    image: Arc<AgentImage>,
+    /// Shells prepared ahead of requests (KVM VM, memory with the image,
+    /// vCPU at the entry): a request only adds its devices and arguments.
+    pool: Option<ShellPool>,
     file: NodeFile,
     manifests: ManifestDir,
     events: Arc<EventSink>,
@@ -238,11 +248,18 @@ impl Edge {
         file.node_config()?;
         let mut slots_path = cfg.config.clone().into_os_string();
         slots_path.push(".slots");
+        let kvm = Arc::new(KvmContext::open()?);
+        let image = Arc::new(AgentImage::open(&cfg.image)?);
+        let pool = match cfg.prepared_vms {
+            0 => None,
+            n => Some(ShellPool::new(kvm.clone(), image.clone(), request::mem_mib(&file), n).map_err(EdgeError::Pool)?),
+        };
         Ok(Self {
             guest_log: cfg.guest_log,
             slots: SlotAllocator::open(slots_path.into()),
-            kvm: KvmContext::open()?,
-            image: AgentImage::open(&cfg.image)?,
+            kvm,
+            image,
+            pool,
             file,
             manifests: ManifestDir::new(&cfg.manifests),
             events: Arc::new(cfg.events),
@@ -451,7 +468,8 @@ impl Edge {
                 spawn_us: micros(spawning.elapsed()),
             })
         };
-        match request::run(&self.kvm, &self.image, &self.file, spec, OwnedFd::from(conn), log, on_stream, on_up) {
+        let vm = request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() };
+        match request::run(&vm, &self.file, spec, OwnedFd::from(conn), log, on_stream, on_up) {
             Ok(outcome) => {
                 let changes = outcome.guest_stats.map_or(0, |s| s.topology_changes);
                 eprintln!(
