@@ -173,7 +173,7 @@ impl MmioTransport {
         }
         let ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
         b.write(self.at(reg::STATUS), ok);
-        let st = b.read(self.at(reg::STATUS));
+        let features_st = b.read(self.at(reg::STATUS));
         for (i, q) in queues.iter().enumerate() {
             b.write(self.at(reg::QUEUE_SEL), i as u32);
             b.write(self.at(reg::QUEUE_NUM), q.size() as u32);
@@ -187,6 +187,11 @@ impl MmioTransport {
             }
             b.write(self.at(reg::QUEUE_READY), 1);
         }
+        // DRIVER_OK in the same exit: a device that refused the features
+        // ignores it (virtio 1.x, 3.1.1: it may not run without
+        // FEATURES_OK), and the driver gives up below on what it read.
+        b.write(self.at(reg::STATUS), ok | status::DRIVER_OK);
+        let final_st = b.read(self.at(reg::STATUS));
         match b.submit() {
             BatchOutcome::Done => {}
             BatchOutcome::Unsupported => {
@@ -198,13 +203,11 @@ impl MmioTransport {
                 return Err(VirtioError::BatchStopped(n));
             }
         }
-        // DRIVER_OK only once the device took the features: a device that
-        // refused them gets FAILED instead of a driver that runs anyway.
-        if b.value(st) & status::FEATURES_OK == 0 {
+        let running = ok | status::DRIVER_OK;
+        if b.value(features_st) & status::FEATURES_OK == 0 || b.value(final_st) & running != running {
             self.fail();
             return Err(VirtioError::FeaturesRejected);
         }
-        self.driver_ok();
         Ok(())
     }
 
