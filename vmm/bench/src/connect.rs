@@ -5,6 +5,7 @@
 //! pick instead (`ssh -D` to B, microsocks on B: [`super::peers`]), all on
 //! line3 test hosts made for the run.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -46,6 +47,10 @@ pub struct ConnectReport {
     pub microsocks_connect_p99_ms: f64,
     /// One flow's throughput through microsocks, Mbit/s.
     pub microsocks_throughput_mbps: f64,
+    /// Where pathvm's connects spent their time: each step's median over
+    /// the edge's `stream_up` events of the run, µs (`node::events::ConnectStages`;
+    /// `since_accept_us` is the whole, accept to SOCKS reply).
+    pub stages_p50_us: BTreeMap<String, f64>,
     /// Connections timed.
     pub samples: usize,
     /// Where it was measured.
@@ -87,8 +92,9 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
 
     let _c = lab.start_node("c", false)?;
     let _b = lab.start_node("b", false)?;
-    let _edge = lab.start_edge_from("a", lab.edge_command("a"))?;
+    let edge = lab.start_edge_from("a", lab.edge_command("a"))?;
     let (via, mbps) = measure(&lab.netns("a"), target, Via::Edge { criteria: None }, CONNECTS, BULK)?;
+    let stages_p50_us = stage_medians(&edge.events().of("stream_up"));
     Ok(ConnectReport {
         connect_p50_ms: percentile(&via, 50.0),
         connect_p99_ms: percentile(&via, 99.0),
@@ -102,7 +108,45 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
         microsocks_connect_p50_ms: percentile(&microsocks, 50.0),
         microsocks_connect_p99_ms: percentile(&microsocks, 99.0),
         microsocks_throughput_mbps: microsocks_mbps,
+        stages_p50_us,
         samples: CONNECTS,
         machine: machine(),
     })
+}
+
+/// Each step's median over `stream_up` events (their `stages` object and
+/// `since_accept_us`).
+fn stage_medians(events: &[serde_json::Value]) -> BTreeMap<String, f64> {
+    let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for e in events {
+        let whole = e.get("since_accept_us").and_then(|v| v.as_f64());
+        let stages = e.get("stages").and_then(|s| s.as_object()).into_iter().flatten();
+        for (k, v) in stages
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .chain(whole.map(|w| ("since_accept_us".into(), w)))
+        {
+            steps.entry(k).or_default().push(v);
+        }
+    }
+    steps
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (k, percentile(&v, 50.0))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_medians_take_each_step_and_the_whole() {
+        let ev = |socks: u64, whole: u64| serde_json::json!({"event": "stream_up", "since_accept_us": whole, "stages": {"socks_us": socks, "boot_us": 7}});
+        let m = stage_medians(&[ev(1, 10), ev(3, 30), ev(2, 20)]);
+        assert_eq!(m["socks_us"], 2.0);
+        assert_eq!(m["boot_us"], 7.0);
+        assert_eq!(m["since_accept_us"], 20.0);
+    }
 }
