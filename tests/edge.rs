@@ -51,11 +51,8 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
     for (code, name) in [(5, "ConnectionRefused"), (4, "HostUnreachable"), (2, "NotAllowed")] {
         assert!(refused.contains(&(code, name.into())), "no {name} refusal: {}", edge.events.dump());
     }
-    let filters = Command::new("ip")
-        .args(["netns", "exec", &topo.netns("a"), "tc", "filter", "show", "dev", "ln0", "ingress"])
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&filters.stdout).contains("mirred"), "request steering left behind");
+    let left = edge.leftovers(&topo.netns("a"), "ln0");
+    assert!(left.is_empty(), "request steering left behind: {left:?}");
     drop(edge.child);
     // The path: B's relay VM forwarded the streams both ways, C's VM ended them.
     b.terminate(Duration::from_secs(20));
@@ -116,13 +113,9 @@ fn nodes_and_requests_set_up_their_taps_and_filters_without_spawning_tc_ip_or_sy
         let out = Command::new("ip").args(["netns", "exec", &topo.netns(host)]).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while in_ns("a", &["tc", "filter", "show", "dev", "ln0", "ingress"]).contains("mirred")
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(!in_ns("a", &["tc", "filter", "show", "dev", "ln0", "ingress"]).contains("mirred"), "steering left");
+    edge.wait_vms_ended(3);
+    let left = edge.leftovers(&topo.netns("a"), "ln0");
+    assert!(left.is_empty(), "steering left: {left:?}");
     drop(edge.child);
     // A node that exits takes its taps and redirects with it.
     assert!(in_ns("b", &["ip", "-o", "link"]).contains("tap0"), "B's intake tap");
@@ -287,17 +280,8 @@ fn an_app_hanging_up_mid_transfer_ends_its_vm_and_leaves_nothing_behind() {
     // Panics (with every event) if the request VM did not end after the
     // app hung up.
     edge.events.wait(Duration::from_secs(15), |e| events::is(e, "vm_ended"));
-    let links = Command::new("ip").args(["netns", "exec", &ns, "ip", "-o", "link"]).output().unwrap();
-    let links = String::from_utf8_lossy(&links.stdout).into_owned();
-    assert!(
-        !links.lines().any(|l| l.split(':').nth(1).is_some_and(|n| n.trim().starts_with('r'))),
-        "tap left: {links}"
-    );
-    let filters = Command::new("ip")
-        .args(["netns", "exec", &ns, "tc", "filter", "show", "dev", "ln0", "ingress"])
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&filters.stdout).contains("mirred"), "steering left behind");
+    let left = edge.leftovers(&ns, "ln0");
+    assert!(left.is_empty(), "tap or steering left: {left:?}");
     let (code, _) = curl(&topo, &format!("http://c:{port}/x"), None);
     assert_eq!(code, Some(0), "edge still serves");
     drop(edge.child);

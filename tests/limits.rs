@@ -171,15 +171,8 @@ fn an_app_that_never_reads_holds_up_only_its_own_stream_and_its_vm_goes_when_it_
     let ended = edge.wait_flow(&stuck_flow, "vm_ended");
     assert!(ended["exit"].as_str().is_some_and(|x| x.contains("Exited")), "{ended}");
     edge.wait_vms_ended(4);
-    let ns = topo.netns("a");
-    let links = sh(&["ip", "-n", &ns, "-o", "link"]);
-    let links = String::from_utf8_lossy(&links.stdout).into_owned();
-    assert!(
-        !links.lines().any(|l| l.split(':').nth(1).is_some_and(|n| n.trim().starts_with('r'))),
-        "a request tap was left: {links}"
-    );
-    let filters = sh(&["ip", "netns", "exec", &ns, "tc", "filter", "show", "dev", "ln0", "ingress"]);
-    assert!(!String::from_utf8_lossy(&filters.stdout).contains("mirred"), "steering left behind");
+    let left = edge.leftovers(&topo.netns("a"), "ln0");
+    assert!(left.is_empty(), "a request's tap or steering was left: {left:?}");
     drop(edge.child);
 }
 

@@ -61,6 +61,15 @@ pub fn start_edge_from(cmd: Command) -> Edge {
 }
 
 impl Edge {
+    /// What the request VMs that ended left in namespace `ns` (taps, and
+    /// filters on `link`): nothing, or a list naming it.
+    pub fn leftovers(&self, ns: &str, link: &str) -> Vec<String> {
+        let flows: Vec<String> =
+            self.events.of("vm_ended").iter().filter_map(|e| e["flow"].as_str().map(String::from)).collect();
+        assert!(!flows.is_empty(), "no request VM ended: {}", self.events.dump());
+        crate::request_leftovers(ns, link, &flows)
+    }
+
     /// Waits until `n` request VMs have ended; their `vm_ended` events.
     pub fn wait_vms_ended(&self, n: usize) -> Vec<serde_json::Value> {
         self.events.wait_n(n, Duration::from_secs(30), |e| is(e, "vm_ended"))

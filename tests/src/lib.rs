@@ -399,3 +399,32 @@ pub fn serve_in(ns: &str, handle: impl Fn(std::net::TcpStream) + Send + Sync + '
 pub fn routes_changed(d: &Daemon) -> usize {
     d.events().of("routes_changed").len()
 }
+
+/// What is left in namespace `ns` of the request VMs whose flows `flows`
+/// name (`0x…`, as events carry them): their taps, and filters on `link`
+/// that steer their flow id. The edge keeps a few prepared ports of its
+/// own (taps and filters for flows no request has yet), so a test asks
+/// about the flows that ended, not about every tap.
+pub fn request_leftovers(ns: &str, link: &str, flows: &[String]) -> Vec<String> {
+    let hex: Vec<String> = flows.iter().map(|f| f.trim_start_matches("0x").to_lowercase()).collect();
+    let links = String::from_utf8_lossy(&sh(&["ip", "-n", ns, "-o", "link"]).stdout).into_owned();
+    let filters = String::from_utf8_lossy(
+        &sh(&["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", link, "ingress"]).stdout,
+    )
+    .into_owned();
+    let mut left = Vec::new();
+    for h in &hex {
+        let tap = format!("r{h}");
+        left.extend(
+            links
+                .lines()
+                .filter_map(|l| l.split(':').nth(1).map(str::trim))
+                .filter(|n| n.starts_with(&tap))
+                .map(|n| format!("tap {n}")),
+        );
+        if filters.contains(&format!("match {h}/ffffffff")) {
+            left.push(format!("filter for flow 0x{h} on {link}"));
+        }
+    }
+    left
+}

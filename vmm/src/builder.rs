@@ -52,6 +52,23 @@ pub struct VhostUserPort {
     pub metrics: Arc<netdev::NetMetrics>,
 }
 
+/// A tap opened (and steered) before its VM existed, handed to the VM's
+/// net device, which then owns it. Cloning shares the one tap: the first
+/// device built takes it.
+#[derive(Debug, Clone)]
+pub struct OpenTap(Arc<Mutex<Option<netdev::Tap>>>);
+
+impl OpenTap {
+    /// Wraps an open tap.
+    pub fn new(tap: netdev::Tap) -> Self {
+        Self(Arc::new(Mutex::new(Some(tap))))
+    }
+
+    fn take(&self) -> Option<netdev::Tap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 /// One of the VM's virtio-nets: a tap the VMM serves, or a vhost-user
 /// backend that serves it.
 #[derive(Debug, Clone)]
@@ -59,6 +76,9 @@ pub struct NetConfig {
     /// Tap interface to open (created if absent); with `vhost_user`, the
     /// tap the backend serves (for messages only).
     pub tap: String,
+    /// The tap, opened already (its name is `tap`); else it is opened by
+    /// name.
+    pub open: Option<OpenTap>,
     /// Serve the queues from this vhost-user backend instead of a tap in
     /// the VMM.
     pub vhost_user: Option<VhostUserPort>,
@@ -217,7 +237,10 @@ impl Assembly<'_> {
             let interrupt = Interrupt::new(self.wake)?;
             self.attach(Arc::new(Mutex::new(dev)), interrupt)?;
         } else {
-            let tap = netdev::Tap::open(&cfg.tap)?;
+            let tap = match cfg.open.as_ref().and_then(OpenTap::take) {
+                Some(t) => t,
+                None => netdev::Tap::open(&cfg.tap)?,
+            };
             let interrupt = Interrupt::new(self.wake)?;
             let net = Net::new(tap, mac, interrupt.clone())?;
             self.metrics.net.push(net.metrics());

@@ -1,10 +1,12 @@
-//! Prepared VM shells, so a request's spawn skips what every VM shares.
+//! Things prepared before a request needs them, so its path skips what
+//! does not depend on it (DESIGN.md: prepare before the request).
 //!
-//! Creating the KVM VM, its memory and its vCPU is ≈ 0.6 ms of a spawn and
-//! does not depend on the request. A [`ShellPool`] keeps a few such shells
-//! ready, refilled by a background thread; a spawn takes one and only adds
-//! the request's devices and boot parameters (DESIGN.md: prepare before the
-//! request). An empty pool falls back to preparing a shell inline.
+//! [`Prepared`] keeps a few of any such thing ready, refilled by a
+//! background thread. [`ShellPool`] is the VMM's: creating the KVM VM, its
+//! memory and its vCPU is ≈ 0.6 ms of a spawn and the same for every
+//! request, so a spawn takes a prepared shell and only adds the request's
+//! devices and boot parameters. An empty pool falls back to preparing
+//! inline; the caller never waits for the refill.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -15,53 +17,58 @@ use crate::builder::{prepare_shell, BuildError, VmShell};
 use crate::kvm::KvmContext;
 use crate::loader::AgentImage;
 
-struct Shared {
-    shells: Mutex<PoolState>,
+/// How long the refill waits after an item was taken while others remain:
+/// the request that took it is booting and connecting then, and preparing
+/// beside it on a two-core host slows it by more than the item saves
+/// (measured on the edge: tc steering 0.15 → 0.6-1 ms).
+const REFILL_DELAY: Duration = Duration::from_millis(15);
+/// Pause after a failed preparation before the next try.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+struct Shared<T> {
+    state: Mutex<PoolState<T>>,
     changed: Condvar,
-    kvm: Arc<KvmContext>,
-    image: Arc<AgentImage>,
-    mem_mib: u64,
     target: usize,
 }
 
-struct PoolState {
-    ready: VecDeque<VmShell>,
+struct PoolState<T> {
+    ready: VecDeque<T>,
     stopping: bool,
 }
 
-/// Keeps `target` prepared shells of one image and memory size.
-pub struct ShellPool {
-    shared: Arc<Shared>,
+/// Keeps `target` items made by a function, refilled on a thread.
+pub struct Prepared<T: Send + 'static> {
+    shared: Arc<Shared<T>>,
     filler: Option<JoinHandle<()>>,
 }
 
-impl ShellPool {
-    /// Starts a pool and its refill thread.
-    pub fn new(kvm: Arc<KvmContext>, image: Arc<AgentImage>, mem_mib: u64, target: usize) -> std::io::Result<Self> {
+impl<T: Send + 'static> Prepared<T> {
+    /// Starts a pool and its refill thread (named `thread`); `make` says
+    /// why it failed as a line for the log.
+    pub fn new(
+        target: usize,
+        thread: &str,
+        make: impl Fn() -> Result<T, String> + Send + 'static,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
-            shells: Mutex::new(PoolState { ready: VecDeque::new(), stopping: false }),
+            state: Mutex::new(PoolState { ready: VecDeque::new(), stopping: false }),
             changed: Condvar::new(),
-            kvm,
-            image,
-            mem_mib,
             target: target.max(1),
         });
         let s = shared.clone();
-        let filler = std::thread::Builder::new().name("pathvm-pool".into()).spawn(move || refill(&s))?;
+        let name = thread.to_string();
+        let filler = std::thread::Builder::new().name(name.clone()).spawn(move || refill(&s, &name, make))?;
         Ok(Self { shared, filler: Some(filler) })
     }
 
-    /// A prepared shell: from the pool, or made now if the pool is empty.
-    pub fn take(&self) -> Result<VmShell, BuildError> {
-        let shell = self.lock().ready.pop_front();
+    /// A prepared item, if one is ready.
+    pub fn take(&self) -> Option<T> {
+        let item = self.lock().ready.pop_front();
         self.shared.changed.notify_all();
-        match shell {
-            Some(s) => Ok(s),
-            None => prepare_shell(&self.shared.kvm, &self.shared.image, self.shared.mem_mib),
-        }
+        item
     }
 
-    /// Waits until the pool holds its target number of shells; false on
+    /// Waits until the pool holds its target number of items; false on
     /// timeout.
     pub fn wait_full(&self, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
@@ -76,21 +83,15 @@ impl ShellPool {
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.shared.shells.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<T>> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// How long the refill waits after a shell was taken while others remain:
-/// the request that took it is booting and connecting then, and a shell
-/// prepared beside it on a two-core host slows it by more than the shell
-/// saves (measured: tc steering 0.15 → 0.6-1 ms).
-const REFILL_DELAY: Duration = Duration::from_millis(15);
-
-fn refill(s: &Shared) {
+fn refill<T>(s: &Shared<T>, name: &str, make: impl Fn() -> Result<T, String>) {
     loop {
         {
-            let mut st = s.shells.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
             while !st.stopping && st.ready.len() >= s.target {
                 st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
             }
@@ -101,25 +102,83 @@ fn refill(s: &Shared) {
                 return;
             }
         }
-        match prepare_shell(&s.kvm, &s.image, s.mem_mib) {
-            Ok(shell) => {
-                s.shells.lock().unwrap_or_else(|p| p.into_inner()).ready.push_back(shell);
+        match make() {
+            Ok(item) => {
+                s.state.lock().unwrap_or_else(|p| p.into_inner()).ready.push_back(item);
                 s.changed.notify_all();
             }
             Err(e) => {
-                tracing::warn!("shell pool: cannot prepare a VM: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                tracing::warn!("{name}: cannot prepare: {e}");
+                std::thread::sleep(RETRY_DELAY);
             }
         }
     }
 }
 
-impl Drop for ShellPool {
+impl<T: Send + 'static> Drop for Prepared<T> {
     fn drop(&mut self) {
         self.lock().stopping = true;
         self.shared.changed.notify_all();
         if let Some(f) = self.filler.take() {
             let _ = f.join();
         }
+    }
+}
+
+/// Keeps `target` prepared shells of one image and memory size.
+pub struct ShellPool {
+    shells: Prepared<VmShell>,
+    kvm: Arc<KvmContext>,
+    image: Arc<AgentImage>,
+    mem_mib: u64,
+}
+
+impl ShellPool {
+    /// Starts a pool and its refill thread.
+    pub fn new(kvm: Arc<KvmContext>, image: Arc<AgentImage>, mem_mib: u64, target: usize) -> std::io::Result<Self> {
+        let (k, i) = (kvm.clone(), image.clone());
+        let shells = Prepared::new(target, "pathvm-pool", move || {
+            prepare_shell(&k, &i, mem_mib).map_err(|e| format!("a VM shell: {e}"))
+        })?;
+        Ok(Self { shells, kvm, image, mem_mib })
+    }
+
+    /// A prepared shell: from the pool, or made now if the pool is empty.
+    pub fn take(&self) -> Result<VmShell, BuildError> {
+        match self.shells.take() {
+            Some(s) => Ok(s),
+            None => prepare_shell(&self.kvm, &self.image, self.mem_mib),
+        }
+    }
+
+    /// Waits until the pool holds its target number of shells; false on
+    /// timeout.
+    pub fn wait_full(&self, timeout: Duration) -> bool {
+        self.shells.wait_full(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_pool_fills_to_its_target_and_refills_what_is_taken() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let m = made.clone();
+        let pool = Prepared::new(2, "test-pool", move || Ok(m.fetch_add(1, Ordering::SeqCst))).unwrap();
+        assert!(pool.wait_full(Duration::from_secs(5)));
+        assert_eq!(pool.take(), Some(0));
+        assert!(pool.wait_full(Duration::from_secs(5)));
+        assert_eq!(made.load(Ordering::SeqCst), 3);
+        assert_eq!((pool.take(), pool.take()), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn a_failing_maker_leaves_the_pool_empty_and_take_says_none() {
+        let pool: Prepared<u8> = Prepared::new(1, "test-pool", || Err("no".into())).unwrap();
+        assert!(!pool.wait_full(Duration::from_millis(50)));
+        assert_eq!(pool.take(), None);
     }
 }

@@ -92,7 +92,11 @@ pub fn run(args: BootArgs) -> Result<i32, Box<dyn std::error::Error>> {
         mem_mib: args.mem,
         role: args.role.into(),
         console: Some(args.console.into()),
-        nets: args.tap.map(|tap| NetConfig { tap, vhost_user: None, ip: args.ip, mac: None }).into_iter().collect(),
+        nets: args
+            .tap
+            .map(|tap| NetConfig { tap, open: None, vhost_user: None, ip: args.ip, mac: None })
+            .into_iter()
+            .collect(),
         args: Vec::new(),
         guest_log: if args.quiet { GuestLog::Discard } else { GuestLog::Stderr },
     };

@@ -4,10 +4,12 @@
 //! - [`socks`]: the SOCKS5 front door (RFC 1928 CONNECT, RFC 1929
 //!   username/password, whose username may carry criteria);
 //! - [`peer`]: which process is on the other end of a loopback connection;
+//! - [`ports`]: a request VM's taps, steered onto the links ahead of it;
 //! - [`request`]: the VM spawned for one request;
 //! - [`serve`]: claim steps (a)-(d) for each client, as one library call.
 
 pub mod peer;
+pub mod ports;
 pub mod request;
 pub mod serve;
 pub mod socks;

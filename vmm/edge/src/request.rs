@@ -2,8 +2,7 @@
 //!
 //! The request VM gets a port per link of the edge host: a tap the VMM
 //! serves, joined to the link by tc filters installed over rtnetlink
-//! (frames it sends go out of the link; frames from the link carrying its
-//! flow id come to it; no `tc` process on the connect path), and a directed
+//! ([`crate::ports`], usually before the request came), and a directed
 //! link id of its own from the edge side's span, so relays keep its
 //! sequence numbers and key apart from every other sender's. Its console is
 //! the application's connection, after the SOCKS handshake. The agent
@@ -19,11 +18,13 @@ use std::time::{Duration, Instant};
 
 use guest_agent::boot::Role;
 use guest_agent::node::{ConnectTimes, EdgeRequest, NodeConfig};
-use netdev::netlink::{Interface, Netlink, NetlinkError, U32Match};
+use netdev::netlink::NetlinkError;
 use thiserror::Error;
 
 use node::events::{micros, ConnectStages};
 use node::{NodeFile, NodeFileError};
+
+use crate::ports::PreparedPorts;
 use vmm::builder::{finish_vm, prepare_shell, BuildError, ConsoleConfig, NetConfig, VmConfig};
 use vmm::kvm::KvmContext;
 use vmm::loader::AgentImage;
@@ -123,70 +124,6 @@ pub fn request_config(edge: &NodeFile, spec: &RequestSpec) -> Result<NodeConfig,
     Ok(cfg)
 }
 
-/// tc steering of one request VM; removed on drop. It holds no socket
-/// while the VM runs (a netlink socket per held connection would be a
-/// thousand fds at a thousand connections); teardown opens one.
-struct Steering {
-    /// The links' filters for this VM (the taps' go with the taps).
-    filters: Vec<(Interface, u16)>,
-}
-
-/// Adds the ingress qdisc of `link` once per process: one that exists
-/// already (an earlier edge, a node) is fine, and later requests skip the
-/// round trip.
-fn ensure_ingress(netlink: &mut Netlink, link: &Interface) -> Result<(), NetlinkError> {
-    static DONE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
-    if !done.contains(&link.index()) {
-        netlink.add_ingress_qdisc(link)?;
-        done.push(link.index());
-    }
-    Ok(())
-}
-
-/// The overlay flow id sits 4 bytes into the overlay header, which is
-/// where tc's u32 offsets start (after Ethernet).
-fn flow_match(flow: u32) -> U32Match {
-    U32Match { value: flow, mask: u32::MAX, offset: 4 }
-}
-
-impl Steering {
-    /// Brings the taps up and joins each to its link, both ways, over one
-    /// netlink socket: a process start would cost milliseconds on the
-    /// connect path.
-    fn up(taps_and_links: &[(String, String)], flow: u32, prio: u16) -> Result<Self, NetlinkError> {
-        let mut netlink = Netlink::open()?;
-        let mut s = Self { filters: Vec::new() };
-        for (tap, link) in taps_and_links {
-            let (tap, link) = (Interface::by_name(tap)?, Interface::by_name(link)?);
-            netlink.set_link_up(&tap)?;
-            ensure_ingress(&mut netlink, &link)?;
-            netlink.add_redirect(&link, flow_match(flow), prio, &tap)?;
-            s.filters.push((link.clone(), prio));
-            netlink.add_ingress_qdisc(&tap)?;
-            netlink.add_redirect(&tap, U32Match::ANY, 0, &link)?;
-        }
-        Ok(s)
-    }
-}
-
-impl Drop for Steering {
-    fn drop(&mut self) {
-        let mut netlink = match Netlink::open() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!("request steering left behind ({} filters): {e}", self.filters.len());
-                return;
-            }
-        };
-        for (link, prio) in &self.filters {
-            if let Err(e) = netlink.del_filters(link, *prio) {
-                tracing::warn!("request steering left behind: {e}");
-            }
-        }
-    }
-}
-
 /// What request VMs are made from: KVM, the image and, when the edge keeps
 /// one, the pool of shells prepared ahead of requests.
 pub struct Vmm<'a> {
@@ -205,14 +142,12 @@ pub fn mem_mib(edge: &NodeFile) -> u64 {
 }
 
 /// Where the request VM's part of a connect went, µs: the host's steps
-/// (build, steer, boot) and the agent's own (keys, opening), as
-/// [`ConnectStages`] carries them (the edge's steps before the VM are the
-/// caller's).
-fn vm_stages(build: Duration, steer: Duration, boot: Option<Duration>, guest: Option<ConnectTimes>) -> ConnectStages {
+/// (build, boot) and the agent's own (keys, opening), as [`ConnectStages`]
+/// carries them (the edge's steps before the VM are the caller's).
+fn vm_stages(build: Duration, boot: Option<Duration>, guest: Option<ConnectTimes>) -> ConnectStages {
     let guest = guest.unwrap_or_default();
     ConnectStages {
         build_us: micros(build),
-        steer_us: micros(steer),
         boot_us: boot.map_or(0, micros),
         keys_us: guest.keyed_us,
         // Refused before it had keys: no opening was sent.
@@ -228,10 +163,13 @@ fn vm_stages(build: Duration, steer: Duration, boot: Option<Duration>, guest: Op
 /// vCPU thread when the VM reports its stream up or refused, with the VM's
 /// steps so far; `on_up` once the VM is built and steered, just before it
 /// runs.
+/// `ports` are the VM's, steered for `spec.flow`.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     vmm: &Vmm<'_>,
     edge: &NodeFile,
     spec: &RequestSpec,
+    ports: PreparedPorts,
     app: OwnedFd,
     guest_log: GuestLog,
     mut on_stream: impl FnMut(StreamReport, ConnectStages) + Send + 'static,
@@ -239,13 +177,18 @@ pub fn run(
 ) -> Result<RunOutcome, RequestError> {
     let building = Instant::now();
     let cfg = request_config(edge, spec)?;
-    let mut nets = Vec::new();
-    let mut steer = Vec::new();
-    for (i, ps) in edge.port.iter().enumerate() {
-        let tap = format!("r{:08x}{i}", spec.flow);
-        nets.push(NetConfig { tap: tap.clone(), vhost_user: None, ip: None, mac: node::parse_mac(&ps.mac).ok() });
-        steer.push((tap, ps.iface.clone()));
-    }
+    let nets = edge
+        .port
+        .iter()
+        .zip(&ports.taps)
+        .map(|(ps, (tap, open))| NetConfig {
+            tap: tap.clone(),
+            open: Some(open.clone()),
+            vhost_user: None,
+            ip: None,
+            mac: node::parse_mac(&ps.mac).ok(),
+        })
+        .collect();
     let mut args = Vec::new();
     cfg.encode(&mut args);
     EdgeRequest { dst: spec.dst, flow: spec.flow, target: spec.target.as_bytes().to_vec(), avoid: spec.avoid.clone() }
@@ -264,11 +207,8 @@ pub fn run(
     };
     let mut vm = finish_vm(vmm.kvm, shell, vm_cfg)?;
     let build = building.elapsed();
-    // One tc priority per live request (slots wrap well below u16::MAX).
-    let prio = u16::try_from(1 + spec.slot % 40_000).unwrap_or(u16::MAX);
-    let steering = Instant::now();
-    let _steering = Steering::up(&steer, spec.flow, prio)?;
-    let steer = steering.elapsed();
+    // The filters stay until the VM is gone.
+    let _ports = ports;
     let ready = Arc::new(OnceLock::new());
     vm.on_ready({
         let ready = ready.clone();
@@ -280,7 +220,7 @@ pub fn run(
     let running = Instant::now();
     vm.on_stream_report(move |report| {
         let boot = ready.get().map(|at: &Instant| at.saturating_duration_since(running));
-        on_stream(report, vm_stages(build, steer, boot, probe.connect_times()))
+        on_stream(report, vm_stages(build, boot, probe.connect_times()))
     });
     on_up();
     Ok(vm.run()?)

@@ -21,6 +21,7 @@ use policy::{resolve, select, ManifestDir};
 use thiserror::Error;
 
 use crate::peer;
+use crate::ports::{self, PortPool, PreparedPorts};
 use crate::request::{self, RequestSpec, SlotAllocator};
 use crate::socks::{self, Reply, Target};
 use node::events::{flow_name, micros, ConnectStages, Counters, Event, EventSink, ProtocolRow};
@@ -161,7 +162,9 @@ pub enum EdgeError {
 /// A running edge: what every request shares.
 pub struct Edge {
     guest_log: bool,
-    slots: SlotAllocator,
+    slots: Arc<SlotAllocator>,
+    /// Request ports (taps steered onto the links) prepared ahead.
+    ports: Option<PortPool>,
     kvm: Arc<KvmContext>,
     image: Arc<AgentImage>,
     /// Shells prepared ahead of requests (KVM VM, memory with the image,
@@ -192,10 +195,6 @@ fn destination(file: &NodeFile, target: &Target) -> Option<(u16, String)> {
             None
         }
     })
-}
-
-fn random_flow() -> u32 {
-    u32::from_ne_bytes(vmm::random::bytes()) | 1
 }
 
 /// Sends the app its one SOCKS5 reply (once, whoever gets there first)
@@ -254,9 +253,15 @@ impl Edge {
             0 => None,
             n => Some(ShellPool::new(kvm.clone(), image.clone(), request::mem_mib(&file), n).map_err(EdgeError::Pool)?),
         };
+        let slots = Arc::new(SlotAllocator::open(slots_path.into()));
+        let ports = match cfg.prepared_vms {
+            0 => None,
+            n => Some(PortPool::new(file.clone(), slots.clone(), n).map_err(EdgeError::Pool)?),
+        };
         Ok(Self {
             guest_log: cfg.guest_log,
-            slots: SlotAllocator::open(slots_path.into()),
+            slots,
+            ports,
             kvm,
             image,
             pool,
@@ -351,7 +356,25 @@ impl Edge {
         let _ = conn.set_nodelay(true);
         let _ = conn.set_read_timeout(None);
         let _ = conn.set_write_timeout(None);
-        let flow = random_flow();
+        // The ports first: their flow id names the request from here on.
+        let preparing = Instant::now();
+        let ports = match self
+            .ports
+            .as_ref()
+            .and_then(PortPool::take)
+            .map(Ok)
+            .unwrap_or_else(|| ports::prepare(&self.file, &self.slots))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("edge: cannot prepare a request's ports: {e}");
+                let _ = socks::reply(&mut &conn, Reply::GeneralFailure);
+                self.events.emit(&Event::HandshakeFailed { app: exe.display().to_string(), error: e.to_string() });
+                return;
+            }
+        };
+        let steer_us = micros(preparing.elapsed());
+        let flow = ports.flow;
         let replier = Arc::new(Replier {
             conn: conn.try_clone().ok(),
             sent: AtomicBool::new(false),
@@ -413,7 +436,7 @@ impl Edge {
             dst,
             target,
             protocol: decision.chosen.wire_id,
-            slot: self.slots.alloc(),
+            slot: ports.slot,
             avoid: criteria.avoid_nodes.clone(),
         };
         eprintln!(
@@ -425,10 +448,11 @@ impl Edge {
         );
         let edge_steps = ConnectStages {
             socks_us: micros(socks_done.duration_since(accepted)),
-            decide_us: micros(socks_done.elapsed()),
+            decide_us: micros(socks_done.elapsed()).saturating_sub(steer_us),
+            steer_us,
             ..ConnectStages::default()
         };
-        self.run_request(&spec, conn, replier, accepted, edge_steps);
+        self.run_request(&spec, ports, conn, replier, accepted, edge_steps);
     }
 
     /// The request VM: it carries the stream; the reply is written when it
@@ -436,6 +460,7 @@ impl Edge {
     fn run_request(
         &self,
         spec: &RequestSpec,
+        ports: PreparedPorts,
         conn: TcpStream,
         replier: Arc<Replier>,
         accepted: Instant,
@@ -446,7 +471,8 @@ impl Edge {
             let r = replier.clone();
             move |report, vm: ConnectStages| match report {
                 StreamReport::Up => {
-                    r.success(ConnectStages { socks_us: edge_steps.socks_us, decide_us: edge_steps.decide_us, ..vm })
+                    let ConnectStages { socks_us, decide_us, steer_us, .. } = edge_steps;
+                    r.success(ConnectStages { socks_us, decide_us, steer_us, ..vm })
                 }
                 StreamReport::Refused => {
                     r.refuse(Reply::ConnectionRefused, "the destination refused the stream".into())
@@ -469,7 +495,7 @@ impl Edge {
             })
         };
         let vm = request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() };
-        match request::run(&vm, &self.file, spec, OwnedFd::from(conn), log, on_stream, on_up) {
+        match request::run(&vm, &self.file, spec, ports, OwnedFd::from(conn), log, on_stream, on_up) {
             Ok(outcome) => {
                 let changes = outcome.guest_stats.map_or(0, |s| s.topology_changes);
                 eprintln!(

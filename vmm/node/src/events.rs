@@ -73,7 +73,9 @@ pub struct ConnectStages {
     pub decide_us: u64,
     /// The request VM built (from a prepared shell when one was ready).
     pub build_us: u64,
-    /// Its taps up and joined to the links.
+    /// Getting its ports (taps up, joined to the links by tc filters):
+    /// next to nothing when the edge had a set prepared, the netlink
+    /// round trips when it had to make one.
     pub steer_us: u64,
     /// vCPU start to the agent's ready signal (the guest's boot).
     pub boot_us: u64,

@@ -288,7 +288,13 @@ fn run_vm(
                 Some(port)
             }
         };
-        nets.push(NetConfig { tap: p.tap.clone(), vhost_user, ip: None, mac: config::parse_mac(&p.mac).ok() });
+        nets.push(NetConfig {
+            tap: p.tap.clone(),
+            open: None,
+            vhost_user,
+            ip: None,
+            mac: config::parse_mac(&p.mac).ok(),
+        });
     }
     // The VM's console is one end of a socket pair; the connector owns the
     // other and serves the user's records and the streams' services.
