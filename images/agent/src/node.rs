@@ -147,6 +147,12 @@ pub fn run_edge(params: &mut BootParams) -> ! {
     params.wipe_args();
     let mut router = Router::new_request(&cfg, &req, links(params), clock::now_us()).unwrap_or_else(|e| unusable(e));
     cfg.wipe_secrets();
+    // Ask the neighbours for link state (the stream's keys) before the
+    // console is up and the host told: their answer is on its way while
+    // the rest of the boot runs.
+    let now = clock::now_us();
+    router.poll(now);
+    router.flush_links(now);
     let mut con = console(params);
     publish_stats(router.stats());
     log_notices(&mut router);
