@@ -88,7 +88,18 @@ impl<T: Send + 'static> Prepared<T> {
     }
 }
 
+/// Puts the calling thread in the SCHED_IDLE class: it runs only on a CPU
+/// nothing else wants, so preparing never delays a request in flight.
+fn run_when_idle(name: &str) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!("{name}: stays in the normal scheduling class: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn refill<T>(s: &Shared<T>, name: &str, make: impl Fn() -> Result<T, String>) {
+    run_when_idle(name);
     loop {
         {
             let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
