@@ -356,25 +356,31 @@ impl Edge {
         let _ = conn.set_nodelay(true);
         let _ = conn.set_read_timeout(None);
         let _ = conn.set_write_timeout(None);
-        // The ports first: their flow id names the request from here on.
-        let preparing = Instant::now();
-        let ports = match self
-            .ports
-            .as_ref()
-            .and_then(PortPool::take)
-            .map(Ok)
-            .unwrap_or_else(|| ports::prepare(&self.file, &self.slots))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("edge: cannot prepare a request's ports: {e}");
-                let _ = socks::reply(&mut &conn, Reply::GeneralFailure);
-                self.events.emit(&Event::HandshakeFailed { app: exe.display().to_string(), error: e.to_string() });
-                return;
-            }
+        // (c)-(d), and the checks that need no ports: a request refused
+        // here (policy, unknown destination, the VM limit) costs no tap or
+        // filter, so a flood of refusals stays cheap.
+        let resolved = resolve(req.criteria(), Path::new(&exe), &self.manifests);
+        let decision = match &resolved {
+            Ok(r) => select(&r.criteria).map_err(|e| e.to_string()),
+            Err(policy::ResolveError::Sent(e)) => Err(format!("criteria in the SOCKS username: {e}")),
+            Err(e) => Err(e.to_string()),
         };
+        let place = decision.as_ref().ok().and_then(|_| destination(&self.file, &req.target));
+        let vm_held = place.as_ref().and_then(|_| Held::take(&self.vms, self.limits.max_vms));
+        // The ports: their flow id names the request from here on.
+        let preparing = Instant::now();
+        let ports = vm_held.as_ref().map(|_| {
+            self.ports
+                .as_ref()
+                .and_then(PortPool::take)
+                .map(Ok)
+                .unwrap_or_else(|| ports::prepare(&self.file, &self.slots))
+        });
         let steer_us = micros(preparing.elapsed());
-        let flow = ports.flow;
+        let flow = match &ports {
+            Some(Ok(p)) => p.flow,
+            _ => ports::random_flow(),
+        };
         let replier = Arc::new(Replier {
             conn: conn.try_clone().ok(),
             sent: AtomicBool::new(false),
@@ -382,8 +388,6 @@ impl Edge {
             flow: flow_name(flow),
             accepted,
         });
-        // (c): criteria.
-        let resolved = resolve(req.criteria(), Path::new(&exe), &self.manifests);
         self.events.emit(&Event::RequestAccepted {
             flow: flow_name(flow),
             app: exe.display().to_string(),
@@ -399,17 +403,11 @@ impl Edge {
             eprintln!("pathvm edge: {} -> {}: refused ({code:?}): {why}", exe.display(), req.target);
             replier.refuse(code, why);
         };
-        let criteria = match resolved {
-            Ok(r) => r.criteria,
-            Err(policy::ResolveError::Sent(e)) => {
-                return refuse(Reply::NotAllowed, format!("criteria in the SOCKS username: {e}"))
-            }
-            Err(e) => return refuse(Reply::NotAllowed, e.to_string()),
-        };
-        // (d): the protocol.
-        let decision = match select(&criteria) {
-            Ok(d) => d,
-            Err(r) => return refuse(Reply::NotAllowed, r.to_string()),
+        let (criteria, decision) = match (resolved, decision) {
+            (Ok(r), Ok(d)) => (r.criteria, d),
+            (_, Err(why)) => return refuse(Reply::NotAllowed, why),
+            // Not reached: a decision needs resolved criteria.
+            (Err(e), Ok(_)) => return refuse(Reply::NotAllowed, e.to_string()),
         };
         self.events.emit(&Event::ProtocolChosen {
             flow: flow_name(flow),
@@ -422,14 +420,19 @@ impl Edge {
                 .map(|r| ProtocolRow { protocol: r.protocol.name.into(), score: r.score, refused: r.refused.clone() })
                 .collect(),
         });
-        let Some((dst, target)) = destination(&self.file, &req.target) else {
+        let Some((dst, target)) = place else {
             return refuse(Reply::HostUnreachable, "not a host of this topology".into());
         };
-        let Some(_vm) = Held::take(&self.vms, self.limits.max_vms) else {
+        let Some(_vm) = vm_held else {
             return refuse(
                 Reply::GeneralFailure,
                 format!("the edge runs its limit of {} request VMs (--max-vms); try again later", self.limits.max_vms),
             );
+        };
+        let ports = match ports {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return refuse(Reply::GeneralFailure, format!("cannot prepare the request's ports: {e}")),
+            None => return refuse(Reply::GeneralFailure, "no ports for the request".into()),
         };
         let spec = RequestSpec {
             flow,
