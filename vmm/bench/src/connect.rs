@@ -49,7 +49,9 @@ pub struct ConnectReport {
     pub microsocks_throughput_mbps: f64,
     /// Where pathvm's connects spent their time: each step's median over
     /// the edge's `stream_up` events of the run, µs (`node::events::ConnectStages`;
-    /// `since_accept_us` is the whole, accept to SOCKS reply).
+    /// `since_accept_us` is the whole, accept to SOCKS reply), and
+    /// `service_connect_us`, the destination node's TCP connect to the
+    /// service (part of `open_us`, from its `service_connect` events).
     pub stages_p50_us: BTreeMap<String, f64>,
     /// Connections timed.
     pub samples: usize,
@@ -90,11 +92,16 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
     let _ = std::fs::remove_dir_all(&ssh_dir);
     let (ssh, ssh_mbps) = ssh?;
 
-    let _c = lab.start_node("c", false)?;
+    let c_node = lab.start_node("c", false)?;
     let _b = lab.start_node("b", false)?;
     let edge = lab.start_edge_from("a", lab.edge_command("a"))?;
     let (via, mbps) = measure(&lab.netns("a"), target, Via::Edge { criteria: None }, CONNECTS, BULK)?;
-    let stages_p50_us = stage_medians(&edge.events().of("stream_up"));
+    let mut stages_p50_us = stage_medians(&edge.events().of("stream_up"));
+    // The service's own part of `open_us`, from the destination's node.
+    let mut connects: Vec<f64> =
+        c_node.events().of("service_connect").iter().filter_map(|e| e["connect_us"].as_f64()).collect();
+    connects.sort_by(f64::total_cmp);
+    stages_p50_us.insert("service_connect_us".into(), percentile(&connects, 50.0));
     Ok(ConnectReport {
         connect_p50_ms: percentile(&via, 50.0),
         connect_p99_ms: percentile(&via, 99.0),

@@ -71,7 +71,7 @@ impl PortPool {
 /// tc steering of one request VM; removed on drop. It holds no socket
 /// while the VM runs (a netlink socket per held connection would be a
 /// thousand fds at a thousand connections); teardown opens one.
-pub(crate) struct Steering {
+struct Steering {
     /// The links' filters for this VM (the taps' go with the taps).
     filters: Vec<(Interface, u16)>,
 }

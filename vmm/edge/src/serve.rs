@@ -339,6 +339,7 @@ impl Edge {
             _ => None,
         };
         let exe = app.as_ref().map_or_else(|| PathBuf::from("unknown"), |a| a.exe.clone());
+        let identified = Instant::now();
         let deadline = accepted + self.limits.handshake_timeout;
         let req = match socks::accept(&mut Deadlined { conn: &conn, deadline }) {
             Ok(r) => r,
@@ -450,7 +451,8 @@ impl Edge {
             decision.summary()
         );
         let edge_steps = ConnectStages {
-            socks_us: micros(socks_done.duration_since(accepted)),
+            identify_us: micros(identified.duration_since(accepted)),
+            socks_us: micros(socks_done.duration_since(identified)),
             decide_us: micros(socks_done.elapsed()).saturating_sub(steer_us),
             steer_us,
             ..ConnectStages::default()
@@ -474,8 +476,8 @@ impl Edge {
             let r = replier.clone();
             move |report, vm: ConnectStages| match report {
                 StreamReport::Up => {
-                    let ConnectStages { socks_us, decide_us, steer_us, .. } = edge_steps;
-                    r.success(ConnectStages { socks_us, decide_us, steer_us, ..vm })
+                    let ConnectStages { identify_us, socks_us, decide_us, steer_us, .. } = edge_steps;
+                    r.success(ConnectStages { identify_us, socks_us, decide_us, steer_us, ..vm })
                 }
                 StreamReport::Refused => {
                     r.refuse(Reply::ConnectionRefused, "the destination refused the stream".into())

@@ -23,11 +23,12 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use guest_agent::node::{stream_op, Record, HOST_WINDOW, RECORD_CONTROL, RECORD_STREAM};
 
 use crate::allow::AllowPolicy;
+use crate::events::{flow_name, micros, Event, EventSink};
 
 /// How long a service gets to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,11 +90,12 @@ pub fn start(
     input: Box<dyn Read + Send>,
     output: Box<dyn Write + Send>,
     allow: AllowPolicy,
+    events: Arc<EventSink>,
 ) -> io::Result<()> {
     let vm = VmWriter(Arc::new(Mutex::new(host_end.try_clone()?)));
     let flows: Flows = Arc::default();
     let pump_vm = vm.clone();
-    let allow = Arc::new(allow);
+    let allow = Arc::new(Services { allow, events });
     thread::Builder::new().name("pathvm-node-in".into()).spawn(move || pump_input(input, &pump_vm))?;
     thread::Builder::new()
         .name("pathvm-node-out".into())
@@ -128,7 +130,7 @@ fn route_output(
     mut output: Box<dyn Write + Send>,
     vm: &VmWriter,
     flows: &Flows,
-    allow: &Arc<AllowPolicy>,
+    allow: &Arc<Services>,
 ) {
     let (out_tx, out_rx) = sync_channel::<Vec<u8>>(OUTPUT_QUEUE);
     let _ = thread::Builder::new().name("pathvm-node-dgram".into()).spawn(move || {
@@ -176,7 +178,14 @@ fn route_output(
     }
 }
 
-fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows, allow: &Arc<AllowPolicy>) {
+/// What opening a stream's service needs: where it may go, and where to
+/// say how it went.
+struct Services {
+    allow: AllowPolicy,
+    events: Arc<EventSink>,
+}
+
+fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows, allow: &Arc<Services>) {
     match payload.first().copied() {
         Some(stream_op::OPEN) => {
             let target = String::from_utf8_lossy(&payload[1..]).into_owned();
@@ -219,8 +228,15 @@ fn connect(target: &str, allow: &AllowPolicy) -> io::Result<TcpStream> {
 }
 
 /// Connects stream `flow` to `target` and moves its bytes until done.
-fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows, allow: &AllowPolicy) {
-    let service = match connect(target, allow) {
+fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows, svc: &Services) {
+    let connecting = Instant::now();
+    let connected = connect(target, &svc.allow);
+    svc.events.emit(&Event::ServiceConnect {
+        flow: flow_name(flow),
+        connect_us: micros(connecting.elapsed()),
+        refused: connected.as_ref().err().map(|e| e.to_string()),
+    });
+    let service = match connected {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(flow, target, "node: service refused: {e}");
@@ -311,7 +327,7 @@ mod tests {
     fn datagrams_pass_through_and_streams_reach_a_service() {
         let (vm_end, host_end) = UnixStream::pair().unwrap();
         let (out_r, out_w) = UnixStream::pair().unwrap();
-        start(host_end, Box::new(io::empty()), Box::new(out_w), loopback()).unwrap();
+        start(host_end, Box::new(io::empty()), Box::new(out_w), loopback(), Arc::new(EventSink::disabled())).unwrap();
         let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let target = service.local_addr().unwrap().to_string();
         let mut vm = vm_end.try_clone().unwrap();
@@ -362,10 +378,15 @@ mod tests {
         AllowPolicy::from_config(&[], &[]).unwrap()
     }
 
-    /// The answer to an OPEN of `target` by a connector allowing `allow`.
-    fn answer_to_open(target: &str, allow: AllowPolicy) -> u8 {
+    /// The answer to an OPEN of `target` by a connector allowing `allow`,
+    /// and the `service_connect` event it wrote.
+    fn answer_to_open(target: &str, allow: AllowPolicy) -> (u8, serde_json::Value) {
         let (vm_end, host_end) = UnixStream::pair().unwrap();
-        start(host_end, Box::new(io::empty()), Box::new(io::sink()), allow).unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("pathvm-connector-{}-{n}.jsonl", std::process::id()));
+        let events = Arc::new(EventSink::open(&path).unwrap());
+        start(host_end, Box::new(io::empty()), Box::new(io::sink()), allow, events).unwrap();
         let mut vm = vm_end;
         let mut open = vec![stream_op::OPEN];
         open.extend_from_slice(target.as_bytes());
@@ -374,7 +395,9 @@ mod tests {
         vm.write_all(&rec).unwrap();
         let mut answer = [0u8; 9];
         vm.read_exact(&mut answer).unwrap();
-        answer[8]
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        (answer[8], serde_json::from_str(text.lines().next().expect("a service_connect event")).unwrap())
     }
 
     #[test]
@@ -383,17 +406,23 @@ mod tests {
         service.set_nonblocking(true).unwrap();
         let target = service.local_addr().unwrap().to_string();
         let elsewhere = AllowPolicy::from_config(&["192.0.2.0/24:*".into()], &[]).unwrap();
-        assert_eq!(answer_to_open(&target, elsewhere), stream_op::REFUSED);
+        let (answer, event) = answer_to_open(&target, elsewhere);
+        assert_eq!(answer, stream_op::REFUSED);
+        assert_eq!(event["event"], "service_connect");
+        assert!(event["refused"].as_str().is_some_and(|r| r.contains("allow list")), "{event}");
         assert!(service.accept().is_err(), "the service was connected");
         let port = service.local_addr().unwrap().port();
         let that_port = AllowPolicy::from_config(&[format!("127.0.0.1/32:{port}")], &[]).unwrap();
-        assert_eq!(answer_to_open(&target, that_port), stream_op::OPENED);
+        let (answer, event) = answer_to_open(&target, that_port);
+        assert_eq!(answer, stream_op::OPENED);
+        assert!(event["refused"].is_null() && event["connect_us"].is_u64(), "{event}");
     }
 
     #[test]
     fn a_service_that_is_down_is_refused() {
         let (vm_end, host_end) = UnixStream::pair().unwrap();
-        start(host_end, Box::new(io::empty()), Box::new(io::sink()), loopback()).unwrap();
+        start(host_end, Box::new(io::empty()), Box::new(io::sink()), loopback(), Arc::new(EventSink::disabled()))
+            .unwrap();
         let mut vm = vm_end;
         let mut open = vec![stream_op::OPEN];
         open.extend_from_slice(b"127.0.0.1:1");

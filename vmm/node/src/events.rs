@@ -67,7 +67,10 @@ impl From<&NodeStats> for Counters {
 /// what no step names (thread hand-offs, the report's own exit).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct ConnectStages {
-    /// Accept to the SOCKS5 request read (identifying the app included).
+    /// Accept to the app identified (the client socket's holder found
+    /// through sock_diag and `/proc`).
+    pub identify_us: u64,
+    /// Then the SOCKS5 handshake, to the request read.
     pub socks_us: u64,
     /// Criteria resolved, protocol chosen, a slot taken.
     pub decide_us: u64,
@@ -202,6 +205,16 @@ pub enum Event {
         ports: usize,
         /// From start to the agent's ready signal, µs.
         boot_us: u64,
+    },
+    /// A destination node connected (or failed to connect) the service a
+    /// stream's opener named: the service's own part of a connect.
+    ServiceConnect {
+        /// The stream.
+        flow: String,
+        /// The TCP connect to the service, µs.
+        connect_us: u64,
+        /// Why it failed, if it did.
+        refused: Option<String>,
     },
     /// A VM ended: a request VM (with `flow`) or a node VM (with `node`).
     VmEnded {

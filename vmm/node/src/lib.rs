@@ -300,7 +300,8 @@ fn run_vm(
     // other and serves the user's records and the streams' services.
     let (vm_end, host_end) = UnixStream::pair().map_err(NodeError::Console)?;
     let (input, output) = console_io(console).map_err(NodeError::Console)?;
-    connector::start(host_end, input, output, file.allow_policy()?).map_err(NodeError::Console)?;
+    connector::start(host_end, input, output, file.allow_policy()?, watch.events.clone())
+        .map_err(NodeError::Console)?;
     let cfg = VmConfig {
         mem_mib: file.mem_mib,
         role: Role::Node,
