@@ -53,6 +53,18 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
     }
     let left = edge.leftovers(&topo.netns("a"), "ln0");
     assert!(left.is_empty(), "request steering left behind: {left:?}");
+    // Every connect says where its time went, host steps and the VM's own.
+    for up in edge.events.of("stream_up") {
+        let st = &up["stages"];
+        for step in ["build_us", "boot_us", "keys_us", "open_us", "lsa_requests"] {
+            assert!(st[step].as_u64().is_some_and(|v| v > 0), "{step} missing in {up}");
+        }
+        let sum: u64 = ["identify_us", "socks_us", "decide_us", "steer_us", "build_us", "boot_us"]
+            .iter()
+            .map(|k| st[k].as_u64().unwrap_or(0))
+            .sum();
+        assert!(sum <= up["since_accept_us"].as_u64().unwrap(), "the host's steps fit in the whole: {up}");
+    }
     drop(edge.child);
     // The path: B's relay VM forwarded the streams both ways, C's VM ended them.
     b.terminate(Duration::from_secs(20));

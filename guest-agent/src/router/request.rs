@@ -379,6 +379,8 @@ impl<L: LinkPort> Router<L> {
             if !self.onion_check(dst, now) {
                 if let Some(r) = self.request.as_mut() {
                     r.stream.refuse();
+                    r.note_answer(now);
+                    self.stats.connect = r.times;
                 }
             }
         }

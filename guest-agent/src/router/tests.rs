@@ -813,6 +813,21 @@ fn a_refused_service_is_reported_to_the_app_as_refused() {
 }
 
 #[test]
+fn a_request_records_when_it_asked_for_link_state_had_keys_and_got_its_answer() {
+    let req = request(3, b"x:1");
+    let mut net = Net::new(&line3(), Protocol::Shortest.id(), Some((1, &req)));
+    assert_eq!(net.host(1).router.stats().connect.answered_us, 0, "no answer before any frame moved");
+    assert!(net.run_until(1_000_000, STEP, |net| {
+        serve_opens(net, 3, stream_op::OPENED);
+        net.host(1).router.request_phase() == RequestPhase::Up
+    }));
+    let t = net.host(1).router.stats().connect;
+    assert!(t.lsa_requests >= 1 && t.lsa_requested_us > 0, "{t:?}");
+    assert!(t.keyed_us >= t.lsa_requested_us, "keys come with the pulled link state: {t:?}");
+    assert!(t.answered_us > t.keyed_us, "the answer needs a round trip after the keys: {t:?}");
+}
+
+#[test]
 fn a_destination_stream_is_opened_then_closed_and_forgotten() {
     let (up, down) = (body(5_000), body(7_000));
     let links = line3();
