@@ -1,9 +1,12 @@
 //! The driver's side of the virtio-mmio register window (virtio 1.x, 4.2).
 //!
-//! Each register access is a VM exit (≈ 58 µs here), so initialisation
-//! touches only what it must: high halves of queue addresses and the low
-//! feature word are left at their reset value of zero when zero is what the
-//! driver would write (every ring lives below 4 GiB, identity-mapped).
+//! Each register access is a VM exit (≈ 40-150 µs here), so bring-up
+//! ([`MmioTransport::probe`], then [`MmioTransport::activate`]) hands its
+//! accesses to pathvm's VMM as two batches ([`super::batch`]), and only
+//! where no VMM answers a batch goes register by register, touching only
+//! what it must: high halves of queue addresses and the low feature word
+//! are left at their reset value of zero when zero is what the driver
+//! would write (every ring lives below 4 GiB, identity-mapped).
 
 use super::batch::{BatchOutcome, MmioBatch};
 use super::{features, reg, status, SplitQueue, VirtioError, MMIO_MAGIC};
