@@ -134,10 +134,7 @@ impl StatsProbe {
     /// waits in a port exit, the agent having published just before, the
     /// fields are the ones it wrote.
     pub fn connect_times(&self) -> Option<ConnectTimes> {
-        let mut buf = [0u8; std::mem::size_of::<NodeStats>()];
-        use vm_memory::Bytes;
-        self.mem.read_slice(&mut buf, vm_memory::GuestAddress(STATS_ADDR)).ok()?;
-        NodeStats::from_bytes(&buf).map(|s| s.connect)
+        read_guest_stats(&self.mem).map(|s| s.connect)
     }
 }
 
