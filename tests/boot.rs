@@ -264,3 +264,46 @@ fn spawn_benchmark_reports_pooled_cold_and_memory_fields() {
     assert!(report["spawn_p50_us"].as_f64() <= report["spawn_p99_us"].as_f64());
     assert_eq!(report["samples"], 3);
 }
+
+/// A prepared shell's warm-up pass runs the agent once before any request
+/// (vmm::warm): afterwards guest memory must hold the image exactly as
+/// loaded, and the shell must still boot a request's agent from its entry.
+#[test]
+fn a_warmed_shell_holds_the_image_as_loaded_and_boots_it() {
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm::builder::{finish_vm, prepare_shell, ConsoleConfig, VmConfig};
+    if !require(&[Need::Kvm]) {
+        return;
+    }
+    let kvm = vmm::kvm::KvmContext::open().unwrap();
+    let agent = vmm::loader::AgentImage::open(&image()).unwrap();
+    let warm = prepare_shell(&kvm, &agent, 64, Some(vmm::warm::DEFAULT_HEAP_KIB)).expect("warmed shell");
+    let cold = prepare_shell(&kvm, &agent, 64, None).unwrap();
+    // The image, its tables and the heap the pass touched, beyond it too;
+    // the boot-parameter page is rewritten by every VM's build.
+    let span = (agent.end() + u64::from(vmm::warm::DEFAULT_HEAP_KIB) * 1024 + (1 << 20)) as usize;
+    let read = |shell: &vmm::builder::VmShell| {
+        let mut b = vec![0u8; span];
+        shell.memory().read_slice(&mut b, GuestAddress(0)).unwrap();
+        let p = guest_agent::boot::BOOT_PARAMS_ADDR as usize;
+        b[p..p + 4096].fill(0);
+        b
+    };
+    let (w, c) = (read(&warm), read(&cold));
+    let first_diff = w.iter().zip(&c).position(|(a, b)| a != b);
+    let diffs: Vec<_> = w
+        .iter()
+        .zip(&c)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| format!("{i:#x}:{b:#x}->{a:#x}"))
+        .take(20)
+        .collect();
+    assert_eq!(first_diff, None, "the warm-up pass changed guest memory: {diffs:?}");
+
+    let cfg =
+        VmConfig { console: Some(ConsoleConfig::Sink), guest_log: vmm::vcpu::GuestLog::Discard, ..Default::default() };
+    let mut vm = finish_vm(&kvm, warm, cfg).unwrap().start().unwrap();
+    vm.wait_ready(TIMEOUT).expect("the warmed shell's agent signals ready");
+    vm.stop();
+}

@@ -45,6 +45,35 @@ pub enum Role {
     /// [`BAD_MMIO_ACCESSES`] times, then exit 0 (tests that what a guest
     /// makes the VMM log is bounded).
     BadMmio = 8,
+    /// Touch the image and the first [`WarmArgs::heap_kib`] KiB of heap,
+    /// each byte written back unchanged, then exit 0. A prepared VM shell
+    /// runs this once before any request, so the hypervisor has mapped
+    /// those pages when a request's agent boots there: a fresh VM pays a
+    /// nested page fault per page on its first touch (BENCHMARKS.md,
+    /// Spawn).
+    Warm = 9,
+}
+
+/// The arguments of [`Role::Warm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmArgs {
+    /// KiB of heap above the image end to touch.
+    pub heap_kib: u32,
+}
+
+impl WarmArgs {
+    /// Encoded length.
+    pub const LEN: usize = 4;
+
+    /// The on-wire form (little-endian).
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        self.heap_kib.to_le_bytes()
+    }
+
+    /// Decodes; short input is `None`.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        Some(Self { heap_kib: u32::from_le_bytes(b.get(..Self::LEN)?.try_into().ok()?) })
+    }
 }
 
 /// Wrong-way register reads the [`Role::BadMmio`] guest makes.
@@ -62,6 +91,7 @@ impl Role {
             6 => Self::Node,
             7 => Self::Edge,
             8 => Self::BadMmio,
+            9 => Self::Warm,
             _ => return None,
         })
     }

@@ -28,8 +28,10 @@ use crate::devices::MmioBus;
 use crate::kvm::{KvmContext, KvmError};
 use crate::loader::{AgentImage, LoaderError};
 use crate::memory::{self, MemoryError};
+use crate::seccomp::ThreadKind;
 use crate::vcpu::{GuestLog, StopHandle, VcpuRunner};
 use crate::vm::{Subscriber, Vm, VmMetrics};
+use crate::worker::Worker;
 
 /// Where the console's bytes come from and go.
 pub enum ConsoleConfig {
@@ -165,6 +167,12 @@ pub enum BuildError {
     /// Writing boot structures into guest memory.
     #[error("cannot write boot structures into guest memory: {0}")]
     GuestWrite(#[from] vm_memory::GuestMemoryError),
+    /// The shell's threads.
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
+    /// The shell's warm-up pass.
+    #[error(transparent)]
+    Warm(#[from] crate::warm::WarmError),
     /// eventfds and the like.
     #[error("cannot create device plumbing: {0}")]
     Io(#[from] std::io::Error),
@@ -268,13 +276,31 @@ pub fn mac_for(tap: &str) -> [u8; 6] {
 
 /// A VM prepared up to the point where it must know its request: memory
 /// with the image and tables, the KVM VM and its vCPU in long mode at the
-/// entry. Everything here is the same for every request, so it can be made
-/// before one arrives ([`ShellPool`](crate::pool::ShellPool)).
+/// entry, its two threads started and confined, and (when asked for) its
+/// pages mapped by a warm-up pass. Everything here is the same for every
+/// request, so it can be made before one arrives
+/// ([`ShellPool`](crate::pool::ShellPool)).
 pub struct VmShell {
     mem: GuestMemoryMmap,
     mem_size: u64,
     vm_fd: VmFd,
     vcpu: VcpuFd,
+    threads: VmThreads,
+}
+
+/// A VM's two threads, confined, waiting for their work.
+pub(crate) struct VmThreads {
+    pub(crate) vcpu: Worker,
+    pub(crate) device: Worker,
+}
+
+impl VmThreads {
+    fn start() -> Result<Self, BuildError> {
+        Ok(Self {
+            vcpu: Worker::start("pathvm-vcpu", ThreadKind::Vcpu)?,
+            device: Worker::start("pathvm-dev", ThreadKind::Device)?,
+        })
+    }
 }
 
 impl VmShell {
@@ -282,10 +308,24 @@ impl VmShell {
     pub fn mem_size(&self) -> u64 {
         self.mem_size
     }
+
+    /// The shell's guest memory, for inspection (a test holds a warmed
+    /// shell's against an unwarmed one's).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
 }
 
-/// Prepares a [`VmShell`] of `mem_mib` MiB for `image`.
-pub fn prepare_shell(kvm: &KvmContext, image: &AgentImage, mem_mib: u64) -> Result<VmShell, BuildError> {
+/// Prepares a [`VmShell`] of `mem_mib` MiB for `image`; with
+/// `warm_heap_kib`, runs the warm-up pass over the image and that much
+/// heap ([`crate::warm`]), which pays off only for a shell made ahead of
+/// its request.
+pub fn prepare_shell(
+    kvm: &KvmContext,
+    image: &AgentImage,
+    mem_mib: u64,
+    warm_heap_kib: Option<u32>,
+) -> Result<VmShell, BuildError> {
     let mem_size = mem_mib << 20;
     if mem_size > layout::MAX_RAM {
         return Err(BuildError::TooMuchMemory(mem_mib));
@@ -299,12 +339,17 @@ pub fn prepare_shell(kvm: &KvmContext, image: &AgentImage, mem_mib: u64) -> Resu
     arch::write_tables(&mem)?;
     let vcpu = vm_fd.create_vcpu(0).map_err(|source| BuildError::KvmIoctl { op: "KVM_CREATE_VCPU", source })?;
     arch::setup_vcpu(&vcpu, image.entry(), Some(kvm.supported_cpuid()?))?;
-    Ok(VmShell { mem, mem_size, vm_fd, vcpu })
+    let threads = VmThreads::start()?;
+    let vcpu = match warm_heap_kib {
+        Some(kib) => crate::warm::warm(vcpu, &threads.vcpu, &mem, mem_size, image, kib)?,
+        None => vcpu,
+    };
+    Ok(VmShell { mem, mem_size, vm_fd, vcpu, threads })
 }
 
 /// Builds a VM for `image` as `cfg` describes. Nothing runs yet.
 pub fn build_vm(kvm: &KvmContext, image: &AgentImage, cfg: VmConfig) -> Result<Vm, BuildError> {
-    let shell = prepare_shell(kvm, image, cfg.mem_mib)?;
+    let shell = prepare_shell(kvm, image, cfg.mem_mib, None)?;
     finish_vm(kvm, shell, cfg)
 }
 
@@ -314,7 +359,7 @@ pub fn finish_vm(kvm: &KvmContext, shell: VmShell, cfg: VmConfig) -> Result<Vm, 
     if cfg.args.len() > boot::ARGS_LEN {
         return Err(BuildError::ArgsTooLong(cfg.args.len()));
     }
-    let VmShell { mem, mem_size, vm_fd, vcpu } = shell;
+    let VmShell { mem, mem_size, vm_fd, vcpu, threads } = shell;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let mut params = BootParams { role: cfg.role as u32, num_mem: 1, ..Default::default() };
     params.mem[0] = MemRegion { base: 0, size: mem_size };
@@ -354,7 +399,7 @@ pub fn finish_vm(kvm: &KvmContext, shell: VmShell, cfg: VmConfig) -> Result<Vm, 
         byte_line: Vec::new(),
         log_limit: Default::default(),
     };
-    Ok(Vm { vm_fd, runner, subscribers, metrics, ready_rx })
+    Ok(Vm { vm_fd, runner, subscribers, metrics, ready_rx, threads })
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub mod random;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
+pub mod warm;
+pub mod worker;
 
 pub use builder::{
     build_vm, finish_vm, prepare_shell, BuildError, ConsoleConfig, NetConfig, VhostUserPort, VmConfig, VmShell,

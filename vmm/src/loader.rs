@@ -82,6 +82,8 @@ pub struct AgentImage {
     entry: u64,
     end: u64,
     pvh: bool,
+    /// Each loadable segment's zero-filled tail (.bss): (address, length).
+    zero_tails: Vec<(u64, u64)>,
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -136,6 +138,7 @@ impl AgentImage {
             return Err(corrupt("bad program header table"));
         }
         let mut end = 0u64;
+        let mut zero_tails = Vec::new();
         let mut entry_loaded = false;
         let mut pvh = false;
         for i in 0..phnum {
@@ -166,6 +169,9 @@ impl AgentImage {
                 )));
             }
             entry_loaded |= (paddr..seg_end).contains(&entry);
+            if memsz > filesz {
+                zero_tails.push((paddr + filesz, memsz - filesz));
+            }
             end = end.max(seg_end);
         }
         if end == 0 {
@@ -174,7 +180,7 @@ impl AgentImage {
         if !entry_loaded {
             return Err(corrupt(&format!("entry point {entry:#x} is not in a loaded segment")));
         }
-        Ok(Self { path, bytes, entry, end, pvh })
+        Ok(Self { path, bytes, entry, end, pvh, zero_tails })
     }
 
     /// The ELF entry point (the 64-bit CPL3 entry).
@@ -219,6 +225,22 @@ impl AgentImage {
         self.check_fits(mem_size)?;
         Elf::load(mem, None, &mut Cursor::new(&self.bytes), None)
             .map_err(|source| LoaderError::Load { path: self.path.clone(), source })?;
+        Ok(())
+    }
+
+    /// Puts the image back into `mem` as [`load`](Self::load) left it in
+    /// fresh memory, its zero-filled tails (the stack among them) zeroed
+    /// again: whatever an agent run wrote into the image is gone.
+    pub fn reload(&self, mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), LoaderError> {
+        self.load(mem, mem_size)?;
+        for &(addr, len) in &self.zero_tails {
+            let zero = |e: vm_memory::GuestMemoryError| LoaderError::Corrupt {
+                path: self.path.clone(),
+                what: format!("cannot zero {len} bytes at {addr:#x}: {e}"),
+            };
+            let len = usize::try_from(len).map_err(|_| zero(vm_memory::GuestMemoryError::InvalidBackendAddress))?;
+            vm_memory::Bytes::write_slice(mem, &vec![0u8; len], vm_memory::GuestAddress(addr)).map_err(zero)?;
+        }
         Ok(())
     }
 }

@@ -136,7 +136,8 @@ impl<T: Send + 'static> Drop for Prepared<T> {
     }
 }
 
-/// Keeps `target` prepared shells of one image and memory size.
+/// Keeps `target` prepared shells of one image and memory size, each
+/// warmed ([`crate::warm`]) over `warm_heap_kib` KiB of heap.
 pub struct ShellPool {
     shells: Prepared<VmShell>,
     kvm: Arc<KvmContext>,
@@ -146,19 +147,26 @@ pub struct ShellPool {
 
 impl ShellPool {
     /// Starts a pool and its refill thread.
-    pub fn new(kvm: Arc<KvmContext>, image: Arc<AgentImage>, mem_mib: u64, target: usize) -> std::io::Result<Self> {
+    pub fn new(
+        kvm: Arc<KvmContext>,
+        image: Arc<AgentImage>,
+        mem_mib: u64,
+        warm_heap_kib: u32,
+        target: usize,
+    ) -> std::io::Result<Self> {
         let (k, i) = (kvm.clone(), image.clone());
         let shells = Prepared::new(target, "pathvm-pool", move || {
-            prepare_shell(&k, &i, mem_mib).map_err(|e| format!("a VM shell: {e}"))
+            prepare_shell(&k, &i, mem_mib, Some(warm_heap_kib)).map_err(|e| format!("a VM shell: {e}"))
         })?;
         Ok(Self { shells, kvm, image, mem_mib })
     }
 
-    /// A prepared shell: from the pool, or made now if the pool is empty.
+    /// A prepared shell: from the pool, or made now if the pool is empty
+    /// (unwarmed: a warm-up pass on the request's path costs what it saves).
     pub fn take(&self) -> Result<VmShell, BuildError> {
         match self.shells.take() {
             Some(s) => Ok(s),
-            None => prepare_shell(&self.kvm, &self.image, self.mem_mib),
+            None => prepare_shell(&self.kvm, &self.image, self.mem_mib, None),
         }
     }
 

@@ -111,9 +111,14 @@ impl StopHandle {
         }))
     }
 
-    fn bind_current_thread(&self) {
+    pub(crate) fn bind_current_thread(&self) {
         // SAFETY: pthread_self has no preconditions.
         self.thread.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
+    }
+
+    /// No more kicks: the bound thread may go away or do other work.
+    pub(crate) fn unbind_current_thread(&self) {
+        self.thread.store(0, Ordering::Release);
     }
 
     /// Whether a stop was asked for.
@@ -158,8 +163,7 @@ impl VcpuRunner {
     pub fn run(&mut self) -> ExitReason {
         self.stop.bind_current_thread();
         let reason = self.run_loop();
-        // No more kicks: this thread may go away now.
-        self.stop.thread.store(0, Ordering::Release);
+        self.stop.unbind_current_thread();
         reason
     }
 

@@ -2,13 +2,13 @@
 //!
 //! Two threads per VM: the vCPU thread (guest code and register exits) and
 //! the device thread (an event-manager loop that moves data between queues
-//! and backends). Teardown stops the vCPU first, then the device loop, then
+//! and backends), both started and confined with the VM's shell
+//! ([`crate::worker`]). Teardown stops the vCPU first, then the device loop, then
 //! drops the devices (closing tap and console) and finally the memory.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -19,11 +19,13 @@ use thiserror::Error;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::builder::VmThreads;
 use crate::devices::virtio::console::{ConsoleMetrics, ConsoleMetricsSnapshot};
 use crate::devices::virtio::net::{NetMetrics, NetMetricsSnapshot};
 pub use crate::vcpu::ExitReason;
 pub use crate::vcpu::StopHandle;
 use crate::vcpu::VcpuRunner;
+use crate::worker::Worker;
 
 /// A device-thread subscriber, as the event manager holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -43,9 +45,6 @@ pub enum VmError {
     /// The guest ended before it was ready.
     #[error("guest ended before it was ready: {0:?}")]
     EndedBeforeReady(ExitReason),
-    /// A VM thread could not be confined; the VM never ran.
-    #[error(transparent)]
-    Sandbox(#[from] crate::seccomp::SeccompError),
 }
 
 /// Counters of a VM's devices.
@@ -96,6 +95,7 @@ pub struct Vm {
     pub(crate) subscribers: Vec<Subscriber>,
     pub(crate) metrics: VmMetrics,
     pub(crate) ready_rx: Receiver<Instant>,
+    pub(crate) threads: VmThreads,
 }
 
 /// Reads the node agent's stats page (guest memory is readable after the
@@ -157,52 +157,37 @@ impl MutEventSubscriber for LoopExit {
 /// The device thread: runs the event loop until told to stop.
 struct DeviceThread {
     exit: Arc<EventFd>,
-    handle: JoinHandle<()>,
+    worker: Worker,
+    done: Receiver<()>,
 }
 
 impl DeviceThread {
-    fn start(subscribers: Vec<Subscriber>) -> Result<Self, VmError> {
+    fn start(subscribers: Vec<Subscriber>, worker: Worker) -> Result<Self, VmError> {
         let exit = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?);
         let exit_sub = LoopExit { evt: exit.clone(), done: Arc::new(AtomicBool::new(false)) };
-        let done = exit_sub.done.clone();
+        let finished = exit_sub.done.clone();
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmError::EventLoop)?;
         for s in subscribers {
             em.add_subscriber(s);
         }
         em.add_subscriber(Arc::new(Mutex::new(exit_sub)));
-        let (confined_tx, confined_rx) = sync_channel(1);
-        let handle = std::thread::Builder::new()
-            .name("pathvm-dev".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                // Before the first event: no guest queue is read unconfined.
-                let confined = crate::seccomp::confine(crate::seccomp::ThreadKind::Device);
-                let ok = confined.is_ok();
-                let _ = confined_tx.send(confined);
-                if !ok {
-                    return;
+        // The worker was confined when its shell was made: no guest queue
+        // is read unconfined.
+        let done = worker.run(move || {
+            while !finished.load(Ordering::Acquire) {
+                if let Err(e) = em.run() {
+                    tracing::error!("device event loop failed: {e:?}");
+                    break;
                 }
-                while !done.load(Ordering::Acquire) {
-                    if let Err(e) = em.run() {
-                        tracing::error!("device event loop failed: {e:?}");
-                        break;
-                    }
-                }
-            })
-            .map_err(VmError::Thread)?;
-        match confined_rx.recv() {
-            Ok(Ok(())) => Ok(Self { exit, handle }),
-            Ok(Err(e)) => {
-                let _ = handle.join();
-                Err(e.into())
             }
-            Err(_) => Err(VmError::Thread(std::io::Error::other("the device thread ended at its start"))),
-        }
+        });
+        Ok(Self { exit, worker, done })
     }
 
-    fn stop(self) {
+    fn stop(mut self) {
         let _ = self.exit.write(1);
-        let _ = self.handle.join();
+        let _ = self.done.recv();
+        self.worker.finish();
     }
 }
 
@@ -244,27 +229,22 @@ impl Vm {
     /// Runs the guest until it ends, then lets `inspect` read its memory
     /// before it is freed (an audit of what a guest held).
     pub fn run_then(self, inspect: impl FnOnce(&vm_memory::GuestMemoryMmap)) -> Result<RunOutcome, VmError> {
-        let Vm { vm_fd, runner, subscribers, metrics, ready_rx } = self;
-        let devices = DeviceThread::start(subscribers)?;
-        let vcpu = std::thread::Builder::new().name("pathvm-vcpu".into()).stack_size(256 * 1024).spawn(move || {
+        let Vm { vm_fd, runner, subscribers, metrics, ready_rx, threads } = self;
+        let VmThreads { vcpu: mut vcpu_worker, device } = threads;
+        let devices = DeviceThread::start(subscribers, device)?;
+        let done = vcpu_worker.run(move || {
             let mut runner = runner;
-            let reason = match crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu) {
-                Ok(()) => runner.run(),
-                Err(e) => ExitReason::Crashed(e.to_string()),
-            };
+            let reason = runner.run();
             (runner, reason)
         });
-        let (runner, reason) = match vcpu.map(|h| h.join()) {
-            Ok(Ok(done)) => done,
-            Ok(Err(_)) => {
+        let (runner, reason) = match done.recv() {
+            Ok(done) => done,
+            Err(_) => {
                 devices.stop();
                 return Err(VmError::Thread(std::io::Error::other("the vCPU thread panicked")));
             }
-            Err(e) => {
-                devices.stop();
-                return Err(VmError::Thread(e));
-            }
         };
+        vcpu_worker.finish();
         devices.stop();
         let guest_stats = read_guest_stats(&runner.mem);
         inspect(&runner.mem);
@@ -275,28 +255,19 @@ impl Vm {
 
     /// Runs the guest on a thread of its own.
     pub fn start(self) -> Result<RunningVm, VmError> {
-        let Vm { vm_fd, mut runner, subscribers, metrics, ready_rx } = self;
+        let Vm { vm_fd, mut runner, subscribers, metrics, ready_rx, threads } = self;
+        let VmThreads { vcpu: vcpu_worker, device } = threads;
         let stop = runner.stop.clone();
-        let devices = DeviceThread::start(subscribers)?;
+        let devices = DeviceThread::start(subscribers, device)?;
         let (done_tx, done_rx) = sync_channel(1);
-        let vcpu = std::thread::Builder::new().name("pathvm-vcpu".into()).stack_size(256 * 1024).spawn(move || {
-            // Before the guest's first instruction.
-            let reason = match crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu) {
-                Ok(()) => runner.run(),
-                Err(e) => ExitReason::Crashed(e.to_string()),
-            };
+        let reason = vcpu_worker.run(move || {
+            let reason = runner.run();
             let _ = done_tx.send(());
             drop(runner);
             reason
         });
-        let vcpu = match vcpu {
-            Ok(h) => h,
-            Err(e) => {
-                devices.stop();
-                return Err(VmError::Thread(e));
-            }
-        };
-        Ok(RunningVm { vm_fd: Some(vm_fd), stop, vcpu: Some(vcpu), done_rx, devices: Some(devices), ready_rx, metrics })
+        let vcpu = Some((vcpu_worker, reason));
+        Ok(RunningVm { vm_fd: Some(vm_fd), stop, vcpu, done_rx, devices: Some(devices), ready_rx, metrics })
     }
 }
 
@@ -304,7 +275,7 @@ impl Vm {
 pub struct RunningVm {
     vm_fd: Option<VmFd>,
     stop: Arc<StopHandle>,
-    vcpu: Option<JoinHandle<ExitReason>>,
+    vcpu: Option<(Worker, Receiver<ExitReason>)>,
     done_rx: Receiver<()>,
     devices: Option<DeviceThread>,
     ready_rx: Receiver<Instant>,
@@ -341,7 +312,7 @@ impl RunningVm {
     }
 
     fn finish_with_stop(&mut self, stop: bool) -> ExitReason {
-        let Some(vcpu) = self.vcpu.take() else { return ExitReason::Stopped };
+        let Some((mut worker, result)) = self.vcpu.take() else { return ExitReason::Stopped };
         if stop {
             // Kick until the vCPU thread reports it left the run loop; a
             // kick may land just before KVM_RUN and be lost.
@@ -353,7 +324,8 @@ impl RunningVm {
                 }
             }
         }
-        let reason = vcpu.join().unwrap_or_else(|_| ExitReason::Crashed("vCPU thread panicked".into()));
+        let reason = result.recv().unwrap_or_else(|_| ExitReason::Crashed("vCPU thread panicked".into()));
+        worker.finish();
         if let Some(d) = self.devices.take() {
             d.stop();
         }

@@ -15,6 +15,7 @@ mod mem;
 mod node;
 mod roles;
 mod start;
+mod warm;
 
 use guest_agent::boot::BootParams;
 use guest_agent::ports;
@@ -54,7 +55,6 @@ extern "C" fn agent_main(params_addr: u64) -> ! {
             io::exit(ports::EXIT_BAD_BOOT);
         }
     };
-    clock::init(params.tsc_khz);
     let Some(ram) =
         params.mem_regions().iter().find(|r| r.base <= image_end() as u64 && image_end() as u64 <= r.base + r.size)
     else {
@@ -62,6 +62,12 @@ extern "C" fn agent_main(params_addr: u64) -> ! {
         io::exit(ports::EXIT_BAD_BOOT);
     };
     let heap_end = (ram.base + ram.size).min(MAX_RAM) as usize;
+    // Before anything writes a static: the pass must leave the image as
+    // loaded.
+    if role == guest_agent::boot::Role::Warm {
+        warm::run(params, heap_end);
+    }
+    clock::init(params.tsc_khz);
     // SAFETY: from the image end to the end of its RAM region nothing else
     // lives (the VMM puts its tables below 1 MiB, the image at 1 MiB).
     if !unsafe { heap::init(image_end(), heap_end - image_end()) } {

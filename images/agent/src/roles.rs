@@ -134,6 +134,8 @@ pub fn run(role: Role, params: &mut BootParams) -> ! {
             }
             io::exit(0)
         }
+        // Runs before the heap exists (main.rs); never reaches here.
+        Role::Warm => io::exit(ports::EXIT_BAD_BOOT),
         Role::Node => crate::node::run(params),
         Role::Edge => crate::node::run_edge(params),
         Role::Panic => {

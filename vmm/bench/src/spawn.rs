@@ -190,7 +190,7 @@ pub fn run(
     measure_spawn(kvm, image, 1, mem_mib, None)?;
     let mut cold = measure_spawn(kvm, image, n, mem_mib, None)?;
     cold.sort_by(f64::total_cmp);
-    let pool = ShellPool::new(kvm.clone(), image.clone(), mem_mib, POOL_SHELLS)
+    let pool = ShellPool::new(kvm.clone(), image.clone(), mem_mib, vmm::warm::DEFAULT_HEAP_KIB, POOL_SHELLS)
         .map_err(|e| SpawnBenchError::Vm(VmError::Thread(e)))?;
     let mut t = measure_spawn(kvm, image, n, mem_mib, Some(&pool))?;
     drop(pool);

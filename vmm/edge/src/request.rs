@@ -135,6 +135,11 @@ pub struct Vmm<'a> {
     pub pool: Option<&'a ShellPool>,
 }
 
+/// Heap a request VM's prepared shell warms ([`vmm::warm`]): what its boot
+/// touches before the stream is up (virtio-net rings and buffers, the
+/// router's state); measured with `bench connect` (BENCHMARKS.md).
+pub const WARM_HEAP_KIB: u32 = vmm::warm::DEFAULT_HEAP_KIB;
+
 /// Guest memory of a request VM, MiB: the edge's configured size, at most
 /// 64 (one stream needs no more).
 pub fn mem_mib(edge: &NodeFile) -> u64 {
@@ -203,7 +208,7 @@ pub fn run(
     };
     let shell = match vmm.pool {
         Some(pool) => pool.take()?,
-        None => prepare_shell(vmm.kvm, vmm.image, vm_cfg.mem_mib)?,
+        None => prepare_shell(vmm.kvm, vmm.image, vm_cfg.mem_mib, None)?,
     };
     let mut vm = finish_vm(vmm.kvm, shell, vm_cfg)?;
     let build = building.elapsed();

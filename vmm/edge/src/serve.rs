@@ -251,7 +251,10 @@ impl Edge {
         let image = Arc::new(AgentImage::open(&cfg.image)?);
         let pool = match cfg.prepared_vms {
             0 => None,
-            n => Some(ShellPool::new(kvm.clone(), image.clone(), request::mem_mib(&file), n).map_err(EdgeError::Pool)?),
+            n => Some(
+                ShellPool::new(kvm.clone(), image.clone(), request::mem_mib(&file), request::WARM_HEAP_KIB, n)
+                    .map_err(EdgeError::Pool)?,
+            ),
         };
         let slots = Arc::new(SlotAllocator::open(slots_path.into()));
         let ports = match cfg.prepared_vms {

@@ -44,13 +44,16 @@ fn page_tables() -> &'static [u8] {
             let off = (addr - PML4_ADDR) as usize;
             t[off..off + 8].copy_from_slice(&v.to_le_bytes());
         };
-        // Present | writable | user at every level; PS for 2 MiB leaves.
-        put(PML4_ADDR, PDPT_ADDR | 0x7);
+        // Present | writable | user | accessed at every level; PS and dirty
+        // for 2 MiB leaves. Accessed and dirty set ahead, so the hypervisor
+        // never has to write them into the guest's tables on a first access
+        // (a shadow-paging fault), and the tables stay as written.
+        put(PML4_ADDR, PDPT_ADDR | 0x27);
         for i in 0..4u64 {
-            put(PDPT_ADDR + 8 * i, (PD_ADDR + 0x1000 * i) | 0x7);
+            put(PDPT_ADDR + 8 * i, (PD_ADDR + 0x1000 * i) | 0x27);
         }
         for j in 0..2048u64 {
-            put(PD_ADDR + 8 * j, (j << 21) | 0x87);
+            put(PD_ADDR + 8 * j, (j << 21) | 0xe7);
         }
         t
     })
@@ -91,16 +94,16 @@ mod tests {
     }
 
     #[test]
-    fn page_tables_identity_map_4gib_with_user_bit() {
+    fn page_tables_identity_map_4gib_with_user_and_accessed_bits() {
         let t = page_tables();
         let at = |addr: u64| {
             let off = (addr - PML4_ADDR) as usize;
             u64::from_le_bytes(t[off..off + 8].try_into().unwrap())
         };
-        assert_eq!(at(PML4_ADDR), 0xa007);
-        assert_eq!(at(PDPT_ADDR + 24), 0xe007);
-        assert_eq!(at(PD_ADDR), 0x87);
-        assert_eq!(at(PD_ADDR + 8 * 2047), (2047 << 21) | 0x87);
+        assert_eq!(at(PML4_ADDR), 0xa027);
+        assert_eq!(at(PDPT_ADDR + 24), 0xe027);
+        assert_eq!(at(PD_ADDR), 0xe7);
+        assert_eq!(at(PD_ADDR + 8 * 2047), (2047 << 21) | 0xe7);
     }
 
     #[test]
