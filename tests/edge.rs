@@ -216,9 +216,47 @@ fn connect_benchmark_prints_its_fields_beside_kernel_routing() {
         "ssh_throughput_mbps",
         "microsocks_connect_p50_ms",
         "microsocks_throughput_mbps",
+        "optimistic_connect_p50_ms",
+        "optimistic_early_bytes_p50",
     ] {
         assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f} missing or zero: {r}");
     }
+}
+
+/// Optimistic data (Tor's): an app that sends right behind its CONNECT
+/// request, before the reply, has those bytes carried behind the stream's
+/// opening (the edge's `stream_up` says how many) and echoed back intact;
+/// to a closed port it gets the refusal and the bytes go nowhere.
+#[test]
+fn an_optimistic_apps_first_bytes_ride_behind_the_opening_and_come_back_intact() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let port = echo_server(&topo.netns("c"));
+    let edge = start_edge(&topo);
+    let target = std::net::SocketAddr::from(([10, 231, 1, 2], port));
+
+    let first = random_bytes(3000, 7);
+    let (mut s, reply) = socks_connect_early(&topo, target, &first);
+    assert_eq!(reply, socks::Reply::Succeeded, "{}", edge.events.dump());
+    let mut back = vec![0u8; first.len()];
+    s.read_exact(&mut back).expect("the early bytes echoed");
+    assert_eq!(sha256(&back), sha256(&first));
+    let more = random_bytes(50_000, 8);
+    assert_eq!(sha256(&echo_round(&mut s, &more)), sha256(&more), "the stream goes on intact");
+    let up = edge.events.wait(Duration::from_secs(10), |e| events::is(e, "stream_up"));
+    assert_eq!(up["stages"]["early_bytes"].as_u64(), Some(first.len() as u64), "{up}");
+    drop(s);
+
+    let closed = std::net::SocketAddr::from(([10, 231, 1, 2], 1));
+    let (_s, reply) = socks_connect_early(&topo, closed, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(reply, socks::Reply::ConnectionRefused, "{}", edge.events.dump());
+    edge.wait_vms_ended(2);
+    drop(edge.child);
 }
 
 #[test]

@@ -467,6 +467,9 @@ pub struct ConnectTimes {
     pub answered_us: u64,
     /// Link-state requests sent before the keys came.
     pub lsa_requests: u64,
+    /// App bytes sent behind the opening before its answer (optimistic
+    /// data).
+    pub early_bytes: u64,
 }
 
 impl NodeStats {

@@ -132,6 +132,17 @@ pub fn echo_server(ns: &str) -> u16 {
 /// A, made inside A's namespace: the stream (read timeout 30 s) and the
 /// edge's reply.
 pub fn socks_connect(topo: &TopoGuard, target: std::net::SocketAddr) -> (std::net::TcpStream, socks::Reply) {
+    socks_connect_early(topo, target, &[])
+}
+
+/// [`socks_connect`] for an optimistic app: `early` goes out in the same
+/// write as the CONNECT request, before the reply.
+pub fn socks_connect_early(
+    topo: &TopoGuard,
+    target: std::net::SocketAddr,
+    early: &[u8],
+) -> (std::net::TcpStream, socks::Reply) {
+    let early = early.to_vec();
     in_netns(&topo.netns("a"), move || {
         let mut s = std::net::TcpStream::connect("127.0.0.1:1080").expect("the edge listens");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -141,7 +152,7 @@ pub fn socks_connect(topo: &TopoGuard, target: std::net::SocketAddr) -> (std::ne
         let mut m = [0u8; socks::MethodChoice::LEN];
         s.read_exact(&mut m).expect("a method choice");
         let n = socks::Request::connect(socks::Addr::Ip(target)).encode(&mut buf).unwrap();
-        s.write_all(&buf[..n]).unwrap();
+        s.write_all(&[&buf[..n], &early[..]].concat()).unwrap();
         let mut rep = [0u8; socks::ReplyMsg::LEN_V4];
         s.read_exact(&mut rep).expect("a SOCKS5 reply");
         let Ok(socks::Decoded::Ready(rep, _)) = socks::ReplyMsg::decode(&rep) else { panic!("not a reply: {rep:?}") };

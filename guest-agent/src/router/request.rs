@@ -23,6 +23,10 @@ use super::onion::NoCircuit;
 use super::streams::fit_stream;
 use super::{origin_repr, LinkPort, Router};
 
+/// App bytes that may ride right behind the stream's opening, before the
+/// destination answers (optimistic data): an HTTP request or a TLS
+/// ClientHello fits.
+pub const OPTIMISTIC_BYTES: usize = 4 * crate::transport::stream::MSS;
 /// App bytes held for the stream at most before the console waits.
 pub const MAX_APP_PENDING: usize = 64 * 1024;
 /// Stream bytes taken for the app per pass.
@@ -112,6 +116,12 @@ impl RequestStream {
     pub(super) fn new(req: &EdgeRequest, protocol: Protocol, now: u64) -> Self {
         let mut stream = Stream::connect(&req.target);
         fit_stream(&mut stream, protocol);
+        // Every protocol but multipath keeps a stream's segments on one
+        // path in order, so data sent behind the opening arrives behind
+        // it; multipath's could overtake it and be dropped.
+        if protocol != Protocol::Multipath {
+            stream.set_optimistic(OPTIMISTIC_BYTES);
+        }
         Self {
             flow: req.flow,
             dst: req.dst,
@@ -143,6 +153,7 @@ impl RequestStream {
     fn note_answer(&mut self, now: u64) {
         if self.times.answered_us == 0 && self.phase() != RequestPhase::Connecting {
             self.times.answered_us = self.since_start(now);
+            self.times.early_bytes = self.stream.sent_early() as u64;
         }
     }
 
@@ -229,13 +240,17 @@ impl<L: LinkPort> Router<L> {
         }
     }
 
-    /// Whether the router takes app bytes now.
+    /// Whether the router takes app bytes now: while the stream opens (an
+    /// app may send before its SOCKS answer, as Tor Browser does; the bytes
+    /// ride behind the opening) and once it is up and answered.
     pub fn wants_app_input(&self) -> bool {
         self.request.as_ref().is_some_and(|r| {
-            r.replied
-                && r.stream.state() == StreamState::Established
-                && !r.app_closed
-                && r.pending.len() < MAX_APP_PENDING
+            let open = match r.stream.state() {
+                StreamState::SynSent => true,
+                StreamState::Established => r.replied,
+                _ => false,
+            };
+            open && !r.app_closed && r.pending.len() < MAX_APP_PENDING
         })
     }
 
@@ -393,7 +408,12 @@ impl<L: LinkPort> Router<L> {
             r.stream.ack_now();
             r.last_keepalive = now;
         }
-        if r.replied && r.stream.state() == StreamState::Established && !r.pending.is_empty() {
+        let sending = match r.stream.state() {
+            StreamState::SynSent => true,
+            StreamState::Established => r.replied,
+            _ => false,
+        };
+        if sending && !r.pending.is_empty() {
             let n = r.stream.write(&r.pending);
             r.pending.drain(..n);
             worked |= n > 0;

@@ -79,6 +79,11 @@ pub struct Stream {
     peer_finished: bool,
     ack_pending: bool,
     advertised: usize,
+    /// Data bytes the initiator may send before the SYN is answered
+    /// ([`Stream::set_optimistic`]).
+    optimistic: usize,
+    /// Data bytes sent before the SYN was answered.
+    sent_early: usize,
 }
 
 impl Stream {
@@ -116,6 +121,8 @@ impl Stream {
             peer_finished: false,
             ack_pending: false,
             advertised: BUF,
+            optimistic: 0,
+            sent_early: 0,
         }
     }
 
@@ -139,6 +146,22 @@ impl Stream {
         s.snd_nxt = 0;
         s.peer_wnd = seg.window_kib as usize * 1024;
         Some((s, seg.data.to_vec()))
+    }
+
+    /// Lets the initiator send up to `bytes` of data right behind its SYN,
+    /// before the answer (Tor's optimistic data): the app's first bytes
+    /// reach the destination with the opening instead of a round trip
+    /// later. The acceptor holds them until the service is connected and
+    /// drops them with the stream if it is refused. Only for paths that
+    /// keep the SYN ahead of its data (a segment that arrives before its
+    /// stream's SYN is dropped and waits for a retransmission).
+    pub fn set_optimistic(&mut self, bytes: usize) {
+        self.optimistic = bytes;
+    }
+
+    /// Data bytes sent before the SYN was answered.
+    pub fn sent_early(&self) -> usize {
+        self.sent_early
     }
 
     /// Limits data segments to `mss` bytes (at most [`MSS`]), for carriers
@@ -198,6 +221,11 @@ impl Stream {
 
     /// The acceptor refuses (e.g. the service is down): an RST goes out.
     pub fn refuse(&mut self) {
+        // A stream refused before it was accepted hands over nothing it
+        // held (optimistic data).
+        if self.state == StreamState::SynReceived && !self.confirmed {
+            self.rbuf.clear();
+        }
         self.state = StreamState::Reset;
         self.ack_pending = true;
     }
@@ -231,8 +259,12 @@ impl Stream {
         self.fin_queued = true;
     }
 
-    /// Takes received bytes, in order.
+    /// Takes received bytes, in order; none before the stream is accepted
+    /// (optimistic data waits for [`Stream::confirm`]).
     pub fn read(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+        if self.state == StreamState::SynReceived && !self.confirmed {
+            return 0;
+        }
         let n = self.rbuf.len().min(max);
         out.extend(self.rbuf.drain(..n));
         // Reopening a window the peer may be stalled on deserves an ACK.
@@ -289,15 +321,24 @@ impl Stream {
                 return;
             }
             Kind::SynAck => {
-                if self.state == StreamState::SynSent && seg.ack == 1 {
+                // It acknowledges the SYN, and any data sent behind it that
+                // the acceptor held.
+                let sent = if self.snd_max == 0 { 1 } else { self.snd_max };
+                if self.state == StreamState::SynSent && !before(seg.ack, 1) && !before(sent, seg.ack) {
                     self.state = StreamState::Established;
                     self.rcv_nxt = seg.seq.wrapping_add(1);
                     self.snd_una = 1;
-                    self.snd_nxt = 1;
-                    self.snd_max = 1;
+                    self.snd_nxt = self.snd_nxt.max(1);
+                    self.snd_max = sent;
                     self.rto_deadline = None;
                     self.timeouts = 0;
                     self.sample_rtt(now_us, 1);
+                    if seg.ack != 1 {
+                        self.on_ack(now_us, seg.ack, false);
+                    }
+                    if self.flight() > 0 {
+                        self.rto_deadline = Some(now_us + self.rto_us);
+                    }
                 }
                 // Acknowledge it (also when duplicated) so the acceptor stops resending.
                 self.ack_pending = true;
@@ -308,6 +349,11 @@ impl Stream {
         }
         if self.state == StreamState::SynReceived {
             if !self.confirmed {
+                // Optimistic data: held (unacknowledged, unread by the
+                // service side until it is connected) until the answer.
+                if seg.kind == Kind::Data && !seg.data.is_empty() {
+                    self.on_data(seg.seq, seg.data);
+                }
                 return;
             }
             // The initiator's first ACK or data completes the handshake.
@@ -457,6 +503,27 @@ impl Stream {
         true
     }
 
+    /// The next optimistic data segment behind a SYN already sent, within
+    /// [`Stream::set_optimistic`]'s allowance and the initial window.
+    /// Only the SYN is retransmitted while unanswered; data lost here is
+    /// resent once the stream is established.
+    fn early_segment(&mut self, now_us: u64, out: &mut Vec<u8>) -> bool {
+        if self.optimistic == 0 || self.rto_deadline.is_none() {
+            return false;
+        }
+        // Data starts after the SYN's sequence number.
+        let seq = self.snd_nxt.max(1);
+        if self.sent_early >= self.optimistic.min(self.cwnd) || !self.data_segment(seq, out) {
+            return false;
+        }
+        let len = out.len() - super::segment::HEADER_LEN;
+        self.sent_early += len;
+        self.snd_nxt = seq.wrapping_add(len as u32);
+        self.snd_max = self.snd_nxt;
+        self.rtt_probe.get_or_insert((0, now_us));
+        true
+    }
+
     /// Produces the next segment to send into `out` (cleared first);
     /// false when there is nothing to send now. Call until false.
     pub fn poll_transmit(&mut self, now_us: u64, out: &mut Vec<u8>) -> bool {
@@ -479,7 +546,7 @@ impl Stream {
             StreamState::SynSent => {
                 let due = self.rto_deadline.is_none_or(|d| now_us >= d);
                 if !due {
-                    return false;
+                    return self.early_segment(now_us, out);
                 }
                 if self.rto_deadline.is_some() && self.on_timeout(now_us) {
                     self.state = StreamState::Reset;
@@ -580,6 +647,93 @@ mod tests {
     use super::*;
     use crate::transport::segment::Segment;
     use alloc::vec;
+
+    /// Every segment `s` has to send now, parsed back into owned form.
+    fn drain(s: &mut Stream, now: u64) -> Vec<Vec<u8>> {
+        let mut segs = Vec::new();
+        let mut out = Vec::new();
+        while s.poll_transmit(now, &mut out) {
+            segs.push(out.clone());
+        }
+        segs
+    }
+
+    fn kind(seg: &[u8]) -> Kind {
+        Segment::parse(seg).unwrap().kind
+    }
+
+    #[test]
+    fn optimistic_data_rides_behind_the_syn_and_is_acknowledged_by_the_answer() {
+        let mut a = Stream::connect(b"service:80");
+        a.set_optimistic(4 * MSS);
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(a.write(request), request.len());
+        let sent = drain(&mut a, 0);
+        assert_eq!(sent.iter().map(|s| kind(s)).collect::<Vec<_>>(), [Kind::Syn, Kind::Data]);
+        assert_eq!(a.sent_early(), request.len());
+        let (mut b, _) = Stream::accept(&Segment::parse(&sent[0]).unwrap()).unwrap();
+        b.on_segment(10, &Segment::parse(&sent[1]).unwrap());
+        let mut got = Vec::new();
+        assert_eq!(b.read(&mut got, usize::MAX), 0, "nothing reaches the service before it is connected");
+        assert!(drain(&mut b, 10).is_empty(), "no answer before the service is connected");
+        b.confirm();
+        let answer = drain(&mut b, 20);
+        assert_eq!(kind(&answer[0]), Kind::SynAck);
+        assert_eq!(Segment::parse(&answer[0]).unwrap().ack, 1 + request.len() as u32);
+        b.read(&mut got, usize::MAX);
+        assert_eq!(got, request);
+        a.on_segment(30, &Segment::parse(&answer[0]).unwrap());
+        assert_eq!(a.state(), StreamState::Established);
+        assert_eq!(a.send_room(), BUF, "the answer acknowledged the early data");
+        // Only the handshake's ACK follows, no resend of the data, ever.
+        let after = drain(&mut a, 10_000_000);
+        assert!(after.iter().all(|s| Segment::parse(s).unwrap().data.is_empty()), "{after:?}");
+    }
+
+    #[test]
+    fn early_data_that_is_lost_is_resent_once_the_stream_is_up() {
+        let mut a = Stream::connect(b"service:80");
+        a.set_optimistic(4 * MSS);
+        a.write(b"hello");
+        let sent = drain(&mut a, 0);
+        let (mut b, _) = Stream::accept(&Segment::parse(&sent[0]).unwrap()).unwrap();
+        b.confirm();
+        let answer = drain(&mut b, 10);
+        a.on_segment(20, &Segment::parse(&answer[0]).unwrap());
+        assert_eq!(a.state(), StreamState::Established);
+        let mut got = Vec::new();
+        for t in (1..40).map(|i| 20 + i * 50_000) {
+            for seg in drain(&mut a, t) {
+                b.on_segment(t, &Segment::parse(&seg).unwrap());
+            }
+            b.read(&mut got, usize::MAX);
+        }
+        assert_eq!(got, b"hello");
+    }
+
+    #[test]
+    fn a_refused_stream_never_hands_over_its_early_data() {
+        let mut a = Stream::connect(b"service:80");
+        a.set_optimistic(MSS);
+        a.write(b"secret request");
+        let sent = drain(&mut a, 0);
+        let (mut b, _) = Stream::accept(&Segment::parse(&sent[0]).unwrap()).unwrap();
+        b.on_segment(1, &Segment::parse(&sent[1]).unwrap());
+        b.refuse();
+        let mut got = Vec::new();
+        assert_eq!(b.read(&mut got, usize::MAX), 0);
+        assert_eq!(b.state(), StreamState::Reset);
+    }
+
+    #[test]
+    fn without_optimistic_data_only_the_syn_goes_before_the_answer() {
+        let mut a = Stream::connect(b"service:80");
+        a.write(b"waits");
+        let sent = drain(&mut a, 0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(kind(&sent[0]), Kind::Syn);
+        assert_eq!(a.sent_early(), 0);
+    }
 
     /// A simulated network between two streams: delays every segment by
     /// `delay_us`, drops, duplicates and reorders pseudo-randomly.

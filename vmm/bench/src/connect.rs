@@ -47,6 +47,21 @@ pub struct ConnectReport {
     pub microsocks_connect_p99_ms: f64,
     /// One flow's throughput through microsocks, Mbit/s.
     pub microsocks_throughput_mbps: f64,
+    /// Median connect-to-first-byte through pathvm for an optimistic app
+    /// (its first byte sent behind the CONNECT request, before the reply,
+    /// as Tor Browser does), ms: the byte rides behind the stream's
+    /// opening.
+    pub optimistic_connect_p50_ms: f64,
+    /// The same app through `ssh -D`, ms; null if the byte never came
+    /// back (the proxy dropped what the app sent before its reply).
+    pub ssh_optimistic_connect_p50_ms: Option<f64>,
+    /// The same app through microsocks, ms; null as for ssh (microsocks
+    /// 1.0 reads the request with one read and drops what follows it).
+    pub microsocks_optimistic_connect_p50_ms: Option<f64>,
+    /// Median app bytes that rode behind the opening in pathvm's
+    /// optimistic connects (from the edge's `stream_up` events; 1 when the
+    /// byte went with the opening).
+    pub optimistic_early_bytes_p50: f64,
     /// Where pathvm's connects spent their time: each step's median over
     /// the edge's `stream_up` events of the run, µs (`node::events::ConnectStages`;
     /// `since_accept_us` is the whole, accept to SOCKS reply), and
@@ -82,26 +97,33 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
     let target = std::net::SocketAddrV4::new(c, port);
     let (direct, kernel_mbps) = measure(&lab.netns("a"), target, Via::Kernel, CONNECTS, BULK)?;
     // The peers, before any node takes B's links from B's host stack.
-    let (microsocks, microsocks_mbps) = {
+    let (microsocks, microsocks_mbps, microsocks_optimistic) = {
         let (_peer, proxy) = super::peers::microsocks(&lab)?;
-        measure(&lab.netns("a"), target, Via::Socks { proxy }, CONNECTS, BULK)?
+        let (t, mbps) = measure(&lab.netns("a"), target, Via::Socks { proxy }, CONNECTS, BULK)?;
+        (t, mbps, optimistic(&lab.netns("a"), target, Via::Socks { proxy }).ok())
     };
     let ssh_dir = std::env::temp_dir().join(format!("pathvm-bench-ssh-{}", std::process::id()));
-    let ssh = super::peers::ssh_dynamic_forward(&lab, &ssh_dir)
-        .and_then(|(_peers, proxy)| measure(&lab.netns("a"), target, Via::Socks { proxy }, CONNECTS, BULK));
+    let ssh = super::peers::ssh_dynamic_forward(&lab, &ssh_dir).and_then(|(_peers, proxy)| {
+        let (t, mbps) = measure(&lab.netns("a"), target, Via::Socks { proxy }, CONNECTS, BULK)?;
+        Ok((t, mbps, optimistic(&lab.netns("a"), target, Via::Socks { proxy }).ok()))
+    });
     let _ = std::fs::remove_dir_all(&ssh_dir);
-    let (ssh, ssh_mbps) = ssh?;
+    let (ssh, ssh_mbps, ssh_optimistic) = ssh?;
 
     let c_node = lab.start_node("c", false)?;
     let _b = lab.start_node("b", false)?;
     let edge = lab.start_edge_from("a", lab.edge_command("a"))?;
     let (via, mbps) = measure(&lab.netns("a"), target, Via::Edge { criteria: None }, CONNECTS, BULK)?;
-    let mut stages_p50_us = stage_medians(&edge.events().of("stream_up"));
+    let plain = edge.events().of("stream_up").len();
+    let via_optimistic = optimistic(&lab.netns("a"), target, Via::Edge { criteria: None })?;
+    let ups = edge.events().of("stream_up");
+    let (plain_ups, optimistic_ups) = ups.split_at(plain.min(ups.len()));
+    let mut stages_p50_us = stage_medians(plain_ups);
+    let early: Vec<f64> = optimistic_ups.iter().filter_map(|e| e["stages"]["early_bytes"].as_f64()).collect();
     // The service's own part of `open_us`, from the destination's node.
-    let mut connects: Vec<f64> =
+    let connects: Vec<f64> =
         c_node.events().of("service_connect").iter().filter_map(|e| e["connect_us"].as_f64()).collect();
-    connects.sort_by(f64::total_cmp);
-    stages_p50_us.insert("service_connect_us".into(), percentile(&connects, 50.0));
+    stages_p50_us.insert("service_connect_us".into(), median(connects));
     Ok(ConnectReport {
         connect_p50_ms: percentile(&via, 50.0),
         connect_p99_ms: percentile(&via, 99.0),
@@ -115,10 +137,26 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
         microsocks_connect_p50_ms: percentile(&microsocks, 50.0),
         microsocks_connect_p99_ms: percentile(&microsocks, 99.0),
         microsocks_throughput_mbps: microsocks_mbps,
+        optimistic_connect_p50_ms: percentile(&via_optimistic, 50.0),
+        ssh_optimistic_connect_p50_ms: ssh_optimistic.map(|t| percentile(&t, 50.0)),
+        microsocks_optimistic_connect_p50_ms: microsocks_optimistic.map(|t| percentile(&t, 50.0)),
+        optimistic_early_bytes_p50: median(early),
         stages_p50_us,
         samples: CONNECTS,
         machine: machine(),
     })
+}
+
+/// Connect-to-first-byte times (ms, sorted) of an optimistic app from
+/// namespace `ns`.
+fn optimistic(ns: &str, target: std::net::SocketAddrV4, via: Via) -> std::io::Result<Vec<f64>> {
+    super::netns_io::in_netns(ns, move || super::traffic::optimistic_connect_times(target, &via, CONNECTS))
+}
+
+/// The median of `v` (0 when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50.0)
 }
 
 /// Each step's median over `stream_up` events (their `stages` object and
@@ -135,13 +173,7 @@ fn stage_medians(events: &[serde_json::Value]) -> BTreeMap<String, f64> {
             steps.entry(k).or_default().push(v);
         }
     }
-    steps
-        .into_iter()
-        .map(|(k, mut v)| {
-            v.sort_by(f64::total_cmp);
-            (k, percentile(&v, 50.0))
-        })
-        .collect()
+    steps.into_iter().map(|(k, v)| (k, median(v))).collect()
 }
 
 #[cfg(test)]

@@ -90,6 +90,9 @@ pub struct ConnectStages {
     pub open_us: u64,
     /// Link-state requests the VM sent before it had keys.
     pub lsa_requests: u64,
+    /// App bytes that rode behind the opening, before its answer
+    /// (optimistic data: the app sent them before its SOCKS reply).
+    pub early_bytes: u64,
 }
 
 /// One protocol's line of a selection.
