@@ -93,6 +93,7 @@ const COMMON: &[i64] = &[
     libc::SYS_sigaltstack,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
+    libc::SYS_sched_getscheduler,
     libc::SYS_gettid,
     libc::SYS_getpid,
     libc::SYS_clock_gettime,
@@ -124,6 +125,17 @@ fn build(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Device => DEVICE,
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().chain(own).map(|&s| (s, Vec::new())).collect();
+    // A prepared thread runs its preparation in SCHED_IDLE and waits for
+    // its VM in the normal class (crate::worker), and may do nothing else
+    // with its scheduling: pid 0 (itself), SCHED_OTHER or SCHED_IDLE only.
+    let class = |policy: libc::c_int| {
+        SeccompRule::new(vec![
+            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?,
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, policy as u64)?,
+        ])
+    };
+    let classes = vec![class(libc::SCHED_OTHER).map_err(err)?, class(libc::SCHED_IDLE).map_err(err)?];
+    rules.insert(libc::SYS_sched_setscheduler, classes);
     if kind == ThreadKind::Vcpu {
         let request = |v: u64| {
             SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)

@@ -76,7 +76,7 @@ pub(crate) fn warm(
 
     let stop = StopHandle::new().map_err(|e| WarmError::Failed(format!("no stop handle: {e}")))?;
     let s = stop.clone();
-    let done = worker.run(move || {
+    let done = worker.prepare(move || {
         let mut vcpu = vcpu;
         let r = run(&mut vcpu, &s);
         (vcpu, r)

@@ -4,7 +4,10 @@
 //! a seccomp filter install and the handshake that confirms it, each; on
 //! the request path that was ≈ 0.3 ms of a spawn. A prepared shell holds
 //! its two [`Worker`]s already confined, so a request's VM only hands them
-//! their work.
+//! their work. A worker started by a pool's refill thread (SCHED_IDLE)
+//! prepares in that class (the shell's warm-up pass) but waits for its
+//! VM in the normal class: a thread woken in SCHED_IDLE waits for a CPU
+//! nothing else wants, which on the request path cost 0.4 ms of a boot.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
@@ -27,7 +30,11 @@ pub enum WorkerError {
     Ended,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+struct Job {
+    work: Box<dyn FnOnce() + Send>,
+    /// Preparation: in SCHED_IDLE if the thread was started in it.
+    prepare: bool,
+}
 
 /// A confined thread that runs the jobs it is handed, in order, until it
 /// is dropped.
@@ -37,10 +44,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a thread named `name`, moves it to the normal scheduling
-    /// class (a pool's refill thread runs as SCHED_IDLE, and a thread
-    /// inherits its creator's class) and confines it as a `kind` thread
-    /// before it can run any job.
+    /// Starts a thread named `name` and confines it as a `kind` thread
+    /// before it can run any job; it waits for jobs in the normal class.
     pub fn start(name: &str, kind: ThreadKind) -> Result<Self, WorkerError> {
         let (jobs, queue) = sync_channel::<Job>(1);
         let (confined_tx, confined_rx) = sync_channel(1);
@@ -48,15 +53,26 @@ impl Worker {
             .name(name.into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                normal_class();
+                // SAFETY: pid 0 is the calling thread; no memory is passed.
+                let started_idle = unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE;
                 let confined = seccomp::confine(kind);
                 let ok = confined.is_ok();
                 let _ = confined_tx.send(confined);
                 if !ok {
                     return;
                 }
+                if started_idle {
+                    set_class(libc::SCHED_OTHER);
+                }
                 while let Ok(job) = queue.recv() {
-                    job();
+                    let idle = job.prepare && started_idle;
+                    if idle {
+                        set_class(libc::SCHED_IDLE);
+                    }
+                    (job.work)();
+                    if idle {
+                        set_class(libc::SCHED_OTHER);
+                    }
                 }
             })
             .map_err(WorkerError::Spawn)?;
@@ -74,14 +90,25 @@ impl Worker {
         }
     }
 
-    /// Runs `f` on the worker; its result arrives on the returned channel,
-    /// which disconnects without one if `f` panicked.
+    /// Runs `f`, a VM's own work, on the worker; its result arrives on the returned channel, which disconnects
+    /// without one if `f` panicked.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Receiver<R> {
+        self.send(f, false)
+    }
+
+    /// [`Worker::run`] for preparation: in SCHED_IDLE if the thread was
+    /// started in it (under a pool), so it never takes a CPU from a request.
+    pub fn prepare<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Receiver<R> {
+        self.send(f, true)
+    }
+
+    fn send<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static, prepare: bool) -> Receiver<R> {
         let (tx, rx) = sync_channel(1);
         if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Box::new(move || {
+            let work = Box::new(move || {
                 let _ = tx.send(f());
-            }));
+            });
+            let _ = jobs.send(Job { work, prepare });
         }
         rx
     }
@@ -101,17 +128,13 @@ impl Drop for Worker {
     }
 }
 
-/// Leaves SCHED_IDLE for the normal class (no-op in any other class).
-fn normal_class() {
-    // SAFETY: pid 0 is the calling thread; no memory is passed.
-    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_IDLE {
-        return;
-    }
+/// Moves the calling thread to `policy` (SCHED_OTHER or SCHED_IDLE).
+fn set_class(policy: libc::c_int) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
         tracing::warn!(
-            "a VM thread stays in SCHED_IDLE (its VM will run only on idle CPUs): {}",
+            "a VM thread cannot change its scheduling class to {policy} (a VM's thread left in SCHED_IDLE runs only on idle CPUs): {}",
             std::io::Error::last_os_error()
         );
     }
@@ -128,6 +151,27 @@ mod tests {
         let b = w.run(|| std::thread::current().name().map(str::to_owned));
         assert_eq!(a.recv().unwrap(), 1);
         assert_eq!(b.recv().unwrap().as_deref(), Some("test-worker"));
+    }
+
+    /// A pool prepares in SCHED_IDLE; the VM's own work must not run
+    /// there (it would run only on otherwise idle CPUs).
+    #[test]
+    fn a_worker_made_by_an_idle_thread_prepares_idle_and_works_in_the_normal_class() {
+        let class = || {
+            // SAFETY: pid 0 is the calling thread.
+            unsafe { libc::sched_getscheduler(0) }
+        };
+        let w = std::thread::spawn(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+            assert_eq!(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }, 0);
+            Worker::start("test-worker", ThreadKind::Vcpu).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(w.prepare(class).recv().unwrap(), libc::SCHED_IDLE);
+        assert_eq!(w.run(class).recv().unwrap(), libc::SCHED_OTHER);
+        assert_eq!(w.prepare(class).recv().unwrap(), libc::SCHED_IDLE);
     }
 
     #[test]
