@@ -11,7 +11,13 @@ use super::mmio::new_queue;
 use super::{DmaBuffers, MmioTransport, SplitQueue, VirtioError};
 use crate::boot::device_id;
 
-const BUF_SIZE: usize = 4096;
+/// Bytes per console buffer. The console carries a stream's bytes (the
+/// app's socket, a destination's service records), and each buffer costs
+/// the device thread and the guest a round of queue work and often a
+/// wake-up: 64 KiB instead of 4 KiB moved one flow through line3 from
+/// 44-46 to 55-58 MB/s (16 KiB: 51-53). Pages are touched only as bytes
+/// come, so an idle VM pays none of it.
+const BUF_SIZE: usize = 64 * 1024;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const QUEUE_SIZE: u16 = 16;
