@@ -135,10 +135,11 @@ pub struct Vmm<'a> {
     pub pool: Option<&'a ShellPool>,
 }
 
-/// Heap a request VM's prepared shell warms ([`vmm::warm`]): what its boot
-/// touches before the stream is up (virtio-net rings and buffers, the
-/// router's state); measured with `bench connect` (BENCHMARKS.md).
-pub const WARM_HEAP_KIB: u32 = vmm::warm::DEFAULT_HEAP_KIB;
+/// Heap a request VM's prepared shell warms ([`vmm::warm`]) besides the
+/// image: none. Measured with `bench connect` and `bench density` on line3:
+/// 256 KiB gave the same boot (1.26-1.45 ms vs 1.09-1.12 ms with none) for
+/// 160 KiB more resident memory per connection (1,000 held: 888 vs 732 MiB).
+pub const WARM_HEAP_KIB: u32 = 0;
 
 /// Guest memory of a request VM, MiB: the edge's configured size, at most
 /// 64 (one stream needs no more).
