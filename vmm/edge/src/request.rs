@@ -158,6 +158,7 @@ fn vm_stages(build: Duration, boot: Option<Duration>, guest: Option<ConnectTimes
         keys_us: guest.keyed_us,
         // Refused before it had keys: no opening was sent.
         open_us: if guest.keyed_us > 0 { guest.answered_us.saturating_sub(guest.keyed_us) } else { 0 },
+        lsa_asked_us: guest.lsa_requested_us,
         lsa_requests: guest.lsa_requests,
         early_bytes: guest.early_bytes,
         ..ConnectStages::default()

@@ -88,6 +88,9 @@ pub struct ConnectStages {
     /// Keys to the stream's answer: the opening across every hop, the
     /// destination's host connecting the service, the answer back.
     pub open_us: u64,
+    /// Agent start to its first link-state request sent (part of
+    /// `keys_us`: the rest is the answer's round trip and its checks).
+    pub lsa_asked_us: u64,
     /// Link-state requests the VM sent before it had keys.
     pub lsa_requests: u64,
     /// App bytes that rode behind the opening, before its answer
