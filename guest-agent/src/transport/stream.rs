@@ -87,6 +87,9 @@ pub struct Stream {
     optimistic: usize,
     /// Data bytes sent before the SYN was answered.
     sent_early: usize,
+    /// Acceptor: the initiator sent data behind its SYN, so its path keeps
+    /// order and the answer's data may ride right behind the SYN-ACK.
+    peer_early: bool,
 }
 
 impl Stream {
@@ -126,6 +129,7 @@ impl Stream {
             advertised: BUF,
             optimistic: 0,
             sent_early: 0,
+            peer_early: false,
         }
     }
 
@@ -355,15 +359,19 @@ impl Stream {
                 // Optimistic data: held (unacknowledged, unread by the
                 // service side until it is connected) until the answer.
                 if seg.kind == Kind::Data && !seg.data.is_empty() {
+                    self.peer_early = true;
                     self.on_data(seg.seq, seg.data);
                 }
                 return;
             }
-            // The initiator's first ACK or data completes the handshake.
+            // The initiator's first ACK or data completes the handshake
+            // (data the acceptor sent behind its SYN-ACK stays in flight).
             self.state = StreamState::Established;
-            self.snd_una = 1;
-            self.snd_nxt = 1;
-            self.snd_max = 1;
+            if self.snd_nxt == 0 {
+                self.snd_una = 1;
+                self.snd_nxt = 1;
+                self.snd_max = 1;
+            }
         }
         if self.state == StreamState::SynSent {
             return;
@@ -568,7 +576,17 @@ impl Stream {
                     self.emit(Kind::SynAck, 0, &[], out);
                     return true;
                 }
-                return false;
+                // An optimistic opening is answered in kind: the service's
+                // first bytes go right behind the SYN-ACK instead of waiting
+                // for the initiator's acknowledgement of it.
+                if !(self.confirmed && self.peer_early) {
+                    return false;
+                }
+                if self.snd_nxt == 0 {
+                    self.snd_una = 1;
+                    self.snd_nxt = 1;
+                    self.snd_max = 1;
+                }
             }
             StreamState::Established => {}
         }
@@ -680,14 +698,20 @@ mod tests {
         assert_eq!(b.read(&mut got, usize::MAX), 0, "nothing reaches the service before it is connected");
         assert!(drain(&mut b, 10).is_empty(), "no answer before the service is connected");
         b.confirm();
+        b.write(b"HTTP/1.1 200 OK");
         let answer = drain(&mut b, 20);
-        assert_eq!(kind(&answer[0]), Kind::SynAck);
+        assert_eq!(answer.iter().map(|s| kind(s)).collect::<Vec<_>>(), [Kind::SynAck, Kind::Data], "answered in kind");
         assert_eq!(Segment::parse(&answer[0]).unwrap().ack, 1 + request.len() as u32);
         b.read(&mut got, usize::MAX);
         assert_eq!(got, request);
-        a.on_segment(30, &Segment::parse(&answer[0]).unwrap());
+        for seg in &answer {
+            a.on_segment(30, &Segment::parse(seg).unwrap());
+        }
         assert_eq!(a.state(), StreamState::Established);
         assert_eq!(a.send_room(), BUF, "the answer acknowledged the early data");
+        let mut reply = Vec::new();
+        a.read(&mut reply, usize::MAX);
+        assert_eq!(reply, b"HTTP/1.1 200 OK", "the service's first bytes came with the answer");
         // Only the handshake's ACK follows, no resend of the data, ever.
         let after = drain(&mut a, 10_000_000);
         assert!(after.iter().all(|s| Segment::parse(s).unwrap().data.is_empty()), "{after:?}");
@@ -736,6 +760,13 @@ mod tests {
         assert_eq!(sent.len(), 1);
         assert_eq!(kind(&sent[0]), Kind::Syn);
         assert_eq!(a.sent_early(), 0);
+        // Nor does the acceptor send data before the handshake completes:
+        // the initiator's path may reorder (multipath).
+        let (mut b, _) = Stream::accept(&Segment::parse(&sent[0]).unwrap()).unwrap();
+        b.confirm();
+        b.write(b"banner");
+        let answer = drain(&mut b, 10);
+        assert_eq!(answer.iter().map(|s| kind(s)).collect::<Vec<_>>(), [Kind::SynAck]);
     }
 
     /// A simulated network between two streams: delays every segment by
