@@ -232,14 +232,8 @@ fn an_optimistic_apps_first_bytes_ride_behind_the_opening_and_come_back_intact()
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
-    let topo = TopoGuard::up("line3.toml");
     let dir = TempDir::new();
-    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
-    let _b = topo.start_node("b", 2, &dir.0.join("b.json"));
-    let port = echo_server(&topo.netns("c"));
-    let edge = start_edge(&topo);
-    let target = std::net::SocketAddr::from(([10, 231, 1, 2], port));
-
+    let (topo, _nodes, edge, target) = line3_with_echo(&dir, &[]);
     let first = random_bytes(3000, 7);
     let (mut s, reply) = socks_connect_early(&topo, target, &first);
     assert_eq!(reply, socks::Reply::Succeeded, "{}", edge.events.dump());

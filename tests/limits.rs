@@ -12,18 +12,6 @@ use pathvm_tests::edge::*;
 use pathvm_tests::events::is;
 use pathvm_tests::*;
 
-/// line3 with nodes on B and C, an echo service on C and the edge on A
-/// started with `edge_args`.
-fn line3_with_echo(dir: &TempDir, edge_args: &[&str]) -> (TopoGuard, Vec<Daemon>, Edge, SocketAddr) {
-    let topo = TopoGuard::up("line3.toml");
-    let nodes = vec![topo.start_node("c", 3, &dir.0.join("c.json")), topo.start_node("b", 2, &dir.0.join("b.json"))];
-    let port = echo_server(&topo.netns("c"));
-    let mut cmd = edge_command(&topo, std::path::Path::new("/nonexistent"));
-    cmd.args(edge_args);
-    let edge = start_edge_from(cmd);
-    (topo, nodes, edge, SocketAddr::from(([10, 231, 1, 2], port)))
-}
-
 #[test]
 fn beyond_max_vms_a_request_gets_reply_1_at_once_and_the_edge_serves_the_rest() {
     if !require(&[Need::Kvm, Need::Netns]) {

@@ -53,6 +53,22 @@ pub fn edge_command(topo: &TopoGuard, manifests: &std::path::Path) -> Command {
     c
 }
 
+/// line3 with nodes on B and C (their metrics files in `dir`), an echo
+/// service on C and the edge on A started with `edge_args`; returns the
+/// echo service's address too.
+pub fn line3_with_echo(
+    dir: &crate::TempDir,
+    edge_args: &[&str],
+) -> (TopoGuard, Vec<Daemon>, Edge, std::net::SocketAddr) {
+    let topo = TopoGuard::up("line3.toml");
+    let nodes = vec![topo.start_node("c", 3, &dir.0.join("c.json")), topo.start_node("b", 2, &dir.0.join("b.json"))];
+    let port = echo_server(&topo.netns("c"));
+    let mut cmd = edge_command(&topo, std::path::Path::new("/nonexistent"));
+    cmd.args(edge_args);
+    let edge = start_edge_from(cmd);
+    (topo, nodes, edge, std::net::SocketAddr::from(([10, 231, 1, 2], port)))
+}
+
 /// Starts an [`edge_command`] and waits for its `edge_up` event.
 pub fn start_edge_from(cmd: Command) -> Edge {
     let child = Daemon::start("edge on a", cmd, "edge_up", topo::lab::READY_WITHIN).unwrap_or_else(|e| panic!("{e}"));
