@@ -391,12 +391,20 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// Appends the encoding to `out`.
+    /// Most payload one record carries (its length is 16 bits on the
+    /// wire); whoever cuts a byte stream into records cuts at most this.
+    pub const MAX_PAYLOAD: usize = u16::MAX as usize;
+
+    /// Appends the encoding to `out`. A payload longer than
+    /// [`Record::MAX_PAYLOAD`] is a bug of the caller: it is cut there (in
+    /// debug builds, a panic), so the records behind it still parse.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        debug_assert!(self.payload.len() <= Self::MAX_PAYLOAD, "record payload of {} bytes", self.payload.len());
+        let payload = &self.payload[..self.payload.len().min(Self::MAX_PAYLOAD)];
         out.extend_from_slice(&self.node.to_be_bytes());
         out.extend_from_slice(&self.flow.to_be_bytes());
-        out.extend_from_slice(&(self.payload.len() as u16).to_be_bytes());
-        out.extend_from_slice(self.payload);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(payload);
     }
 
     /// The first complete record in `b` and its encoded length, or `None`

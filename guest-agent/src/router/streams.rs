@@ -99,6 +99,7 @@ pub const MULTIPATH_REORDER: u32 = 16;
 
 /// Stream bytes handed to the host per stream and pass.
 const HOST_READ: usize = 16 * 1024;
+const _: () = assert!(HOST_READ <= crate::node::Record::MAX_PAYLOAD);
 
 /// Shapes a stream for the protocol carrying it: smaller segments in onion
 /// cells, tolerance of reordering over several paths.
