@@ -90,8 +90,9 @@ impl Worker {
         }
     }
 
-    /// Runs `f`, a VM's own work, on the worker; its result arrives on the returned channel, which disconnects
-    /// without one if `f` panicked.
+    /// Runs `f`, a VM's own work, on the worker; its result arrives on the
+    /// returned channel, which disconnects without one if `f` panicked. One
+    /// job at a time: a second waits until the first has been taken.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Receiver<R> {
         self.send(f, false)
     }

@@ -208,6 +208,16 @@ impl RequestStream {
         [self.stream.next_deadline(), key_wait, goodbye, self.keepalive_at(keepalive_us)].into_iter().flatten().min()
     }
 
+    /// Whether app bytes go into the stream now: while it opens (they ride
+    /// behind the opening) and once it is up and the app was answered.
+    fn takes_app_bytes(&self) -> bool {
+        match self.stream.state() {
+            StreamState::SynSent => true,
+            StreamState::Established => self.replied,
+            _ => false,
+        }
+    }
+
     fn phase(&self) -> RequestPhase {
         match self.stream.state() {
             StreamState::Established | StreamState::Closed => RequestPhase::Up,
@@ -244,14 +254,7 @@ impl<L: LinkPort> Router<L> {
     /// app may send before its SOCKS answer, as Tor Browser does; the bytes
     /// ride behind the opening) and once it is up and answered.
     pub fn wants_app_input(&self) -> bool {
-        self.request.as_ref().is_some_and(|r| {
-            let open = match r.stream.state() {
-                StreamState::SynSent => true,
-                StreamState::Established => r.replied,
-                _ => false,
-            };
-            open && !r.app_closed && r.pending.len() < MAX_APP_PENDING
-        })
+        self.request.as_ref().is_some_and(|r| r.takes_app_bytes() && !r.app_closed && r.pending.len() < MAX_APP_PENDING)
     }
 
     /// Bytes the app sent.
@@ -408,12 +411,7 @@ impl<L: LinkPort> Router<L> {
             r.stream.ack_now();
             r.last_keepalive = now;
         }
-        let sending = match r.stream.state() {
-            StreamState::SynSent => true,
-            StreamState::Established => r.replied,
-            _ => false,
-        };
-        if sending && !r.pending.is_empty() {
+        if r.takes_app_bytes() && !r.pending.is_empty() {
             let n = r.stream.write(&r.pending);
             r.pending.drain(..n);
             worked |= n > 0;
@@ -428,7 +426,11 @@ impl<L: LinkPort> Router<L> {
         // Either side done: close ours (the app sees its end when the VM
         // exits and the VMM closes the connection).
         let service_done = r.stream.peer_finished() && r.backlog.is_empty();
-        if (r.app_closed && r.pending.is_empty()) || service_done {
+        // An app that sent its bytes and closed while the stream opens is
+        // closed once the stream is up: the goodbye clock must not run
+        // while the opening does.
+        let app_done = r.app_closed && r.pending.is_empty() && r.stream.state() != StreamState::SynSent;
+        if app_done || service_done {
             r.stream.close();
             r.closing_since.get_or_insert(now);
         }

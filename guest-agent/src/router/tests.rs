@@ -855,6 +855,32 @@ fn an_apps_first_bytes_ride_behind_the_opening_and_reach_the_service_with_the_an
     }
 }
 
+/// An app that sends and closes before its answer: the VM must not start
+/// its goodbye while the stream still opens (a slow service connect), and
+/// the bytes reach the service once it is up.
+#[test]
+fn an_app_that_sends_and_closes_while_the_stream_opens_is_carried_then_closed() {
+    let req = request(3, b"x:1");
+    let mut net = Net::new(&line3(), Protocol::Shortest.id(), Some((1, &req)));
+    let r = &mut net.host(1).router;
+    r.app_input(b"GET /");
+    r.app_closed();
+    // The service takes longer than the goodbye to connect.
+    net.run_for(super::request::GOODBYE_US + 500_000, STEP);
+    let now = net.now;
+    assert!(!net.host(1).router.request_done(now), "the VM left while its stream was opening");
+    assert!(net.run_until(1_000_000, STEP, |net| {
+        serve_opens(net, 3, stream_op::OPENED);
+        net.host(1).router.request_phase() == RequestPhase::Up
+    }));
+    net.host(1).router.request_replied();
+    assert!(net.run_until(3_000_000, STEP, |net| {
+        let now = net.now;
+        net.host(1).router.request_done(now)
+    }));
+    assert_eq!(stream_bytes(&mut net, 3, req.flow), b"GET /");
+}
+
 #[test]
 fn a_destination_stream_is_opened_then_closed_and_forgotten() {
     let (up, down) = (body(5_000), body(7_000));
