@@ -178,6 +178,9 @@ pub struct Router<L> {
     /// Silence after which a stream ending here is reset, µs (0: never);
     /// a request VM keeps its stream alive at a third of it.
     idle_timeout_us: u64,
+    /// Most bytes the streams ending here hold together
+    /// ([`streams::MAX_STREAM_BUFFERED`]; smaller in tests).
+    stream_budget: usize,
     notices: VecDeque<Notice>,
     /// Frames taken from the links, waiting to be handled (reused).
     rx_frames: Vec<(usize, Vec<u8>)>,
@@ -223,6 +226,7 @@ impl<L: LinkPort> Router<L> {
             seen: BTreeMap::new(),
             request: None,
             idle_timeout_us: cfg.idle_timeout_s as u64 * 1_000_000,
+            stream_budget: streams::MAX_STREAM_BUFFERED,
             notices: VecDeque::new(),
             rx_frames: Vec::new(),
         })

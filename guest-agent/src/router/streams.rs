@@ -93,6 +93,12 @@ pub const MAX_FLOWS_PER_SOURCE: usize = MAX_FLOWS * 3 / 4;
 /// the console (backpressure to the host).
 pub const MAX_STREAM_PENDING: usize = 1 << 20;
 
+/// Most bytes a node's streams hold in their buffers together (send, receive
+/// and out-of-order; `transport::stream::BUF` each way per stream at most):
+/// past it, no stream takes more from the host and windows stay where they
+/// are, so many bulk streams cannot exhaust the node's heap (64 MiB).
+pub const MAX_STREAM_BUFFERED: usize = 24 << 20;
+
 /// Duplicate acks a `multipath` stream takes as a loss: its paths differ
 /// in delay, so segments overtake each other by several all the time.
 pub const MULTIPATH_REORDER: u32 = 16;
@@ -283,6 +289,12 @@ impl<L: LinkPort> Router<L> {
         self.send_routed(repr, &states, seg)
     }
 
+    /// Bytes all streams ending here hold in their buffers.
+    #[cfg(test)]
+    pub(crate) fn streams_buffered(&self) -> usize {
+        self.flows.values().map(|f| f.stream.buffered()).sum()
+    }
+
     pub(super) fn stream_pending(&self) -> usize {
         self.flows.values().map(|f| f.pending.len()).sum()
     }
@@ -300,6 +312,8 @@ impl<L: LinkPort> Router<L> {
         // stream (its window closes) rather than ever being dropped here.
         let mut room = MAX_DELIVER_BACKLOG.saturating_sub(self.deliver.len());
         let mut expired = 0;
+        let budget = self.stream_budget;
+        let mut buffered: usize = self.flows.values().map(|f| f.stream.buffered()).sum();
         for (&id, f) in self.flows.iter_mut() {
             if idle_us > 0 && now.saturating_sub(f.last_heard) > idle_us && f.stream.state() != StreamState::Reset {
                 // Its source went silent past every keepalive: an edge that
@@ -311,12 +325,17 @@ impl<L: LinkPort> Router<L> {
                 expired += 1;
             }
             if !f.pending.is_empty() {
-                let n = f.stream.write(&f.pending);
+                let allowed = f.pending.len().min(budget.saturating_sub(buffered));
+                let n = f.stream.write(&f.pending[..allowed]);
                 f.pending.drain(..n);
+                buffered += n;
                 if f.stream.state() == StreamState::Reset {
                     f.pending.clear();
                 }
             }
+            // Over budget, a window may not grow past what it holds now.
+            let cap = if buffered >= budget { f.stream.received_held() } else { crate::transport::stream::BUF };
+            f.stream.set_window_cap(cap);
             if f.host_eof && f.pending.is_empty() {
                 f.stream.close();
             }

@@ -492,8 +492,26 @@ fn body(n: usize) -> Vec<u8> {
 /// Runs a request VM on node 1 to `dst` under `protocol`: app bytes up,
 /// the service's bytes down; returns (bytes the service got, the app got).
 fn request_round_trip(links: &[Link], protocol: Protocol, dst: u16, up: &[u8], down: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (at_service, at_app, _) = request_round_trip_within(links, protocol, dst, up, down, None);
+    (at_service, at_app)
+}
+
+/// [`request_round_trip`] with the destination's stream buffer budget set
+/// to `budget`; also returns the most its streams held at once.
+fn request_round_trip_within(
+    links: &[Link],
+    protocol: Protocol,
+    dst: u16,
+    up: &[u8],
+    down: &[u8],
+    budget: Option<usize>,
+) -> (Vec<u8>, Vec<u8>, usize) {
     let req = request(dst, b"10.0.0.9:80");
     let mut net = Net::new(links, protocol.id(), Some((1, &req)));
+    if let Some(b) = budget {
+        net.host(dst).router.stream_budget = b;
+    }
+    let mut most = 0;
     let mut flow = None;
     let up_ok = net.run_until(2_000_000, STEP, |net| {
         if flow.is_none() {
@@ -516,6 +534,7 @@ fn request_round_trip(links: &[Link], protocol: Protocol, dst: u16, up: &[u8], d
     let mut sent = 0;
     let mut got = Vec::new();
     net.run_until(20_000_000, STEP, |net| {
+        most = most.max(net.host(dst).router.streams_buffered());
         let r = &mut net.host(1).router;
         while sent < up.len() && r.wants_app_input() {
             let end = (sent + 4096).min(up.len());
@@ -532,7 +551,25 @@ fn request_round_trip(links: &[Link], protocol: Protocol, dst: u16, up: &[u8], d
         net.host(1).router.request_done(now)
     });
     let at_service = stream_bytes(&mut net, dst, flow.unwrap());
-    (at_service, got)
+    (at_service, got, most)
+}
+
+/// A node short of memory for its streams' buffers holds them to its
+/// budget (`MAX_STREAM_BUFFERED`; here 64 KiB): the windows close, the
+/// host's bytes wait, and a stream through it still arrives whole both
+/// ways.
+#[test]
+fn a_destination_holds_its_streams_to_its_buffer_budget_and_still_delivers() {
+    let (up, down) = (body(300_000), body(600_000));
+    let budget = 64 * 1024;
+    let (at_service, at_app, most) =
+        request_round_trip_within(&line3(), Protocol::Shortest, 3, &up, &down, Some(budget));
+    assert_eq!((at_service.len(), at_app.len()), (up.len(), down.len()));
+    assert!(at_service == up && at_app == down, "bytes changed");
+    // One pass may overshoot by what a window admitted before it closed.
+    assert!(most <= budget + 2 * crate::transport::stream::MSS, "held {most} bytes against a {budget}-byte budget");
+    let (_, _, unbounded) = request_round_trip_within(&line3(), Protocol::Shortest, 3, &up, &down, None);
+    assert!(unbounded > most, "the budget changed nothing ({unbounded} bytes held without it)");
 }
 
 #[test]

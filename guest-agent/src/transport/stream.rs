@@ -90,6 +90,8 @@ pub struct Stream {
     /// Acceptor: the initiator sent data behind its SYN, so its path keeps
     /// order and the answer's data may ride right behind the SYN-ACK.
     peer_early: bool,
+    /// Most bytes the receive side holds ([`Stream::set_window_cap`]).
+    window_cap: usize,
 }
 
 impl Stream {
@@ -130,6 +132,7 @@ impl Stream {
             optimistic: 0,
             sent_early: 0,
             peer_early: false,
+            window_cap: BUF,
         }
     }
 
@@ -169,6 +172,24 @@ impl Stream {
     /// Data bytes sent before the SYN was answered.
     pub fn sent_early(&self) -> usize {
         self.sent_early
+    }
+
+    /// Bytes the stream holds in memory: unacknowledged and unsent data,
+    /// received data not yet read, out-of-order data.
+    pub fn buffered(&self) -> usize {
+        self.sbuf.len() + self.rbuf.len() + self.ooo_bytes
+    }
+
+    /// Bytes the receive side holds (read not yet, or out of order).
+    pub fn received_held(&self) -> usize {
+        self.rbuf.len() + self.ooo_bytes
+    }
+
+    /// Limits what the receive side holds to `cap` bytes (at most [`BUF`]):
+    /// a node short of memory for all its streams closes their windows, and
+    /// data beyond the window is dropped and sent again later, never lost.
+    pub fn set_window_cap(&mut self, cap: usize) {
+        self.window_cap = cap.min(BUF);
     }
 
     /// Limits data segments to `mss` bytes (at most [`MSS`]), for carriers
@@ -296,7 +317,7 @@ impl Stream {
     }
 
     fn free_rcv(&self) -> usize {
-        BUF.saturating_sub(self.rbuf.len() + self.ooo_bytes)
+        self.window_cap.saturating_sub(self.rbuf.len() + self.ooo_bytes)
     }
 
     fn flight(&self) -> usize {
