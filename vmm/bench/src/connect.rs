@@ -3,7 +3,8 @@
 //! a VM per request, relay B's VM, C's VM) beside the same connection over
 //! plain kernel routing through B and through the tunnels a user would
 //! pick instead (`ssh -D` to B, microsocks on B: [`super::peers`]), all on
-//! line3 test hosts made for the run.
+//! line3 test hosts made for the run; each path also for an optimistic app
+//! (its first byte sent before the proxy's reply).
 
 use std::collections::BTreeMap;
 use std::path::Path;
