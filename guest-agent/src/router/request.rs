@@ -117,8 +117,9 @@ impl RequestStream {
         let mut stream = Stream::connect(&req.target);
         fit_stream(&mut stream, protocol);
         // Every protocol but multipath keeps a stream's segments on one
-        // path in order, so data sent behind the opening arrives behind
-        // it; multipath's could overtake it and be dropped.
+        // path (or each of redundant's two) in order, so data sent behind
+        // the opening arrives behind it; multipath's could overtake it on
+        // another path and be dropped.
         if protocol != Protocol::Multipath {
             stream.set_optimistic(OPTIMISTIC_BYTES);
         }

@@ -866,21 +866,30 @@ fn a_request_records_when_it_asked_for_link_state_had_keys_and_got_its_answer() 
 
 /// Optimistic data: what the app sends before its answer rides behind the
 /// opening and is at the service by the time the answer is back, not a
-/// round trip later; a multipath stream holds it until the answer.
+/// round trip later (hop by hop and through an onion circuit); a
+/// multipath stream holds it until the answer.
 #[test]
 fn an_apps_first_bytes_ride_behind_the_opening_and_reach_the_service_with_the_answer() {
     let hello = b"GET / HTTP/1.1\r\nHost: c\r\n\r\n";
-    for (protocol, early) in [(Protocol::Shortest, hello.len() as u64), (Protocol::Multipath, 0)] {
-        let req = request(3, b"x:1");
-        let mut net = Net::new(&line3(), protocol.id(), Some((1, &req)));
+    let ride = hello.len() as u64;
+    for (links, dst, protocol, early) in [
+        (line3(), 3, Protocol::Shortest, ride),
+        (line5(), 5, Protocol::Onion, ride),
+        (line3(), 3, Protocol::Multipath, 0),
+    ] {
+        let req = request(dst, b"x:1");
+        let mut net = Net::new(&links, protocol.id(), Some((1, &req)));
         let r = &mut net.host(1).router;
         assert!(r.wants_app_input(), "{protocol:?}: an opening stream takes the app's bytes");
         r.app_input(hello);
-        assert!(net.run_until(1_000_000, STEP, |net| {
-            serve_opens(net, 3, stream_op::OPENED);
+        // The flow id the destination knows the stream by (an onion exit
+        // picks its own).
+        let mut flow = None;
+        assert!(net.run_until(2_000_000, STEP, |net| {
+            flow = flow.or(serve_opens(net, dst, stream_op::OPENED).first().copied());
             net.host(1).router.request_phase() == RequestPhase::Up
         }));
-        let at_service = stream_bytes(&mut net, 3, req.flow);
+        let at_service = stream_bytes(&mut net, dst, flow.unwrap());
         assert_eq!(net.host(1).router.stats().connect.early_bytes, early, "{protocol:?}");
         if early > 0 {
             assert_eq!(at_service, hello, "{protocol:?}: at the service when the answer is back");
@@ -888,7 +897,7 @@ fn an_apps_first_bytes_ride_behind_the_opening_and_reach_the_service_with_the_an
         // Either way every byte gets there once the stream is answered.
         net.host(1).router.request_replied();
         net.run_for(200_000, STEP);
-        assert_eq!(stream_bytes(&mut net, 3, req.flow), hello, "{protocol:?}");
+        assert_eq!(stream_bytes(&mut net, dst, flow.unwrap()), hello, "{protocol:?}");
     }
 }
 
