@@ -91,10 +91,8 @@ impl<T: Send + 'static> Prepared<T> {
 /// Puts the calling thread in the SCHED_IDLE class: it runs only on a CPU
 /// nothing else wants, so preparing never delays a request in flight.
 fn run_when_idle(name: &str) {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        tracing::debug!("{name}: stays in the normal scheduling class: {}", std::io::Error::last_os_error());
+    if let Err(e) = crate::worker::set_class(libc::SCHED_IDLE) {
+        tracing::debug!("{name}: stays in the normal scheduling class: {e}");
     }
 }
 

@@ -158,6 +158,14 @@ pub struct VcpuRunner {
     pub(crate) log_limit: crate::guest_log::LogLimiter,
 }
 
+/// The value a guest wrote with `out` (1, 2 or 4 bytes, little-endian).
+pub(crate) fn port_value(data: &[u8]) -> u32 {
+    let mut v = [0u8; 4];
+    let n = data.len().min(4);
+    v[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(v)
+}
+
 impl VcpuRunner {
     /// Runs the guest on the calling thread.
     pub fn run(&mut self) -> ExitReason {
@@ -174,12 +182,7 @@ impl VcpuRunner {
             }
             let Self { vcpu, bus, mem, .. } = self;
             let port_write = match vcpu.run() {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    let mut v = [0u8; 4];
-                    let n = data.len().min(4);
-                    v[..n].copy_from_slice(&data[..n]);
-                    Some((port, u32::from_le_bytes(v)))
-                }
+                Ok(VcpuExit::IoOut(port, data)) => Some((port, port_value(data))),
                 Ok(VcpuExit::IoIn(_, data)) => {
                     data.fill(0xff);
                     None

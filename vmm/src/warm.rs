@@ -108,10 +108,7 @@ fn run(vcpu: &mut VcpuFd, stop: &Arc<StopHandle>) -> Result<(), String> {
         }
         match vcpu.run() {
             Ok(VcpuExit::IoOut(ports::EXIT, data)) => {
-                let mut v = [0u8; 4];
-                let n = data.len().min(4);
-                v[..n].copy_from_slice(&data[..n]);
-                break match u32::from_le_bytes(v) {
+                break match crate::vcpu::port_value(data) {
                     0 => Ok(()),
                     s => Err(format!("exit status {s}")),
                 };

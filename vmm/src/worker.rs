@@ -62,16 +62,16 @@ impl Worker {
                     return;
                 }
                 if started_idle {
-                    set_class(libc::SCHED_OTHER);
+                    vm_thread_class(libc::SCHED_OTHER);
                 }
                 while let Ok(job) = queue.recv() {
                     let idle = job.prepare && started_idle;
                     if idle {
-                        set_class(libc::SCHED_IDLE);
+                        vm_thread_class(libc::SCHED_IDLE);
                     }
                     (job.work)();
                     if idle {
-                        set_class(libc::SCHED_OTHER);
+                        vm_thread_class(libc::SCHED_OTHER);
                     }
                 }
             })
@@ -129,14 +129,22 @@ impl Drop for Worker {
     }
 }
 
-/// Moves the calling thread to `policy` (SCHED_OTHER or SCHED_IDLE).
-fn set_class(policy: libc::c_int) {
+/// Moves the calling thread to scheduling class `policy` (SCHED_OTHER or
+/// SCHED_IDLE, priority 0).
+pub(crate) fn set_class(policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` outlives the call.
     if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`set_class`] for a VM's thread, which says when it fails.
+fn vm_thread_class(policy: libc::c_int) {
+    if let Err(e) = set_class(policy) {
         tracing::warn!(
-            "a VM thread cannot change its scheduling class to {policy} (a VM's thread left in SCHED_IDLE runs only on idle CPUs): {}",
-            std::io::Error::last_os_error()
+            "a VM thread cannot change its scheduling class to {policy} (a VM's thread left in SCHED_IDLE runs only on idle CPUs): {e}"
         );
     }
 }

@@ -290,7 +290,6 @@ impl<L: LinkPort> Router<L> {
     }
 
     /// Bytes all streams ending here hold in their buffers.
-    #[cfg(test)]
     pub(crate) fn streams_buffered(&self) -> usize {
         self.flows.values().map(|f| f.stream.buffered()).sum()
     }
@@ -313,7 +312,7 @@ impl<L: LinkPort> Router<L> {
         let mut room = MAX_DELIVER_BACKLOG.saturating_sub(self.deliver.len());
         let mut expired = 0;
         let budget = self.stream_budget;
-        let mut buffered: usize = self.flows.values().map(|f| f.stream.buffered()).sum();
+        let mut buffered = self.streams_buffered();
         for (&id, f) in self.flows.iter_mut() {
             if idle_us > 0 && now.saturating_sub(f.last_heard) > idle_us && f.stream.state() != StreamState::Reset {
                 // Its source went silent past every keepalive: an edge that
