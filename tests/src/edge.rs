@@ -12,7 +12,12 @@ use crate::{in_netns, serve_in, Daemon, TopoGuard};
 
 /// An HTTP/1.0 server in `ns` answering every request with `body`.
 pub fn http_server(ns: &str, body: Vec<u8>) -> u16 {
-    serve_in(ns, move |mut c| {
+    http_server_at(ns, "0.0.0.0:0", body)
+}
+
+/// [`http_server`] on `bind`.
+pub fn http_server_at(ns: &str, bind: &str, body: Vec<u8>) -> u16 {
+    crate::serve_at(ns, bind, move |mut c| {
         let mut req = Vec::new();
         let mut b = [0u8; 1024];
         while !req.windows(4).any(|w| w == b"\r\n\r\n") {

@@ -379,12 +379,17 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 /// A TCP service in namespace `ns` on an ephemeral port: each connection
 /// is handed to `handle` on a thread of its own. Returns the port.
 pub fn serve_in(ns: &str, handle: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> u16 {
+    serve_at(ns, "0.0.0.0:0", handle)
+}
+
+/// [`serve_in`] on `bind` (`[::]:PORT` takes IPv4 and IPv6 clients).
+pub fn serve_at(ns: &str, bind: &str, handle: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> u16 {
     let (tx, rx) = std::sync::mpsc::channel();
-    let ns = ns.to_string();
+    let (ns, bind) = (ns.to_string(), bind.to_string());
     let handle = std::sync::Arc::new(handle);
     std::thread::spawn(move || {
         in_netns(&ns, move || {
-            let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind in namespace");
+            let l = std::net::TcpListener::bind(&bind).unwrap_or_else(|e| panic!("bind {bind} in namespace: {e}"));
             tx.send(l.local_addr().expect("local addr").port()).expect("port");
             for conn in l.incoming().map_while(Result::ok) {
                 let handle = handle.clone();

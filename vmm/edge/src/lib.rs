@@ -8,6 +8,7 @@
 //! - [`request`]: the VM spawned for one request;
 //! - [`serve`]: claim steps (a)-(d) for each client, as one library call.
 
+pub mod exit;
 pub mod peer;
 pub mod ports;
 pub mod request;

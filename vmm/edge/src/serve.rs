@@ -3,7 +3,8 @@
 //! For each client: accept (the SOCKS5 handshake, [`super::socks`]) →
 //! identify the app ([`super::peer`]) → its criteria (sent > manifest >
 //! defaults, [`policy::resolve`]) → a protocol ([`policy::select`]) → the
-//! destination node (the edge's topology) → a request VM
+//! destination node (a host of the edge's topology, or an exit chosen by
+//! [`super::exit`]) → a request VM
 //! ([`super::request`]) that carries the stream. The SOCKS5 reply is
 //! written here, always: for refusals before a VM, and for the VM's own
 //! "stream up / refused" report, during the exit that reported it, so it
@@ -20,10 +21,11 @@ use std::time::{Duration, Instant};
 use policy::{resolve, select, ManifestDir};
 use thiserror::Error;
 
+use crate::exit::{self, NoPlace};
 use crate::peer;
 use crate::ports::{self, PortPool, PreparedPorts};
 use crate::request::{self, RequestSpec, SlotAllocator};
-use crate::socks::{self, Reply, Target};
+use crate::socks::{self, Reply};
 use node::events::{flow_name, micros, ConnectStages, Counters, Event, EventSink, ProtocolRow};
 use node::{NodeFile, NodeFileError};
 use vmm::kvm::{KvmContext, KvmError};
@@ -171,6 +173,8 @@ pub struct Edge {
     /// vCPU at the entry): a request only adds its devices and arguments.
     pool: Option<ShellPool>,
     file: NodeFile,
+    /// The topology's exits and their policies.
+    exits: Vec<(guest_agent::routing::NodeId, node::exit_policy::ExitPolicy)>,
     manifests: ManifestDir,
     events: Arc<EventSink>,
     limits: EdgeLimits,
@@ -178,23 +182,6 @@ pub struct Edge {
     vms: AtomicUsize,
     /// Clients in their handshake now.
     handshakes: AtomicUsize,
-}
-
-/// The node a target lives on, and the `host:port` that node connects.
-fn destination(file: &NodeFile, target: &Target) -> Option<(u16, String)> {
-    let (host, port) = match target {
-        Target::Addr(a) => (a.ip().to_string(), a.port()),
-        Target::Domain(d, p) => (d.clone(), *p),
-    };
-    file.host.iter().find_map(|h| {
-        if h.name == host {
-            Some((h.node, format!("{}:{port}", h.addrs.first()?)))
-        } else if h.addrs.contains(&host) {
-            Some((h.node, format!("{host}:{port}")))
-        } else {
-            None
-        }
-    })
 }
 
 /// Sends the app its one SOCKS5 reply (once, whoever gets there first)
@@ -245,6 +232,7 @@ impl Edge {
     pub fn open(cfg: EdgeConfig) -> Result<Self, EdgeError> {
         let file = NodeFile::load(&cfg.config)?;
         file.node_config()?;
+        let exits = file.exits()?;
         let mut slots_path = cfg.config.clone().into_os_string();
         slots_path.push(".slots");
         let kvm = Arc::new(KvmContext::open()?);
@@ -269,6 +257,7 @@ impl Edge {
             image,
             pool,
             file,
+            exits,
             manifests: ManifestDir::new(&cfg.manifests),
             events: Arc::new(cfg.events),
             limits: cfg.limits,
@@ -369,8 +358,18 @@ impl Edge {
             Err(policy::ResolveError::Sent(e)) => Err(format!("criteria in the SOCKS username: {e}")),
             Err(e) => Err(e.to_string()),
         };
-        let place = decision.as_ref().ok().and_then(|_| destination(&self.file, &req.target));
-        let vm_held = place.as_ref().and_then(|_| Held::take(&self.vms, self.limits.max_vms));
+        let place = match (&resolved, &decision) {
+            (Ok(r), Ok(d)) => Some(exit::place(
+                &self.file,
+                &self.exits,
+                &req.target,
+                &r.criteria.avoid_nodes,
+                d.chosen.name == "onion",
+            )),
+            _ => None,
+        };
+        let vm_held =
+            place.as_ref().and_then(|p| p.as_ref().ok()).and_then(|_| Held::take(&self.vms, self.limits.max_vms));
         // The ports: their flow id names the request from here on.
         let preparing = Instant::now();
         let ports = vm_held.as_ref().map(|_| {
@@ -424,9 +423,23 @@ impl Edge {
                 .map(|r| ProtocolRow { protocol: r.protocol.name.into(), score: r.score, refused: r.refused.clone() })
                 .collect(),
         });
-        let Some((dst, target)) = place else {
-            return refuse(Reply::HostUnreachable, "not a host of this topology".into());
+        let place = match place {
+            Some(Ok(p)) => p,
+            Some(Err(NoPlace::NoExit)) => return refuse(Reply::HostUnreachable, NoPlace::NoExit.to_string()),
+            Some(Err(e @ NoPlace::Refused(_))) => return refuse(Reply::NotAllowed, e.to_string()),
+            // Not reached: a place is looked for once a protocol is chosen.
+            None => return refuse(Reply::GeneralFailure, "no destination".into()),
         };
+        if let Some(x) = &place.exit {
+            self.events.emit(&Event::ExitChosen {
+                flow: flow_name(flow),
+                exit: x.node,
+                target: place.target.clone(),
+                why: x.why.clone(),
+                rows: x.rows.clone(),
+            });
+        }
+        let (dst, target) = (place.node, place.target);
         let Some(_vm) = vm_held else {
             return refuse(
                 Reply::GeneralFailure,
@@ -446,8 +459,9 @@ impl Edge {
             slot: ports.slot,
             avoid: criteria.avoid_nodes.clone(),
         };
+        let via = place.exit.as_ref().map_or_else(String::new, |x| format!("; {}", x.why));
         eprintln!(
-            "pathvm edge: {} -> {} (node {dst}, flow {:#010x}): {}",
+            "pathvm edge: {} -> {} (node {dst}, flow {:#010x}): {}{via}",
             exe.display(),
             req.target,
             spec.flow,
@@ -533,33 +547,6 @@ impl Edge {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn file() -> NodeFile {
-        toml::from_str(
-            r#"
-            id = 1
-            hop_limit = 8
-            mem_mib = 64
-            port = []
-            link = []
-            [[host]]
-            name = "c"
-            node = 3
-            addrs = ["10.231.1.2"]
-            "#,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn destinations_by_name_and_by_address_get_the_node_and_its_address() {
-        let f = file();
-        let by_name = destination(&f, &Target::Domain("c".into(), 80));
-        assert_eq!(by_name, Some((3, "10.231.1.2:80".into())));
-        let by_addr = destination(&f, &Target::Addr("10.231.1.2:8080".parse().unwrap()));
-        assert_eq!(by_addr, Some((3, "10.231.1.2:8080".into())));
-        assert_eq!(destination(&f, &Target::Domain("nowhere".into(), 80)), None);
-    }
 
     #[test]
     fn a_client_that_trickles_its_handshake_is_cut_at_the_deadline() {

@@ -4,17 +4,21 @@
 //! target and nothing else, and only when every address it resolves to
 //! that is used lies within the node's `allow` list. Without a list a node
 //! connects services on its own host only: its addresses in the topology
-//! and loopback, any port. (An exit to the rest of the network is a
-//! separate, explicit policy.)
+//! and loopback, any port. An exit to the rest of the network is a
+//! separate, explicit policy ([`crate::exit_policy`]), checked beside it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 
+use crate::exit_policy::ExitPolicy;
+
 /// One `allow` entry: `ADDR/PREFIX:PORTS`, where PORTS is `N`, `LOW-HIGH`
-/// or `*` (e.g. `10.0.0.0/8:80`, `127.0.0.1/32:*`, `[::1]/128:1-1023`).
+/// or `*` (e.g. `10.0.0.0/8:80`, `127.0.0.1/32:*`, `[::1]/128:1-1023`);
+/// ADDR/PREFIX may be `*`, every IPv4 and IPv6 address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
-    net: IpAddr,
+    /// `None`: every address of both families.
+    net: Option<IpAddr>,
     prefix: u8,
     ports: RangeInclusive<u16>,
 }
@@ -23,14 +27,19 @@ impl AllowRule {
     /// Parses one entry; the error says what is wrong with it.
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = |why: &str| {
-            format!("allow entry {s:?}: {why} (write ADDR/PREFIX:PORT, ADDR/PREFIX:LOW-HIGH or ADDR/PREFIX:*)")
+            format!("entry {s:?}: {why} (write ADDR/PREFIX:PORT, ADDR/PREFIX:LOW-HIGH or ADDR/PREFIX:*; ADDR/PREFIX may be *)")
         };
         let (net, ports) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-        let (addr, prefix) = net.split_once('/').ok_or_else(|| bad("no /PREFIX"))?;
-        let addr = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
-        let net: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| bad("prefix out of range"))?;
+        let (net, prefix) = if net == "*" {
+            (None, 0)
+        } else {
+            let (addr, prefix) = net.split_once('/').ok_or_else(|| bad("no /PREFIX"))?;
+            let addr = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
+            let net: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+            let max = if net.is_ipv4() { 32 } else { 128 };
+            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| bad("prefix out of range"))?;
+            (Some(net), prefix)
+        };
         let port = |p: &str| p.parse::<u16>().map_err(|_| bad("not a port"));
         let ports = match ports {
             "*" => 0..=u16::MAX,
@@ -48,21 +57,51 @@ impl AllowRule {
     /// Any port of `addr` alone.
     pub fn host(addr: IpAddr) -> Self {
         let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        Self { net: addr, prefix, ports: 0..=u16::MAX }
+        Self { net: Some(addr), prefix, ports: 0..=u16::MAX }
     }
 
     /// Whether `to` lies within the rule.
     pub fn allows(&self, to: &SocketAddr) -> bool {
-        let in_net = match (self.net, to.ip()) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
+        self.covers_port(to.port()) && self.covers_addr(to.ip())
+    }
+
+    /// Whether the rule's ports include `port`.
+    pub fn covers_port(&self, port: u16) -> bool {
+        self.ports.contains(&port)
+    }
+
+    /// Whether the rule holds for every address (so, for a name not yet
+    /// resolved, its verdict on a port is final).
+    pub fn every_address(&self) -> bool {
+        self.net.is_none()
+    }
+
+    fn covers_addr(&self, ip: IpAddr) -> bool {
+        match (self.net, ip) {
+            (None, _) => true,
+            (Some(IpAddr::V4(n)), IpAddr::V4(a)) => {
                 masked(u32::from(n).into(), self.prefix, 32) == masked(u32::from(a).into(), self.prefix, 32)
             }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
+            (Some(IpAddr::V6(n)), IpAddr::V6(a)) => {
                 masked(u128::from(n), self.prefix, 128) == masked(u128::from(a), self.prefix, 128)
             }
             _ => false,
-        };
-        in_net && self.ports.contains(&to.port())
+        }
+    }
+}
+
+impl std::fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.net {
+            None => f.write_str("*")?,
+            Some(IpAddr::V4(n)) => write!(f, "{n}/{}", self.prefix)?,
+            Some(IpAddr::V6(n)) => write!(f, "[{n}]/{}", self.prefix)?,
+        }
+        match (*self.ports.start(), *self.ports.end()) {
+            (0, u16::MAX) => f.write_str(":*"),
+            (lo, hi) if lo == hi => write!(f, ":{lo}"),
+            (lo, hi) => write!(f, ":{lo}-{hi}"),
+        }
     }
 }
 
@@ -75,10 +114,12 @@ fn masked(v: u128, prefix: u8, bits: u32) -> u128 {
     }
 }
 
-/// The node's rules; a target is connected if any rule allows it.
+/// The node's rules; a target is connected if any rule allows it, or,
+/// on an exit, if its exit policy accepts it.
 #[derive(Debug, Clone, Default)]
 pub struct AllowPolicy {
     rules: Vec<AllowRule>,
+    exit: ExitPolicy,
 }
 
 impl AllowPolicy {
@@ -86,22 +127,42 @@ impl AllowPolicy {
     /// own `addrs` and loopback.
     pub fn from_config(entries: &[String], own: &[String]) -> Result<Self, String> {
         if !entries.is_empty() {
-            return Ok(Self { rules: entries.iter().map(|e| AllowRule::parse(e)).collect::<Result<_, _>>()? });
+            let rules = entries.iter().map(|e| AllowRule::parse(e).map_err(|m| format!("allow {m}")));
+            return Ok(Self { rules: rules.collect::<Result<_, _>>()?, exit: ExitPolicy::default() });
         }
         let mut rules = vec![
-            AllowRule { net: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix: 8, ports: 0..=u16::MAX },
+            AllowRule { net: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0))), prefix: 8, ports: 0..=u16::MAX },
             AllowRule::host(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ];
         for a in own {
             let ip: IpAddr = a.parse().map_err(|_| format!("host address {a:?} is not an IP address"))?;
             rules.push(AllowRule::host(ip));
         }
-        Ok(Self { rules })
+        Ok(Self { rules, exit: ExitPolicy::default() })
+    }
+
+    /// The same policy on an exit: targets its `exit` policy accepts are
+    /// connected too.
+    pub fn with_exit(self, exit: ExitPolicy) -> Self {
+        Self { exit, ..self }
     }
 
     /// Whether streams may be connected to `to`.
     pub fn allows(&self, to: &SocketAddr) -> bool {
-        self.rules.iter().any(|r| r.allows(to))
+        self.check(to).is_ok()
+    }
+
+    /// `Ok` if streams may be connected to `to`; else why not, for the
+    /// node's events.
+    pub fn check(&self, to: &SocketAddr) -> Result<(), String> {
+        if self.rules.iter().any(|r| r.allows(to)) {
+            return Ok(());
+        }
+        match self.exit.verdict(to) {
+            Ok(_) => Ok(()),
+            Err(rule) if self.exit.is_exit() => Err(format!("{to} is refused by this exit's policy ({rule})")),
+            Err(_) => Err(format!("{to} is not in this node's allow list (and this node is no exit)")),
+        }
     }
 }
 
@@ -123,6 +184,12 @@ mod tests {
         assert!(any.allows(&sa("192.0.2.1:1")));
         let v6 = AllowRule::parse("[fd00::]/8:443").unwrap();
         assert!(v6.allows(&sa("[fd12::5]:443")) && !v6.allows(&sa("[fe80::1]:443")));
+        let every = AllowRule::parse("*:22").unwrap();
+        assert!(every.allows(&sa("192.0.2.1:22")) && every.allows(&sa("[2001:db8::1]:22")));
+        assert!(!every.allows(&sa("192.0.2.1:23")) && every.every_address());
+        for s in ["10.1.0.0/16:80-81", "*:*", "[fd00::]/8:443"] {
+            assert_eq!(AllowRule::parse(s).unwrap().to_string(), s, "a rule prints as it is written");
+        }
     }
 
     #[test]
@@ -134,6 +201,7 @@ mod tests {
             ("ten/8:80", "not an IP address"),
             ("10.0.0.0/8:90-80", "empty port range"),
             ("10.0.0.0/8:http", "not a port"),
+            ("*/8:80", "not an IP address"),
         ] {
             let e = AllowRule::parse(s).unwrap_err();
             assert!(e.contains(why), "{s}: {e}");

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::allow::AllowPolicy;
+use crate::exit_policy::ExitPolicy;
 
 /// Why a node configuration is unusable.
 #[derive(Debug, Error)]
@@ -166,6 +167,27 @@ pub struct NodeFile {
     /// host's own addresses (its `[[host]]` entry) and loopback, any port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// This node's exit policy: streams may also be connected to
+    /// destinations outside the overlay that it accepts, one line each,
+    /// `accept RULE` or `reject RULE` with RULE as in `allow` (`*` for
+    /// every address), first match decides, the end refuses. Empty: this
+    /// node is no exit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_policy: Vec<String>,
+    /// Every exit of the topology and its policy, so an edge can choose
+    /// one for a destination outside the overlay without asking anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit: Vec<ExitSpec>,
+}
+
+/// An exit node of the topology and the policy it applies.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitSpec {
+    /// The exit's node id.
+    pub node: NodeId,
+    /// Its `exit_policy` lines.
+    pub policy: Vec<String>,
 }
 
 fn default_protocol() -> String {
@@ -239,7 +261,24 @@ impl NodeFile {
     /// Where this node's streams may be connected ([`NodeFile::allow`]).
     pub fn allow_policy(&self) -> Result<AllowPolicy, NodeFileError> {
         let own = self.host.iter().filter(|h| h.node == self.id).flat_map(|h| h.addrs.iter().cloned());
-        AllowPolicy::from_config(&self.allow, &own.collect::<Vec<_>>()).map_err(NodeFileError::Invalid)
+        let allow = AllowPolicy::from_config(&self.allow, &own.collect::<Vec<_>>()).map_err(NodeFileError::Invalid)?;
+        Ok(allow.with_exit(ExitPolicy::parse(&self.exit_policy).map_err(NodeFileError::Invalid)?))
+    }
+
+    /// The topology's exits and their policies (what an edge chooses
+    /// from for a destination outside the overlay).
+    pub fn exits(&self) -> Result<Vec<(NodeId, ExitPolicy)>, NodeFileError> {
+        self.exit
+            .iter()
+            .map(|e| {
+                let p = ExitPolicy::parse(&e.policy)
+                    .map_err(|m| NodeFileError::Invalid(format!("[[exit]] node {}: {m}", e.node)))?;
+                if !p.is_exit() {
+                    return Err(NodeFileError::Invalid(format!("[[exit]] node {}: an empty policy", e.node)));
+                }
+                Ok((e.node, p))
+            })
+            .collect()
     }
 
     /// The agent's view of it.
@@ -393,6 +432,8 @@ mod tests {
                 PublicKeySpec { node: 2, public: vmm::random::hex(&lsa_sign::public_key(&[4; 32])) },
             ],
             allow: vec![],
+            exit_policy: vec![],
+            exit: vec![],
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));

@@ -216,8 +216,8 @@ fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows, allow: &Arc<
 fn connect(target: &str, allow: &AllowPolicy) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
     for addr in target.to_socket_addrs()? {
-        if !allow.allows(&addr) {
-            last = io::Error::new(io::ErrorKind::PermissionDenied, format!("{addr} is not in this node's allow list"));
+        if let Err(why) = allow.check(&addr) {
+            last = io::Error::new(io::ErrorKind::PermissionDenied, why);
             continue;
         }
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {

@@ -164,6 +164,20 @@ pub enum Event {
         /// Every protocol, scored or refused.
         rows: Vec<ProtocolRow>,
     },
+    /// A destination outside the overlay goes to this exit (step (e vi):
+    /// the exit's VM takes the packets, its host connects the target).
+    ExitChosen {
+        /// The request.
+        flow: String,
+        /// The exit's node id.
+        exit: u16,
+        /// What the exit connects (a name travels unresolved).
+        target: String,
+        /// One line: why this exit.
+        why: String,
+        /// Every exit and what it said.
+        rows: Vec<String>,
+    },
     /// The request VM is built and steered, about to run.
     VmUp {
         /// The request.

@@ -16,6 +16,7 @@ pub mod allow;
 mod config;
 pub mod connector;
 pub mod events;
+pub mod exit_policy;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod plumbing;
@@ -30,7 +31,7 @@ use std::time::Instant;
 use events::{micros, Counters, Event, EventSink};
 
 pub use config::{
-    parse_mac, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, PublicKeySpec, TopoLinkSpec,
+    parse_mac, ExitSpec, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, PublicKeySpec, TopoLinkSpec,
     DEFAULT_IDLE_TIMEOUT_S, IDLE_TIMEOUT_RANGE_S,
 };
 pub use plumbing::{Intake, IntakeError};

@@ -21,6 +21,10 @@ pub struct TopologyFile {
     /// The links.
     #[serde(rename = "link")]
     pub links: Vec<LinkSpec>,
+    /// Hosts that run no pathvm, each reached only through the host it
+    /// hangs off: destinations outside the overlay, for exits.
+    #[serde(rename = "service", default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
 }
 
 /// One host.
@@ -31,6 +35,29 @@ pub struct HostSpec {
     pub name: String,
     /// Overlay node id.
     pub id: NodeId,
+    /// Makes the host an exit: its node connects destinations outside
+    /// the overlay that these lines accept (`accept RULE` / `reject
+    /// RULE`, first match decides; see `node::exit_policy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_policy: Vec<String>,
+}
+
+/// A host that runs no pathvm: a namespace joined by a plain veth link to
+/// one host of the overlay (`via`), which is its only way in or out. It
+/// gets `10.232.J.2/24` and `fd00:232:J::2/64` for service link J, `via`
+/// gets `.1` / `::1` and routes to it; the other hosts have no route to
+/// it, so only an exit on `via` reaches it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Host name (letters and digits, unique among hosts and services).
+    pub name: String,
+    /// The overlay host it hangs off.
+    pub via: String,
+    /// Names `via`'s resolver answers with this host's addresses (its
+    /// `/etc/hosts` under `ip netns exec`): how remote DNS is tested.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// One link between two hosts.
@@ -120,6 +147,30 @@ impl TopologyFile {
             if l.loss_percent.is_some_and(|p| p > 100) {
                 return Err(format!("link {i}: loss_percent must be 0-100"));
             }
+        }
+        for h in &self.hosts {
+            node::exit_policy::ExitPolicy::parse(&h.exit_policy).map_err(|e| format!("host {:?}: {e}", h.name))?;
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.name.is_empty() || s.name.len() > 6 || !s.name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("service name {:?} must be 1-6 letters or digits", s.name));
+            }
+            if self.hosts.iter().any(|h| h.name == s.name) || self.services[..i].iter().any(|o| o.name == s.name) {
+                return Err(format!("service {:?} is named like another host or service", s.name));
+            }
+            if !self.hosts.iter().any(|h| h.name == s.via) {
+                return Err(format!("service {:?} hangs off unknown host {:?}", s.name, s.via));
+            }
+            if let Some(n) = s
+                .names
+                .iter()
+                .find(|n| n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            {
+                return Err(format!("service {:?}: {n:?} is not a host name", s.name));
+            }
+        }
+        if self.services.len() > 255 {
+            return Err("at most 255 services".into());
         }
         let ports_per_host = |n: &str| self.links.iter().filter(|l| l.a == n || l.b == n).count();
         if let Some(h) = self.hosts.iter().find(|h| ports_per_host(&h.name) > guest_agent::node::MAX_PORTS) {

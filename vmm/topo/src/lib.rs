@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use guest_agent::routing::Shortest;
 use thiserror::Error;
 
-pub use file::{HostSpec, LinkSpec, TopologyFile};
+pub use file::{HostSpec, LinkSpec, ServiceSpec, TopologyFile};
 
-use node::{HostAddrs, NodeFile, PortSpec, PublicKeySpec, TopoLinkSpec};
+use node::{ExitSpec, HostAddrs, NodeFile, PortSpec, PublicKeySpec, TopoLinkSpec};
 
 /// Each side of a link may send under 2^16 directed link ids.
 const LINK_SPAN_BITS: u32 = 16;
@@ -152,6 +152,22 @@ impl Topo {
         format!("10.231.{i}.{end}")
     }
 
+    /// The interface of service link `j` (same name at both ends).
+    pub fn service_iface(j: usize) -> String {
+        format!("sv{j}")
+    }
+
+    /// The IPv4 and IPv6 address of service link `j` at end `end` (1: the
+    /// overlay host, 2: the service host).
+    pub fn service_addrs(j: usize, end: u8) -> (String, String) {
+        (format!("10.232.{j}.{end}"), format!("fd00:232:{j:x}::{end}"))
+    }
+
+    /// Where `ip netns exec` finds host `host`'s own /etc files.
+    fn etc_dir(&self, host: &str) -> PathBuf {
+        Path::new("/etc/netns").join(self.netns(host))
+    }
+
     /// Creates the namespaces, links, addresses, routes and node configs.
     /// Refuses if the topology is already up; on failure, removes what it
     /// made.
@@ -206,7 +222,48 @@ impl Topo {
             }
         }
         self.add_routes()?;
+        self.add_services()?;
         self.write_node_configs()
+    }
+
+    /// The hosts that run no pathvm: a namespace each, a plain veth link
+    /// to its `via` host (IPv4 and IPv6), a default route back, and its
+    /// names in `via`'s hosts file.
+    fn add_services(&self) -> Result<(), TopoError> {
+        let mut hosts_files: Vec<(String, String)> = Vec::new();
+        for (j, s) in self.file.services.iter().enumerate() {
+            let (ns, via, ifc) = (self.netns(&s.name), self.netns(&s.via), Self::service_iface(j));
+            shell::run(&["ip", "netns", "add", &ns])?;
+            shell::in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+            shell::run(&[
+                "ip", "link", "add", &ifc, "netns", &via, "type", "veth", "peer", "name", &ifc, "netns", &ns,
+            ])?;
+            // The overlay hosts run without IPv6; this one link has it.
+            shell::in_ns(&via, &["sysctl", "-qw", &format!("net.ipv6.conf.{ifc}.disable_ipv6=0")])?;
+            for (n, end) in [(&via, 1u8), (&ns, 2u8)] {
+                let (v4, v6) = Self::service_addrs(j, end);
+                shell::in_ns(n, &["ip", "addr", "add", &format!("{v4}/24"), "dev", &ifc])?;
+                shell::in_ns(n, &["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", &ifc, "nodad"])?;
+                shell::in_ns(n, &["ip", "link", "set", &ifc, "up"])?;
+            }
+            let (v4, v6) = Self::service_addrs(j, 1);
+            shell::in_ns(&ns, &["ip", "route", "add", "default", "via", &v4])?;
+            shell::in_ns(&ns, &["ip", "-6", "route", "add", "default", "via", &v6])?;
+            let (v4, v6) = Self::service_addrs(j, 2);
+            let lines: String = s.names.iter().map(|n| format!("{v4} {n}\n{v6} {n}\n")).collect();
+            match hosts_files.iter_mut().find(|(h, _)| *h == s.via) {
+                Some((_, text)) => text.push_str(&lines),
+                None => hosts_files.push((s.via.clone(), format!("127.0.0.1 localhost\n::1 localhost\n{lines}"))),
+            }
+        }
+        for (host, text) in hosts_files {
+            let dir = self.etc_dir(&host);
+            let path = dir.join("hosts");
+            fs::create_dir_all(&dir)
+                .and_then(|_| fs::write(&path, text))
+                .map_err(|source| TopoError::Write { path, source })?;
+        }
+        Ok(())
     }
 
     /// The wire namespace of emulated link `i`.
@@ -379,6 +436,13 @@ impl Topo {
         // draws its own and advertises them under this signature.)
         let lsa: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
         let lsa_keys = self.public_keys(&lsa, guest_agent::routing::lsa_sign::public_key);
+        let exits: Vec<ExitSpec> = self
+            .file
+            .hosts
+            .iter()
+            .filter(|h| !h.exit_policy.is_empty())
+            .map(|h| ExitSpec { node: h.id, policy: h.exit_policy.clone() })
+            .collect();
         let mut files = Vec::with_capacity(self.file.hosts.len());
         for (h, lsa_secret) in self.file.hosts.iter().zip(&lsa) {
             let mut ports = Vec::new();
@@ -422,6 +486,8 @@ impl Topo {
                 lsa_secret: vmm::random::hex(lsa_secret),
                 lsa_key: lsa_keys.clone(),
                 allow: Vec::new(),
+                exit_policy: h.exit_policy.clone(),
+                exit: exits.clone(),
             };
             files.push((h.name.clone(), node));
         }
@@ -444,6 +510,7 @@ impl Topo {
     /// there is already down.
     pub fn down(&self) {
         let mut namespaces: Vec<String> = self.file.hosts.iter().map(|h| self.netns(&h.name)).collect();
+        namespaces.extend(self.file.services.iter().map(|s| self.netns(&s.name)));
         // Wire namespaces of emulated links, also those of an older file.
         let wire_prefix = format!("{}-w", self.name);
         if let Some(list) = shell::output(&["ip", "netns", "list"]) {
@@ -477,6 +544,9 @@ impl Topo {
             shell::quiet(&["ip", "netns", "del", &ns]);
         }
         let _ = fs::remove_dir_all(Path::new(STATE_DIR).join(&self.name));
+        for h in &self.file.hosts {
+            let _ = fs::remove_dir_all(self.etc_dir(&h.name));
+        }
     }
 }
 
@@ -513,7 +583,7 @@ mod tests {
 
     #[test]
     fn shipped_topologies_load() {
-        for f in ["line3.toml", "mesh6.toml"] {
+        for f in ["line3.toml", "mesh6.toml", "exit6.toml"] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/topologies").join(f);
             let t = Topo::load(&p, None).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert!(t.file.hosts.len() >= 3);
