@@ -47,7 +47,14 @@ fn a_name_outside_the_overlay_is_resolved_and_connected_by_the_exit_the_app_may_
     let (code, onion) = curl(&topo, &url, Some("pathvm:anonymity=require"));
     assert_eq!(code, Some(0), "onion through an exit");
 
-    edge.wait_vms_ended(4);
+    // Tor's RESOLVE and RESOLVE_PTR, answered by the exit's resolver.
+    let (ok, v6) = (guest_agent::socks::Reply::Succeeded, guest_agent::socks::Reply::HostUnreachable);
+    assert_eq!(socks_lookup(&topo, 0xF0, "svc.test".into(), None), (ok, "10.232.0.2".into()), "C's answer");
+    assert_eq!(socks_lookup(&topo, 0xF0, "svc.test".into(), Some("avoid=3")), (ok, "10.232.1.2".into()), "D's");
+    assert_eq!(socks_lookup(&topo, 0xF1, "10.232.0.2".into(), None), (ok, "svc.test".into()));
+    assert_eq!(socks_lookup(&topo, 0xF0, "nowhere.test".into(), None).0, v6, "no such name: reply 4");
+
+    edge.wait_vms_ended(8);
     let chosen = edge.events.of("exit_chosen");
     let exits: Vec<(u64, String)> =
         chosen.iter().map(|e| (e["exit"].as_u64().unwrap(), e["target"].as_str().unwrap().to_string())).collect();
@@ -72,4 +79,9 @@ fn a_name_outside_the_overlay_is_resolved_and_connected_by_the_exit_the_app_may_
         assert!(connects.iter().any(|e| e["refused"].is_null()), "{host} connected nothing: {}", n.events().dump());
     }
     assert_eq!(edge.events.all().iter().filter(|e| is(e, "stream_up")).count(), 4, "{}", edge.events.dump());
+    let answered: Vec<String> =
+        edge.events.of("answered").iter().map(|e| e["answer"].as_str().unwrap().to_string()).collect();
+    assert_eq!(answered, ["10.232.0.2", "10.232.1.2", "svc.test"], "{}", edge.events.dump());
+    let lookups: usize = nodes[..2].iter().map(|n| n.events().of("lookup").len()).sum();
+    assert_eq!(lookups, 4, "every lookup was made by an exit's host");
 }

@@ -21,8 +21,14 @@ use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const VERSION: u8 = 5;
 /// The version byte of RFC 1929's sub-negotiation.
 pub const AUTH_VERSION: u8 = 1;
-/// The CONNECT command (the only one pathvm serves).
+/// The CONNECT command.
 pub const CMD_CONNECT: u8 = 1;
+/// Tor's RESOLVE extension: the reply's bound address is the name's
+/// address, looked up far from the client.
+pub const CMD_RESOLVE: u8 = 0xF0;
+/// Tor's RESOLVE_PTR extension: the reply's bound address is the
+/// address's name (a domain-type address).
+pub const CMD_RESOLVE_PTR: u8 = 0xF1;
 /// Longest greeting: version, count, 255 methods.
 pub const MAX_GREETING_LEN: usize = 2 + 255;
 /// Longest RFC 1929 request: version, two length-prefixed 255-byte fields.
@@ -462,7 +468,8 @@ impl AuthStatus {
 /// A client's request: the command and where to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'a> {
-    /// The command ([`CMD_CONNECT`] is the only one pathvm serves).
+    /// The command ([`CMD_CONNECT`], [`CMD_RESOLVE`], [`CMD_RESOLVE_PTR`]
+    /// are what pathvm serves).
     pub command: u8,
     /// The destination.
     pub target: Addr<'a>,

@@ -188,3 +188,44 @@ pub fn echo_round(s: &mut std::net::TcpStream, data: &[u8]) -> Vec<u8> {
     s.read_exact(&mut back).expect("the echo");
     back
 }
+
+/// A SOCKS5 request of `command` (RESOLVE 0xF0, RESOLVE_PTR 0xF1) for
+/// `target` through the edge on A, with `user` as RFC 1929 username (the
+/// criteria): the reply and its bound address as text.
+pub fn socks_lookup(topo: &TopoGuard, command: u8, target: String, user: Option<&str>) -> (socks::Reply, String) {
+    let user = user.map(str::to_string);
+    in_netns(&topo.netns("a"), move || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:1080").expect("the edge listens");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; socks::MAX_REQUEST_LEN];
+        let method = if user.is_some() { socks::Method::UserPass } else { socks::Method::None };
+        let n = socks::Greeting { methods: &[method.code()] }.encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut m = [0u8; socks::MethodChoice::LEN];
+        s.read_exact(&mut m).expect("a method choice");
+        if let Some(u) = &user {
+            let n = socks::UserPass { username: u.as_bytes(), password: b"x" }.encode(&mut buf).unwrap();
+            s.write_all(&buf[..n]).unwrap();
+            let mut st = [0u8; socks::AuthStatus::LEN];
+            s.read_exact(&mut st).expect("an auth status");
+        }
+        let addr = match target.parse::<std::net::IpAddr>() {
+            Ok(ip) => socks::Addr::Ip((ip, 0).into()),
+            Err(_) => socks::Addr::Domain(&target, 0),
+        };
+        let n = socks::Request { command, target: addr }.encode(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        let mut rep = Vec::new();
+        let _ = s.read_to_end(&mut rep);
+        match socks::ReplyMsg::decode(&rep) {
+            Ok(socks::Decoded::Ready(r, _)) => {
+                let bound = match r.bound {
+                    socks::Addr::Ip(a) => a.ip().to_string(),
+                    socks::Addr::Domain(d, _) => d.to_string(),
+                };
+                (r.reply, bound)
+            }
+            other => panic!("not a SOCKS5 reply: {rep:?} ({other:?})"),
+        }
+    })
+}

@@ -77,6 +77,40 @@ pub fn place(
     if let Some((node, target)) = overlay_host(file, target) {
         return Ok(Place { node, target, exit: None });
     }
+    let exit = choose(file, exits, avoid, onion, |policy| match target {
+        Target::Addr(a) => policy.verdict(a),
+        Target::Domain(_, port) => match policy.for_port(*port) {
+            PortVerdict::Maybe(line) => Ok(format!("{line}, once the exit has resolved the name")),
+            PortVerdict::Refused(line) => Err(line),
+        },
+    })?;
+    let target = match target {
+        Target::Addr(a) => a.to_string(),
+        Target::Domain(d, p) => format!("{d}:{p}"),
+    };
+    Ok(Place { node: exit.node, target, exit: Some(exit) })
+}
+
+/// The exit that answers a name lookup (every exit answers them): the
+/// nearest the app does not avoid, or for onion one drawn at random.
+pub fn lookup_exit(
+    file: &NodeFile,
+    exits: &[(NodeId, ExitPolicy)],
+    avoid: &[NodeId],
+    onion: bool,
+) -> Result<ExitChoice, NoPlace> {
+    choose(file, exits, avoid, onion, |_| Ok("every exit answers lookups".into()))
+}
+
+/// The exit for a request that `verdict` judges per exit policy (`Ok`:
+/// the accepting line).
+fn choose(
+    file: &NodeFile,
+    exits: &[(NodeId, ExitPolicy)],
+    avoid: &[NodeId],
+    onion: bool,
+    verdict: impl Fn(&ExitPolicy) -> Result<String, String>,
+) -> Result<ExitChoice, NoPlace> {
     if exits.is_empty() {
         return Err(NoPlace::NoExit);
     }
@@ -90,14 +124,7 @@ pub fn place(
     let mut rows = Vec::with_capacity(exits.len());
     let mut candidates: Vec<(NodeId, u64, String)> = Vec::new();
     for (node, policy) in exits {
-        let verdict = match target {
-            Target::Addr(a) => policy.verdict(a),
-            Target::Domain(_, port) => match policy.for_port(*port) {
-                PortVerdict::Maybe(line) => Ok(format!("{line}, once the exit has resolved the name")),
-                PortVerdict::Refused(line) => Err(line),
-            },
-        };
-        let row = match (verdict, avoid.contains(node), table.latency_to(*node)) {
+        let row = match (verdict(policy), avoid.contains(node), table.latency_to(*node)) {
             (Err(line), _, _) => format!("node {node}: its policy refuses it ({line})"),
             (Ok(_), true, _) => format!("node {node}: the app avoids it"),
             (Ok(_), false, None) => format!("node {node}: no path to it"),
@@ -123,16 +150,12 @@ pub fn place(
     } else {
         format!("exit node {node}, the nearest of {n} that accept it ({us} µs); {line}")
     };
-    let target = match target {
-        Target::Addr(a) => a.to_string(),
-        Target::Domain(d, p) => format!("{d}:{p}"),
-    };
-    Ok(Place { node, target, exit: Some(ExitChoice { node, why, rows }) })
+    Ok(ExitChoice { node, why, rows })
 }
 
 /// The host of the overlay a target names, and the `host:port` its node
 /// connects.
-fn overlay_host(file: &NodeFile, target: &Target) -> Option<(NodeId, String)> {
+pub fn overlay_host(file: &NodeFile, target: &Target) -> Option<(NodeId, String)> {
     let (host, port) = match target {
         Target::Addr(a) => (a.ip().to_string(), a.port()),
         Target::Domain(d, p) => (d.clone(), *p),
@@ -242,6 +265,14 @@ mod tests {
             panic!("both avoided");
         };
         assert!(rows.iter().all(|r| r.contains("avoids")));
+    }
+
+    #[test]
+    fn any_exit_answers_a_lookup_whatever_its_policy() {
+        let f = file();
+        assert_eq!(lookup_exit(&f, &exits(), &[], false).unwrap().node, 3);
+        assert_eq!(lookup_exit(&f, &exits(), &[3], false).unwrap().node, 4);
+        assert_eq!(lookup_exit(&f, &[], &[], false), Err(NoPlace::NoExit));
     }
 
     #[test]

@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use policy::{resolve, select, ManifestDir};
 use thiserror::Error;
 
-use crate::exit::{self, NoPlace};
+use crate::exit::{self, NoPlace, Place};
 use crate::peer;
 use crate::ports::{self, PortPool, PreparedPorts};
 use crate::request::{self, RequestSpec, SlotAllocator};
-use crate::socks::{self, Reply};
+use crate::socks::{self, Command, Reply, Target};
 use node::events::{flow_name, micros, ConnectStages, Counters, Event, EventSink, ProtocolRow};
+use node::lookup::{self, Query};
 use node::{NodeFile, NodeFileError};
 use vmm::kvm::{KvmContext, KvmError};
 use vmm::loader::{AgentImage, LoaderError};
@@ -184,6 +185,48 @@ pub struct Edge {
     handshakes: AtomicUsize,
 }
 
+/// How long a lookup may take, from its VM's start to the exit's answer.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A request the edge answers or refuses without a VM.
+enum Early {
+    /// A lookup whose answer is known here (an address as a name, a host
+    /// of the topology).
+    Answer(Bound),
+    /// A refusal, and why.
+    Refuse(Reply, String),
+}
+
+/// A lookup's answer: the bound address of the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bound {
+    /// RESOLVE: an address.
+    Ip(IpAddr),
+    /// RESOLVE_PTR: a name.
+    Name(String),
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(a) => write!(f, "{a}"),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The bound address a lookup's answer lines give for `command`: for
+/// RESOLVE the first IPv4 address (else the first address), as Tor does.
+fn bound_of(command: Command, lines: &[String]) -> Option<Bound> {
+    match command {
+        Command::ResolvePtr => lines.first().map(|n| Bound::Name(n.clone())),
+        _ => {
+            let ips: Vec<IpAddr> = lines.iter().filter_map(|l| l.parse().ok()).collect();
+            ips.iter().find(|a| a.is_ipv4()).or(ips.first()).copied().map(Bound::Ip)
+        }
+    }
+}
+
 /// Sends the app its one SOCKS5 reply (once, whoever gets there first)
 /// and says so in the events.
 struct Replier {
@@ -214,6 +257,24 @@ impl Replier {
                 reason,
             });
         }
+    }
+
+    fn answer(&self, bound: &Bound) {
+        if self.sent.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let addr = match bound {
+            Bound::Ip(a) => guest_agent::socks::Addr::Ip((*a, 0).into()),
+            Bound::Name(n) => guest_agent::socks::Addr::Domain(n, 0),
+        };
+        if let Some(mut c) = self.conn.as_ref().and_then(|c| c.try_clone().ok()) {
+            let _ = socks::reply_bound(&mut c, addr);
+        }
+        self.events.emit(&Event::Answered {
+            flow: self.flow.clone(),
+            answer: bound.to_string(),
+            since_accept_us: micros(self.accepted.elapsed()),
+        });
     }
 
     fn send(&self, code: Reply) -> bool {
@@ -359,13 +420,9 @@ impl Edge {
             Err(e) => Err(e.to_string()),
         };
         let place = match (&resolved, &decision) {
-            (Ok(r), Ok(d)) => Some(exit::place(
-                &self.file,
-                &self.exits,
-                &req.target,
-                &r.criteria.avoid_nodes,
-                d.chosen.name == "onion",
-            )),
+            (Ok(r), Ok(d)) => {
+                Some(self.plan(req.command, &req.target, &r.criteria.avoid_nodes, d.chosen.name == "onion"))
+            }
             _ => None,
         };
         let vm_held =
@@ -425,8 +482,8 @@ impl Edge {
         });
         let place = match place {
             Some(Ok(p)) => p,
-            Some(Err(NoPlace::NoExit)) => return refuse(Reply::HostUnreachable, NoPlace::NoExit.to_string()),
-            Some(Err(e @ NoPlace::Refused(_))) => return refuse(Reply::NotAllowed, e.to_string()),
+            Some(Err(Early::Refuse(code, why))) => return refuse(code, why),
+            Some(Err(Early::Answer(bound))) => return replier.answer(&bound),
             // Not reached: a place is looked for once a protocol is chosen.
             None => return refuse(Reply::GeneralFailure, "no destination".into()),
         };
@@ -474,7 +531,107 @@ impl Edge {
             steer_us,
             ..ConnectStages::default()
         };
-        self.run_request(&spec, ports, conn, replier, accepted, edge_steps);
+        match req.command {
+            Command::Connect => self.run_request(&spec, ports, conn, replier, accepted, edge_steps),
+            lookup => self.run_lookup(&spec, ports, lookup, &replier),
+        }
+    }
+
+    /// Where a request goes, or how it is answered without a VM.
+    fn plan(&self, command: Command, target: &Target, avoid: &[u16], onion: bool) -> Result<Place, Early> {
+        let refusal = |e: NoPlace| match e {
+            NoPlace::NoExit => Early::Refuse(Reply::HostUnreachable, e.to_string()),
+            NoPlace::Refused(_) => Early::Refuse(Reply::NotAllowed, e.to_string()),
+        };
+        let query = match (command, target) {
+            (Command::Connect, _) => {
+                return exit::place(&self.file, &self.exits, target, avoid, onion).map_err(refusal);
+            }
+            // An address needs no lookup; a host of the topology is
+            // known here (no resolver is asked either way).
+            (Command::Resolve, Target::Addr(a)) => return Err(Early::Answer(Bound::Ip(a.ip()))),
+            (Command::Resolve, Target::Domain(name, _)) => match name.parse::<IpAddr>() {
+                Ok(ip) => return Err(Early::Answer(Bound::Ip(ip))),
+                Err(_) => match exit::overlay_host(&self.file, target) {
+                    Some((_, hostport)) => {
+                        let ip = hostport.rsplit_once(':').and_then(|(h, _)| h.parse().ok());
+                        return Err(ip.map(Bound::Ip).map(Early::Answer).unwrap_or_else(|| {
+                            Early::Refuse(Reply::GeneralFailure, format!("topology host {name} has no address"))
+                        }));
+                    }
+                    None => Query::Name(name.clone()),
+                },
+            },
+            (Command::ResolvePtr, Target::Addr(a)) => Query::Addr(a.ip()),
+            // Refused by the handshake already.
+            (Command::ResolvePtr, Target::Domain(..)) => {
+                return Err(Early::Refuse(Reply::AddressTypeNotSupported, "RESOLVE_PTR of a name".into()))
+            }
+        };
+        let exit = exit::lookup_exit(&self.file, &self.exits, avoid, onion).map_err(refusal)?;
+        Ok(Place { node: exit.node, target: query.open_info(), exit: Some(exit) })
+    }
+
+    /// A lookup's request VM: its stream's far end is the exit's resolver
+    /// and its near end is the edge (the app only gets the reply).
+    fn run_lookup(&self, spec: &RequestSpec, ports: PreparedPorts, command: Command, replier: &Arc<Replier>) {
+        let (mine, theirs) = match std::os::unix::net::UnixStream::pair() {
+            Ok(p) => p,
+            Err(e) => return replier.refuse(Reply::GeneralFailure, format!("cannot make the lookup's socket: {e}")),
+        };
+        let _ = mine.set_read_timeout(Some(LOOKUP_TIMEOUT));
+        let reader = std::thread::Builder::new().name("pathvm-edge-lookup".into()).spawn(move || {
+            let mut answer = Vec::new();
+            let got = (&mine).take(lookup::MAX_ANSWER as u64).read_to_end(&mut answer);
+            // Closing ends the VM's stream if the exit is still talking.
+            drop(mine);
+            got.map(|_| answer)
+        });
+        let log = if self.guest_log { GuestLog::Stderr } else { GuestLog::Discard };
+        let on_stream = {
+            let r = replier.clone();
+            move |report, _: ConnectStages| match report {
+                // The reply carries the answer: it waits for it.
+                StreamReport::Up => {}
+                StreamReport::Refused => {
+                    r.refuse(Reply::HostUnreachable, "the exit found no answer (or is no exit)".into())
+                }
+                StreamReport::NoCircuit => r.refuse(
+                    Reply::HostUnreachable,
+                    "no onion circuit to an exit avoids the relays the app avoids".into(),
+                ),
+                StreamReport::Unknown(v) => r.refuse(Reply::GeneralFailure, format!("request VM reported {v}")),
+            }
+        };
+        let vm = request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() };
+        let (events, spawning) = (self.events.clone(), Instant::now());
+        let on_up = || {
+            events.emit(&Event::VmUp {
+                flow: flow_name(spec.flow),
+                dst: spec.dst,
+                spawn_us: micros(spawning.elapsed()),
+            })
+        };
+        let ran = request::run(&vm, &self.file, spec, ports, OwnedFd::from(theirs), log, on_stream, on_up);
+        let answer = match reader {
+            Ok(t) => t.join().ok().and_then(Result::ok).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let (exit, counters) = match &ran {
+            Ok(o) => (format!("{:?}", o.reason), o.guest_stats.as_ref().map(Counters::from)),
+            Err(e) => (e.to_string(), None),
+        };
+        match lookup::parse_answer(&answer).ok().and_then(|lines| bound_of(command, &lines)) {
+            Some(bound) => replier.answer(&bound),
+            None => replier.refuse(Reply::HostUnreachable, format!("the lookup ended without an answer ({exit})")),
+        }
+        self.events.emit(&Event::VmEnded {
+            flow: Some(flow_name(spec.flow)),
+            node: None,
+            exit,
+            elapsed_us: micros(replier.accepted.elapsed()),
+            counters,
+        });
     }
 
     /// The request VM: it carries the stream; the reply is written when it
@@ -586,6 +743,15 @@ mod tests {
         assert!(c.is_some());
         drop((b, c));
         assert_eq!(n.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_resolve_answers_ipv4_first_and_a_ptr_its_name() {
+        let lines: Vec<String> = ["fd00::2", "10.0.0.2", "10.0.0.3"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(bound_of(Command::Resolve, &lines), Some(Bound::Ip("10.0.0.2".parse().unwrap())));
+        assert_eq!(bound_of(Command::Resolve, &lines[..1]), Some(Bound::Ip("fd00::2".parse().unwrap())));
+        assert_eq!(bound_of(Command::ResolvePtr, &["svc.test".into()]), Some(Bound::Name("svc.test".into())));
+        assert_eq!(bound_of(Command::Resolve, &["garbage".into()]), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! SOCKS5, server side: the handshake up to the CONNECT request, and the
-//! reply. RFC 1928 with RFC 1929 username/password authentication; the
-//! byte layouts are [`guest_agent::socks`]'s, shared with the clients.
+//! SOCKS5, server side: the handshake up to the request, and the reply.
+//! RFC 1928 with RFC 1929 username/password authentication, CONNECT and
+//! Tor's RESOLVE / RESOLVE_PTR extensions (BIND and UDP ASSOCIATE get
+//! reply 7: pathvm carries no datagrams for SOCKS clients); the byte
+//! layouts are [`guest_agent::socks`]'s, shared with the clients.
 //!
 //! Everything the client sends is checked; a malformed or unsupported
 //! request gets the reply code RFC 1928 defines for it (when the protocol
@@ -42,10 +44,23 @@ impl fmt::Display for Target {
     }
 }
 
-/// A client's CONNECT request, after a successful handshake.
+/// What a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// A stream to the target.
+    Connect,
+    /// The target name's address (Tor's RESOLVE).
+    Resolve,
+    /// The target address's name (Tor's RESOLVE_PTR).
+    ResolvePtr,
+}
+
+/// A client's request, after a successful handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// The destination.
+    /// What for.
+    pub command: Command,
+    /// The destination (or what to look up).
     pub target: Target,
     /// The RFC 1929 username, if the client authenticated (it may carry
     /// criteria: `pathvm:latency=require,...`).
@@ -82,9 +97,12 @@ pub enum SocksError {
     /// Bad RFC 1929 sub-negotiation.
     #[error("malformed username/password authentication")]
     BadAuth,
-    /// Only CONNECT is supported.
-    #[error("SOCKS command {0} is not supported (only CONNECT)")]
+    /// Only CONNECT, RESOLVE and RESOLVE_PTR are supported.
+    #[error("SOCKS command {0:#04x} is not supported (only CONNECT, and Tor's RESOLVE and RESOLVE_PTR)")]
     Command(u8),
+    /// RESOLVE_PTR of a name.
+    #[error("SOCKS RESOLVE_PTR needs an IP address, not a name")]
+    PtrOfName,
     /// Unknown address type.
     #[error("SOCKS address type {0} is not supported")]
     AddressType(u8),
@@ -112,7 +130,7 @@ impl SocksError {
     pub fn reply(&self) -> Option<Reply> {
         match self {
             Self::Command(_) => Some(Reply::CommandNotSupported),
-            Self::AddressType(_) => Some(Reply::AddressTypeNotSupported),
+            Self::AddressType(_) | Self::PtrOfName => Some(Reply::AddressTypeNotSupported),
             Self::BadHost => Some(Reply::GeneralFailure),
             _ => None,
         }
@@ -186,16 +204,21 @@ pub fn accept<S: Read + Write>(s: &mut S) -> Result<Request, SocksError> {
     let mut buf = [0u8; wire::MAX_REQUEST_LEN];
     let result = read(s, &mut buf, |b| Ok(wire::Request::decode(b)?.erase())).and_then(|n| {
         let r = whole(wire::Request::decode(&buf[..n])?)?;
-        if r.command != wire::CMD_CONNECT {
-            return Err(SocksError::Command(r.command));
-        }
-        Ok(match r.target {
+        let command = match r.command {
+            wire::CMD_CONNECT => Command::Connect,
+            wire::CMD_RESOLVE => Command::Resolve,
+            wire::CMD_RESOLVE_PTR => Command::ResolvePtr,
+            c => return Err(SocksError::Command(c)),
+        };
+        let target = match r.target {
             Addr::Ip(a) => Target::Addr(a),
+            Addr::Domain(..) if command == Command::ResolvePtr => return Err(SocksError::PtrOfName),
             Addr::Domain(h, p) => Target::Domain(h.to_string(), p),
-        })
+        };
+        Ok((command, target))
     });
     match result {
-        Ok(target) => Ok(Request { target, username, password }),
+        Ok((command, target)) => Ok(Request { command, target, username, password }),
         Err(e) => {
             if let Some(code) = e.reply() {
                 reply(s, code)?;
@@ -209,6 +232,11 @@ pub fn accept<S: Read + Write>(s: &mut S) -> Result<Request, SocksError> {
 /// connection's far end lives in another VM, not on this host).
 pub fn reply<S: Write>(s: &mut S, code: Reply) -> io::Result<()> {
     send(s, |b| ReplyMsg::new(code).encode(b))
+}
+
+/// Sends the success reply to a lookup: the answer as the bound address.
+pub fn reply_bound<S: Write>(s: &mut S, bound: Addr<'_>) -> io::Result<()> {
+    send(s, |b| ReplyMsg { reply: Reply::Succeeded, bound }.encode(b))
 }
 
 #[cfg(test)]
@@ -286,6 +314,21 @@ mod tests {
         msg.extend_from_slice(&[0, 22]);
         let r = accept(&mut Script::new(&msg)).unwrap();
         assert_eq!(r.target, Target::Addr("[::1]:22".parse().unwrap()));
+    }
+
+    #[test]
+    fn tors_resolve_and_resolve_ptr_are_requests_too() {
+        let mut msg = vec![5, 1, 0, 5, 0xF0, 0, 3, 8];
+        msg.extend_from_slice(b"svc.test");
+        msg.extend_from_slice(&[0, 0]);
+        let r = accept(&mut Script::new(&msg)).unwrap();
+        assert_eq!((r.command, r.target), (Command::Resolve, Target::Domain("svc.test".into(), 0)));
+        let r = accept(&mut Script::new(&[5, 1, 0, 5, 0xF1, 0, 1, 10, 0, 0, 3, 0, 0])).unwrap();
+        assert_eq!((r.command, r.target), (Command::ResolvePtr, Target::Addr("10.0.0.3:0".parse().unwrap())));
+        // The PTR of a name is no question: reply 8.
+        let mut s = Script::new(&[5, 1, 0, 5, 0xF1, 0, 3, 1, b'x', 0, 0]);
+        assert!(matches!(accept(&mut s), Err(SocksError::PtrOfName)));
+        assert_eq!(&s.output[2..4], &[5, Reply::AddressTypeNotSupported.code()]);
     }
 
     #[test]

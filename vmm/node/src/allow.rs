@@ -147,6 +147,11 @@ impl AllowPolicy {
         Self { exit, ..self }
     }
 
+    /// Whether this node is an exit (it also answers name lookups).
+    pub fn is_exit(&self) -> bool {
+        self.exit.is_exit()
+    }
+
     /// Whether streams may be connected to `to`.
     pub fn allows(&self, to: &SocketAddr) -> bool {
         self.check(to).is_ok()

@@ -29,6 +29,7 @@ use guest_agent::node::{stream_op, Record, HOST_WINDOW, RECORD_CONTROL, RECORD_S
 
 use crate::allow::AllowPolicy;
 use crate::events::{flow_name, micros, Event, EventSink};
+use crate::lookup::Query;
 
 /// How long a service gets to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,9 +192,12 @@ fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows, allow: &Arc<
         Some(stream_op::OPEN) => {
             let target = String::from_utf8_lossy(&payload[1..]).into_owned();
             let (vm, flows, allow) = (vm.clone(), flows.clone(), allow.clone());
-            let _ = thread::Builder::new()
-                .name("pathvm-node-conn".into())
-                .spawn(move || open(flow, &target, &vm, &flows, &allow));
+            let _ = thread::Builder::new().name("pathvm-node-conn".into()).spawn(move || {
+                match Query::from_open_info(&target) {
+                    Some(q) => answer_lookup(flow, q, &vm, &allow),
+                    None => open(flow, &target, &vm, &flows, &allow),
+                }
+            });
         }
         Some(stream_op::EOF) => {
             if let Some(f) = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&flow) {
@@ -226,6 +230,30 @@ fn connect(target: &str, allow: &AllowPolicy) -> io::Result<TcpStream> {
         }
     }
     Err(last)
+}
+
+/// Answers a lookup stream: the results as its bytes, then its end; only
+/// an exit answers (a destination host is no resolver for others).
+fn answer_lookup(flow: u32, q: Result<Query, String>, vm: &VmWriter, svc: &Services) {
+    let started = Instant::now();
+    let answer = match q {
+        Ok(_) if !svc.allow.is_exit() => Err("this node is no exit: it answers no lookups".to_string()),
+        Ok(q) => q.resolve(),
+        Err(e) => Err(e),
+    };
+    svc.events.emit(&Event::Lookup {
+        flow: flow_name(flow),
+        lookup_us: micros(started.elapsed()),
+        failed: answer.as_ref().err().cloned(),
+    });
+    let Ok(bytes) = answer else {
+        let _ = vm.control(flow, stream_op::REFUSED);
+        return;
+    };
+    let _ = vm
+        .control(flow, stream_op::OPENED)
+        .and_then(|_| vm.send(RECORD_STREAM, flow, &bytes))
+        .and_then(|_| vm.control(flow, stream_op::EOF));
 }
 
 /// Connects stream `flow` to `target` and moves its bytes until done.

@@ -164,6 +164,15 @@ pub enum Event {
         /// Every protocol, scored or refused.
         rows: Vec<ProtocolRow>,
     },
+    /// A lookup (SOCKS RESOLVE / RESOLVE_PTR) was answered.
+    Answered {
+        /// The request.
+        flow: String,
+        /// The address (RESOLVE) or name (RESOLVE_PTR) the app got.
+        answer: String,
+        /// From accept to the reply, µs.
+        since_accept_us: u64,
+    },
     /// A destination outside the overlay goes to this exit (step (e vi):
     /// the exit's VM takes the packets, its host connects the target).
     ExitChosen {
@@ -235,6 +244,16 @@ pub enum Event {
         connect_us: u64,
         /// Why it failed, if it did.
         refused: Option<String>,
+    },
+    /// An exit answered (or could not answer) a name lookup a stream asked
+    /// for ([`crate::lookup`]); the name is not logged.
+    Lookup {
+        /// The stream.
+        flow: String,
+        /// The lookup by this host's resolver, µs.
+        lookup_us: u64,
+        /// Why it failed, if it did.
+        failed: Option<String>,
     },
     /// A VM ended: a request VM (with `flow`) or a node VM (with `node`).
     VmEnded {
