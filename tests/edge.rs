@@ -184,7 +184,7 @@ fn pathvm_run_carries_an_unmodified_curl_through_the_edge() {
     let out = Command::new("ip")
         .args(["netns", "exec", &topo.netns("a")])
         .arg(pathvm_bin())
-        .args(["run", "--criteria", "latency=require", "--", "curl", "-s", "--max-time", "60"])
+        .args(["run", "--mode", "preload", "--criteria", "latency=require", "--", "curl", "-s", "--max-time", "60"])
         .arg(format!("http://10.231.1.2:{port}/file"))
         .output()
         .unwrap();

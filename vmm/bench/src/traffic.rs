@@ -169,55 +169,10 @@ fn open_at(edge: SocketAddr, target: SocketAddrV4, via: &Via, early: &[u8]) -> i
         s.write_all(early)?;
         return Ok(s);
     }
-    let edge_err = |what: String| io::Error::other(format!("SOCKS5 edge on {edge}: {what}"));
-    let mut buf = [0u8; socks::MAX_AUTH_LEN];
-    let mut send = |s: &mut TcpStream, encode: &dyn Fn(&mut [u8]) -> Result<usize, socks::Error>| {
-        let n = encode(&mut buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        s.write_all(&buf[..n])
-    };
-    let user = criteria.as_ref().map(|c| format!("pathvm:{c}"));
-    if let Some(u) = &user {
-        if u.len() > 255 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("criteria {u:?} longer than a SOCKS5 username"),
-            ));
-        }
-    }
-    let method = if user.is_some() { socks::Method::UserPass } else { socks::Method::None };
-    send(&mut s, &|b| socks::Greeting { methods: &[method.code()] }.encode(b))?;
-    let chosen = receive(&mut s, socks::MethodChoice::decode)?;
-    if chosen != socks::MethodChoice(method) {
-        return Err(edge_err(format!("refused authentication method {method:?} (chose {:?})", chosen.0)));
-    }
-    if let Some(u) = &user {
-        // RFC 1929: the username carries the criteria; any password.
-        send(&mut s, &|b| socks::UserPass { username: u.as_bytes(), password: b"-" }.encode(b))?;
-        let status = receive(&mut s, socks::AuthStatus::decode)?;
-        if status != socks::AuthStatus::OK {
-            return Err(edge_err(format!("authentication as {u:?} failed (status {})", status.0)));
-        }
-    }
-    send(&mut s, &|b| socks::Request::connect(socks::Addr::Ip(SocketAddr::V4(target))).encode(b))?;
-    s.write_all(early)?;
-    let reply = receive(&mut s, |b| Ok(socks::ReplyMsg::decode(b)?.map(|r| r.reply)))?;
-    if reply != socks::Reply::Succeeded {
-        return Err(edge_err(format!("reply {} ({})", reply.code(), reply.meaning())));
-    }
+    let target = socks::Addr::Ip(SocketAddr::V4(target));
+    edge::socks_client::connect(&mut s, target, criteria.as_deref(), early)
+        .map_err(|e| io::Error::other(format!("{e} (edge on {edge})")))?;
     Ok(s)
-}
-
-/// Reads one SOCKS5 message from `s`, exactly its bytes; `decode` yields
-/// an owned summary of it.
-fn receive<T>(s: &mut TcpStream, decode: impl Fn(&[u8]) -> Result<socks::Decoded<T>, socks::Error>) -> io::Result<T> {
-    let mut buf = [0u8; socks::MAX_REQUEST_LEN];
-    let n = socks::read_message(&mut buf, |b| s.read_exact(b), |b| Ok(decode(b)?.erase()))?
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    match decode(&buf[..n]) {
-        Ok(socks::Decoded::Ready(v, _)) => Ok(v),
-        Ok(socks::Decoded::NeedMore(_)) => Err(io::ErrorKind::UnexpectedEof.into()),
-        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-    }
 }
 
 /// Asks the service on `s` for `bytes` bytes.

@@ -14,3 +14,5 @@ pub mod ports;
 pub mod request;
 pub mod serve;
 pub mod socks;
+pub mod socks_client;
+pub mod transparent;

@@ -164,6 +164,46 @@ pub enum Event {
         /// Every protocol, scored or refused.
         rows: Vec<ProtocolRow>,
     },
+    /// `pathvm run` made the app's sandbox (transparent mode).
+    RunUp {
+        /// The app's network namespace.
+        netns: String,
+        /// This host's IPv4 address on the sandbox's link.
+        gateway_v4: String,
+        /// Its IPv6 address there.
+        gateway_v6: String,
+    },
+    /// An app connection under `pathvm run` was handed to the edge.
+    RunConnect {
+        /// Where the app connected.
+        destination: String,
+        /// The name behind it, when the address was a virtual one.
+        name: Option<String>,
+        /// Why the edge gave no stream, if it did not.
+        refused: Option<String>,
+    },
+    /// A DNS query from an app under `pathvm run` was answered.
+    RunDns {
+        /// The name asked for, if the question parsed.
+        name: Option<String>,
+        /// Its type (1 A, 28 AAAA, 12 PTR, ...).
+        qtype: u16,
+        /// The address or name given, if any.
+        answer: Option<String>,
+    },
+    /// The app under `pathvm run` ended.
+    RunEnded {
+        /// Its exit status (128+N for signal N).
+        status: i32,
+        /// Connections the edge carried.
+        connections: u64,
+        /// Connections the edge refused.
+        refused_connections: u64,
+        /// DNS queries answered.
+        dns_answers: u64,
+        /// Packets the sandbox refused (UDP but DNS, ICMP, forwarding).
+        refused_packets: u64,
+    },
     /// A lookup (SOCKS RESOLVE / RESOLVE_PTR) was answered.
     Answered {
         /// The request.
