@@ -99,3 +99,30 @@ fn node_configuration_errors_are_clear() {
     let e = node_error(&NODE_OK.replace("rx_link_id = 1", "rx_link_id = 4294967295"));
     assert!(e.contains("link id spans"), "{e}");
 }
+
+#[test]
+fn a_destination_outside_the_topology_is_explained_with_its_exit() {
+    let dir = TempDir::new();
+    let topo = topo::Topo::load(&workspace().join("tests/topologies/exit6.toml"), Some("xp")).unwrap();
+    let (_, a) = topo.node_files().into_iter().find(|(h, _)| h == "a").unwrap();
+    let config = dir.0.join("a.toml");
+    std::fs::write(&config, toml::to_string(&a).unwrap()).unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = explain(&["--app", "curl", "--to", "svc.test:8080", "--config", cfg], &dir.0);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("exit node 3, the nearest of 2"), "{out}");
+    assert!(out.contains("node 4: accepts"), "{out}");
+    let avoid = ["--app", "curl", "--criteria", "avoid=3+4", "--to", "[fd00:232::2]:8080", "--config", cfg];
+    let (code, out, _) = explain(&avoid, &dir.0);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("node 3: the app avoids it") && out.contains("node 4: the app avoids it"), "{out}");
+    let (code, out, _) = explain(&["--app", "curl", "--to", "10.232.0.2:22", "--config", cfg], &dir.0);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("reject *:22"), "{out}");
+    let (code, out, _) = explain(&["--app", "curl", "--to", "c:80", "--config", cfg], &dir.0);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("a host of the topology, node 3"), "{out}");
+    let (code, _, err) = explain(&["--app", "curl", "--to", "svc.test"], &dir.0);
+    assert_eq!(code, Some(2), "clap refuses --to without --config: {err}");
+    assert!(err.contains("--config"), "{err}");
+}
