@@ -16,6 +16,9 @@ MESH="tests/topologies/mesh6.toml"
 MNAME="dm$$"
 MNAME=${MNAME:0:8}
 MESH_PIDS=""
+EXITS="tests/topologies/exit6.toml"
+XNAME="dx$$"
+XNAME=${XNAME:0:8}
 
 cleanup() {
     [ -n "$VM_PID" ] && kill "$VM_PID" 2>/dev/null && wait "$VM_PID" 2>/dev/null || true
@@ -23,6 +26,7 @@ cleanup() {
     [ -n "$MESH_PIDS" ] && kill $MESH_PIDS 2>/dev/null || true
     "$PATHVM" topo down "$TOPO" --name "$TNAME" 2>/dev/null || true
     "$PATHVM" topo down "$MESH" --name "$MNAME" 2>/dev/null || true
+    "$PATHVM" topo down "$EXITS" --name "$XNAME" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -110,8 +114,8 @@ ip netns exec "$TNAME-a" curl -s --max-time 60 --socks5-hostname 127.0.0.1:1080 
 end=$(date +%s%N)
 echo "10 MiB in $(( (end - start) / 1000000 )) ms; sha256 sent $(sha256sum < "$D/www/file.bin" | cut -c1-16)…, received $(sha256sum < "$D/got.bin" | cut -c1-16)…"
 cmp -s "$D/www/file.bin" "$D/got.bin" && echo "identical: yes" || { echo "identical: NO"; exit 1; }
-echo "-- the same, transparently: pathvm run -- curl http://10.231.1.2:8080/file.bin"
-ip netns exec "$TNAME-a" "$PATHVM" run -- curl -s --max-time 60 http://10.231.1.2:8080/file.bin | cmp -s - "$D/www/file.bin" && echo "identical: yes"
+echo "-- the same, transparently: pathvm run -- curl http://c:8080/file.bin (the app in a sandbox whose only way out is pathvm)"
+ip netns exec "$TNAME-a" "$PATHVM" run -- curl -s --max-time 60 http://c:8080/file.bin | cmp -s - "$D/www/file.bin" && echo "identical: yes"
 after=$(ip netns exec "$TNAME-b" awk '/^Ip:/ {n++} /^Ip:/ && n==2 {print $3}' /proc/net/snmp)
 wait_event "$D/edge.events" vm_ended 2
 kill -TERM $E_PID $B_PID $C_PID $HTTP_PID; wait $E_PID $B_PID $C_PID $HTTP_PID 2>/dev/null || true
@@ -121,7 +125,46 @@ echo "-- the path: B's relay VM forwarded $(grep -o '"forwarded": [0-9]*' "$D/b.
 rm -rf "$D"
 "$PATHVM" topo down "$TOPO" --name "$TNAME"
 
-step "4. five routing protocols on mesh6 (a - r1 - r2 - c fast, a - r3 - r4 - c wide, r2 - r3 across)"
+step "4. beyond the overlay: exits C and D, each with a service host that runs no pathvm (exit6)"
+"$PATHVM" topo up "$EXITS" --name "$XNAME"
+D="/tmp/$XNAME"
+mkdir -p "$D/www"
+head -c 4194304 /dev/urandom > "$D/www/file.bin"
+XPIDS=""
+for svc in s t; do
+    ip netns exec "$XNAME-$svc" python3 -m http.server 8080 --bind :: --directory "$D/www" > /dev/null 2>&1 &
+    XPIDS="$XPIDS $!"
+done
+for h in c d f e b; do
+    ip netns exec "$XNAME-$h" "$PATHVM" node --image "$IMAGE" --config "/run/pathvm/$XNAME/$h.toml" --quiet \
+        --events "$D/$h.events" < /dev/null > /dev/null &
+    XPIDS="$XPIDS $!"
+done
+ip netns exec "$XNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$XNAME/a.toml" \
+    --events "$D/edge.events" 2> "$D/edge.log" &
+XPIDS="$XPIDS $!"
+for h in c d f e b; do wait_event "$D/$h.events" node_up; done
+wait_event "$D/edge.events" edge_up
+echo "-- where svc.test:8080 goes (a name the edge host cannot resolve; its exits can):"
+"$PATHVM" explain --app curl --to svc.test:8080 --config "/run/pathvm/$XNAME/a.toml" --manifests /nonexistent | tail -n 3
+echo "-- curl --socks5-hostname 127.0.0.1:1080 http://svc.test:8080/file.bin (the name travels; exit C resolves it)"
+ip netns exec "$XNAME-a" curl -s --max-time 60 --socks5-hostname 127.0.0.1:1080 http://svc.test:8080/file.bin -o "$D/got.bin"
+cmp -s "$D/www/file.bin" "$D/got.bin" && echo "identical: yes" || { echo "identical: NO"; exit 1; }
+echo "   exit_chosen: $(grep '"event":"exit_chosen"' "$D/edge.events" | tail -n 1 | grep -o '"why":"[^"]*"')"
+echo "-- pathvm run -- busybox wget (statically linked, its own resolver): every socket of the app goes through pathvm"
+ip netns exec "$XNAME-a" "$PATHVM" run --events "$D/run.events" -- busybox wget -q -O - http://svc.test:8080/file.bin \
+    | cmp -s - "$D/www/file.bin" && echo "identical: yes" || { echo "identical: NO"; exit 1; }
+grep -E '"event":"run_(dns|connect)"' "$D/run.events" | sed 's/^/   /'
+echo "-- pathvm run -- dig @192.0.2.53 svc.test (a DNS server of the app's choosing: answered by pathvm, never sent)"
+ip netns exec "$XNAME-a" "$PATHVM" run -- dig +short +tries=1 @192.0.2.53 svc.test A | sed 's/^/   virtual address: /'
+echo "-- port 22 is refused by every exit's policy: SOCKS reply 2"
+ip netns exec "$XNAME-a" curl -s --max-time 20 --socks5-hostname 127.0.0.1:1080 http://10.232.0.2:22/ || true
+echo "   refused: $(grep '"event":"refused"' "$D/edge.events" | tail -n 1 | grep -o '"reason":"[^"]*"')"
+kill -TERM $XPIDS 2>/dev/null; wait $XPIDS 2>/dev/null || true
+rm -rf "$D"
+"$PATHVM" topo down "$EXITS" --name "$XNAME"
+
+step "5. five routing protocols on mesh6 (a - r1 - r2 - c fast, a - r3 - r4 - c wide, r2 - r3 across)"
 "$PATHVM" topo up "$MESH" --name "$MNAME"
 D="/tmp/$MNAME"
 mkdir -p "$D/www"
@@ -172,8 +215,8 @@ done
 rm -rf "$D"
 "$PATHVM" topo down "$MESH" --name "$MNAME"
 
-step "5. relay beside kernel forwarding on the same hosts"
+step "6. relay beside kernel forwarding on the same hosts"
 "$PATHVM" bench relay --json --seconds 1 --image "$IMAGE"
 
-step "6. spawn time: 50 VMs one after another, beside QEMU microvm on the same image"
+step "7. spawn time: 50 VMs one after another, beside QEMU microvm on the same image"
 "$PATHVM" bench spawn -n 50 --compare-qemu --json --image "$IMAGE"

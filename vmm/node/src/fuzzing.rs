@@ -14,13 +14,47 @@ use crate::config::NodeFile;
 pub type Body = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` and the regression replay know them.
-pub const TARGETS: [(&str, Body); 1] = [("node_file", node_file)];
+pub const TARGETS: [(&str, Body); 2] = [("node_file", node_file), ("exit_lookup", exit_lookup)];
 
 /// A node file's text.
 pub fn node_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(file) = NodeFile::parse(Path::new("fuzz.toml"), text) else { return };
     accepted_configs_boot(&file);
+}
+
+/// What an exit and an edge read that others wrote: an exit policy's
+/// lines (first line of the input), a stream's open info as an exit
+/// reads it (second line) and a lookup answer as the edge reads it (the
+/// rest). Nothing panics; a policy's verdicts agree with its port
+/// verdict; a query that parses round-trips.
+pub fn exit_lookup(data: &[u8]) {
+    use crate::exit_policy::{ExitPolicy, PortVerdict};
+    use crate::lookup::{parse_answer, Query};
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let (policy, info, answer) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let lines: Vec<String> = policy.split(';').map(str::to_string).collect();
+    if let Ok(p) = ExitPolicy::parse(&lines) {
+        for (i, b) in data.chunks(6).take(8).enumerate() {
+            let port = u16::from_be_bytes([b[0], *b.get(1).unwrap_or(&0)]);
+            let ip = if i % 2 == 0 {
+                std::net::IpAddr::from([*b.get(2).unwrap_or(&0), *b.get(3).unwrap_or(&0), 0, 1])
+            } else {
+                std::net::IpAddr::from([0xfd00, u16::from(*b.get(2).unwrap_or(&0)), 0, 0, 0, 0, 0, 1])
+            };
+            let accepted = p.verdict(&(ip, port).into()).is_ok();
+            if accepted {
+                assert!(matches!(p.for_port(port), PortVerdict::Maybe(_)), "accepts {ip}:{port} yet refuses the port");
+            }
+        }
+    }
+    if let Some(Ok(q)) = Query::from_open_info(info) {
+        assert_eq!(Query::from_open_info(&q.open_info()), Some(Ok(q)));
+    }
+    if let Ok(lines) = parse_answer(answer.as_bytes()) {
+        assert!(!lines.is_empty() && lines.len() <= crate::lookup::MAX_RESULTS);
+    }
 }
 
 /// What `pathvm node` checks before it boots a VM holds: the agent
