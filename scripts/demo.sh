@@ -145,6 +145,7 @@ ip netns exec "$XNAME-a" "$PATHVM" edge --image "$IMAGE" --config "/run/pathvm/$
 XPIDS="$XPIDS $!"
 for h in c d f e b; do wait_event "$D/$h.events" node_up; done
 wait_event "$D/edge.events" edge_up
+wait_port "$XNAME-s" 8080; wait_port "$XNAME-t" 8080
 echo "-- where svc.test:8080 goes (a name the edge host cannot resolve; its exits can):"
 "$PATHVM" explain --app curl --to svc.test:8080 --config "/run/pathvm/$XNAME/a.toml" --manifests /nonexistent | tail -n 3
 echo "-- curl --socks5-hostname 127.0.0.1:1080 http://svc.test:8080/file.bin (the name travels; exit C resolves it)"
