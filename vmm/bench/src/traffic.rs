@@ -170,8 +170,14 @@ fn open_at(edge: SocketAddr, target: SocketAddrV4, via: &Via, early: &[u8]) -> i
         return Ok(s);
     }
     let target = socks::Addr::Ip(SocketAddr::V4(target));
-    edge::socks_client::connect(&mut s, target, criteria.as_deref(), early)
-        .map_err(|e| io::Error::other(format!("{e} (edge on {edge})")))?;
+    edge::socks_client::connect(&mut s, target, criteria.as_deref(), early).map_err(|e| {
+        let kind = match &e {
+            edge::socks_client::ClientError::CriteriaTooLong(_) => io::ErrorKind::InvalidInput,
+            edge::socks_client::ClientError::Io(io) => io.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, format!("{e} (edge on {edge})"))
+    })?;
     Ok(s)
 }
 
@@ -249,7 +255,7 @@ mod tests {
     use super::*;
 
     /// A SOCKS5 edge stand-in on loopback: the edge's own handshake
-    /// checks the client's, then replies `code`; returns the username it saw.
+    /// checks the client's, then replies `code`; returns the criteria it saw.
     fn fake_edge(code: u8) -> (SocketAddr, std::thread::JoinHandle<Option<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
@@ -261,17 +267,17 @@ mod tests {
             }
             assert!(matches!(req.target, edge::socks::Target::Addr(SocketAddr::V4(_))));
             edge::socks::reply(&mut c, socks::Reply::from_code(code)).unwrap();
-            req.username
+            req.criteria().map(str::to_string)
         });
         (addr, h)
     }
 
     #[test]
-    fn criteria_ride_in_the_username() {
+    fn criteria_ride_in_the_credentials() {
         let (addr, h) = fake_edge(0);
         let target: SocketAddrV4 = "10.231.2.2:80".parse().unwrap();
         open_at(addr, target, &Via::Edge { criteria: Some("latency=require".into()) }, &[]).unwrap();
-        assert_eq!(h.join().unwrap().as_deref(), Some("pathvm:latency=require"));
+        assert_eq!(h.join().unwrap().as_deref(), Some("latency=require"));
         let (addr, h) = fake_edge(2);
         let e = open_at(addr, target, &Via::Edge { criteria: None }, &[]).unwrap_err();
         assert!(e.to_string().contains("policy"), "{e}");
