@@ -43,6 +43,14 @@ fn a_name_outside_the_overlay_is_resolved_and_connected_by_the_exit_the_app_may_
     // Port 22: C takes no low port, D rejects 22: SOCKS reply 2 (curl 97).
     let (code, _) = curl(&topo, "http://10.232.0.2:22/", None);
     assert_eq!(code, Some(97), "refused by every exit's policy");
+    // A name that resolves to the exit's own loopback opens nothing there
+    // (a service on C's loopback, which C's own streams may reach).
+    let on_c = http_server(&topo.netns("c"), b"C's own service".to_vec());
+    let (code, got) = curl(&topo, &format!("http://localhost:{on_c}/"), None);
+    assert_eq!(code, Some(97), "reached the exit's loopback: {:?}", String::from_utf8_lossy(&got));
+    nodes[0].events().wait(std::time::Duration::from_secs(10), |e| {
+        is(e, "service_connect") && e["refused"].as_str().is_some_and(|r| r.contains("local address"))
+    });
     // An onion request gets an exit too, drawn among those that accept.
     let (code, onion) = curl(&topo, &url, Some("pathvm:anonymity=require"));
     assert_eq!(code, Some(0), "onion through an exit");
@@ -54,7 +62,7 @@ fn a_name_outside_the_overlay_is_resolved_and_connected_by_the_exit_the_app_may_
     assert_eq!(socks_lookup(&topo, 0xF1, "10.232.0.2".into(), None), (ok, "svc.test".into()));
     assert_eq!(socks_lookup(&topo, 0xF0, "nowhere.test".into(), None).0, v6, "no such name: reply 4");
 
-    edge.wait_vms_ended(8);
+    edge.wait_vms_ended(9);
     let chosen = edge.events.of("exit_chosen");
     let exits: Vec<(u64, String)> =
         chosen.iter().map(|e| (e["exit"].as_u64().unwrap(), e["target"].as_str().unwrap().to_string())).collect();
@@ -65,9 +73,9 @@ fn a_name_outside_the_overlay_is_resolved_and_connected_by_the_exit_the_app_may_
         edge.events.dump()
     );
     assert!(chosen[0]["why"].as_str().unwrap().contains("nearest of 2"), "{}", chosen[0]);
-    assert!(chosen[3]["why"].as_str().unwrap().contains("at random"), "{}", chosen[3]);
-    let behind = if chosen[3]["exit"] == 3 { &body_s } else { &body_t };
-    assert_eq!(sha256(&onion), sha256(behind), "the onion's body is the one behind its exit {}", chosen[3]["exit"]);
+    assert!(chosen[4]["why"].as_str().unwrap().contains("at random"), "{}", chosen[4]);
+    let behind = if chosen[4]["exit"] == 3 { &body_s } else { &body_t };
+    assert_eq!(sha256(&onion), sha256(behind), "the onion's body is the one behind its exit {}", chosen[4]["exit"]);
     let refused = edge.events.of("refused");
     let policy =
         refused.iter().find(|e| e["reply"] == 2).unwrap_or_else(|| panic!("no reply 2: {}", edge.events.dump()));

@@ -105,6 +105,17 @@ impl std::fmt::Display for AllowRule {
     }
 }
 
+/// Loopback, unspecified, link-local or multicast (IPv4-mapped included).
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_loopback() || a.is_unspecified() || a.is_link_local() || a.is_multicast(),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => is_local(IpAddr::V4(v4)),
+            None => a.is_loopback() || a.is_unspecified() || a.is_multicast() || (a.segments()[0] & 0xffc0) == 0xfe80,
+        },
+    }
+}
+
 fn masked(v: u128, prefix: u8, bits: u32) -> u128 {
     let keep = u32::from(prefix).min(bits);
     if keep == 0 {
@@ -145,6 +156,23 @@ impl AllowPolicy {
     /// connected too.
     pub fn with_exit(self, exit: ExitPolicy) -> Self {
         Self { exit, ..self }
+    }
+
+    /// `Ok` if a stream that named its target by a host name (so came
+    /// to this node as an exit) may be connected to `to`, which the name
+    /// resolved to: only the exit policy decides, and never for this
+    /// host's loopback, unspecified, link-local or multicast addresses,
+    /// whatever the policy says (as Tor's ExitPolicyRejectPrivate): a name
+    /// anyone can point at 127.0.0.1 must not open the exit's own
+    /// services.
+    pub fn check_named(&self, to: &SocketAddr) -> Result<(), String> {
+        if !self.exit.is_exit() {
+            return Err(format!("{to}: this node is no exit, and names are for exits to resolve"));
+        }
+        if is_local(to.ip()) {
+            return Err(format!("{to}: a name resolved to a local address, which an exit never connects"));
+        }
+        self.exit.verdict(to).map(|_| ()).map_err(|rule| format!("{to} is refused by this exit's policy ({rule})"))
     }
 
     /// Whether this node is an exit (it also answers name lookups).
@@ -211,6 +239,28 @@ mod tests {
             let e = AllowRule::parse(s).unwrap_err();
             assert!(e.contains(why), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn a_named_target_is_the_exit_policys_alone_and_never_local() {
+        let every = ExitPolicy::parse(&["accept *:*".into()]).unwrap();
+        let p = AllowPolicy::from_config(&[], &["10.231.1.2".into()]).unwrap().with_exit(every);
+        assert!(p.check(&sa("127.0.0.1:22")).is_ok(), "an address literal keeps the allow list");
+        for local in
+            ["127.0.0.1:22", "[::1]:22", "[::ffff:127.0.0.1]:22", "169.254.1.1:80", "0.0.0.0:80", "[fe80::1]:80"]
+        {
+            let e = p.check_named(&sa(local)).unwrap_err();
+            assert!(e.contains("local address"), "{local}: {e}");
+        }
+        assert!(p.check_named(&sa("192.0.2.7:80")).is_ok());
+        let only = ExitPolicy::parse(&["accept 10.232.0.0/16:*".into()]).unwrap();
+        let p = AllowPolicy::from_config(&[], &["10.231.1.2".into()]).unwrap().with_exit(only);
+        assert!(
+            p.check_named(&sa("10.231.1.2:80")).unwrap_err().contains("policy"),
+            "own services are not the policy's"
+        );
+        let none = AllowPolicy::from_config(&[], &["10.231.1.2".into()]).unwrap();
+        assert!(none.check_named(&sa("10.231.1.2:80")).unwrap_err().contains("no exit"));
     }
 
     #[test]

@@ -216,11 +216,15 @@ fn control(flow: u32, payload: &[u8], vm: &VmWriter, flows: &Flows, allow: &Arc<
 }
 
 /// Connects the target the stream's opener named, trying only the
-/// addresses `allow` permits.
+/// addresses `allow` permits: for an address, its allow list or exit
+/// policy; for a name (resolved here, as an exit), the exit policy alone.
 fn connect(target: &str, allow: &AllowPolicy) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
+    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    let named = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_err();
     for addr in target.to_socket_addrs()? {
-        if let Err(why) = allow.check(&addr) {
+        let checked = if named { allow.check_named(&addr) } else { allow.check(&addr) };
+        if let Err(why) = checked {
             last = io::Error::new(io::ErrorKind::PermissionDenied, why);
             continue;
         }
