@@ -458,6 +458,27 @@ pub struct NodeStats {
     pub connect: ConnectTimes,
     /// Drops by reason.
     pub drops: DropCounters,
+    /// Bytes a request VM took from its app (zeros on node VMs).
+    pub app_bytes_in: u64,
+    /// Bytes a request VM gave its app.
+    pub app_bytes_out: u64,
+    /// Each port's link as this node measures it (node VMs; what it
+    /// advertises), in port order; `peer` 0 for no port.
+    pub links: [LinkStats; MAX_PORTS],
+}
+
+/// One link as its node measures it, for the host's metrics.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The neighbour's node id (0: no port here).
+    pub peer: u64,
+    /// 0 never answered, 1 up, 2 down (answered before, silent now).
+    pub status: u64,
+    /// One-way latency (half the lowest recent probe RTT), µs; 0 unknown.
+    pub latency_us: u64,
+    /// Probes lost, per mille.
+    pub loss_permille: u64,
 }
 
 /// When a request VM reached each step of opening its stream, in µs since

@@ -129,6 +129,14 @@ impl StatsProbe {
         self.mem.load(at(std::mem::offset_of!(NodeStats, topology_changes)), Relaxed).ok()
     }
 
+    /// All of the agent's counters now (for live metrics); `None` until
+    /// it published its stats page. Fields the agent rewrites during the
+    /// copy may be one update apart from each other, which counters
+    /// scraped from a running node tolerate.
+    pub fn stats(&self) -> Option<NodeStats> {
+        read_guest_stats(&self.mem)
+    }
+
     /// A request VM's steps of opening its stream so far; `None` until it
     /// published its stats page. Read on the vCPU thread while the guest
     /// waits in a port exit, the agent having published just before, the

@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use crate::routing::linkstate::{significant_change, LinkReport, Lsa, LSA_MIN_INTERVAL_US, LSA_REFRESH_US};
+use crate::routing::linkstate::{significant_change, LinkReport, LinkStatus, Lsa, LSA_MIN_INTERVAL_US, LSA_REFRESH_US};
 use crate::routing::{NodeId, Routes};
 use crate::wire::control::Control;
 use crate::wire::{OverlayRepr, Protocol, FLAG_CONTROL};
@@ -156,6 +156,18 @@ impl<L: LinkPort> Router<L> {
         }
         if self.floods {
             let own = self.own_reports(now);
+            for (slot, r) in self.stats.links.iter_mut().zip(&own) {
+                *slot = crate::node::LinkStats {
+                    peer: u64::from(r.peer),
+                    status: match r.status {
+                        LinkStatus::Unknown => 0,
+                        LinkStatus::Up => 1,
+                        LinkStatus::Down => 2,
+                    },
+                    latency_us: u64::from(r.latency_us),
+                    loss_permille: u64::from(r.loss_permille),
+                };
+            }
             let since = self.advertised_at.map_or(u64::MAX, |t| now.saturating_sub(t));
             let changed = since >= LSA_MIN_INTERVAL_US && significant_change(&self.advertised, &own);
             // A new onion key goes out at once: sources build to it while

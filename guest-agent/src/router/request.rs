@@ -262,6 +262,7 @@ impl<L: LinkPort> Router<L> {
     pub fn app_input(&mut self, data: &[u8]) {
         if let Some(r) = self.request.as_mut() {
             r.pending.extend_from_slice(data);
+            self.stats.app_bytes_in += data.len() as u64;
         }
     }
 
@@ -281,7 +282,9 @@ impl<L: LinkPort> Router<L> {
     /// The app took the first `n` bytes of [`Router::app_output`].
     pub fn app_took(&mut self, n: usize) {
         if let Some(r) = self.request.as_mut() {
-            r.backlog.drain(..n.min(r.backlog.len()));
+            let n = n.min(r.backlog.len());
+            r.backlog.drain(..n);
+            self.stats.app_bytes_out += n as u64;
         }
     }
 

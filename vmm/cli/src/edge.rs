@@ -14,11 +14,13 @@ use edge::serve::{Edge, EdgeConfig, EdgeLimits};
 #[command(after_help = "Run it inside the edge host's namespace, e.g.\n  \
 ip netns exec line3-a pathvm edge --config /run/pathvm/line3/a.toml\n  \
 ip netns exec line3-a curl --socks5-hostname 127.0.0.1:1080 http://c:8080/file\n\n\
-Destinations are hosts of the topology, by name (c) or address (10.231.1.2). Criteria ride \
+Destinations are hosts of the topology, by name (c) or address (10.231.1.2), or anything an \
+exit's policy accepts (names are resolved by the exit). Criteria ride \
 in the SOCKS5 username (pathvm:latency=require,...) or, with the username `pathvm`, in the \
 password (curl --proxy-user pathvm:latency=require), else the app's manifest, else defaults. \
-Failures get their SOCKS5 reply code: 2 refused by policy, 4 unknown destination, 5 service \
-down, 1 anything else.")]
+Tor's RESOLVE and RESOLVE_PTR are answered by an exit. Failures get their SOCKS5 reply code: 2 \
+refused by policy or by every exit, 4 unknown destination, 5 service down, 7 command (BIND, UDP \
+ASSOCIATE), 1 anything else.")]
 pub struct EdgeArgs {
     /// The edge host's node configuration (written by `pathvm topo up`).
     #[arg(long, value_name = "FILE")]
@@ -54,11 +56,16 @@ pub struct EdgeArgs {
     /// request then only adds its devices. 0 builds each VM on the spot.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
     prepared_vms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (loopback only):
+    /// requests by protocol and outcome, VMs running, spawn and connect
+    /// time histograms, bytes carried, drops by reason. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs the daemon until killed.
 pub fn run(a: EdgeArgs) -> Result<i32, Box<dyn std::error::Error>> {
-    let events = super::open_events(a.events.as_deref())?;
+    let (events, metrics) = super::metrics_for(a.metrics_listen, super::open_events(a.events.as_deref())?)?;
     let mut limits = EdgeLimits::for_this_machine();
     if let Some(n) = a.max_vms {
         limits.max_vms = n as usize;
@@ -75,6 +82,17 @@ pub fn run(a: EdgeArgs) -> Result<i32, Box<dyn std::error::Error>> {
         prepared_vms: a.prepared_vms as usize,
     })?;
     let listener = TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
-    Arc::new(edge).serve(listener);
+    let edge = Arc::new(edge);
+    if let Some((m, addr)) = metrics {
+        let running = edge.clone();
+        let live: node::metrics::Live = Box::new(move |e: &mut node::metrics::Exposition| {
+            e.family("pathvm_vms_running", node::metrics::Kind::Gauge, "Request VMs running now.");
+            e.sample("pathvm_vms_running", &[], running.running_vms() as f64);
+        });
+        let bound =
+            node::metrics::serve(addr, m, Some(live)).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        eprintln!("pathvm edge: metrics on http://{bound}/metrics");
+    }
+    edge.serve(listener);
     Ok(0)
 }

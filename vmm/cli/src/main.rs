@@ -61,6 +61,24 @@ pub fn open_events(target: Option<&std::path::Path>) -> Result<::node::events::E
     }
 }
 
+/// The metrics counted from a daemon's events, and `events` feeding
+/// them, when `--metrics-listen` asks for them; refuses addresses beyond
+/// loopback (the page names links, peers and exits).
+pub fn metrics_for(
+    listen: Option<std::net::SocketAddr>,
+    events: ::node::events::EventSink,
+) -> Result<(::node::events::EventSink, Option<(Arc<::node::metrics::EventMetrics>, std::net::SocketAddr)>), String> {
+    let Some(addr) = listen else { return Ok((events, None)) };
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "--metrics-listen {addr}: metrics are served on loopback only (127.0.0.1:PORT or [::1]:PORT); \
+             a scraper elsewhere reaches them through a local agent or a tunnel"
+        ));
+    }
+    let m = Arc::new(::node::metrics::EventMetrics::default());
+    Ok((events.with_metrics(m.clone()), Some((m, addr))))
+}
+
 /// The guest image to use when `--image` is not given: `$PATHVM_IMAGE`,
 /// else `images/out/agent.elf` under the current directory, else beside
 /// the source tree the binary was built in.

@@ -40,6 +40,11 @@ pub struct NodeArgs {
     /// stdio carries console records).
     #[arg(long, value_name = "FILE|-")]
     events: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (loopback only):
+    /// per-link liveness, latency and loss, forwarding, drops by reason,
+    /// services connected. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs a node until stopped.
@@ -47,13 +52,15 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let image = AgentImage::open(&args.image.unwrap_or_else(super::default_image))?;
     let kvm = KvmContext::open()?;
     let log = if args.quiet { GuestLog::Discard } else { GuestLog::Stderr };
-    let events = Arc::new(super::open_events(args.events.as_deref())?);
+    let (events, metrics) = super::metrics_for(args.metrics_listen, super::open_events(args.events.as_deref())?)?;
+    let events = Arc::new(events);
     let opts = node::NodeOptions {
         config: &args.config,
         console: args.console.into(),
         guest_log: log,
         dump_memory: args.dump_memory.as_deref(),
         events,
+        metrics,
     };
     let outcome = node::run(&kvm, &image, opts, super::stop_on_signals)?;
     if let Some(path) = args.metrics {

@@ -39,6 +39,10 @@ pub struct Counters {
     /// Drops by reason (`guest_agent::router::DROP_NAMES`), those that
     /// happened only.
     pub drops: std::collections::BTreeMap<&'static str, u64>,
+    /// Bytes a request VM took from its app.
+    pub app_bytes_in: u64,
+    /// Bytes a request VM gave its app.
+    pub app_bytes_out: u64,
 }
 
 impl From<&NodeStats> for Counters {
@@ -57,6 +61,8 @@ impl From<&NodeStats> for Counters {
                 .filter(|(_, n)| *n > 0)
                 .map(|(&name, n)| (name, n))
                 .collect(),
+            app_bytes_in: s.app_bytes_in,
+            app_bytes_out: s.app_bytes_out,
         }
     }
 }
@@ -320,24 +326,33 @@ pub fn flow_name(flow: u32) -> String {
 /// threads never interleave.
 pub struct EventSink {
     out: Option<Mutex<Box<dyn Write + Send>>>,
+    metrics: Option<std::sync::Arc<crate::metrics::EventMetrics>>,
 }
 
 impl EventSink {
     /// Events are not wanted.
     pub fn disabled() -> Self {
-        Self { out: None }
+        Self { out: None, metrics: None }
+    }
+
+    /// The same sink, every event also counted in `metrics`.
+    pub fn with_metrics(self, metrics: std::sync::Arc<crate::metrics::EventMetrics>) -> Self {
+        Self { metrics: Some(metrics), ..self }
     }
 
     /// `-` for stdout, else a file (created or truncated).
     pub fn open(target: &Path) -> io::Result<Self> {
         let out: Box<dyn Write + Send> =
             if target == Path::new("-") { Box::new(io::stdout()) } else { Box::new(File::create(target)?) };
-        Ok(Self { out: Some(Mutex::new(out)) })
+        Ok(Self { out: Some(Mutex::new(out)), metrics: None })
     }
 
     /// Writes `event` as one line (best effort: a full disk must not take
     /// the daemon down).
     pub fn emit(&self, event: &Event) {
+        if let Some(m) = &self.metrics {
+            m.observe(event);
+        }
         let Some(out) = &self.out else { return };
         let Ok(mut line) = serde_json::to_vec(event) else { return };
         line.push(b'\n');

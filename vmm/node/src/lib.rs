@@ -20,6 +20,7 @@ pub mod exit_policy;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod lookup;
+pub mod metrics;
 mod plumbing;
 
 use std::io::{Read, Write};
@@ -69,6 +70,9 @@ pub enum NodeError {
     /// The console's host side.
     #[error("node console: {0}")]
     Console(#[source] std::io::Error),
+    /// The metrics listener.
+    #[error("cannot serve metrics on {0}: {1}")]
+    Metrics(std::net::SocketAddr, #[source] std::io::Error),
     /// Another node runs from this configuration: two nodes on one config
     /// would send under the same link ids and keys, reusing nonces.
     #[error("node config {0} is in use by another running pathvm node; stop it first (one node per config)")]
@@ -143,6 +147,9 @@ pub struct NodeOptions<'a> {
     pub dump_memory: Option<&'a Path>,
     /// Where `node_up` and `vm_ended` go.
     pub events: Arc<EventSink>,
+    /// Serve Prometheus metrics here: the counts `events` feeds into and
+    /// the VM's live stats.
+    pub metrics: Option<(Arc<metrics::EventMetrics>, std::net::SocketAddr)>,
 }
 
 /// Runs a node until its VM stops, reporting `node_up` when the agent
@@ -162,7 +169,19 @@ pub fn run(
         let events = opts.events.clone();
         move |at: Instant| events.emit(&Event::NodeUp { node, ports, boot_us: micros(at.duration_since(started)) })
     };
-    let watch = RouteWatch { node, events: opts.events.clone() };
+    let probe: ProbeSlot = Arc::default();
+    if let Some((m, addr)) = opts.metrics {
+        let slot = probe.clone();
+        let live: metrics::Live = Box::new(move |e: &mut metrics::Exposition| {
+            let stats = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|p| p.stats());
+            if let Some(s) = stats {
+                metrics::write_node_stats(e, &s);
+            }
+        });
+        let bound = metrics::serve(addr, m, Some(live)).map_err(|e| NodeError::Metrics(addr, e))?;
+        eprintln!("pathvm node: metrics on http://{bound}/metrics");
+    }
+    let watch = RouteWatch { node, events: opts.events.clone(), probe };
     let outcome =
         run_vm(kvm, image, &file, opts.console, opts.guest_log, on_stop_handle, opts.dump_memory, on_ready, watch)?;
     opts.events.emit(&Event::VmEnded {
@@ -178,16 +197,22 @@ pub fn run(
 /// How often a node's host looks at its agent's topology-change count.
 const ROUTE_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Reports `routes_changed` while the node VM runs.
+/// Where the running VM's stats page can be read (by metrics scrapes).
+type ProbeSlot = Arc<std::sync::Mutex<Option<vmm::vm::StatsProbe>>>;
+
+/// Reports `routes_changed` while the node VM runs, and offers its stats
+/// page to scrapes.
 struct RouteWatch {
     node: u16,
     events: Arc<EventSink>,
+    probe: ProbeSlot,
 }
 
 impl RouteWatch {
     /// Watches `probe` on a thread of its own until `done` is set; nothing
     /// runs when no one reads events.
     fn start(self, probe: vmm::vm::StatsProbe, done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe.clone());
         if !self.events.enabled() {
             return None;
         }
