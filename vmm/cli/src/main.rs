@@ -67,7 +67,7 @@ pub fn open_events(target: Option<&std::path::Path>) -> Result<::node::events::E
 pub fn metrics_for(
     listen: Option<std::net::SocketAddr>,
     events: ::node::events::EventSink,
-) -> Result<(::node::events::EventSink, Option<(Arc<::node::metrics::EventMetrics>, std::net::SocketAddr)>), String> {
+) -> Result<(::node::events::EventSink, Option<::node::metrics::Served>), String> {
     let Some(addr) = listen else { return Ok((events, None)) };
     if !addr.ip().is_loopback() {
         return Err(format!(

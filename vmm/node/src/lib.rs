@@ -149,7 +149,7 @@ pub struct NodeOptions<'a> {
     pub events: Arc<EventSink>,
     /// Serve Prometheus metrics here: the counts `events` feeds into and
     /// the VM's live stats.
-    pub metrics: Option<(Arc<metrics::EventMetrics>, std::net::SocketAddr)>,
+    pub metrics: Option<metrics::Served>,
 }
 
 /// Runs a node until its VM stops, reporting `node_up` when the agent

@@ -297,6 +297,9 @@ pub fn write_node_stats(e: &mut Exposition, s: &NodeStats) {
     }
 }
 
+/// Metrics to serve and where: what `--metrics-listen` asks of a daemon.
+pub type Served = (Arc<EventMetrics>, SocketAddr);
+
 /// What a scrape adds beyond the event counts (a node's live stats).
 pub type Live = Box<dyn Fn(&mut Exposition) + Send + Sync>;
 
