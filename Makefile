@@ -8,7 +8,7 @@ CARGO      ?= cargo
 TARGET     := x86_64-unknown-linux-gnu
 IMAGE      := images/out/agent.elf
 AGENT_ELF  := images/agent/target/$(TARGET)/release/pathvm-agent
-APT_PKGS   := iproute2 iputils-ping qemu-system-x86 nftables curl python3 openssh-server microsocks busybox-static dnsutils
+APT_PKGS   := iproute2 iputils-ping qemu-system-x86 nftables curl python3 openssh-server microsocks busybox-static dnsutils graphviz
 PATHVM     := target/release/pathvm
 
 .PHONY: all deps image build demo test bench lint fuzz clean

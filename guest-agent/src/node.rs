@@ -465,6 +465,58 @@ pub struct NodeStats {
     /// Each port's link as this node measures it (node VMs; what it
     /// advertises), in port order; `peer` 0 for no port.
     pub links: [LinkStats; MAX_PORTS],
+    /// Links of the topology this node routes on now (down links left
+    /// out, measured latency and loss applied), all of them; the first
+    /// [`STATS_TOPOLOGY_LINKS`] are in `topology`.
+    pub topology_links: u64,
+    /// Those links.
+    pub topology: TopologyTable,
+}
+
+/// The routing topology's links on the stats page (a type of its own: an
+/// array this long has no derived `Default`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologyTable(pub [TopologyLinkStats; STATS_TOPOLOGY_LINKS]);
+
+impl NodeStats {
+    /// Puts the topology routing runs on now into the page.
+    pub fn publish_topology(&mut self, topology: &crate::routing::Topology) {
+        self.topology_links = topology.links().len() as u64;
+        let links = topology.links().iter().map(Some).chain(core::iter::repeat(None));
+        for (slot, l) in self.topology.0.iter_mut().zip(links) {
+            *slot = l.map_or_else(Default::default, |l| TopologyLinkStats {
+                a: u64::from(l.a),
+                b: u64::from(l.b),
+                latency_us: u64::from(l.latency_us),
+                bandwidth_mbps: u64::from(l.bandwidth_mbps),
+            });
+        }
+    }
+}
+
+impl Default for TopologyTable {
+    fn default() -> Self {
+        Self([TopologyLinkStats::default(); STATS_TOPOLOGY_LINKS])
+    }
+}
+
+/// Links of the routing topology the stats page holds at most.
+pub const STATS_TOPOLOGY_LINKS: usize = 64;
+
+/// One link of the topology a node routes on, for the host's metrics
+/// (what `pathvm paths` draws routes over).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopologyLinkStats {
+    /// One end.
+    pub a: u64,
+    /// The other end.
+    pub b: u64,
+    /// One-way latency routing uses, µs.
+    pub latency_us: u64,
+    /// Capacity routing uses, Mbit/s.
+    pub bandwidth_mbps: u64,
 }
 
 /// One link as its node measures it, for the host's metrics.

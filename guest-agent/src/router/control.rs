@@ -120,6 +120,7 @@ impl<L: LinkPort> Router<L> {
             self.notice(Notice::LinksUsable { now: after, before });
         }
         self.routes = Routes::compute(&topology, self.me);
+        self.stats.publish_topology(&topology);
         self.topology = topology;
         self.stats.topology_changes += 1;
     }

@@ -199,13 +199,15 @@ impl<L: LinkPort> Router<L> {
             .map(|((link, mac), pc)| Port::new(link, mac, pc, cfg.epoch_us, now))
             .collect();
         let topology = cfg.topology();
+        let mut stats = NodeStats { magic: STATS_MAGIC, ..Default::default() };
+        stats.publish_topology(&topology);
         Ok(Self {
             me: cfg.me,
             hop_limit: cfg.hop_limit,
             routes: Routes::compute(&topology, cfg.me),
             protocol: Protocol::from(cfg.protocol),
             ports,
-            stats: NodeStats { magic: STATS_MAGIC, ..Default::default() },
+            stats,
             deliver: Vec::new(),
             flows: BTreeMap::new(),
             lsdb: LinkStateDb::new(&topology, LsaKeys::new(&cfg.lsa_keys)),

@@ -7,6 +7,7 @@ mod boot;
 mod edge;
 mod explain;
 mod node;
+mod paths;
 mod run;
 mod topo;
 
@@ -47,8 +48,10 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// The edge host's SOCKS5 front door: one microVM per connection.
     Edge(edge::EdgeArgs),
-    /// Start an unmodified app whose TCP connections go through the edge.
+    /// Start an unmodified app whose connections all go through the edge.
     Run(run::RunArgs),
+    /// Each routing protocol's current path between two nodes, from a node's metrics.
+    Paths(paths::PathsArgs),
 }
 
 /// The event sink `--events` asks for (disabled without it).
@@ -177,6 +180,7 @@ fn run() -> i32 {
         Command::Explain(args) => explain::run(args),
         Command::Edge(args) => edge::run(args),
         Command::Run(args) => run::run(args),
+        Command::Paths(args) => paths::run(args),
     };
     match result {
         Ok(code) => code,

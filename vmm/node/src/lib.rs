@@ -21,6 +21,7 @@ pub mod exit_policy;
 pub mod fuzzing;
 pub mod lookup;
 pub mod metrics;
+pub mod paths;
 mod plumbing;
 
 use std::io::{Read, Write};

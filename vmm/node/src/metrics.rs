@@ -282,6 +282,19 @@ pub fn write_node_stats(e: &mut Exposition, s: &NodeStats) {
     for (reason, n) in guest_agent::router::DROP_NAMES.iter().zip(s.drops.values()) {
         e.sample("pathvm_node_drops_total", &[("reason", reason)], n as f64);
     }
+    e.family("pathvm_topology_links", Kind::Gauge, "Links of the topology this node routes on now.");
+    e.sample("pathvm_topology_links", &[], s.topology_links as f64);
+    let topo = &s.topology.0[..(s.topology_links as usize).min(s.topology.0.len())];
+    e.family("pathvm_topology_link_latency_seconds", Kind::Gauge, "One-way latency routing uses per link.");
+    for l in topo {
+        let (a, b) = (l.a.to_string(), l.b.to_string());
+        e.sample("pathvm_topology_link_latency_seconds", &[("a", &a), ("b", &b)], l.latency_us as f64 / 1e6);
+    }
+    e.family("pathvm_topology_link_bandwidth_mbps", Kind::Gauge, "Capacity routing uses per link, Mbit/s.");
+    for l in topo {
+        let (a, b) = (l.a.to_string(), l.b.to_string());
+        e.sample("pathvm_topology_link_bandwidth_mbps", &[("a", &a), ("b", &b)], l.bandwidth_mbps as f64);
+    }
     let links: Vec<_> = s.links.iter().filter(|l| l.peer != 0).collect();
     e.family("pathvm_link_up", Kind::Gauge, "1 if the neighbour answers probes, 0 if not (or never did).");
     for l in &links {
@@ -299,6 +312,73 @@ pub fn write_node_stats(e: &mut Exposition, s: &NodeStats) {
 
 /// Metrics to serve and where: what `--metrics-listen` asks of a daemon.
 pub type Served = (Arc<EventMetrics>, SocketAddr);
+
+/// The samples of a page in the text format: (name, labels, value);
+/// comments, blank and malformed lines are skipped.
+pub fn parse(page: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for line in page.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let Some((key, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = match key.split_once('{') {
+            None => (key, BTreeMap::new()),
+            Some((name, rest)) => {
+                let Some(body) = rest.strip_suffix('}') else { continue };
+                (name, parse_labels(body))
+            }
+        };
+        out.push((name.to_string(), labels, value));
+    }
+    out
+}
+
+/// `k="v",k2="v2"` with the format's escapes.
+fn parse_labels(body: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() || chars.next() != Some('"') {
+            return labels;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(o) => value.push(o),
+                    None => break,
+                },
+                o => value.push(o),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_string(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+}
+
+/// A metrics page over HTTP (`http://HOST:PORT/PATH`): how `pathvm
+/// paths` and `pathvm status` read the daemons.
+pub fn fetch(url: &str) -> io::Result<String> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("{url:?}: write http://HOST:PORT/metrics"));
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let (hostport, path) = rest.split_once('/').map_or((rest, "metrics"), |(h, p)| (h, p));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)?.next().ok_or_else(bad)?;
+    let mut c = TcpStream::connect_timeout(&addr, REQUEST_DEADLINE)?;
+    c.set_read_timeout(Some(REQUEST_DEADLINE * 5))?;
+    c.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut reply = Vec::new();
+    c.take(64 << 20).read_to_end(&mut reply)?;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| io::Error::other(format!("{url}: not HTTP")))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(io::Error::other(format!("{url}: {}", head.lines().next().unwrap_or(""))));
+    }
+    Ok(body.to_string())
+}
 
 /// What a scrape adds beyond the event counts (a node's live stats).
 pub type Live = Box<dyn Fn(&mut Exposition) + Send + Sync>;
@@ -436,9 +516,14 @@ mod tests {
     }
 
     #[test]
-    fn label_values_are_escaped() {
+    fn label_values_are_escaped_and_read_back() {
         let mut e = Exposition::default();
-        e.sample("m", &[("a", "x\"y\\z\n")], 1.0);
-        assert_eq!(e.finish(), "m{a=\"x\\\"y\\\\z\\n\"} 1\n");
+        e.sample("m", &[("a", "x\"y\\z\n"), ("b", "2")], 1.5);
+        let page = e.finish();
+        assert_eq!(page, "m{a=\"x\\\"y\\\\z\\n\",b=\"2\"} 1.5\n");
+        let parsed = parse(&format!("# HELP m x\n{page}n 3\nbroken\n"));
+        assert_eq!(parsed.len(), 2);
+        assert_eq!((parsed[0].1["a"].as_str(), parsed[0].1["b"].as_str(), parsed[0].2), ("x\"y\\z\n", "2", 1.5));
+        assert_eq!((parsed[1].0.as_str(), parsed[1].2), ("n", 3.0));
     }
 }
