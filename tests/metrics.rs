@@ -105,6 +105,32 @@ fn the_edge_and_nodes_serve_prometheus_metrics_a_real_scraper_reads() {
     assert_eq!(c.get("pathvm_service_connects_total{outcome=\"refused\"}"), Some(&1.0));
     assert!(c["pathvm_node_delivered_total"] > 0.0);
 
+    // `pathvm status` reads the same pages: B's links and routes, A's
+    // requests, rates between two reads.
+    let status = |host: &str| -> Vec<serde_json::Value> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &topo.netns(host)])
+            .arg(pathvm_bin())
+            .args(["status", "--metrics", &format!("http://127.0.0.1:{PORT}/metrics"), "--count", "2"])
+            .args(["--interval", "0.3", "--json", "--config"])
+            .arg(topo.node_config(host))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let frames = status("b");
+    assert_eq!(frames.len(), 2);
+    let last = &frames[1];
+    let to_c = last["links"].as_array().unwrap().iter().find(|l| l["peer"] == 3).expect("B's link to C");
+    assert_eq!(to_c["up"], true, "{last}");
+    let route = last["routes"].as_array().unwrap().iter().find(|r| r["dst"] == 3).expect("a route to C");
+    assert_eq!(route["paths"]["shortest"], serde_json::json!([[2, 3]]), "{last}");
+    assert!(last["rates"]["forwarded_per_s"].is_number() && frames[0]["rates"].as_object().unwrap().is_empty());
+    let frames = status("a");
+    assert_eq!(frames[1]["vms_running"], 0.0);
+    assert_eq!(frames[1]["requests"]["outcome=up,protocol=shortest"], 1.0, "{}", frames[1]);
+
     // Anything else is an HTTP error, and the daemons refuse to serve
     // metrics beyond loopback.
     let out = Command::new("ip")

@@ -9,6 +9,7 @@ mod explain;
 mod node;
 mod paths;
 mod run;
+mod status;
 mod topo;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Command {
     Run(run::RunArgs),
     /// Each routing protocol's current path between two nodes, from a node's metrics.
     Paths(paths::PathsArgs),
+    /// A live view of this host's daemons (links, routes, VMs, rates) from their metrics.
+    Status(status::StatusArgs),
 }
 
 /// The event sink `--events` asks for (disabled without it).
@@ -181,6 +184,7 @@ fn run() -> i32 {
         Command::Edge(args) => edge::run(args),
         Command::Run(args) => run::run(args),
         Command::Paths(args) => paths::run(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(code) => code,

@@ -23,6 +23,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod paths;
 mod plumbing;
+pub mod status;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
