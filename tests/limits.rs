@@ -371,6 +371,12 @@ fn every_file_holding_keys_is_0600_in_a_0700_directory() {
         }
     }
     assert_eq!(keyed, 3, "one node config per host, each with keys");
+    // The identity: the CA's secret and each host's keys, 0600; the
+    // directories above them not open to others.
+    let id = dir.join("identity");
+    for f in [id.join("ca/ca.key"), id.join("a.key"), id.join("b.key"), id.join("c.key")] {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
 }
 
 #[test]

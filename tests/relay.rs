@@ -174,8 +174,8 @@ fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
 
 /// The link-state signing secret of a node config.
 fn lsa_secret_of(config: &Path) -> [u8; 32] {
-    let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    hex32(v["lsa_secret"].as_str().expect("lsa_secret"))
+    // Loading resolves the node's [identity] (its key file) as a node does.
+    hex32(&node::NodeFile::load(config).expect("node config").lsa_secret)
 }
 
 /// An Ethernet frame carrying a sealed overlay packet.

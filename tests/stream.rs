@@ -37,12 +37,14 @@ const A_ETH: EthAddrs = EthAddrs { dst: [2, 0x50, 0, 0, 0, 2], src: [2, 0x50, 0,
 fn a_port(config: &Path) -> APort {
     let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
     let p = &v["port"].as_array().unwrap()[0];
-    let c = v["lsa_key"].as_array().unwrap().iter().find(|k| k["node"].as_integer() == Some(3)).expect("C's key");
+    // The members' link-state keys, from their certificates as a node reads them.
+    let file = node::NodeFile::load(config).expect("node config");
+    let c = file.lsa_key.iter().find(|k| k.node == 3).expect("C's key");
     APort {
         tx_link: p["tx_link_id"].as_integer().unwrap() as u32,
         rx_link: p["rx_link_id"].as_integer().unwrap() as u32,
         key: hex32(p["key"].as_str().unwrap()),
-        c_lsa: hex32(c["public"].as_str().unwrap()),
+        c_lsa: hex32(&c.public),
     }
 }
 

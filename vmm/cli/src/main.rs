@@ -6,6 +6,7 @@ mod bench;
 mod boot;
 mod edge;
 mod explain;
+mod identity;
 mod node;
 mod paths;
 mod run;
@@ -51,6 +52,12 @@ enum Command {
     Edge(edge::EdgeArgs),
     /// Start an unmodified app whose connections all go through the edge.
     Run(run::RunArgs),
+    /// The network CA: create it, revoke a node's certificate.
+    #[command(subcommand)]
+    Ca(identity::CaCommand),
+    /// Node keys and certificates: make keys, issue, verify.
+    #[command(subcommand)]
+    Cert(identity::CertCommand),
     /// Each routing protocol's current path between two nodes, from a node's metrics.
     Paths(paths::PathsArgs),
     /// A live view of this host's daemons (links, routes, VMs, rates) from their metrics.
@@ -184,6 +191,8 @@ fn run() -> i32 {
         Command::Edge(args) => edge::run(args),
         Command::Run(args) => run::run(args),
         Command::Paths(args) => paths::run(args),
+        Command::Ca(cmd) => identity::run_ca(cmd),
+        Command::Cert(cmd) => identity::run_cert(cmd),
         Command::Status(args) => status::run(args),
     };
     match result {

@@ -178,6 +178,12 @@ pub struct NodeFile {
     /// one for a destination outside the overlay without asking anyone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit: Vec<ExitSpec>,
+    /// Certificates instead of `lsa_secret` / `lsa_key`: the link-state
+    /// secret from this node's key file, the others' keys from the
+    /// members' certificates that the CA signed and has not revoked
+    /// ([`crate::identity`]). Read when the file is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::IdentitySpec>,
 }
 
 /// An exit node of the topology and the policy it applies.
@@ -250,7 +256,36 @@ impl NodeFile {
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Self, NodeFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
-        Self::parse(path, &text)
+        let mut file = Self::parse(path, &text)?;
+        file.take_identity(path)?;
+        Ok(file)
+    }
+
+    /// With an `[identity]`: checks it and fills in the link-state keys
+    /// from it; a port to a neighbour without a valid certificate (not a
+    /// member, revoked, expired) is an error.
+    fn take_identity(&mut self, path: &Path) -> Result<(), NodeFileError> {
+        let Some(spec) = &self.identity else { return Ok(()) };
+        let invalid = |msg: String| NodeFileError::Invalid(format!("{}: {msg}", path.display()));
+        if !self.lsa_secret.is_empty() || !self.lsa_key.is_empty() {
+            return Err(invalid("give either [identity] or lsa_secret and lsa_key, not both".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let m = crate::identity::load_membership(spec, base, self.id).map_err(|e| invalid(e.to_string()))?;
+        for r in &m.refused {
+            tracing::warn!("node {}: member certificate refused: {r}", self.id);
+        }
+        if let Some(p) = self.port.iter().find(|p| !m.members.iter().any(|(n, _)| *n == p.peer)) {
+            return Err(invalid(format!(
+                "port {}: neighbour {} has no valid certificate among the members (revoked, expired or \
+                 never issued): this node will not link to it",
+                p.iface, p.peer
+            )));
+        }
+        self.lsa_secret = vmm::random::hex(&m.signing_secret);
+        self.lsa_key =
+            m.members.iter().map(|(node, k)| PublicKeySpec { node: *node, public: vmm::random::hex(k) }).collect();
+        Ok(())
     }
 
     /// Parses `text`, read from `path` (named in errors).
@@ -434,6 +469,7 @@ mod tests {
             allow: vec![],
             exit_policy: vec![],
             exit: vec![],
+            identity: None,
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));

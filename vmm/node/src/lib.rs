@@ -19,6 +19,7 @@ pub mod events;
 pub mod exit_policy;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod identity;
 pub mod lookup;
 pub mod metrics;
 pub mod paths;

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 pub use file::{HostSpec, LinkSpec, ServiceSpec, TopologyFile};
 
-use node::{ExitSpec, HostAddrs, NodeFile, PortSpec, PublicKeySpec, TopoLinkSpec};
+use node::{ExitSpec, HostAddrs, NodeFile, PortSpec, TopoLinkSpec};
 
 /// Each side of a link may send under 2^16 directed link ids.
 const LINK_SPAN_BITS: u32 = 16;
@@ -390,7 +390,9 @@ impl Topo {
                 fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             })
             .map_err(|source| TopoError::Write { path: dir.clone(), source })?;
-        for (host, node) in self.node_files() {
+        let identity = self.issue_identities(&dir)?;
+        for (host, mut node) in self.node_files() {
+            node.identity = Some(identity.spec(&host));
             let path = self.node_config_path(&host);
             let text = toml::to_string(&node).expect("node config serialises");
             write_secret(&path, &text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
@@ -398,8 +400,46 @@ impl Topo {
         Ok(())
     }
 
-    /// Every host's node configuration, by host name, with fresh link and
-    /// link-state keys.
+    /// The topology's network identity, made as a person would with
+    /// `pathvm ca init`, `pathvm cert keygen` and `pathvm cert issue` (the
+    /// same library calls): a CA in `DIR/identity/ca`, each host's keys
+    /// in `DIR/identity/HOST.key` (0600) and its certificate among the
+    /// members in `DIR/identity/members`.
+    fn issue_identities(&self, dir: &Path) -> Result<Identities, TopoError> {
+        let root = dir.join("identity");
+        let fail = |e: node::identity::IdentityError| TopoError::Command {
+            cmd: "issue identities".into(),
+            msg: e.to_string(),
+        };
+        let _ = fs::remove_dir_all(&root);
+        node::identity::ca_init(&root.join("ca"), &self.name).map_err(fail)?;
+        let members = root.join("members");
+        for h in &self.file.hosts {
+            let public = node::identity::keygen(&root, &h.name).map_err(fail)?;
+            let addrs = self.host_addrs(&h.name);
+            let what = node::identity::Issue { node: h.id, name: &h.name, addrs: &addrs, keys: public, days: 30 };
+            let cert = node::identity::issue(&root.join("ca"), what).map_err(fail)?;
+            fs::create_dir_all(&members).map_err(|source| TopoError::Write { path: members.clone(), source })?;
+            node::identity::write_cert(&members.join(format!("{}.crt.toml", h.name)), &cert).map_err(fail)?;
+        }
+        Ok(Identities)
+    }
+
+    /// Host `host`'s addresses on its links.
+    fn host_addrs(&self, host: &str) -> Vec<String> {
+        self.file
+            .links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                (l.a == host).then(|| Self::addr(i, 1)).or_else(|| (l.b == host).then(|| Self::addr(i, 2)))
+            })
+            .collect()
+    }
+
+    /// Every host's node configuration, by host name, with fresh link
+    /// keys (the link-state keys come from the certificates
+    /// `write_node_configs` issues).
     pub fn node_files(&self) -> Vec<(String, NodeFile)> {
         let keys: Vec<String> = self.file.links.iter().map(|_| random_key_hex()).collect();
         let links: Vec<TopoLinkSpec> = self
@@ -417,25 +457,8 @@ impl Topo {
             .file
             .hosts
             .iter()
-            .map(|h| HostAddrs {
-                name: h.name.clone(),
-                node: h.id,
-                addrs: self
-                    .file
-                    .links
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, l)| {
-                        (l.a == h.name).then(|| Self::addr(i, 1)).or_else(|| (l.b == h.name).then(|| Self::addr(i, 2)))
-                    })
-                    .collect(),
-            })
+            .map(|h| HostAddrs { name: h.name.clone(), node: h.id, addrs: self.host_addrs(&h.name) })
             .collect();
-        // Every host's link-state signing key: each node gets its secret
-        // and everyone's public key. (Onion keys are not here: each node
-        // draws its own and advertises them under this signature.)
-        let lsa: Vec<[u8; 32]> = self.file.hosts.iter().map(|_| vmm::random::bytes::<32>()).collect();
-        let lsa_keys = self.public_keys(&lsa, guest_agent::routing::lsa_sign::public_key);
         let exits: Vec<ExitSpec> = self
             .file
             .hosts
@@ -444,7 +467,7 @@ impl Topo {
             .map(|h| ExitSpec { node: h.id, policy: h.exit_policy.clone() })
             .collect();
         let mut files = Vec::with_capacity(self.file.hosts.len());
-        for (h, lsa_secret) in self.file.hosts.iter().zip(&lsa) {
+        for h in &self.file.hosts {
             let mut ports = Vec::new();
             for (i, l) in self.file.links.iter().enumerate() {
                 let (end, peer) = if l.a == h.name {
@@ -483,26 +506,17 @@ impl Topo {
                 link: links.clone(),
                 onion_key_period_s: guest_agent::onion::rotation::DEFAULT_PERIOD_S,
                 stream_idle_timeout_s: self.file.stream_idle_timeout_s.unwrap_or(node::DEFAULT_IDLE_TIMEOUT_S),
-                lsa_secret: vmm::random::hex(lsa_secret),
-                lsa_key: lsa_keys.clone(),
+                // From the certificates `write_node_configs` issues.
+                lsa_secret: String::new(),
+                lsa_key: Vec::new(),
                 allow: Vec::new(),
                 exit_policy: h.exit_policy.clone(),
                 exit: exits.clone(),
+                identity: None,
             };
             files.push((h.name.clone(), node));
         }
         files
-    }
-
-    /// Every host's public key of `secrets` (in host order), as the node
-    /// files list them.
-    fn public_keys(&self, secrets: &[[u8; 32]], public: fn(&[u8; 32]) -> [u8; 32]) -> Vec<PublicKeySpec> {
-        self.file
-            .hosts
-            .iter()
-            .zip(secrets)
-            .map(|(h, s)| PublicKeySpec { node: h.id, public: vmm::random::hex(&public(s)) })
-            .collect()
     }
 
     /// Removes every namespace of this topology, ending the processes in
@@ -546,6 +560,23 @@ impl Topo {
         let _ = fs::remove_dir_all(Path::new(STATE_DIR).join(&self.name));
         for h in &self.file.hosts {
             let _ = fs::remove_dir_all(self.etc_dir(&h.name));
+        }
+    }
+}
+
+/// Where `write_node_configs` put the identity files, as node configs
+/// name them (relative to the configuration's directory).
+struct Identities;
+
+impl Identities {
+    fn spec(&self, host: &str) -> node::identity::IdentitySpec {
+        let root = Path::new("identity");
+        node::identity::IdentitySpec {
+            ca: root.join("ca/ca.toml"),
+            crl: Some(root.join("ca/crl.toml")),
+            cert: root.join(format!("members/{host}.crt.toml")),
+            key: root.join(format!("{host}.key")),
+            members: root.join("members"),
         }
     }
 }

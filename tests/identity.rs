@@ -1,0 +1,93 @@
+//! The network's identity with the commands a person types: a CA, keys
+//! made where the node runs, certificates, verification, revocation — and
+//! nodes that refuse a revoked neighbour.
+
+use std::process::{Command, Output};
+
+use pathvm_tests::*;
+
+fn pathvm(args: &[&str]) -> Output {
+    Command::new(pathvm_bin()).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_ca_issues_verifies_and_revokes_certificates() {
+    let dir = TempDir::new();
+    let (ca, keys) = (dir.0.join("ca"), dir.0.join("keys"));
+    let (ca_s, keys_s) = (ca.to_str().unwrap(), keys.to_str().unwrap());
+    ok(&pathvm(&["ca", "init", "--dir", ca_s, "--name", "lab"]));
+    let again = pathvm(&["ca", "init", "--dir", ca_s]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
+    for (name, id) in [("a", "1"), ("b", "2")] {
+        ok(&pathvm(&["cert", "keygen", "--dir", keys_s, "--name", name]));
+        let public = keys.join(format!("{name}.pub.toml"));
+        let out = keys.join(format!("{name}.crt.toml"));
+        ok(&pathvm(&[
+            "cert",
+            "issue",
+            "--ca",
+            ca_s,
+            "--pub",
+            public.to_str().unwrap(),
+            "--node",
+            id,
+            "--name",
+            name,
+            "--addr",
+            "10.0.0.1",
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+    }
+    let key = std::fs::read_to_string(keys.join("a.key")).unwrap();
+    let cert = std::fs::read_to_string(keys.join("a.crt.toml")).unwrap();
+    assert!(!cert.contains(key.lines().next().unwrap().split('"').nth(1).unwrap()), "a secret in a certificate");
+    let (ca_toml, crl) = (ca.join("ca.toml"), ca.join("crl.toml"));
+    let verify = |name: &str| {
+        pathvm(&[
+            "cert",
+            "verify",
+            "--ca",
+            ca_toml.to_str().unwrap(),
+            "--crl",
+            crl.to_str().unwrap(),
+            keys.join(format!("{name}.crt.toml")).to_str().unwrap(),
+        ])
+    };
+    assert!(ok(&verify("b")).contains("valid: node 2"));
+    ok(&pathvm(&["ca", "revoke", "--dir", ca_s, keys.join("b.crt.toml").to_str().unwrap()]));
+    let out = verify("b");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+    assert_eq!(verify("a").status.code(), Some(0), "only b is revoked");
+    // A certificate edited after signing (another node id) fails.
+    let forged = keys.join("f.crt.toml");
+    std::fs::write(&forged, cert.replace("node = 1", "node = 9")).unwrap();
+    let out = pathvm(&["cert", "verify", "--ca", ca_toml.to_str().unwrap(), forged.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signature"));
+}
+
+#[test]
+fn every_neighbour_refuses_a_revoked_node() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    // topo up made the identity with the same library calls as the commands.
+    let id = topo.node_config("a").parent().unwrap().join("identity");
+    let c_cert = id.join("members/c.crt.toml");
+    ok(&pathvm(&["ca", "revoke", "--dir", id.join("ca").to_str().unwrap(), c_cert.to_str().unwrap()]));
+    let dir = TempDir::new();
+    for (host, needle) in [("b", "neighbour 3 has no valid certificate"), ("c", "revoked")] {
+        let mut cmd = topo.node(host, &dir.0.join(format!("{host}.json")));
+        let out = cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "node {host} started beside revoked c: {err}");
+    }
+}
