@@ -14,7 +14,27 @@ use crate::config::NodeFile;
 pub type Body = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` and the regression replay know them.
-pub const TARGETS: [(&str, Body); 2] = [("node_file", node_file), ("exit_lookup", exit_lookup)];
+pub const TARGETS: [(&str, Body); 3] =
+    [("node_file", node_file), ("exit_lookup", exit_lookup), ("identity", identity)];
+
+/// Identity files a node reads (a certificate, a revocation list, as TOML
+/// someone else wrote): none panics, and only the CA's own signature
+/// makes one hold.
+pub fn identity(data: &[u8]) {
+    use crate::identity::{CaFile, Certificate, Revocations};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let ca = CaFile { name: "fuzz".into(), public: FUZZ_CA.into(), created: 0 };
+    if let Ok(c) = toml::from_str::<Certificate>(text) {
+        assert!(c.check(&ca, None, 1_800_000_000).is_err(), "a certificate no CA signed holds");
+    }
+    if let Ok(r) = toml::from_str::<Revocations>(text) {
+        assert!(r.check(&ca).is_err(), "a revocation list no CA signed holds");
+    }
+}
+
+/// A CA public key whose secret nobody has (the Ed25519 base point's
+/// encoding, a valid point).
+const FUZZ_CA: &str = "5866666666666666666666666666666666666666666666666666666666666666";
 
 /// A node file's text.
 pub fn node_file(data: &[u8]) {

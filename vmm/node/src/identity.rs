@@ -216,7 +216,7 @@ fn verify(public_hex: &str, msg: &[u8], sig_hex: &str) -> Result<(), String> {
 }
 
 fn parse_hex64(s: &str) -> Result<[u8; 64], String> {
-    if s.len() != 128 {
+    if s.len() != 128 || !s.is_ascii() {
         return Err("a signature is 128 hex digits".into());
     }
     let mut out = [0u8; 64];
