@@ -62,7 +62,7 @@ pub struct BootArgs {
     ip: Option<(Ipv4Addr, u8)>,
     /// Console host side: `stdio`, or `unix:PATH` to connect to a listening
     /// Unix stream socket.
-    #[arg(long, value_name = "stdio|unix:PATH", default_value = "stdio", value_parser = super::parse_console)]
+    #[arg(long, value_name = "stdio|none|unix:PATH", default_value = "stdio", value_parser = super::parse_console)]
     console: super::ConsoleArg,
     /// What the agent does.
     #[arg(long, value_enum, default_value_t = RoleArg::Echo)]

@@ -113,15 +113,18 @@ pub enum ConsoleArg {
     Stdio,
     /// Connect to a listening Unix socket.
     Unix(PathBuf),
+    /// Nothing in, delivered records dropped (a node run as a service).
+    None,
 }
 
-/// Parses `stdio` or `unix:PATH`.
+/// Parses `stdio`, `none` or `unix:PATH`.
 pub fn parse_console(s: &str) -> Result<ConsoleArg, String> {
     match s {
         "stdio" => Ok(ConsoleArg::Stdio),
+        "none" => Ok(ConsoleArg::None),
         _ => match s.strip_prefix("unix:") {
             Some(p) if !p.is_empty() => Ok(ConsoleArg::Unix(PathBuf::from(p))),
-            _ => Err(format!("{s:?} is not a console: use stdio or unix:PATH")),
+            _ => Err(format!("{s:?} is not a console: use stdio, none or unix:PATH")),
         },
     }
 }
@@ -131,6 +134,7 @@ impl From<ConsoleArg> for ConsoleConfig {
         match c {
             ConsoleArg::Stdio => ConsoleConfig::Stdio,
             ConsoleArg::Unix(p) => ConsoleConfig::Unix(p),
+            ConsoleArg::None => ConsoleConfig::Sink,
         }
     }
 }
@@ -212,6 +216,7 @@ mod tests {
     fn console_parsing() {
         assert!(matches!(parse_console("stdio"), Ok(ConsoleArg::Stdio)));
         assert!(matches!(parse_console("unix:/tmp/x"), Ok(ConsoleArg::Unix(_))));
+        assert!(matches!(parse_console("none"), Ok(ConsoleArg::None)));
         assert!(parse_console("unix:").is_err());
         assert!(parse_console("tcp:1").is_err());
     }

@@ -22,7 +22,7 @@ pub struct NodeArgs {
     #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
     /// Console host side: records to originate in, delivered records out.
-    #[arg(long, value_name = "stdio|unix:PATH", default_value = "stdio", value_parser = super::parse_console)]
+    #[arg(long, value_name = "stdio|none|unix:PATH", default_value = "stdio", value_parser = super::parse_console)]
     console: super::ConsoleArg,
     /// Write port counters and the node's routing counters as JSON at exit.
     #[arg(long, value_name = "PATH")]

@@ -14,8 +14,7 @@ use crate::config::NodeFile;
 pub type Body = fn(&[u8]);
 
 /// The targets by name, as `fuzz/` and the regression replay know them.
-pub const TARGETS: [(&str, Body); 3] =
-    [("node_file", node_file), ("exit_lookup", exit_lookup), ("identity", identity)];
+pub const TARGETS: [(&str, Body); 3] = [("node_file", node_file), ("exit_lookup", exit_lookup), ("identity", identity)];
 
 /// Identity files a node reads (a certificate, a revocation list, as TOML
 /// someone else wrote): none panics, and only the CA's own signature
