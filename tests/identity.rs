@@ -81,6 +81,16 @@ fn every_neighbour_refuses_a_revoked_node() {
     let topo = TopoGuard::up("line3.toml");
     // topo up made the identity with the same library calls as the commands.
     let id = topo.node_config("a").parent().unwrap().join("identity");
+    // No link key is written anywhere: both ends agree it from their
+    // certificates, and get the same one.
+    let raw: toml::Value = toml::from_str(&std::fs::read_to_string(topo.node_config("b")).unwrap()).unwrap();
+    assert!(raw["port"].as_array().unwrap().iter().all(|p| p.get("key").is_none()), "a link key in b's config");
+    let (a, b) =
+        (node::NodeFile::load(&topo.node_config("a")).unwrap(), node::NodeFile::load(&topo.node_config("b")).unwrap());
+    let (ab, ba) = (a.port.iter().find(|p| p.peer == 2).unwrap(), b.port.iter().find(|p| p.peer == 1).unwrap());
+    assert!(ab.key.len() == 64 && ab.key == ba.key, "both ends of a-b agree on its key");
+    let bc = b.port.iter().find(|p| p.peer == 3).unwrap();
+    assert_ne!(bc.key, ba.key, "each link has its own");
     let c_cert = id.join("members/c.crt.toml");
     ok(&pathvm(&["ca", "revoke", "--dir", id.join("ca").to_str().unwrap(), c_cert.to_str().unwrap()]));
     let dir = TempDir::new();

@@ -370,7 +370,7 @@ fn every_file_holding_keys_is_0600_in_a_0700_directory() {
             assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
         }
     }
-    assert_eq!(keyed, 3, "one node config per host, each with keys");
+    assert_eq!(keyed, 3, "one node config per host, naming its key file");
     // The identity: the CA's secret and each host's keys, 0600; the
     // directories above them not open to others.
     let id = dir.join("identity");

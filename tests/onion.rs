@@ -49,10 +49,11 @@ fn overlay(frames: &[Vec<u8>], proto: u8) -> Vec<&Vec<u8>> {
 /// relay's own span, with the key its link key gives that id, and a fresh
 /// link number), as a relay holding its link key can.
 fn replay_cell_as(topo: &TopoGuard, host: &str, iface: &str, sent: &[u8]) {
-    let v: toml::Value = toml::from_str(&std::fs::read_to_string(topo.node_config(host)).unwrap()).unwrap();
-    let p = v["port"].as_array().unwrap().iter().find(|p| p["iface"].as_str() == Some(iface)).expect("the port");
-    let link_id = p["tx_link_id"].as_integer().unwrap() as u32 + 100;
-    let key = LinkKey::new(&hex32(p["key"].as_str().unwrap())).derive(link_id);
+    // The relay's link key, agreed from the certificates as its node does.
+    let file = node::NodeFile::load(&topo.node_config(host)).expect("node config");
+    let p = file.port.iter().find(|p| p.iface == iface).expect("the port");
+    let link_id = p.tx_link_id + 100;
+    let key = LinkKey::new(&hex32(&p.key)).derive(link_id);
     let (mut dst, mut src) = ([0u8; 6], [0u8; 6]);
     dst.copy_from_slice(&sent[..6]);
     src.copy_from_slice(&sent[6..12]);

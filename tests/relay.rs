@@ -167,9 +167,10 @@ fn overlay_link_id(frame: &[u8]) -> Option<u32> {
 
 /// A port of a node config: (tx_link_id, key).
 fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
-    let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    let p = v["port"].as_array().unwrap().iter().find(|p| p["iface"].as_str() == Some(iface)).expect("port");
-    (p["tx_link_id"].as_integer().unwrap() as u32, hex32(p["key"].as_str().unwrap()))
+    // Loading agrees the link's key from the certificates, as a node does.
+    let file = node::NodeFile::load(config).expect("node config");
+    let p = file.port.iter().find(|p| p.iface == iface).expect("port");
+    (p.tx_link_id, hex32(&p.key))
 }
 
 /// The link-state signing secret of a node config.

@@ -35,17 +35,12 @@ const A_ETH: EthAddrs = EthAddrs { dst: [2, 0x50, 0, 0, 0, 2], src: [2, 0x50, 0,
 
 /// A's port and C's link-state key, from A's node config.
 fn a_port(config: &Path) -> APort {
-    let v: toml::Value = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    let p = &v["port"].as_array().unwrap()[0];
-    // The members' link-state keys, from their certificates as a node reads them.
+    // As a node loads it: the link key agreed and the members' link-state
+    // keys taken from their certificates.
     let file = node::NodeFile::load(config).expect("node config");
+    let p = &file.port[0];
     let c = file.lsa_key.iter().find(|k| k.node == 3).expect("C's key");
-    APort {
-        tx_link: p["tx_link_id"].as_integer().unwrap() as u32,
-        rx_link: p["rx_link_id"].as_integer().unwrap() as u32,
-        key: hex32(p["key"].as_str().unwrap()),
-        c_lsa: hex32(&c.public),
-    }
+    APort { tx_link: p.tx_link_id, rx_link: p.rx_link_id, key: hex32(&p.key), c_lsa: hex32(&c.public) }
 }
 
 /// Plays A asking B for the link state, as a node does: C's current onion

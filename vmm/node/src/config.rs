@@ -63,6 +63,8 @@ pub struct PortSpec {
     #[serde(default = "one")]
     pub rx_link_span: u32,
     /// 32-byte link key, hex (packet keys are derived from it per id).
+    /// Empty with an `[identity]`: agreed from both ends' certificates.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
 }
 
@@ -233,6 +235,9 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 fn parse_key(s: &str) -> Result<[u8; 32], String> {
+    if s.is_empty() {
+        return Err("a port has no link key: give `key`, or an [identity] to agree one from certificates".into());
+    }
     vmm::random::parse_hex32(s, "a link key")
 }
 
@@ -275,16 +280,23 @@ impl NodeFile {
         for r in &m.refused {
             tracing::warn!("node {}: member certificate refused: {r}", self.id);
         }
-        if let Some(p) = self.port.iter().find(|p| !m.members.iter().any(|(n, _)| *n == p.peer)) {
+        if let Some(p) = self.port.iter().find(|p| !m.members.iter().any(|(n, _, _)| *n == p.peer)) {
             return Err(invalid(format!(
                 "port {}: neighbour {} has no valid certificate among the members (revoked, expired or \
                  never issued): this node will not link to it",
                 p.iface, p.peer
             )));
         }
+        for p in self.port.iter_mut().filter(|p| p.key.is_empty()) {
+            let (_, _, public) = m.members.iter().find(|(n, _, _)| *n == p.peer).expect("checked above");
+            let key = crate::identity::link_key(&m.link_secret, public, self.id, p.peer).ok_or_else(|| {
+                invalid(format!("port {}: neighbour {}'s certified link key yields no shared key", p.iface, p.peer))
+            })?;
+            p.key = vmm::random::hex(&key);
+        }
         self.lsa_secret = vmm::random::hex(&m.signing_secret);
         self.lsa_key =
-            m.members.iter().map(|(node, k)| PublicKeySpec { node: *node, public: vmm::random::hex(k) }).collect();
+            m.members.iter().map(|(node, k, _)| PublicKeySpec { node: *node, public: vmm::random::hex(k) }).collect();
         Ok(())
     }
 

@@ -12,8 +12,11 @@
 //! certificates it is given, every one checked (CA signature, validity,
 //! not revoked): a revoked node's advertisements are refused everywhere,
 //! and a node will not start a link to a neighbour without a valid
-//! certificate. Link keys are still the config's per-link keys; agreeing
-//! them by a handshake between certified nodes is next.
+//! certificate. A port without a configured key gets one agreed from the
+//! two ends' certified link keys ([`link_key`]: X25519 between the
+//! static keys, as the static-static term of Noise KK), so no link key is
+//! ever copied out of a generated file; both ends compute it alone. (No
+//! forward secrecy yet: an ephemeral exchange in the agent is next.)
 //!
 //! Files are TOML. Secrets (`*.key`) are written 0600 and never logged.
 //! Signatures cover a canonical byte string (a domain tag, then every
@@ -393,15 +396,16 @@ pub struct IdentitySpec {
     pub members: PathBuf,
 }
 
-/// What a checked identity gives a node: its link-state secret and the
-/// members' link-state public keys (node → key), and why members were
-/// left out.
+/// What a checked identity gives a node: its secrets, the members'
+/// public keys, and why members were left out.
 #[derive(Debug)]
 pub struct Membership {
     /// This node's Ed25519 link-state secret.
     pub signing_secret: [u8; 32],
-    /// Every valid member's link-state public key, by node id.
-    pub members: Vec<(NodeId, [u8; 32])>,
+    /// This node's X25519 link secret.
+    pub link_secret: [u8; 32],
+    /// Every valid member: node id, link-state public key, link public key.
+    pub members: Vec<(NodeId, [u8; 32], [u8; 32])>,
     /// Certificates refused, with why (revoked, expired, another CA).
     pub refused: Vec<String>,
 }
@@ -430,6 +434,8 @@ pub fn load_membership(spec: &IdentitySpec, base: &Path, me: NodeId) -> Result<M
     let keys: KeyFile = read(&key_path)?;
     let signing_secret = vmm::random::parse_hex32(&keys.signing_secret, "signing_secret")
         .map_err(|msg| IdentityError::Invalid { path: key_path.clone(), msg })?;
+    let link_secret = vmm::random::parse_hex32(&keys.link_secret, "link_secret")
+        .map_err(|msg| IdentityError::Invalid { path: key_path.clone(), msg })?;
     let public = vmm::random::hex(&SigningKey::from_bytes(&signing_secret).verifying_key().to_bytes());
     if public != cert.keys.signing_public {
         return Err(IdentityError::Invalid {
@@ -452,17 +458,42 @@ pub fn load_membership(spec: &IdentitySpec, base: &Path, me: NodeId) -> Result<M
             }
         };
         match c.check(&ca, crl.as_ref(), now) {
-            Ok(()) if members.iter().any(|(n, _)| *n == c.node) => {
+            Ok(()) if members.iter().any(|(n, _, _)| *n == c.node) => {
                 refused_members.push(format!("{}: a second certificate for node {}", p.display(), c.node))
             }
             Ok(()) => {
                 let k = vmm::random::parse_hex32(&c.keys.signing_public, "signing_public").expect("checked");
-                members.push((c.node, k));
+                let l = vmm::random::parse_hex32(&c.keys.link_public, "link_public").expect("checked");
+                members.push((c.node, k, l));
             }
             Err(why) => refused_members.push(format!("{} (node {}): {why}", p.display(), c.node)),
         }
     }
-    Ok(Membership { signing_secret, members, refused: refused_members })
+    Ok(Membership { signing_secret, link_secret, members, refused: refused_members })
+}
+
+/// What a link key derivation binds besides the shared secret.
+const LINK_KEY_DOMAIN: &[u8] = b"pathvm link key v1\0";
+
+/// The key of the link between node `me` (secret `my_secret`) and node
+/// `peer` (certified link key `peer_public`): SHA-256 over a domain tag,
+/// both node ids (lower first) and their X25519 shared secret, so both
+/// ends get the same key and no other pair can. `None` for a public key
+/// that yields no secret (a low-order point).
+pub fn link_key(my_secret: &[u8; 32], peer_public: &[u8; 32], me: NodeId, peer: NodeId) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let shared =
+        x25519_dalek::StaticSecret::from(*my_secret).diffie_hellman(&x25519_dalek::PublicKey::from(*peer_public));
+    if !shared.was_contributory() {
+        return None;
+    }
+    let (lo, hi) = (me.min(peer), me.max(peer));
+    let mut h = Sha256::new();
+    h.update(LINK_KEY_DOMAIN);
+    h.update(lo.to_be_bytes());
+    h.update(hi.to_be_bytes());
+    h.update(shared.as_bytes());
+    Some(h.finalize().into())
 }
 
 #[cfg(test)]
@@ -500,7 +531,15 @@ mod tests {
             members: keys.clone(),
         };
         let m = load_membership(&spec, &dir, 1).unwrap();
-        assert_eq!(m.members.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(m.members.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(), vec![1, 2]);
+        // Both ends agree on their link's key from the certificates alone.
+        let spec_b0 = IdentitySpec { cert: keys.join("b.crt.toml"), key: keys.join("b.key"), ..spec.clone() };
+        let mb = load_membership(&spec_b0, &dir, 2).unwrap();
+        let a_side = link_key(&m.link_secret, &mb.members[1].2, 1, 2).unwrap();
+        let b_side = link_key(&mb.link_secret, &m.members[0].2, 2, 1).unwrap();
+        assert_eq!(a_side, b_side);
+        assert_ne!(link_key(&m.link_secret, &mb.members[1].2, 1, 3), Some(a_side), "bound to the node ids");
+        assert_eq!(link_key(&m.link_secret, &[0; 32], 1, 2), None, "a low-order point gives no key");
         assert!(load_membership(&spec, &dir, 2).unwrap_err().to_string().contains("this config is node 2"));
         let crl = revoke(&ca_dir, &b).unwrap();
         assert_eq!(crl.check(&ca), Ok(()));

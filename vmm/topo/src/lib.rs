@@ -393,6 +393,11 @@ impl Topo {
         let identity = self.issue_identities(&dir)?;
         for (host, mut node) in self.node_files() {
             node.identity = Some(identity.spec(&host));
+            // Each link's key is agreed from the two ends' certificates
+            // when the node loads its config: none is written here.
+            for p in &mut node.port {
+                p.key.clear();
+            }
             let path = self.node_config_path(&host);
             let text = toml::to_string(&node).expect("node config serialises");
             write_secret(&path, &text).map_err(|source| TopoError::Write { path: path.clone(), source })?;
@@ -438,8 +443,9 @@ impl Topo {
     }
 
     /// Every host's node configuration, by host name, with fresh link
-    /// keys (the link-state keys come from the certificates
-    /// `write_node_configs` issues).
+    /// keys for use in memory (the configs `write_node_configs` writes
+    /// carry none: their link and link-state keys come from the
+    /// certificates it issues).
     pub fn node_files(&self) -> Vec<(String, NodeFile)> {
         let keys: Vec<String> = self.file.links.iter().map(|_| random_key_hex()).collect();
         let links: Vec<TopoLinkSpec> = self
