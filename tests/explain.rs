@@ -96,8 +96,8 @@ fn node_configuration_errors_are_clear() {
     assert!(e.contains("is not a MAC address"), "{e}");
     let e = node_error(&NODE_OK.replace("mem_mib = 64", "mem_mib = 64\ncolour = 3"));
     assert!(e.contains("unknown field `colour`"), "{e}");
-    let e = node_error(&NODE_OK.replace("rx_link_id = 1", "rx_link_id = 4294967295"));
-    assert!(e.contains("link id spans"), "{e}");
+    let e = node_error(&NODE_OK.replace("rx_link_id = 1", "rx_link_id = 4294967290\nrx_link_span = 10"));
+    assert!(e.contains("link ids must be given or left to their defaults"), "{e}");
 }
 
 #[test]

@@ -85,8 +85,7 @@ fn every_neighbour_refuses_a_revoked_node() {
     // certificates, and get the same one.
     let raw: toml::Value = toml::from_str(&std::fs::read_to_string(topo.node_config("b")).unwrap()).unwrap();
     assert!(raw["port"].as_array().unwrap().iter().all(|p| p.get("key").is_none()), "a link key in b's config");
-    let (a, b) =
-        (node::NodeFile::load(&topo.node_config("a")).unwrap(), node::NodeFile::load(&topo.node_config("b")).unwrap());
+    let (a, b) = (topo.node_file("a"), topo.node_file("b"));
     let (ab, ba) = (a.port.iter().find(|p| p.peer == 2).unwrap(), b.port.iter().find(|p| p.peer == 1).unwrap());
     assert!(ab.key.len() == 64 && ab.key == ba.key, "both ends of a-b agree on its key");
     let bc = b.port.iter().find(|p| p.peer == 3).unwrap();

@@ -50,7 +50,7 @@ fn overlay(frames: &[Vec<u8>], proto: u8) -> Vec<&Vec<u8>> {
 /// link number), as a relay holding its link key can.
 fn replay_cell_as(topo: &TopoGuard, host: &str, iface: &str, sent: &[u8]) {
     // The relay's link key, agreed from the certificates as its node does.
-    let file = node::NodeFile::load(&topo.node_config(host)).expect("node config");
+    let file = topo.node_file(host);
     let p = file.port.iter().find(|p| p.iface == iface).expect("the port");
     let link_id = p.tx_link_id + 100;
     let key = LinkKey::new(&hex32(&p.key)).derive(link_id);

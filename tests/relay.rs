@@ -136,7 +136,7 @@ fn a_link_captured_before_the_receiver_restarted_is_refused_whole_after_it() {
     let capture = Capture::start(&topo.netns("a"), "ln0");
     originate(&mut a, 0..1_000, |i| i);
     read_n(&mut c_out, 1_000);
-    let (a_link, _) = port_of(&topo.node_config("a"), "ln0");
+    let (a_link, _) = port_of(&topo, "a", "ln0");
     let recorded: Vec<Vec<u8>> = capture.stop().into_iter().filter(|f| overlay_link_id(f) == Some(a_link)).collect();
     // Nearly all of the link: the count matters less than that every
     // recorded frame is refused below.
@@ -166,17 +166,17 @@ fn overlay_link_id(frame: &[u8]) -> Option<u32> {
 }
 
 /// A port of a node config: (tx_link_id, key).
-fn port_of(config: &Path, iface: &str) -> (u32, [u8; 32]) {
+fn port_of(topo: &TopoGuard, host: &str, iface: &str) -> (u32, [u8; 32]) {
     // Loading agrees the link's key from the certificates, as a node does.
-    let file = node::NodeFile::load(config).expect("node config");
+    let file = topo.node_file(host);
     let p = file.port.iter().find(|p| p.iface == iface).expect("port");
     (p.tx_link_id, hex32(&p.key))
 }
 
 /// The link-state signing secret of a node config.
-fn lsa_secret_of(config: &Path) -> [u8; 32] {
+fn lsa_secret_of(topo: &TopoGuard, host: &str) -> [u8; 32] {
     // Loading resolves the node's [identity] (its key file) as a node does.
-    hex32(&node::NodeFile::load(config).expect("node config").lsa_secret)
+    hex32(&topo.node_file(host).lsa_secret)
 }
 
 /// An Ethernet frame carrying a sealed overlay packet.
@@ -254,7 +254,7 @@ fn relay_between_valid_frames_on(
     let (mb, mc) = (dir.0.join("b.json"), dir.0.join("c.json"));
     let mut c = topo.start_node("c", 3, &mc);
     let b = topo.start_node("b", 2, &mb);
-    let (link, key) = port_of(&topo.node_config("a"), "ln0");
+    let (link, key) = port_of(topo, "a", "ln0");
     let key = LinkKey::new(&key).derive(link);
     let t = wall_us();
     let mut frames = vec![frame(link, t + 1, &key, 3, b"first valid")];
@@ -334,7 +334,7 @@ fn link_state_forged_by_a_neighbour_is_refused_and_the_relay_keeps_its_routes() 
     let topo = TopoGuard::up("line3.toml");
     // A holds its link key and its own signing key, not C's: it claims
     // C's link to B is down, as C and as an origin nobody configured.
-    let a_secret = lsa_secret_of(&topo.node_config("a"));
+    let a_secret = lsa_secret_of(&topo, "a");
     let node = relay_between_valid_frames_on(&topo, |link, key, t| {
         let lsa = |origin: u16, seq: u64| {
             let mut l = Lsa {
@@ -374,7 +374,7 @@ fn several_senders_share_a_link_each_under_its_own_id_and_key() {
     let b = topo.start_node("b", 2, &mb);
     // Two senders on A's side of the link (as two request VMs would be),
     // each with its own id, key and sequence numbers, interleaved.
-    let (base, parent) = port_of(&topo.node_config("a"), "ln0");
+    let (base, parent) = port_of(&topo, "a", "ln0");
     let parent = LinkKey::new(&parent);
     let (k0, k1) = (parent.derive(base), parent.derive(base + 1));
     let mut frames = Vec::new();

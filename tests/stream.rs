@@ -3,7 +3,6 @@
 //! node VM, C's node VM ends the stream and C's node connects the service.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guest_agent::routing::lsa_sign::LsaKeys;
@@ -34,10 +33,10 @@ struct APort {
 const A_ETH: EthAddrs = EthAddrs { dst: [2, 0x50, 0, 0, 0, 2], src: [2, 0x50, 0, 0, 0, 1] };
 
 /// A's port and C's link-state key, from A's node config.
-fn a_port(config: &Path) -> APort {
+fn a_port(topo: &TopoGuard) -> APort {
     // As a node loads it: the link key agreed and the members' link-state
     // keys taken from their certificates.
-    let file = node::NodeFile::load(config).expect("node config");
+    let file = topo.node_file("a");
     let p = &file.port[0];
     let c = file.lsa_key.iter().find(|k| k.node == 3).expect("C's key");
     APort { tx_link: p.tx_link_id, rx_link: p.rx_link_id, key: hex32(&p.key), c_lsa: hex32(&c.public) }
@@ -107,7 +106,7 @@ struct Fetch {
 impl Fetch {
     /// A fetch of `target` from A, sealed to C's current onion key.
     fn of(topo: &TopoGuard, target: String) -> (APort, Self) {
-        let port = a_port(&topo.node_config("a"));
+        let port = a_port(topo);
         let c_public = c_onion_key(&topo.netns("a"), &port).unwrap();
         (port, Self { target, c_public, flip: false, timeout: Duration::from_secs(60) })
     }
@@ -342,7 +341,7 @@ fn a_hello_sealed_to_an_onion_key_c_advertised_two_periods_ago_opens_nothing() {
     // it, then C holds nothing that opens what was sealed to it.
     let l = Line3::up_rotating(256 << 10, 17, Some(2));
     let ns = l.topo.netns("a");
-    let port = a_port(&l.topo.node_config("a"));
+    let port = a_port(&l.topo);
     let old = c_onion_key(&ns, &port).unwrap();
     std::thread::sleep(Duration::from_millis(4_500));
     let new = c_onion_key(&ns, &port).unwrap();

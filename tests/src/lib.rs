@@ -336,6 +336,14 @@ impl TopoGuard {
         self.lab.node_config(host)
     }
 
+    /// `host`'s node config as its node loads it: read inside its
+    /// namespace, where its interfaces are (their MACs are defaults), its
+    /// identity resolved and link keys agreed.
+    pub fn node_file(&self, host: &str) -> node::NodeFile {
+        let path = self.node_config(host);
+        in_netns(&self.netns(host), move || node::NodeFile::load(&path)).unwrap_or_else(|e| panic!("{host}: {e}"))
+    }
+
     /// `pathvm node` for `host`, inside its namespace, with `--metrics`
     /// and piped stdin and stdout (its console records).
     pub fn node(&self, host: &str, metrics: &Path) -> Command {

@@ -118,7 +118,7 @@ impl SlotAllocator {
 /// requests take the rest) and that id's key alone, derived here on the
 /// host; no link key and no onion secret reach the VM.
 pub fn request_config(edge: &NodeFile, spec: &RequestSpec) -> Result<NodeConfig, RequestError> {
-    let spans: Vec<u32> = edge.port.iter().map(|p| p.tx_link_span).collect();
+    let spans: Vec<u32> = edge.port.iter().map(|p| p.tx_link_span.max(1)).collect();
     let mut cfg = edge.node_config()?.request_view(&spans, spec.slot);
     cfg.protocol = spec.protocol;
     Ok(cfg)

@@ -37,30 +37,47 @@ pub enum NodeFileError {
     Invalid(String),
 }
 
-/// One link port of a node.
+/// One link port of a node. A person writes `iface` and `peer`; the rest
+/// has defaults filled in when the file is loaded ([`NodeFile::load`]):
+/// the tap `pvIFACE`, the interface's own MAC (when the file is loaded
+/// where the interface is), the broadcast address for
+/// the neighbour (links are point to point), link ids from the node ids
+/// (`ID << 16`, 65,536 each: what request VMs on an edge host take one of
+/// each), and with an `[identity]` the key agreed from both certificates.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// The host's interface on the link.
     pub iface: String,
-    /// The tap the node creates for it.
+    /// The tap the node creates for it (default `pvIFACE`, at most 15
+    /// characters).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tap: String,
-    /// This end's MAC (the VM's port uses it too).
+    /// This end's MAC, which the VM's port uses too (default: the
+    /// interface's own).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mac: String,
     /// Neighbour node id.
     pub peer: NodeId,
-    /// Neighbour's MAC.
+    /// Neighbour's MAC (default ff:ff:ff:ff:ff:ff: the link is point to
+    /// point and the neighbour's node takes every frame on it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub peer_mac: String,
-    /// Link id this node sends under (the first of its side's span).
+    /// Link id this node sends under, the first of its side's span
+    /// (default: this node's id << 16).
+    #[serde(default = "unset", skip_serializing_if = "is_unset")]
     pub tx_link_id: u32,
     /// How many ids from `tx_link_id` this side may send under (request
-    /// VMs on an edge host take one each).
-    #[serde(default = "one")]
+    /// VMs on an edge host take one each; default 65,536 with the default
+    /// id, else 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub tx_link_span: u32,
-    /// First link id the neighbour's side sends under.
+    /// First link id the neighbour's side sends under (default: its id <<
+    /// 16).
+    #[serde(default = "unset", skip_serializing_if = "is_unset")]
     pub rx_link_id: u32,
     /// How many ids from `rx_link_id` the neighbour's side may use.
-    #[serde(default = "one")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub rx_link_span: u32,
     /// 32-byte link key, hex (packet keys are derived from it per id).
     /// Empty with an `[identity]`: agreed from both ends' certificates.
@@ -68,8 +85,73 @@ pub struct PortSpec {
     pub key: String,
 }
 
-fn one() -> u32 {
-    1
+/// A link id left to its default (the reserved id, which no side sends).
+const UNSET_LINK_ID: u32 = guest_agent::wire::RESERVED_LINK_ID;
+
+fn unset() -> u32 {
+    UNSET_LINK_ID
+}
+
+fn is_unset(v: &u32) -> bool {
+    *v == UNSET_LINK_ID
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Ids each side of a link gets by default.
+pub const DEFAULT_LINK_SPAN: u32 = 1 << 16;
+
+impl PortSpec {
+    /// Leaves the MACs, link ids, spans and key to their defaults, as a
+    /// person writing the file would (`pathvm topo up` writes them so).
+    pub fn leave_to_defaults(&mut self) {
+        self.mac.clear();
+        self.peer_mac.clear();
+        self.key.clear();
+        (self.tx_link_id, self.rx_link_id) = (UNSET_LINK_ID, UNSET_LINK_ID);
+        (self.tx_link_span, self.rx_link_span) = (0, 0);
+    }
+
+    /// Fills in what was left to defaults for node `me` (reading the
+    /// interface's MAC from sysfs).
+    fn fill_defaults(&mut self, me: NodeId) {
+        if self.tap.is_empty() {
+            self.tap = format!("pv{}", self.iface).chars().take(15).collect();
+        }
+        if self.mac.is_empty() {
+            // The interface's own, when this namespace has it (a node
+            // runs where its interfaces are; its intake says so clearly if
+            // one is missing); else one made of the node id and the
+            // interface name, locally administered.
+            let path = format!("/sys/class/net/{}/address", self.iface);
+            self.mac = match std::fs::read_to_string(&path) {
+                Ok(m) => m.trim().to_string(),
+                Err(_) => {
+                    let h = self.iface.bytes().fold(0u16, |h, b| h.wrapping_mul(31).wrapping_add(u16::from(b)));
+                    let (i, n) = (me.to_be_bytes(), h.to_be_bytes());
+                    format!("02:70:{:02x}:{:02x}:{:02x}:{:02x}", i[0], i[1], n[0], n[1])
+                }
+            };
+        }
+        if self.peer_mac.is_empty() {
+            self.peer_mac = "ff:ff:ff:ff:ff:ff".into();
+        }
+        for (id, span, node) in [
+            (&mut self.tx_link_id, &mut self.tx_link_span, me),
+            (&mut self.rx_link_id, &mut self.rx_link_span, self.peer),
+        ] {
+            if *id == UNSET_LINK_ID {
+                *id = u32::from(node) << 16;
+                if *span == 0 {
+                    *span = DEFAULT_LINK_SPAN;
+                }
+            } else if *span == 0 {
+                *span = 1;
+            }
+        }
+    }
 }
 
 /// A link of the topology, by node id.
@@ -262,6 +344,10 @@ impl NodeFile {
     pub fn load(path: &Path) -> Result<Self, NodeFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
         let mut file = Self::parse(path, &text)?;
+        let me = file.id;
+        for p in &mut file.port {
+            p.fill_defaults(me);
+        }
         file.take_identity(path)?;
         Ok(file)
     }
@@ -343,17 +429,22 @@ impl NodeFile {
             .iter()
             .map(|p| {
                 let reserved = guest_agent::wire::RESERVED_LINK_ID;
-                let span_ok =
-                    |first: u32, span: u32| span >= 1 && first.checked_add(span - 1).is_some_and(|l| l < reserved);
-                if !span_ok(p.tx_link_id, p.tx_link_span) || !span_ok(p.rx_link_id, p.rx_link_span) {
-                    return Err(format!("port {}: link id spans must be non-empty and below {reserved:#x}", p.iface));
+                // An explicit id without a span has one id (as before spans
+                // had defaults of their own).
+                let (tx_span, rx_span) = (p.tx_link_span.max(1), p.rx_link_span.max(1));
+                let span_ok = |first: u32, span: u32| first.checked_add(span - 1).is_some_and(|l| l < reserved);
+                if !span_ok(p.tx_link_id, tx_span) || !span_ok(p.rx_link_id, rx_span) {
+                    return Err(format!(
+                        "port {}: link ids must be given or left to their defaults (a loaded file), and below {reserved:#x}",
+                        p.iface
+                    ));
                 }
                 Ok(PortConfig {
                     peer: p.peer,
                     peer_mac: parse_mac(&p.peer_mac)?,
                     tx_link_id: p.tx_link_id,
                     rx_link_id: p.rx_link_id,
-                    rx_link_span: p.rx_link_span,
+                    rx_link_span: rx_span,
                     scope: KeyScope::Link,
                     key: parse_key(&p.key)?,
                 })

@@ -393,10 +393,12 @@ impl Topo {
         let identity = self.issue_identities(&dir)?;
         for (host, mut node) in self.node_files() {
             node.identity = Some(identity.spec(&host));
-            // Each link's key is agreed from the two ends' certificates
-            // when the node loads its config: none is written here.
+            // Written as a person would: interface and neighbour; the
+            // MACs (the veth's own, broadcast for the neighbour), link ids
+            // (from the node ids) and each link's key (agreed from the two
+            // certificates) are filled in when the node loads the file.
             for p in &mut node.port {
-                p.key.clear();
+                p.leave_to_defaults();
             }
             let path = self.node_config_path(&host);
             let text = toml::to_string(&node).expect("node config serialises");
