@@ -268,6 +268,9 @@ pub struct NodeFile {
     /// ([`crate::identity`]). Read when the file is loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<crate::identity::IdentitySpec>,
+    /// The file this was loaded from (named in errors about its values).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// An exit node of the topology and the policy it applies.
@@ -344,6 +347,7 @@ impl NodeFile {
     pub fn load(path: &Path) -> Result<Self, NodeFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
         let mut file = Self::parse(path, &text)?;
+        file.path = Some(path.to_path_buf());
         let me = file.id;
         for p in &mut file.port {
             p.fill_defaults(me);
@@ -416,6 +420,13 @@ impl NodeFile {
 
     /// The agent's view of it.
     pub fn node_config(&self) -> Result<NodeConfig, NodeFileError> {
+        self.agent_config().map_err(|e| match (e, &self.path) {
+            (NodeFileError::Invalid(m), Some(p)) => NodeFileError::Invalid(format!("{}: {m}", p.display())),
+            (e, _) => e,
+        })
+    }
+
+    fn agent_config(&self) -> Result<NodeConfig, NodeFileError> {
         if let Some(id) =
             [self.id].into_iter().chain(self.port.iter().map(|p| p.peer)).find(|&id| is_reserved_source(id))
         {
@@ -573,6 +584,7 @@ mod tests {
             exit_policy: vec![],
             exit: vec![],
             identity: None,
+            path: None,
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));

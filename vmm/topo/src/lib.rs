@@ -521,6 +521,7 @@ impl Topo {
                 exit_policy: h.exit_policy.clone(),
                 exit: exits.clone(),
                 identity: None,
+                path: None,
             };
             files.push((h.name.clone(), node));
         }
