@@ -39,12 +39,43 @@ fn links(params: &BootParams) -> Vec<(VirtioNet, [u8; 6])> {
         .collect()
 }
 
-fn publish_stats(s: &NodeStats) {
-    // SAFETY: STATS_ADDR is a page the VMM reserves for this struct
-    // (below the page tables, above the boot block); only the agent
-    // writes it, the VMM reads it while the vCPU waits in an exit or after
-    // it stopped.
-    unsafe { core::ptr::write_volatile(STATS_ADDR as *mut NodeStats, *s) };
+/// Writes the agent's stats page. The counters go out on every pass
+/// that did work; the link and topology tables (most of the page) only
+/// when the topology changed or a second has passed, so a busy relay does
+/// not copy kilobytes per batch of frames.
+struct StatsPage {
+    topology_changes: u64,
+    tables_at: u64,
+}
+
+/// How often the link table (measured latency, loss) is rewritten at least.
+const TABLES_EVERY_US: u64 = 1_000_000;
+
+impl StatsPage {
+    fn new() -> Self {
+        Self { topology_changes: u64::MAX, tables_at: 0 }
+    }
+
+    fn publish(&mut self, s: &NodeStats) {
+        let now = clock::now_us();
+        let tables = s.topology_changes != self.topology_changes || now >= self.tables_at;
+        if tables {
+            self.topology_changes = s.topology_changes;
+            self.tables_at = now + TABLES_EVERY_US;
+        }
+        let end = if tables { core::mem::size_of::<NodeStats>() } else { core::mem::offset_of!(NodeStats, links) };
+        let words = s.as_bytes()[..end].chunks_exact(8);
+        let page = STATS_ADDR as *mut u64;
+        for (i, w) in words.enumerate() {
+            let v = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            // SAFETY: STATS_ADDR is a page the VMM reserves for this struct
+            // (below the page tables, above the boot block); only the agent
+            // writes it, the VMM reads it while the vCPU waits in an exit or
+            // after it stopped; `i` stays within size_of::<NodeStats>(), all
+            // u64 fields, so every store is an aligned field.
+            unsafe { core::ptr::write_volatile(page.add(i), v) };
+        }
+    }
 }
 
 fn log_notices(r: &mut Router<VirtioNet>) {
@@ -75,7 +106,8 @@ pub fn run(params: &mut BootParams) -> ! {
     let mut router = Router::new(&cfg, links(params), clock::now_us()).unwrap_or_else(|e| unusable(e));
     cfg.wipe_secrets();
     let mut con = console(params);
-    publish_stats(router.stats());
+    let mut stats = StatsPage::new();
+    stats.publish(router.stats());
     log!("node {} up: {} ports, originating with {:?}", router.me(), router.ports().len(), router.protocol());
     io::ready();
 
@@ -110,7 +142,7 @@ pub fn run(params: &mut BootParams) -> ! {
         con.flush();
         log_notices(&mut router);
         if worked {
-            publish_stats(router.stats());
+            stats.publish(router.stats());
         }
         pacer.tick(worked, PARK_US);
     }
@@ -154,7 +186,8 @@ pub fn run_edge(params: &mut BootParams) -> ! {
     router.poll(now);
     router.flush_links(now);
     let mut con = console(params);
-    publish_stats(router.stats());
+    let mut stats = StatsPage::new();
+    stats.publish(router.stats());
     log_notices(&mut router);
     io::ready();
     let mut pacer = Pacer::new();
@@ -164,7 +197,7 @@ pub fn run_edge(params: &mut BootParams) -> ! {
         // this exit, before any stream byte reaches the console.
         if let Some(phase) = router.request_reply_due() {
             // The host reads the opening's steps from the page as it answers.
-            publish_stats(router.stats());
+            stats.publish(router.stats());
             io::report_stream(phase.port_value());
             router.request_replied();
             worked = true;
@@ -198,11 +231,11 @@ pub fn run_edge(params: &mut BootParams) -> ! {
         con.flush();
         log_notices(&mut router);
         if router.request_done(now) && con.tx_drained() {
-            publish_stats(router.stats());
+            stats.publish(router.stats());
             io::exit(0);
         }
         if worked {
-            publish_stats(router.stats());
+            stats.publish(router.stats());
         }
         pacer.tick(worked, request_park_us(&router, &mut con));
     }
