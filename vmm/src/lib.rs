@@ -40,6 +40,7 @@ pub mod memory;
 pub mod pool;
 pub mod random;
 pub mod seccomp;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 pub mod warm;

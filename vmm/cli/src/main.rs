@@ -154,16 +154,8 @@ pub fn stop_on_signals(handle: Arc<StopHandle>) {
     if STOP.set(handle).is_err() {
         return;
     }
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only calls the async-signal-safe
-        // StopHandle::request; the sigaction struct is fully initialised.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+    // The handler only calls the async-signal-safe StopHandle::request.
+    vmm::signals::on_stop_signals(on_signal);
 }
 
 fn init_logging() {

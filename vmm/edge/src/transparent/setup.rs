@@ -262,16 +262,8 @@ impl Sandbox {
                 Ok(())
             });
         }
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: installs a handler that only stores to an atomic;
-            // the sigaction struct is fully initialised.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_signal as *const () as usize;
-                libc::sigemptyset(&mut sa.sa_mask);
-                libc::sigaction(sig, &sa, std::ptr::null_mut());
-            }
-        }
+        // The handler only stores to an atomic.
+        vmm::signals::on_stop_signals(on_signal);
         let mut child = cmd.spawn().map_err(|source| SetupError::Spawn { app: app[0].clone(), source })?;
         drop(ns);
         loop {
