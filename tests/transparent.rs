@@ -83,6 +83,34 @@ fn an_app_in_the_sandbox_reaches_names_and_ipv6_through_exits_and_leaks_no_dns_o
     let ended = &Events::new(ev).of("run_ended")[0];
     assert!(ended["refused_packets"].as_u64().unwrap() >= 2, "{ended}");
 
+    // Anyone but the app reaching the relay's end of the link (here A's
+    // own stack) is dropped, never carried to the edge.
+    let ev = dir.0.join("stranger.jsonl");
+    let mut app = Command::new("ip")
+        .args(["netns", "exec", &topo.netns("a")])
+        .arg(pathvm_bin())
+        .args(["run", "--events"])
+        .arg(&ev)
+        .args(["--", "sleep", "2"])
+        .spawn()
+        .unwrap();
+    let run = Events::new(ev.clone());
+    let up = run.wait(std::time::Duration::from_secs(10), |e| is(e, "run_up"));
+    let relay = format!("{}:{}", up["gateway_v4"].as_str().unwrap(), up["tcp_port"]);
+    let accepted_before = edge.events.of("request_accepted").len();
+    in_netns(&topo.netns("a"), move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&relay).expect("the relay's port is reachable from A");
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "a stranger got an answer");
+    });
+    assert!(app.wait().unwrap().success());
+    let ended = &run.of("run_ended")[0];
+    assert_eq!(ended["strangers"], 1, "{ended}");
+    assert_eq!(edge.events.of("request_accepted").len(), accepted_before, "a stranger reached the edge");
+
     let frames = ln0.stop();
     assert!(!frames.is_empty(), "the overlay carried nothing over A's link");
     let foreign: Vec<String> = frames

@@ -178,6 +178,10 @@ pub enum Event {
         gateway_v4: String,
         /// Its IPv6 address there.
         gateway_v6: String,
+        /// Where the app's TCP is steered on it.
+        tcp_port: u16,
+        /// Where the app's DNS is steered on it.
+        dns_port: u16,
     },
     /// An app connection under `pathvm run` was handed to the edge.
     RunConnect {
@@ -209,6 +213,9 @@ pub enum Event {
         dns_answers: u64,
         /// Packets the sandbox refused (UDP but DNS, ICMP, forwarding).
         refused_packets: u64,
+        /// Connections and datagrams to the relay from anyone but the app,
+        /// dropped.
+        strangers: u64,
     },
     /// A lookup (SOCKS RESOLVE / RESOLVE_PTR) was answered.
     Answered {

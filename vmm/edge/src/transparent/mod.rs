@@ -55,6 +55,8 @@ pub fn run(cfg: RunConfig) -> Result<(i32, RelayCounts, u64), SetupError> {
         netns: sandbox.netns().into(),
         gateway_v4: sandbox.gateway_v4().to_string(),
         gateway_v6: sandbox.gateway_v6().to_string(),
+        tcp_port: relay.tcp_port(),
+        dns_port: relay.dns_port(),
     });
     let status = sandbox.run_app(&cfg.app)?;
     let refused = sandbox.refused_packets();
@@ -65,6 +67,7 @@ pub fn run(cfg: RunConfig) -> Result<(i32, RelayCounts, u64), SetupError> {
         refused_connections: counts.refused,
         dns_answers: counts.dns_answers,
         refused_packets: refused,
+        strangers: counts.strangers,
     });
     Ok((status, counts, refused))
 }

@@ -30,6 +30,8 @@ pub struct RelayCounts {
     pub refused: u64,
     /// DNS queries answered.
     pub dns_answers: u64,
+    /// Connections and datagrams from anyone but the app, dropped.
+    pub strangers: u64,
 }
 
 #[derive(Default)]
@@ -37,6 +39,7 @@ struct Counts {
     connections: AtomicU64,
     refused: AtomicU64,
     dns_answers: AtomicU64,
+    strangers: AtomicU64,
 }
 
 /// What every relay thread shares.
@@ -46,6 +49,8 @@ struct Shared {
     events: Arc<EventSink>,
     resolver: Mutex<Resolver>,
     counts: Counts,
+    /// The app's addresses on the link: whom the relay serves.
+    is_app: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
 }
 
 /// A running relay (its threads live as long as the process).
@@ -71,12 +76,17 @@ impl Relay {
         let dns4 = UdpSocket::bind((g4, 0))?;
         let dns_port = dns4.local_addr()?.port();
         let dns6 = UdpSocket::bind((g6, dns_port))?;
+        let (a4, a6) = (sandbox.app_addrs().0, sandbox.app_addrs().1);
         let shared = Arc::new(Shared {
             socks,
             criteria,
             events,
             resolver: Mutex::new(Resolver::default()),
             counts: Counts::default(),
+            is_app: Box::new(move |ip| match ip {
+                IpAddr::V4(a) => a == a4,
+                IpAddr::V6(a) => a == a6 || a.to_ipv4_mapped() == Some(a4),
+            }),
         });
         for l in [tcp4, tcp6] {
             let s = shared.clone();
@@ -106,6 +116,7 @@ impl Relay {
             connections: c.connections.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             dns_answers: c.dns_answers.load(Ordering::Relaxed),
+            strangers: c.strangers.load(Ordering::Relaxed),
         }
     }
 }
@@ -113,6 +124,9 @@ impl Relay {
 fn accept_loop(l: &TcpListener, shared: &Arc<Shared>) {
     for conn in l.incoming() {
         match conn {
+            Ok(c) if !c.peer_addr().is_ok_and(|p| (shared.is_app)(p.ip())) => {
+                shared.counts.strangers.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(c) => {
                 let s = shared.clone();
                 let _ = std::thread::Builder::new().name("pathvm-run-conn".into()).spawn(move || carry(c, &s));
@@ -236,6 +250,10 @@ fn dns_loop(u: &UdpSocket, shared: &Shared) {
     let mut buf = [0u8; 1500];
     loop {
         let Ok((n, from)) = u.recv_from(&mut buf) else { continue };
+        if !(shared.is_app)(from.ip()) {
+            shared.counts.strangers.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let answered = shared.resolver.lock().unwrap_or_else(|p| p.into_inner()).answer(&buf[..n]);
         let Ok((response, what)) = answered else { continue };
         if u.send_to(&response, from).is_ok() {

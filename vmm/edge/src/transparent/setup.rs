@@ -59,6 +59,8 @@ pub struct Sandbox {
     table: String,
     gw4: Ipv4Addr,
     gw6: Ipv6Addr,
+    app4: Ipv4Addr,
+    app6: Ipv6Addr,
     resolv: PathBuf,
 }
 
@@ -119,6 +121,8 @@ impl Sandbox {
             table: format!("pathvm_run_{pid}"),
             gw4,
             gw6,
+            app4,
+            app6,
             resolv: state_dir.join(format!("pathvm-run-{pid}.resolv.conf")),
         };
         // A run of an earlier process with this pid that was killed.
@@ -159,6 +163,13 @@ impl Sandbox {
     /// This host's IPv6 address on the link.
     pub fn gateway_v6(&self) -> Ipv6Addr {
         self.gw6
+    }
+
+    /// The app's own end of the link (IPv4, IPv6): the only peer the
+    /// relay and the resolver serve (anyone else reaching this host's end
+    /// would make them an open proxy into the edge).
+    pub fn app_addrs(&self) -> (Ipv4Addr, Ipv6Addr) {
+        (self.app4, self.app6)
     }
 
     /// Steers the app's TCP to `tcp_port` and its DNS to `dns_port` on
