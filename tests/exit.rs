@@ -48,6 +48,10 @@ fn a_name_outside_the_overlay_is_resolved_and_connected_by_the_exit_the_app_may_
     let on_c = http_server(&topo.netns("c"), b"C's own service".to_vec());
     let (code, got) = curl(&topo, &format!("http://localhost:{on_c}/"), None);
     assert_eq!(code, Some(97), "reached the exit's loopback: {:?}", String::from_utf8_lossy(&got));
+    let refusal = edge.events.wait(std::time::Duration::from_secs(10), |e| {
+        is(e, "refused") && e["reason"].as_str().is_some_and(|r| r.contains("the name resolved to"))
+    });
+    assert_eq!(refusal["reply"], 2, "a policy refusal at the exit is SOCKS reply 2: {refusal}");
     nodes[0].events().wait(std::time::Duration::from_secs(10), |e| {
         is(e, "service_connect") && e["refused"].as_str().is_some_and(|r| r.contains("local address"))
     });

@@ -362,6 +362,8 @@ pub mod stream_op {
     /// Host to node: the service is connected; accept the stream.
     pub const OPENED: u8 = 2;
     /// Host to node: the service could not be reached; refuse the stream.
+    /// An optional second byte says why
+    /// ([`crate::transport::stream::reset_reason`]).
     pub const REFUSED: u8 = 3;
     /// Either way: no more data will come.
     pub const EOF: u8 = 4;

@@ -31,6 +31,9 @@ pub const STREAM_REFUSED: u32 = 1;
 /// [`STREAM`] value: refused before any packet left, because no onion
 /// circuit reaches the destination while avoiding what the app avoids.
 pub const STREAM_NO_CIRCUIT: u32 = 2;
+/// [`STREAM`] value: refused by the destination's policy (an exit's, on
+/// the address a name resolved to).
+pub const STREAM_NOT_ALLOWED: u32 = 3;
 
 /// Largest log line the VMM accepts; longer lines are cut.
 pub const LOG_LINE_MAX: usize = 4096;

@@ -29,6 +29,9 @@ pub enum StreamReport {
     Refused,
     /// No onion circuit avoids what the app avoids: nothing was sent.
     NoCircuit,
+    /// The destination's policy refuses it (an exit's, on the address a
+    /// name resolved to).
+    NotAllowed,
     /// A value the ABI does not define (the guest is not trusted).
     Unknown(u32),
 }
@@ -39,6 +42,7 @@ impl StreamReport {
             ports::STREAM_UP => Self::Up,
             ports::STREAM_REFUSED => Self::Refused,
             ports::STREAM_NO_CIRCUIT => Self::NoCircuit,
+            ports::STREAM_NOT_ALLOWED => Self::NotAllowed,
             v => Self::Unknown(v),
         }
     }
@@ -319,6 +323,7 @@ mod tests {
         assert_eq!(StreamReport::from_port(ports::STREAM_UP), StreamReport::Up);
         assert_eq!(StreamReport::from_port(ports::STREAM_REFUSED), StreamReport::Refused);
         assert_eq!(StreamReport::from_port(ports::STREAM_NO_CIRCUIT), StreamReport::NoCircuit);
+        assert_eq!(StreamReport::from_port(ports::STREAM_NOT_ALLOWED), StreamReport::NotAllowed);
         assert_eq!(StreamReport::from_port(7), StreamReport::Unknown(7));
     }
 

@@ -59,6 +59,8 @@ pub enum RequestPhase {
     /// No onion circuit reaches the destination while avoiding what the
     /// app avoids: refused before any packet left.
     NoCircuit,
+    /// Refused by the destination's policy.
+    NotAllowed,
 }
 
 impl RequestPhase {
@@ -69,6 +71,7 @@ impl RequestPhase {
             Self::Connecting | Self::Up => crate::ports::STREAM_UP,
             Self::Refused => crate::ports::STREAM_REFUSED,
             Self::NoCircuit => crate::ports::STREAM_NO_CIRCUIT,
+            Self::NotAllowed => crate::ports::STREAM_NOT_ALLOWED,
         }
     }
 }
@@ -223,6 +226,9 @@ impl RequestStream {
         match self.stream.state() {
             StreamState::Established | StreamState::Closed => RequestPhase::Up,
             StreamState::Reset if self.no_circuit => RequestPhase::NoCircuit,
+            StreamState::Reset if self.stream.reset_reason() == crate::transport::stream::reset_reason::NOT_ALLOWED => {
+                RequestPhase::NotAllowed
+            }
             StreamState::Reset => RequestPhase::Refused,
             _ => RequestPhase::Connecting,
         }

@@ -238,7 +238,12 @@ impl<L: LinkPort> Router<L> {
                 f.answered = true;
                 f.stream.confirm();
             }
-            Some(stream_op::REFUSED) | Some(stream_op::RESET) => {
+            Some(stream_op::REFUSED) => {
+                f.answered = true;
+                let reason = r.payload.get(1).copied().unwrap_or(crate::transport::stream::reset_reason::REFUSED);
+                f.stream.refuse_because(reason);
+            }
+            Some(stream_op::RESET) => {
                 f.answered = true;
                 f.stream.refuse();
             }

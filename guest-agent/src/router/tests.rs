@@ -457,13 +457,18 @@ fn a_dead_relay_is_noticed_flooded_and_routed_around() {
 /// The destination host's side of streams: connects every OPEN, then
 /// echoes nothing; collects what each stream delivers.
 fn serve_opens(net: &mut Net, at: u16, answer: u8) -> Vec<u32> {
+    serve_opens_with(net, at, &[answer])
+}
+
+/// [`serve_opens`] with a whole answer (an op and its arguments).
+fn serve_opens_with(net: &mut Net, at: u16, answer: &[u8]) -> Vec<u32> {
     let h = net.host(at);
     let mut opened = Vec::new();
     let recs = records(&h.from_router);
     h.from_router.clear();
     for (node, flow, payload) in recs {
         if node == RECORD_CONTROL && payload.first() == Some(&stream_op::OPEN) {
-            Record { node: RECORD_CONTROL, flow, payload: &[answer] }.encode(&mut h.to_router);
+            Record { node: RECORD_CONTROL, flow, payload: answer }.encode(&mut h.to_router);
             opened.push(flow);
         } else {
             // Keep everything else for the test to read.
@@ -825,6 +830,22 @@ fn hostile_onion_cells_are_counted_drops() {
     assert_eq!(b.receive(0, &fake_create, 2_000), Err(DropReason::BadMac));
     assert_eq!(b.stats().circuits, 0);
     assert!(b.links_idle());
+}
+
+#[test]
+fn a_refusal_by_the_destinations_policy_reaches_the_app_as_not_allowed() {
+    use crate::transport::stream::reset_reason;
+    for (protocol, hops) in [(Protocol::Shortest, line3()), (Protocol::Onion, line5())] {
+        let dst = if protocol == Protocol::Onion { 5 } else { 3 };
+        let req = request(dst, b"10.0.0.9:22");
+        let mut net = Net::new(&hops, protocol.id(), Some((1, &req)));
+        let refused = net.run_until(2_000_000, STEP, |net| {
+            serve_opens_with(net, dst, &[stream_op::REFUSED, reset_reason::NOT_ALLOWED]);
+            net.host(1).router.request_phase() == RequestPhase::NotAllowed
+        });
+        assert!(refused, "{protocol:?}: phase {:?}", net.host(1).router.request_phase());
+        assert_eq!(RequestPhase::NotAllowed.port_value(), crate::ports::STREAM_NOT_ALLOWED);
+    }
 }
 
 #[test]

@@ -92,6 +92,19 @@ pub struct Stream {
     peer_early: bool,
     /// Most bytes the receive side holds ([`Stream::set_window_cap`]).
     window_cap: usize,
+    /// Why the stream was reset ([`reset_reason`]): what the acceptor
+    /// refused with, sent as the RST's one data byte.
+    reset_reason: u8,
+}
+
+/// Why an acceptor refused a stream, carried in its RST (an RST without
+/// one is [`reset_reason::REFUSED`]).
+pub mod reset_reason {
+    /// The service is down or unreachable (or no reason was given).
+    pub const REFUSED: u8 = 0;
+    /// The destination's policy refuses the service (an exit's policy,
+    /// checked on every address a name resolved to).
+    pub const NOT_ALLOWED: u8 = 1;
 }
 
 impl Stream {
@@ -101,6 +114,7 @@ impl Stream {
             open_info: Vec::new(),
             syn_acked: false,
             confirmed: false,
+            reset_reason: reset_reason::REFUSED,
             snd_una: 0,
             snd_nxt: 0,
             snd_max: 0,
@@ -249,6 +263,12 @@ impl Stream {
 
     /// The acceptor refuses (e.g. the service is down): an RST goes out.
     pub fn refuse(&mut self) {
+        self.refuse_because(reset_reason::REFUSED);
+    }
+
+    /// [`Stream::refuse`], telling the initiator why ([`reset_reason`]).
+    pub fn refuse_because(&mut self, reason: u8) {
+        self.reset_reason = reason;
         // A stream refused before it was accepted hands over nothing it
         // held (optimistic data).
         if self.state == StreamState::SynReceived && !self.confirmed {
@@ -256,6 +276,12 @@ impl Stream {
         }
         self.state = StreamState::Reset;
         self.ack_pending = true;
+    }
+
+    /// Why the stream was reset ([`reset_reason`]; `REFUSED` if it was
+    /// not, or no reason came).
+    pub fn reset_reason(&self) -> u8 {
+        self.reset_reason
     }
 
     /// Current state.
@@ -339,6 +365,7 @@ impl Stream {
         match seg.kind {
             Kind::Rst => {
                 self.state = StreamState::Reset;
+                self.reset_reason = seg.data.first().copied().unwrap_or(reset_reason::REFUSED);
                 return;
             }
             Kind::Syn => {
@@ -570,7 +597,9 @@ impl Stream {
             }
             StreamState::Reset => {
                 if self.ack_pending {
-                    self.emit(Kind::Rst, self.snd_nxt, &[], out);
+                    let reason = [self.reset_reason];
+                    let data: &[u8] = if self.reset_reason == reset_reason::REFUSED { &[] } else { &reason };
+                    self.emit(Kind::Rst, self.snd_nxt, data, out);
                     return true;
                 }
                 return false;

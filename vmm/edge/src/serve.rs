@@ -593,7 +593,7 @@ impl Edge {
             move |report, _: ConnectStages| match report {
                 // The reply carries the answer: it waits for it.
                 StreamReport::Up => {}
-                StreamReport::Refused => {
+                StreamReport::Refused | StreamReport::NotAllowed => {
                     r.refuse(Reply::HostUnreachable, "the exit found no answer (or is no exit)".into())
                 }
                 StreamReport::NoCircuit => r.refuse(
@@ -660,6 +660,11 @@ impl Edge {
                 StreamReport::NoCircuit => r.refuse(
                     Reply::ConnectionRefused,
                     "no onion circuit to the destination avoids the relays the app avoids".into(),
+                ),
+                StreamReport::NotAllowed => r.refuse(
+                    Reply::NotAllowed,
+                    "the destination's policy refuses it (an exit's policy, on the address the name resolved to)"
+                        .into(),
                 ),
                 StreamReport::Unknown(v) => r.refuse(Reply::GeneralFailure, format!("request VM reported {v}")),
             }

@@ -26,6 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use guest_agent::node::{stream_op, Record, HOST_WINDOW, RECORD_CONTROL, RECORD_STREAM};
+use guest_agent::transport::stream::reset_reason;
 
 use crate::allow::AllowPolicy;
 use crate::events::{flow_name, micros, Event, EventSink};
@@ -273,7 +274,12 @@ fn open(flow: u32, target: &str, vm: &VmWriter, flows: &Flows, svc: &Services) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(flow, target, "node: service refused: {e}");
-            let _ = vm.control(flow, stream_op::REFUSED);
+            // A policy refusal says so: the app gets SOCKS reply 2, not 5.
+            let reason = match e.kind() {
+                io::ErrorKind::PermissionDenied => reset_reason::NOT_ALLOWED,
+                _ => reset_reason::REFUSED,
+            };
+            let _ = vm.send(RECORD_CONTROL, flow, &[stream_op::REFUSED, reason]);
             return;
         }
     };
