@@ -271,6 +271,10 @@ pub struct NodeFile {
     /// The file this was loaded from (named in errors about its values).
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// Ports left out when it was loaded, and why (a neighbour without a
+    /// valid certificate).
+    #[serde(skip)]
+    pub refused_ports: Vec<String>,
 }
 
 /// An exit node of the topology and the policy it applies.
@@ -370,11 +374,23 @@ impl NodeFile {
         for r in &m.refused {
             tracing::warn!("node {}: member certificate refused: {r}", self.id);
         }
-        if let Some(p) = self.port.iter().find(|p| !m.members.iter().any(|(n, _, _)| *n == p.peer)) {
-            return Err(invalid(format!(
-                "port {}: neighbour {} has no valid certificate among the members (revoked, expired or \
-                 never issued): this node will not link to it",
+        // A neighbour without a valid certificate gets no link: its port
+        // is left out (the rest of the node runs on).
+        let member = |peer: NodeId| m.members.iter().any(|(n, _, _)| *n == peer);
+        for p in self.port.iter().filter(|p| !member(p.peer)) {
+            let why = format!(
+                "port {}: neighbour {} has no valid certificate among the members (revoked, expired or never \
+                 issued): this node will not link to it",
                 p.iface, p.peer
+            );
+            tracing::warn!("node {}: {why}", self.id);
+            self.refused_ports.push(why);
+        }
+        self.port.retain(|p| member(p.peer));
+        if self.port.is_empty() {
+            return Err(invalid(format!(
+                "no port is left: no neighbour has a valid certificate ({})",
+                self.refused_ports.join("; ")
             )));
         }
         for p in self.port.iter_mut().filter(|p| p.key.is_empty()) {
@@ -585,6 +601,7 @@ mod tests {
             exit: vec![],
             identity: None,
             path: None,
+            refused_ports: Vec::new(),
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));

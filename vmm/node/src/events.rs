@@ -287,6 +287,9 @@ pub enum Event {
         ports: usize,
         /// From start to the agent's ready signal, µs.
         boot_us: u64,
+        /// Ports left out: neighbours without a valid certificate.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        refused_ports: Vec<String>,
     },
     /// A destination node connected (or failed to connect) the service a
     /// stream's opener named: the service's own part of a connect.

@@ -167,10 +167,13 @@ pub fn run(
     let started = Instant::now();
     let file = NodeFile::load(opts.config)?;
     let _lock = lock_config(opts.config)?;
-    let (node, ports) = (file.id, file.port.len());
+    let (node, ports, refused_ports) = (file.id, file.port.len(), file.refused_ports.clone());
     let on_ready = {
         let events = opts.events.clone();
-        move |at: Instant| events.emit(&Event::NodeUp { node, ports, boot_us: micros(at.duration_since(started)) })
+        move |at: Instant| {
+            let boot_us = micros(at.duration_since(started));
+            events.emit(&Event::NodeUp { node, ports, boot_us, refused_ports })
+        }
     };
     let probe: ProbeSlot = Arc::default();
     if let Some((m, addr)) = opts.metrics {

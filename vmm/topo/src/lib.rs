@@ -522,6 +522,7 @@ impl Topo {
                 exit: exits.clone(),
                 identity: None,
                 path: None,
+                refused_ports: Vec::new(),
             };
             files.push((h.name.clone(), node));
         }
