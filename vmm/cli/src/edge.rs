@@ -22,7 +22,7 @@ Tor's RESOLVE and RESOLVE_PTR are answered by an exit. Failures get their SOCKS5
 refused by policy or by every exit, 4 unknown destination, 5 service down, 7 command (BIND, UDP \
 ASSOCIATE), 1 anything else.")]
 pub struct EdgeArgs {
-    /// The edge host's node configuration (written by `pathvm topo up`).
+    /// The edge host's node configuration (see docs/node.example.toml; `pathvm topo up` writes them for test hosts).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
     /// Where to accept SOCKS5 clients.

@@ -15,7 +15,7 @@ Console records (big-endian): to the node `dst u16, flow u32, len u16, payload` 
 to originate; from the node `src u16, flow u32, len u16, payload` for each \
 delivered packet. SIGINT/SIGTERM stop the node (exit 130) and write --metrics.")]
 pub struct NodeArgs {
-    /// Node configuration (written by `pathvm topo up`).
+    /// Node configuration (see docs/node.example.toml; `pathvm topo up` writes them for test hosts).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
     /// Guest image. Default: $PATHVM_IMAGE, else images/out/agent.elf.
