@@ -105,3 +105,40 @@ fn every_neighbour_refuses_a_revoked_node() {
     let refused = up["refused_ports"][0].as_str().unwrap_or_default();
     assert!(refused.contains("neighbour 3 has no valid certificate"), "{up}");
 }
+
+#[test]
+fn a_revocation_takes_effect_on_running_nodes_within_seconds() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up("line3.toml");
+    let dir = TempDir::new();
+    let mut c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    let body = random_bytes(256 << 10, 61);
+    let port = pathvm_tests::edge::http_server(&topo.netns("c"), body.clone());
+    let edge = pathvm_tests::edge::start_edge(&topo);
+    let url = format!("http://c:{port}/file");
+    let (code, got) = pathvm_tests::edge::curl(&topo, &url, None);
+    assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)), "before the revocation");
+
+    // The CA revokes C; the operator copies the list out (here: in place).
+    let id = topo.node_config("a").parent().unwrap().join("identity");
+    let c_cert = id.join("members/c.crt.toml");
+    ok(&pathvm(&["ca", "revoke", "--dir", id.join("ca").to_str().unwrap(), c_cert.to_str().unwrap()]));
+    // B notices, starts again without its port to C.
+    b.events().wait(std::time::Duration::from_secs(10), |e| pathvm_tests::events::is(e, "identity_changed"));
+    let again = b.events().wait_n(2, std::time::Duration::from_secs(20), |e| pathvm_tests::events::is(e, "node_up"));
+    assert_eq!(again[1]["ports"], 1, "{}", b.events().dump());
+    assert!(again[1]["refused_ports"][0].as_str().unwrap_or_default().contains("neighbour 3"));
+    // C itself stops: its own certificate no longer holds.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c.child().try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < until, "revoked C still runs");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Nothing reaches C through the network any more.
+    let (code, _) = pathvm_tests::edge::curl(&topo, &url, None);
+    assert_eq!(code, Some(97), "a revoked node is still reached");
+    drop(edge);
+}

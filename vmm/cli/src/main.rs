@@ -64,10 +64,20 @@ enum Command {
     Status(status::StatusArgs),
 }
 
+/// Set in the environment of a `pathvm node` that started itself again
+/// (its identity changed): its events file is appended to, not replaced.
+pub const RESTARTED: &str = "PATHVM_NODE_RESTARTED";
+
 /// The event sink `--events` asks for (disabled without it).
 pub fn open_events(target: Option<&std::path::Path>) -> Result<::node::events::EventSink, String> {
     match target {
         None => Ok(::node::events::EventSink::disabled()),
+        // A node started again after its identity changed keeps its
+        // earlier events (see `node::run`'s reload).
+        Some(p) if std::env::var_os(RESTARTED).is_some() && p != std::path::Path::new("-") => {
+            ::node::events::EventSink::open_append(p)
+                .map_err(|e| format!("cannot write events to {}: {e}", p.display()))
+        }
         Some(p) => {
             ::node::events::EventSink::open(p).map_err(|e| format!("cannot write events to {}: {e}", p.display()))
         }

@@ -53,6 +53,7 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let kvm = KvmContext::open()?;
     let log = if args.quiet { GuestLog::Discard } else { GuestLog::Stderr };
     let (events, metrics) = super::metrics_for(args.metrics_listen, super::open_events(args.events.as_deref())?)?;
+    let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let events = Arc::new(events);
     let opts = node::NodeOptions {
         config: &args.config,
@@ -61,8 +62,18 @@ pub fn run(args: NodeArgs) -> Result<i32, Box<dyn std::error::Error>> {
         dump_memory: args.dump_memory.as_deref(),
         events,
         metrics,
+        reload: reload.clone(),
     };
     let outcome = node::run(&kvm, &image, opts, super::stop_on_signals)?;
+    if reload.load(std::sync::atomic::Ordering::Acquire) {
+        // The identity changed: start again from the configuration, as
+        // a fresh process (the same pid, so supervisors and signals stay
+        // with it), which leaves out what is revoked now.
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe()?;
+        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(super::RESTARTED, "1").exec();
+        return Err(format!("cannot start again after an identity change: {err}").into());
+    }
     if let Some(path) = args.metrics {
         let report = node::metrics_report(&outcome);
         std::fs::write(&path, format!("{report:#}\n"))

@@ -291,6 +291,12 @@ pub enum Event {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         refused_ports: Vec<String>,
     },
+    /// The node's identity files changed (a revocation list, a member):
+    /// it stops its VM and starts again from its configuration.
+    IdentityChanged {
+        /// Its node id.
+        node: u16,
+    },
     /// A destination node connected (or failed to connect) the service a
     /// stream's opener named: the service's own part of a connect.
     ServiceConnect {
@@ -355,6 +361,13 @@ impl EventSink {
         let out: Box<dyn Write + Send> =
             if target == Path::new("-") { Box::new(io::stdout()) } else { Box::new(File::create(target)?) };
         Ok(Self { out: Some(Mutex::new(out)), metrics: None })
+    }
+
+    /// `target` (a file) appended to: for a daemon that starts again in
+    /// the same process (a node whose identity changed).
+    pub fn open_append(target: &Path) -> io::Result<Self> {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(target)?;
+        Ok(Self { out: Some(Mutex::new(Box::new(f))), metrics: None })
     }
 
     /// Writes `event` as one line (best effort: a full disk must not take

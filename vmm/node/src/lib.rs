@@ -153,6 +153,10 @@ pub struct NodeOptions<'a> {
     /// Serve Prometheus metrics here: the counts `events` feeds into and
     /// the VM's live stats.
     pub metrics: Option<metrics::Served>,
+    /// Set when the node stopped because its identity changed (a
+    /// certificate revoked, a member added): the caller starts it again
+    /// from the same configuration, which then leaves the revoked out.
+    pub reload: Arc<AtomicBool>,
 }
 
 /// Runs a node until its VM stops, reporting `node_up` when the agent
@@ -187,7 +191,12 @@ pub fn run(
         let bound = metrics::serve(addr, m, Some(live)).map_err(|e| NodeError::Metrics(addr, e))?;
         eprintln!("pathvm node: metrics on http://{bound}/metrics");
     }
-    let watch = RouteWatch { node, events: opts.events.clone(), probe };
+    let identity = file.identity.is_some().then(|| IdentityWatch {
+        config: opts.config.to_path_buf(),
+        seen: identity_stamp(&file, opts.config),
+        reload: opts.reload.clone(),
+    });
+    let watch = RouteWatch { node, events: opts.events.clone(), probe, identity };
     let outcome =
         run_vm(kvm, image, &file, opts.console, opts.guest_log, on_stop_handle, opts.dump_memory, on_ready, watch)?;
     opts.events.emit(&Event::VmEnded {
@@ -206,30 +215,89 @@ const ROUTE_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(
 /// Where the running VM's stats page can be read (by metrics scrapes).
 type ProbeSlot = Arc<std::sync::Mutex<Option<vmm::vm::StatsProbe>>>;
 
-/// Reports `routes_changed` while the node VM runs, and offers its stats
-/// page to scrapes.
+/// Reports `routes_changed` while the node VM runs, offers its stats
+/// page to scrapes, and watches the node's identity files.
 struct RouteWatch {
     node: u16,
     events: Arc<EventSink>,
     probe: ProbeSlot,
+    identity: Option<IdentityWatch>,
+}
+
+/// What a node watches of its `[identity]`: when the revocation list or
+/// the members change, the VM stops and the node starts again from its
+/// configuration (a revoked neighbour's port then left out, its link
+/// state refused), within [`IDENTITY_WATCH_EVERY`] of the change.
+struct IdentityWatch {
+    config: PathBuf,
+    seen: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    reload: Arc<AtomicBool>,
+}
+
+/// How often a node looks at its identity files.
+const IDENTITY_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The identity files of `file` (loaded from `config`) and when each last
+/// changed: the CA, the list, the certificate, the members directory and
+/// each member certificate.
+fn identity_stamp(file: &NodeFile, config: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+    let Some(spec) = &file.identity else { return Vec::new() };
+    let base = config.parent().unwrap_or(Path::new("."));
+    let at = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let mut paths = vec![at(&spec.ca), at(&spec.cert), at(&spec.members)];
+    paths.extend(spec.crl.as_deref().map(at));
+    if let Ok(d) = std::fs::read_dir(at(&spec.members)) {
+        let mut members: Vec<PathBuf> = d.flatten().map(|e| e.path()).collect();
+        members.sort();
+        paths.extend(members);
+    }
+    paths.into_iter().map(|p| (p.clone(), std::fs::metadata(&p).and_then(|m| m.modified()).ok())).collect()
+}
+
+impl IdentityWatch {
+    /// Whether the files changed since the node started.
+    fn changed(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(&self.config) else { return false };
+        let Ok(file) = NodeFile::parse(&self.config, &text) else { return false };
+        identity_stamp(&file, &self.config) != self.seen
+    }
 }
 
 impl RouteWatch {
     /// Watches `probe` on a thread of its own until `done` is set; nothing
     /// runs when no one reads events.
-    fn start(self, probe: vmm::vm::StatsProbe, done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    fn start(
+        self,
+        probe: vmm::vm::StatsProbe,
+        stop: Arc<StopHandle>,
+        done: Arc<AtomicBool>,
+    ) -> Option<std::thread::JoinHandle<()>> {
         *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe.clone());
-        if !self.events.enabled() {
+        if !self.events.enabled() && self.identity.is_none() {
             return None;
         }
         std::thread::Builder::new()
             .name("route-watch".into())
             .spawn(move || {
                 let mut seen = 0;
+                let mut identity_at = Instant::now();
                 while !done.load(Ordering::Relaxed) {
                     if let Some(n) = probe.topology_changes().filter(|n| *n > seen) {
                         seen = n;
                         self.events.emit(&Event::RoutesChanged { node: self.node, topology_changes: n });
+                    }
+                    if let Some(w) = self.identity.as_ref().filter(|_| identity_at.elapsed() >= IDENTITY_WATCH_EVERY) {
+                        identity_at = Instant::now();
+                        if w.changed() {
+                            tracing::warn!(
+                                "node {}: its identity files changed: restarting from its config",
+                                self.node
+                            );
+                            self.events.emit(&Event::IdentityChanged { node: self.node });
+                            w.reload.store(true, Ordering::Release);
+                            stop.request();
+                            return;
+                        }
                     }
                     std::thread::sleep(ROUTE_WATCH_EVERY);
                 }
@@ -347,7 +415,7 @@ fn run_vm(
     vm.on_ready(on_ready);
     on_stop_handle(vm.stop_handle());
     let done = Arc::new(AtomicBool::new(false));
-    let watcher = watch.start(vm.stats_probe(), done.clone());
+    let watcher = watch.start(vm.stats_probe(), vm.stop_handle(), done.clone());
     let outcome = vm.run_then(|mem| {
         if let Some(path) = dump_to {
             if let Err(e) = dump_memory(mem, path) {
