@@ -58,7 +58,7 @@ wait_port() { # NS PORT
 
 # The protocol of the last request in an edge's events FILE.
 last_protocol() { # FILE
-    grep '"event":"protocol_chosen"' "$1" | tail -n 1 | grep -o '"protocol":"[a-z]*"' | cut -d'"' -f4
+    grep '"event":"protocol_chosen"' "$1" | tail -n 1 | grep -o '"protocol":"[a-z]*"' | head -n 1 | cut -d'"' -f4
 }
 
 step "1. echo: 1 MiB through a VM's virtio-console, checked by sha256"
