@@ -142,3 +142,57 @@ fn a_revocation_takes_effect_on_running_nodes_within_seconds() {
     assert_eq!(code, Some(97), "a revoked node is still reached");
     drop(edge);
 }
+
+/// `host`'s config without anything about node `gone` (its links and its
+/// host entry): what a config written before `gone` joined says.
+fn forget(topo: &TopoGuard, host: &str, gone: i64) {
+    let path = topo.node_config(host);
+    let mut v: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let t = v.as_table_mut().unwrap();
+    if let Some(links) = t.get_mut("link").and_then(|l| l.as_array_mut()) {
+        links.retain(|l| l["a"].as_integer() != Some(gone) && l["b"].as_integer() != Some(gone));
+    }
+    if let Some(hosts) = t.get_mut("host").and_then(|l| l.as_array_mut()) {
+        hosts.retain(|h| h["node"].as_integer() != Some(gone));
+    }
+    std::fs::write(&path, toml::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_member_that_joins_is_routed_to_from_signed_link_state_alone() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let topo = TopoGuard::up_file(&workspace().join("tests/topologies/join4.toml"));
+    let members = topo.node_config("a").parent().unwrap().join("identity/members");
+    let (d_cert, away) = (members.join("d.crt.toml"), topo.node_config("a").parent().unwrap().join("d.crt.away"));
+    std::fs::rename(&d_cert, &away).unwrap();
+    // A's and C's configs were written before D existed.
+    forget(&topo, "a", 4);
+    forget(&topo, "c", 4);
+    let dir = TempDir::new();
+    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let b = topo.start_node("b", 2, &dir.0.join("b.json"));
+    assert_eq!(b.events().of("node_up")[0]["ports"], 2, "B links to A and C, not to D yet");
+    let edge = pathvm_tests::edge::start_edge(&topo);
+    let body = random_bytes(128 << 10, 71);
+    let port = pathvm_tests::edge::http_server(&topo.netns("d"), body.clone());
+    let url = format!("http://d:{port}/file");
+    assert_eq!(pathvm_tests::edge::curl(&topo, &url, None).0, Some(97), "D is nobody yet");
+
+    // D joins: its certificate is copied to the members; B links to it,
+    // D's node starts; nobody else's config changes.
+    std::fs::rename(&away, &d_cert).unwrap();
+    b.events().wait_n(2, std::time::Duration::from_secs(20), |e| pathvm_tests::events::is(e, "node_up"));
+    let _d = topo.start_node("d", 4, &dir.0.join("d.json"));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, got) = pathvm_tests::edge::curl(&topo, &url, None);
+        if code == Some(0) {
+            assert_eq!(sha256(&got), sha256(&body), "the file from D arrived intact");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "D was never routed to: {}", edge.events.dump());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

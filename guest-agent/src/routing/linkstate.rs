@@ -411,9 +411,41 @@ impl LinkStateDb {
             let bandwidth = (l.bandwidth_mbps as u64 * (1000 - loss.min(999)) as u64 / 1000).max(1) as u32;
             links.push(Link { latency_us: latency, bandwidth_mbps: bandwidth, ..*l });
         }
+        // Links no configuration lists, which both ends advertise up
+        // under their signatures (a member that joined): routed on with
+        // what they measure and a nominal capacity. One end's word is not
+        // enough: a member could claim links to anyone.
+        let configured = |a: NodeId, b: NodeId| self.base.iter().any(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a));
+        let reports_of = |n: NodeId| -> Option<&[LinkReport]> {
+            if n == me {
+                Some(own)
+            } else {
+                self.lsas.get(&n).map(|(_, lsa)| lsa.links.as_slice())
+            }
+        };
+        let up_to = |from: NodeId, to: NodeId| {
+            reports_of(from).and_then(|rs| rs.iter().find(|r| r.peer == to && r.status == LinkStatus::Up)).copied()
+        };
+        for (&origin, (_, lsa)) in &self.lsas {
+            for r in lsa.links.iter().filter(|r| r.status == LinkStatus::Up && r.peer != origin) {
+                let (a, b) = (origin.min(r.peer), origin.max(r.peer));
+                if configured(a, b) || links.iter().any(|l: &Link| (l.a, l.b) == (a, b)) {
+                    continue;
+                }
+                let Some(back) = up_to(r.peer, origin) else { continue };
+                let latency = r.latency_us.max(back.latency_us).max(1);
+                let loss = r.loss_permille.max(back.loss_permille);
+                let bandwidth = (JOINED_LINK_MBPS as u64 * (1000 - loss.min(999)) as u64 / 1000).max(1) as u32;
+                links.push(Link { a, b, latency_us: latency, bandwidth_mbps: bandwidth });
+            }
+        }
         Topology::new(links)
     }
 }
+
+/// Capacity assumed for a link no configuration lists (routing has no
+/// measurement of capacity, only of latency and loss).
+pub const JOINED_LINK_MBPS: u32 = 100;
 
 /// Whether `now` differs enough from what was last advertised to flood at
 /// once rather than at the next refresh: a status change, latency moved by
@@ -517,6 +549,23 @@ mod tests {
 
     fn offer(db: &mut LinkStateDb, now: u64, lsa: Lsa) -> Result<bool, LsaRefusal> {
         db.offer(1, now, WALL + now, lsa, &mut VerifyBudget::new(now))
+    }
+
+    #[test]
+    fn a_link_no_config_lists_is_routed_on_once_both_ends_sign_it_up() {
+        let keys: Vec<(NodeId, [u8; 32])> = [2, 3, 5].iter().map(|&n| (n, lsa_sign::public_key(&secret(n)))).collect();
+        let mut db = LinkStateDb::new(&mesh(), LsaKeys::new(&keys));
+        let up = |peer, latency_us| LinkReport { peer, status: LinkStatus::Up, latency_us, loss_permille: 0 };
+        // 3 claims a link to 5 that 5 does not: not taken.
+        assert_eq!(offer(&mut db, 0, signed(3, WALL, vec![up(5, 90)])), Ok(true));
+        assert_eq!(offer(&mut db, 0, signed(2, WALL, vec![up(5, 200)])), Ok(true));
+        let before = db.effective(1, &[]);
+        assert!(!before.links().iter().any(|l| l.b == 5 || l.a == 5), "one end's word is not enough");
+        assert_eq!(offer(&mut db, 0, signed(5, WALL, vec![up(2, 250)])), Ok(true));
+        let after = db.effective(1, &[]);
+        let joined: Vec<&Link> = after.links().iter().filter(|l| l.a == 5 || l.b == 5).collect();
+        assert_eq!(joined, vec![&Link { a: 2, b: 5, latency_us: 250, bandwidth_mbps: JOINED_LINK_MBPS }]);
+        assert_eq!(after.links().len(), mesh().links().len() + 1, "the configured links are all still there");
     }
 
     #[test]

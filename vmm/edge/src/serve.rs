@@ -162,6 +162,18 @@ pub enum EdgeError {
     Pool(#[source] io::Error),
 }
 
+/// The edge's configuration for the requests that come now.
+struct View {
+    file: NodeFile,
+    /// The topology's exits and their policies.
+    exits: Vec<(guest_agent::routing::NodeId, node::exit_policy::ExitPolicy)>,
+    /// When its identity files last changed (see `node::identity_stamp`).
+    stamp: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+}
+
+/// How often the edge looks at its identity files.
+const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// A running edge: what every request shares.
 pub struct Edge {
     guest_log: bool,
@@ -173,9 +185,12 @@ pub struct Edge {
     /// Shells prepared ahead of requests (KVM VM, memory with the image,
     /// vCPU at the entry): a request only adds its devices and arguments.
     pool: Option<ShellPool>,
-    file: NodeFile,
-    /// The topology's exits and their policies.
-    exits: Vec<(guest_agent::routing::NodeId, node::exit_policy::ExitPolicy)>,
+    /// The configuration as it stands (reloaded when its identity files
+    /// change: a member revoked or added).
+    view: std::sync::RwLock<Arc<View>>,
+    /// Where it came from, and when its identity files were last looked at.
+    config: PathBuf,
+    identity_checked: std::sync::Mutex<Instant>,
     manifests: ManifestDir,
     events: Arc<EventSink>,
     limits: EdgeLimits,
@@ -317,8 +332,13 @@ impl Edge {
             kvm,
             image,
             pool,
-            file,
-            exits,
+            view: std::sync::RwLock::new(Arc::new(View {
+                stamp: node::identity_stamp(&file, &cfg.config),
+                file,
+                exits,
+            })),
+            config: cfg.config.clone(),
+            identity_checked: std::sync::Mutex::new(Instant::now()),
             manifests: ManifestDir::new(&cfg.manifests),
             events: Arc::new(cfg.events),
             limits: cfg.limits,
@@ -330,6 +350,43 @@ impl Edge {
     /// Request VMs running now.
     pub fn running_vms(&self) -> usize {
         self.vms.load(Ordering::Acquire)
+    }
+
+    /// The configuration for a request now: reloaded first when its
+    /// identity files changed (looked at once a second at most), so a
+    /// revoked member's keys leave and a new member's come without a
+    /// restart; a reload that fails keeps the last good one.
+    fn view(&self) -> Arc<View> {
+        let current = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if current.file.identity.is_none() {
+            return current;
+        }
+        {
+            let mut at = self.identity_checked.lock().unwrap_or_else(|p| p.into_inner());
+            if at.elapsed() < IDENTITY_CHECK_EVERY {
+                return current;
+            }
+            *at = Instant::now();
+        }
+        if node::identity_stamp(&current.file, &self.config) == current.stamp {
+            return current;
+        }
+        let fresh = NodeFile::load(&self.config).and_then(|f| {
+            let exits = f.exits()?;
+            Ok(View { stamp: node::identity_stamp(&f, &self.config), file: f, exits })
+        });
+        match fresh {
+            Ok(v) => {
+                tracing::warn!("edge: identity files changed: {} members now", v.file.lsa_key.len());
+                let v = Arc::new(v);
+                *self.view.write().unwrap_or_else(|p| p.into_inner()) = v.clone();
+                v
+            }
+            Err(e) => {
+                tracing::warn!("edge: identity files changed, but the config does not load: {e}; keeping the last");
+                current
+            }
+        }
     }
 
     /// Serves clients of `listener` until it fails, each on a thread.
@@ -413,6 +470,7 @@ impl Edge {
         // (c)-(d), and the checks that need no ports: a request refused
         // here (policy, unknown destination, the VM limit) costs no tap or
         // filter, so a flood of refusals stays cheap.
+        let view = self.view();
         let resolved = resolve(req.criteria(), Path::new(&exe), &self.manifests);
         let decision = match &resolved {
             Ok(r) => select(&r.criteria).map_err(|e| e.to_string()),
@@ -421,7 +479,7 @@ impl Edge {
         };
         let place = match (&resolved, &decision) {
             (Ok(r), Ok(d)) => {
-                Some(self.plan(req.command, &req.target, &r.criteria.avoid_nodes, d.chosen.name == "onion"))
+                Some(self.plan(&view, req.command, &req.target, &r.criteria.avoid_nodes, d.chosen.name == "onion"))
             }
             _ => None,
         };
@@ -434,7 +492,7 @@ impl Edge {
                 .as_ref()
                 .and_then(PortPool::take)
                 .map(Ok)
-                .unwrap_or_else(|| ports::prepare(&self.file, &self.slots))
+                .unwrap_or_else(|| ports::prepare(&view.file, &self.slots))
         });
         let steer_us = micros(preparing.elapsed());
         let flow = match &ports {
@@ -532,27 +590,27 @@ impl Edge {
             ..ConnectStages::default()
         };
         match req.command {
-            Command::Connect => self.run_request(&spec, ports, conn, replier, accepted, edge_steps),
-            lookup => self.run_lookup(&spec, ports, lookup, &replier),
+            Command::Connect => self.run_request(&view.file, &spec, ports, conn, replier, accepted, edge_steps),
+            lookup => self.run_lookup(&view.file, &spec, ports, lookup, &replier),
         }
     }
 
     /// Where a request goes, or how it is answered without a VM.
-    fn plan(&self, command: Command, target: &Target, avoid: &[u16], onion: bool) -> Result<Place, Early> {
+    fn plan(&self, view: &View, command: Command, target: &Target, avoid: &[u16], onion: bool) -> Result<Place, Early> {
         let refusal = |e: NoPlace| match e {
             NoPlace::NoExit => Early::Refuse(Reply::HostUnreachable, e.to_string()),
             NoPlace::Refused(_) => Early::Refuse(Reply::NotAllowed, e.to_string()),
         };
         let query = match (command, target) {
             (Command::Connect, _) => {
-                return exit::place(&self.file, &self.exits, target, avoid, onion).map_err(refusal);
+                return exit::place(&view.file, &view.exits, target, avoid, onion).map_err(refusal);
             }
             // An address needs no lookup; a host of the topology is
             // known here (no resolver is asked either way).
             (Command::Resolve, Target::Addr(a)) => return Err(Early::Answer(Bound::Ip(a.ip()))),
             (Command::Resolve, Target::Domain(name, _)) => match name.parse::<IpAddr>() {
                 Ok(ip) => return Err(Early::Answer(Bound::Ip(ip))),
-                Err(_) => match exit::overlay_host(&self.file, target) {
+                Err(_) => match exit::overlay_host(&view.file, target) {
                     Some((_, hostport)) => {
                         let ip = hostport.rsplit_once(':').and_then(|(h, _)| h.parse().ok());
                         return Err(ip.map(Bound::Ip).map(Early::Answer).unwrap_or_else(|| {
@@ -568,13 +626,20 @@ impl Edge {
                 return Err(Early::Refuse(Reply::AddressTypeNotSupported, "RESOLVE_PTR of a name".into()))
             }
         };
-        let exit = exit::lookup_exit(&self.file, &self.exits, avoid, onion).map_err(refusal)?;
+        let exit = exit::lookup_exit(&view.file, &view.exits, avoid, onion).map_err(refusal)?;
         Ok(Place { node: exit.node, target: query.open_info(), exit: Some(exit) })
     }
 
     /// A lookup's request VM: its stream's far end is the exit's resolver
     /// and its near end is the edge (the app only gets the reply).
-    fn run_lookup(&self, spec: &RequestSpec, ports: PreparedPorts, command: Command, replier: &Arc<Replier>) {
+    fn run_lookup(
+        &self,
+        file: &NodeFile,
+        spec: &RequestSpec,
+        ports: PreparedPorts,
+        command: Command,
+        replier: &Arc<Replier>,
+    ) {
         let (mine, theirs) = match std::os::unix::net::UnixStream::pair() {
             Ok(p) => p,
             Err(e) => return replier.refuse(Reply::GeneralFailure, format!("cannot make the lookup's socket: {e}")),
@@ -612,7 +677,7 @@ impl Edge {
                 spawn_us: micros(spawning.elapsed()),
             })
         };
-        let ran = request::run(&vm, &self.file, spec, ports, OwnedFd::from(theirs), log, on_stream, on_up);
+        let ran = request::run(&vm, file, spec, ports, OwnedFd::from(theirs), log, on_stream, on_up);
         let answer = match reader {
             Ok(t) => t.join().ok().and_then(Result::ok).unwrap_or_default(),
             Err(_) => Vec::new(),
@@ -636,8 +701,10 @@ impl Edge {
 
     /// The request VM: it carries the stream; the reply is written when it
     /// reports (or, if it never does, when it ends).
+    #[allow(clippy::too_many_arguments)]
     fn run_request(
         &self,
+        file: &NodeFile,
         spec: &RequestSpec,
         ports: PreparedPorts,
         conn: TcpStream,
@@ -679,7 +746,7 @@ impl Edge {
             })
         };
         let vm = request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() };
-        match request::run(&vm, &self.file, spec, ports, OwnedFd::from(conn), log, on_stream, on_up) {
+        match request::run(&vm, file, spec, ports, OwnedFd::from(conn), log, on_stream, on_up) {
             Ok(outcome) => {
                 let changes = outcome.guest_stats.map_or(0, |s| s.topology_changes);
                 eprintln!(

@@ -400,6 +400,13 @@ impl NodeFile {
             })?;
             p.key = vmm::random::hex(&key);
         }
+        // Members the config does not list as hosts are known by their
+        // certificates' names and addresses (a node that joined).
+        for (node, name, addrs) in &m.hosts {
+            if !self.host.iter().any(|h| h.node == *node || h.name == *name) {
+                self.host.push(HostAddrs { name: name.clone(), node: *node, addrs: addrs.clone() });
+            }
+        }
         self.lsa_secret = vmm::random::hex(&m.signing_secret);
         self.lsa_key =
             m.members.iter().map(|(node, k, _)| PublicKeySpec { node: *node, public: vmm::random::hex(k) }).collect();

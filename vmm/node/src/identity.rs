@@ -406,6 +406,8 @@ pub struct Membership {
     pub link_secret: [u8; 32],
     /// Every valid member: node id, link-state public key, link public key.
     pub members: Vec<(NodeId, [u8; 32], [u8; 32])>,
+    /// Every valid member's name and addresses, as its certificate says.
+    pub hosts: Vec<(NodeId, String, Vec<String>)>,
     /// Certificates refused, with why (revoked, expired, another CA).
     pub refused: Vec<String>,
 }
@@ -448,7 +450,7 @@ pub fn load_membership(spec: &IdentitySpec, base: &Path, me: NodeId) -> Result<M
     let mut paths: Vec<PathBuf> =
         entries.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".crt.toml")).collect();
     paths.sort();
-    let (mut members, mut refused_members) = (Vec::new(), Vec::new());
+    let (mut members, mut refused_members, mut hosts) = (Vec::new(), Vec::new(), Vec::new());
     for p in paths {
         let c = match read_cert(&p) {
             Ok(c) => c,
@@ -465,11 +467,12 @@ pub fn load_membership(spec: &IdentitySpec, base: &Path, me: NodeId) -> Result<M
                 let k = vmm::random::parse_hex32(&c.keys.signing_public, "signing_public").expect("checked");
                 let l = vmm::random::parse_hex32(&c.keys.link_public, "link_public").expect("checked");
                 members.push((c.node, k, l));
+                hosts.push((c.node, c.name.clone(), c.addrs.clone()));
             }
             Err(why) => refused_members.push(format!("{} (node {}): {why}", p.display(), c.node)),
         }
     }
-    Ok(Membership { signing_secret, link_secret, members, refused: refused_members })
+    Ok(Membership { signing_secret, link_secret, members, hosts, refused: refused_members })
 }
 
 /// What a link key derivation binds besides the shared secret.

@@ -238,9 +238,10 @@ struct IdentityWatch {
 const IDENTITY_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The identity files of `file` (loaded from `config`) and when each last
-/// changed: the CA, the list, the certificate, the members directory and
+/// changed (what a node and an edge compare to notice a revocation or a
+/// new member): the CA, the list, the certificate, the members directory and
 /// each member certificate.
-fn identity_stamp(file: &NodeFile, config: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+pub fn identity_stamp(file: &NodeFile, config: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
     let Some(spec) = &file.identity else { return Vec::new() };
     let base = config.parent().unwrap_or(Path::new("."));
     let at = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
