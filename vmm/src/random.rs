@@ -32,12 +32,18 @@ pub fn hex(b: &[u8]) -> String {
 
 /// 32 bytes from 64 hex digits; `what` names the value in the error.
 pub fn parse_hex32(s: &str, what: &str) -> Result<[u8; 32], String> {
-    let mut k = [0u8; 32];
-    if s.len() != 64 || !s.is_ascii() {
-        return Err(format!("{what} must be 64 hex digits"));
+    parse_hex(s, what)
+}
+
+/// `N` bytes from `2N` hex digits; `what` names the value in the error.
+pub fn parse_hex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
+    let bad = || format!("{what} must be {} hex digits", 2 * N);
+    let mut k = [0u8; N];
+    if s.len() != 2 * N || !s.is_ascii() {
+        return Err(bad());
     }
     for (i, o) in k.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| format!("{what} must be 64 hex digits"))?;
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(k)
 }

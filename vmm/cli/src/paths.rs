@@ -49,27 +49,17 @@ pub struct PathsArgs {
 /// Prints the paths; exit 2 when some protocol has none.
 pub fn run(a: PathsArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let file = a.config.as_deref().map(node::NodeFile::load).transpose()?;
-    let names: Vec<(NodeId, String)> =
-        file.as_ref().map(|f| f.host.iter().map(|h| (h.node, h.name.clone())).collect()).unwrap_or_default();
     let id_of = |s: &str| -> Result<NodeId, String> {
         s.parse::<NodeId>()
             .ok()
-            .or_else(|| names.iter().find(|(_, n)| n == s).map(|(id, _)| *id))
+            .or_else(|| file.as_ref()?.node_of_host(s))
             .ok_or_else(|| format!("{s:?} is neither a node id nor a host of the config (give --config to name hosts)"))
     };
     let (src, dst) = (id_of(&a.from)?, id_of(&a.to)?);
     let page = node::metrics::fetch(&a.metrics).map_err(|e| format!("cannot read {}: {e}", a.metrics))?;
     let topo = node::paths::topology_from_metrics(&page)?;
-    let configured: Vec<Link> = file
-        .as_ref()
-        .map(|f| {
-            f.link
-                .iter()
-                .map(|l| Link { a: l.a, b: l.b, latency_us: l.latency_us, bandwidth_mbps: l.bandwidth_mbps })
-                .collect()
-        })
-        .unwrap_or_default();
-    let name = |n: NodeId| names.iter().find(|(id, _)| *id == n).map_or_else(|| format!("n{n}"), |(_, s)| s.clone());
+    let configured: Vec<Link> = file.as_ref().map(node::NodeFile::links).unwrap_or_default();
+    let name = |n: NodeId| file.as_ref().map_or_else(|| format!("n{n}"), |f| f.host_label(n));
     let (dot, found) = node::paths::dot(&configured, &topo, src, dst, name);
     let missing = found.iter().any(|(_, p)| p.is_empty());
     match a.format {

@@ -44,9 +44,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 pub fn run(a: StatusArgs) -> Result<i32, Box<dyn std::error::Error>> {
     let file = a.config.as_deref().map(node::NodeFile::load).transpose()?;
     let me = file.as_ref().map(|f| f.id);
-    let names: Vec<(NodeId, String)> =
-        file.as_ref().map(|f| f.host.iter().map(|h| (h.node, h.name.clone())).collect()).unwrap_or_default();
-    let name = |n: NodeId| names.iter().find(|(id, _)| *id == n).map_or_else(|| format!("n{n}"), |(_, s)| s.clone());
+    let name = |n: NodeId| file.as_ref().map_or_else(|| format!("n{n}"), |f| f.host_label(n));
     let clear = !a.json && std::io::stdout().is_terminal();
     let mut before: Option<(Snapshot, Instant)> = None;
     let mut shown = 0u64;

@@ -11,7 +11,7 @@
 //! for an onion request, whose exit is drawn at random: an exit an
 //! observer can predict from the topology would undo the circuit.
 
-use guest_agent::routing::{Link, NodeId, Shortest, Topology};
+use guest_agent::routing::{NodeId, Shortest, Topology};
 use node::exit_policy::{ExitPolicy, PortVerdict};
 use node::NodeFile;
 
@@ -84,11 +84,8 @@ pub fn place(
             PortVerdict::Refused(line) => Err(line),
         },
     })?;
-    let target = match target {
-        Target::Addr(a) => a.to_string(),
-        Target::Domain(d, p) => format!("{d}:{p}"),
-    };
-    Ok(Place { node: exit.node, target, exit: Some(exit) })
+    // `[v6]:port` or `name:port`, as the exit's connector parses it.
+    Ok(Place { node: exit.node, target: target.to_string(), exit: Some(exit) })
 }
 
 /// The exit that answers a name lookup (every exit answers them): the
@@ -114,13 +111,7 @@ fn choose(
     if exits.is_empty() {
         return Err(NoPlace::NoExit);
     }
-    let topo = Topology::new(
-        file.link
-            .iter()
-            .map(|l| Link { a: l.a, b: l.b, latency_us: l.latency_us, bandwidth_mbps: l.bandwidth_mbps })
-            .collect(),
-    );
-    let table = Shortest::compute(&topo, file.id);
+    let table = Shortest::compute(&Topology::new(file.links()), file.id);
     let mut rows = Vec::with_capacity(exits.len());
     let mut candidates: Vec<(NodeId, u64, String)> = Vec::new();
     for (node, policy) in exits {

@@ -275,29 +275,30 @@ impl Replier {
     }
 
     fn answer(&self, bound: &Bound) {
-        if self.sent.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let addr = match bound {
             Bound::Ip(a) => guest_agent::socks::Addr::Ip((*a, 0).into()),
             Bound::Name(n) => guest_agent::socks::Addr::Domain(n, 0),
         };
-        if let Some(mut c) = self.conn.as_ref().and_then(|c| c.try_clone().ok()) {
-            let _ = socks::reply_bound(&mut c, addr);
+        if self.send_with(|c| socks::reply_bound(c, addr)) {
+            self.events.emit(&Event::Answered {
+                flow: self.flow.clone(),
+                answer: bound.to_string(),
+                since_accept_us: micros(self.accepted.elapsed()),
+            });
         }
-        self.events.emit(&Event::Answered {
-            flow: self.flow.clone(),
-            answer: bound.to_string(),
-            since_accept_us: micros(self.accepted.elapsed()),
-        });
     }
 
     fn send(&self, code: Reply) -> bool {
+        self.send_with(|c| socks::reply(c, code))
+    }
+
+    /// Writes the one reply with `write`, unless one went out already.
+    fn send_with(&self, write: impl FnOnce(&mut TcpStream) -> io::Result<()>) -> bool {
         if self.sent.swap(true, Ordering::AcqRel) {
             return false;
         }
         if let Some(mut c) = self.conn.as_ref().and_then(|c| c.try_clone().ok()) {
-            let _ = socks::reply(&mut c, code);
+            let _ = write(&mut c);
         }
         true
     }
@@ -333,7 +334,7 @@ impl Edge {
             image,
             pool,
             view: std::sync::RwLock::new(Arc::new(View {
-                stamp: node::identity_stamp(&file, &cfg.config),
+                stamp: node::identity_stamp(file.identity.as_ref(), &cfg.config),
                 file,
                 exits,
             })),
@@ -368,12 +369,12 @@ impl Edge {
             }
             *at = Instant::now();
         }
-        if node::identity_stamp(&current.file, &self.config) == current.stamp {
+        if node::identity_stamp(current.file.identity.as_ref(), &self.config) == current.stamp {
             return current;
         }
         let fresh = NodeFile::load(&self.config).and_then(|f| {
             let exits = f.exits()?;
-            Ok(View { stamp: node::identity_stamp(&f, &self.config), file: f, exits })
+            Ok(View { stamp: node::identity_stamp(f.identity.as_ref(), &self.config), file: f, exits })
         });
         match fresh {
             Ok(v) => {
@@ -595,6 +596,17 @@ impl Edge {
         }
     }
 
+    /// What request VMs are built from.
+    fn vmm(&self) -> request::Vmm<'_> {
+        request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() }
+    }
+
+    /// Reports `vm_up` for `spec`'s VM, timed from now.
+    fn on_vm_up(&self, spec: &RequestSpec) -> impl FnOnce() {
+        let (events, spawning, flow, dst) = (self.events.clone(), Instant::now(), spec.flow, spec.dst);
+        move || events.emit(&Event::VmUp { flow: flow_name(flow), dst, spawn_us: micros(spawning.elapsed()) })
+    }
+
     /// Where a request goes, or how it is answered without a VM.
     fn plan(&self, view: &View, command: Command, target: &Target, avoid: &[u16], onion: bool) -> Result<Place, Early> {
         let refusal = |e: NoPlace| match e {
@@ -668,16 +680,8 @@ impl Edge {
                 StreamReport::Unknown(v) => r.refuse(Reply::GeneralFailure, format!("request VM reported {v}")),
             }
         };
-        let vm = request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() };
-        let (events, spawning) = (self.events.clone(), Instant::now());
-        let on_up = || {
-            events.emit(&Event::VmUp {
-                flow: flow_name(spec.flow),
-                dst: spec.dst,
-                spawn_us: micros(spawning.elapsed()),
-            })
-        };
-        let ran = request::run(&vm, file, spec, ports, OwnedFd::from(theirs), log, on_stream, on_up);
+        let ran =
+            request::run(&self.vmm(), file, spec, ports, OwnedFd::from(theirs), log, on_stream, self.on_vm_up(spec));
         let answer = match reader {
             Ok(t) => t.join().ok().and_then(Result::ok).unwrap_or_default(),
             Err(_) => Vec::new(),
@@ -736,17 +740,8 @@ impl Edge {
                 StreamReport::Unknown(v) => r.refuse(Reply::GeneralFailure, format!("request VM reported {v}")),
             }
         };
-        let spawning = Instant::now();
-        let events = self.events.clone();
-        let on_up = || {
-            events.emit(&Event::VmUp {
-                flow: flow_name(spec.flow),
-                dst: spec.dst,
-                spawn_us: micros(spawning.elapsed()),
-            })
-        };
-        let vm = request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() };
-        match request::run(&vm, file, spec, ports, OwnedFd::from(conn), log, on_stream, on_up) {
+        let vm = self.vmm();
+        match request::run(&vm, file, spec, ports, OwnedFd::from(conn), log, on_stream, self.on_vm_up(spec)) {
             Ok(outcome) => {
                 let changes = outcome.guest_stats.map_or(0, |s| s.topology_changes);
                 eprintln!(

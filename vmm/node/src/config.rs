@@ -418,6 +418,24 @@ impl NodeFile {
         toml::from_str(text).map_err(|e| NodeFileError::Parse { path: path.into(), msg: e.to_string() })
     }
 
+    /// The configured topology's links, as routing takes them.
+    pub fn links(&self) -> Vec<Link> {
+        self.link
+            .iter()
+            .map(|l| Link { a: l.a, b: l.b, latency_us: l.latency_us, bandwidth_mbps: l.bandwidth_mbps })
+            .collect()
+    }
+
+    /// How a person knows node `id`: its host name, else `nID`.
+    pub fn host_label(&self, id: NodeId) -> String {
+        self.host.iter().find(|h| h.node == id).map_or_else(|| format!("n{id}"), |h| h.name.clone())
+    }
+
+    /// The node id of host `name`.
+    pub fn node_of_host(&self, name: &str) -> Option<NodeId> {
+        self.host.iter().find(|h| h.name == name).map(|h| h.node)
+    }
+
     /// Where this node's streams may be connected ([`NodeFile::allow`]).
     pub fn allow_policy(&self) -> Result<AllowPolicy, NodeFileError> {
         let own = self.host.iter().filter(|h| h.node == self.id).flat_map(|h| h.addrs.iter().cloned());
@@ -485,11 +503,7 @@ impl NodeFile {
             })
             .collect::<Result<Vec<_>, String>>()
             .map_err(NodeFileError::Invalid)?;
-        let links = self
-            .link
-            .iter()
-            .map(|l| Link { a: l.a, b: l.b, latency_us: l.latency_us, bandwidth_mbps: l.bandwidth_mbps })
-            .collect();
+        let links = self.links();
         let protocol = match policy::protocols::by_name(&self.protocol) {
             Some(p) if p.name == "onion" => {
                 return Err(NodeFileError::Invalid(

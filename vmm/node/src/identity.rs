@@ -214,19 +214,8 @@ fn short(hex: &str) -> &str {
 fn verify(public_hex: &str, msg: &[u8], sig_hex: &str) -> Result<(), String> {
     let public = vmm::random::parse_hex32(public_hex, "the CA key")?;
     let key = VerifyingKey::from_bytes(&public).map_err(|_| "the CA key is no Ed25519 key".to_string())?;
-    let sig = parse_hex64(sig_hex)?;
+    let sig = vmm::random::parse_hex::<64>(sig_hex, "a signature")?;
     key.verify(msg, &Signature::from_bytes(&sig)).map_err(|_| "does not verify".to_string())
-}
-
-fn parse_hex64(s: &str) -> Result<[u8; 64], String> {
-    if s.len() != 128 || !s.is_ascii() {
-        return Err("a signature is 128 hex digits".into());
-    }
-    let mut out = [0u8; 64];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| "a signature is hex".to_string())?;
-    }
-    Ok(out)
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, IdentityError> {

@@ -193,7 +193,8 @@ pub fn run(
     }
     let identity = file.identity.is_some().then(|| IdentityWatch {
         config: opts.config.to_path_buf(),
-        seen: identity_stamp(&file, opts.config),
+        spec: file.identity.clone(),
+        seen: identity_stamp(file.identity.as_ref(), opts.config),
         reload: opts.reload.clone(),
     });
     let watch = RouteWatch { node, events: opts.events.clone(), probe, identity };
@@ -230,6 +231,8 @@ struct RouteWatch {
 /// state refused), within [`IDENTITY_WATCH_EVERY`] of the change.
 struct IdentityWatch {
     config: PathBuf,
+    /// The `[identity]` the node started with.
+    spec: Option<identity::IdentitySpec>,
     seen: Vec<(PathBuf, Option<std::time::SystemTime>)>,
     reload: Arc<AtomicBool>,
 }
@@ -237,12 +240,15 @@ struct IdentityWatch {
 /// How often a node looks at its identity files.
 const IDENTITY_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The identity files of `file` (loaded from `config`) and when each last
+/// The identity files `spec` names (relative to `config`) and when each last
 /// changed (what a node and an edge compare to notice a revocation or a
 /// new member): the CA, the list, the certificate, the members directory and
 /// each member certificate.
-pub fn identity_stamp(file: &NodeFile, config: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
-    let Some(spec) = &file.identity else { return Vec::new() };
+pub fn identity_stamp(
+    spec: Option<&identity::IdentitySpec>,
+    config: &Path,
+) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+    let Some(spec) = spec else { return Vec::new() };
     let base = config.parent().unwrap_or(Path::new("."));
     let at = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
     let mut paths = vec![at(&spec.ca), at(&spec.cert), at(&spec.members)];
@@ -258,9 +264,7 @@ pub fn identity_stamp(file: &NodeFile, config: &Path) -> Vec<(PathBuf, Option<st
 impl IdentityWatch {
     /// Whether the files changed since the node started.
     fn changed(&self) -> bool {
-        let Ok(text) = std::fs::read_to_string(&self.config) else { return false };
-        let Ok(file) = NodeFile::parse(&self.config, &text) else { return false };
-        identity_stamp(&file, &self.config) != self.seen
+        identity_stamp(self.spec.as_ref(), &self.config) != self.seen
     }
 }
 

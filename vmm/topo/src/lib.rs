@@ -390,9 +390,9 @@ impl Topo {
                 fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             })
             .map_err(|source| TopoError::Write { path: dir.clone(), source })?;
-        let identity = self.issue_identities(&dir)?;
+        self.issue_identities(&dir)?;
         for (host, mut node) in self.node_files() {
-            node.identity = Some(identity.spec(&host));
+            node.identity = Some(identity_spec(&host));
             // Written as a person would: interface and neighbour; the
             // MACs (the veth's own, broadcast for the neighbour), link ids
             // (from the node ids) and each link's key (agreed from the two
@@ -412,7 +412,7 @@ impl Topo {
     /// same library calls): a CA in `DIR/identity/ca`, each host's keys
     /// in `DIR/identity/HOST.key` (0600) and its certificate among the
     /// members in `DIR/identity/members`.
-    fn issue_identities(&self, dir: &Path) -> Result<Identities, TopoError> {
+    fn issue_identities(&self, dir: &Path) -> Result<(), TopoError> {
         let root = dir.join("identity");
         let fail = |e: node::identity::IdentityError| TopoError::Command {
             cmd: "issue identities".into(),
@@ -429,7 +429,7 @@ impl Topo {
             fs::create_dir_all(&members).map_err(|source| TopoError::Write { path: members.clone(), source })?;
             node::identity::write_cert(&members.join(format!("{}.crt.toml", h.name)), &cert).map_err(fail)?;
         }
-        Ok(Identities)
+        Ok(())
     }
 
     /// Host `host`'s addresses on its links.
@@ -574,20 +574,16 @@ impl Topo {
     }
 }
 
-/// Where `write_node_configs` put the identity files, as node configs
-/// name them (relative to the configuration's directory).
-struct Identities;
-
-impl Identities {
-    fn spec(&self, host: &str) -> node::identity::IdentitySpec {
-        let root = Path::new("identity");
-        node::identity::IdentitySpec {
-            ca: root.join("ca/ca.toml"),
-            crl: Some(root.join("ca/crl.toml")),
-            cert: root.join(format!("members/{host}.crt.toml")),
-            key: root.join(format!("{host}.key")),
-            members: root.join("members"),
-        }
+/// Where `write_node_configs` puts host `host`'s identity files, as its
+/// node config names them (relative to the configuration's directory).
+fn identity_spec(host: &str) -> node::identity::IdentitySpec {
+    let root = Path::new("identity");
+    node::identity::IdentitySpec {
+        ca: root.join("ca/ca.toml"),
+        crl: Some(root.join("ca/crl.toml")),
+        cert: root.join(format!("members/{host}.crt.toml")),
+        key: root.join(format!("{host}.key")),
+        members: root.join("members"),
     }
 }
 
