@@ -76,12 +76,14 @@ fn an_app_in_the_sandbox_reaches_names_and_ipv6_through_exits_and_leaks_no_dns_o
 
     // UDP that is not DNS is refused and counted, never sent.
     let ev = dir.0.join("udp.jsonl");
-    let udp = "import socket\nfor a in [('10.232.0.2', 9999), ('192.0.2.1', 123)]:\n    \
+    // The last datagram goes to port 53 but is no DNS query.
+    let udp = "import socket\nfor a in [('10.232.0.2', 9999), ('192.0.2.1', 123), ('192.0.2.53', 53)]:\n    \
                socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'leak?', a)\n";
     let out = run_in_a(&topo, &ev, &["python3", "-c", udp]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ended = &Events::new(ev).of("run_ended")[0];
     assert!(ended["refused_packets"].as_u64().unwrap() >= 2, "{ended}");
+    assert_eq!(ended["dns_dropped"], 1, "garbage to the resolver is a counted drop: {ended}");
 
     // Anyone but the app reaching the relay's end of the link (here A's
     // own stack) is dropped, never carried to the edge.

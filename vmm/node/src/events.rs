@@ -216,6 +216,8 @@ pub enum Event {
         /// Connections and datagrams to the relay from anyone but the app,
         /// dropped.
         strangers: u64,
+        /// Datagrams to the resolver that were no DNS query, dropped.
+        dns_dropped: u64,
     },
     /// A lookup (SOCKS RESOLVE / RESOLVE_PTR) was answered.
     Answered {

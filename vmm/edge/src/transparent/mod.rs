@@ -68,6 +68,7 @@ pub fn run(cfg: RunConfig) -> Result<(i32, RelayCounts, u64), SetupError> {
         dns_answers: counts.dns_answers,
         refused_packets: refused,
         strangers: counts.strangers,
+        dns_dropped: counts.dns_dropped,
     });
     Ok((status, counts, refused))
 }

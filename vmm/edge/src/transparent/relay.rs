@@ -32,6 +32,8 @@ pub struct RelayCounts {
     pub dns_answers: u64,
     /// Connections and datagrams from anyone but the app, dropped.
     pub strangers: u64,
+    /// Datagrams to the resolver that were no DNS query, dropped.
+    pub dns_dropped: u64,
 }
 
 #[derive(Default)]
@@ -40,6 +42,7 @@ struct Counts {
     refused: AtomicU64,
     dns_answers: AtomicU64,
     strangers: AtomicU64,
+    dns_dropped: AtomicU64,
 }
 
 /// What every relay thread shares.
@@ -117,6 +120,7 @@ impl Relay {
             refused: c.refused.load(Ordering::Relaxed),
             dns_answers: c.dns_answers.load(Ordering::Relaxed),
             strangers: c.strangers.load(Ordering::Relaxed),
+            dns_dropped: c.dns_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -255,7 +259,10 @@ fn dns_loop(u: &UdpSocket, shared: &Shared) {
             continue;
         }
         let answered = shared.resolver.lock().unwrap_or_else(|p| p.into_inner()).answer(&buf[..n]);
-        let Ok((response, what)) = answered else { continue };
+        let Ok((response, what)) = answered else {
+            shared.counts.dns_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         if u.send_to(&response, from).is_ok() {
             shared.counts.dns_answers.fetch_add(1, Ordering::Relaxed);
         }
