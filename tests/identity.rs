@@ -103,7 +103,7 @@ fn every_neighbour_refuses_a_revoked_node() {
     let up = &b.events().of("node_up")[0];
     assert_eq!(up["ports"], 1, "{up}");
     let refused = up["refused_ports"][0].as_str().unwrap_or_default();
-    assert!(refused.contains("neighbour 3 has no valid certificate"), "{up}");
+    assert!(refused.contains("neighbour 3's certificate is refused"), "{up}");
 }
 
 #[test]
@@ -143,48 +143,56 @@ fn a_revocation_takes_effect_on_running_nodes_within_seconds() {
     drop(edge);
 }
 
-/// `host`'s config without anything about node `gone` (its links and its
-/// host entry): what a config written before `gone` joined says.
-fn forget(topo: &TopoGuard, host: &str, gone: i64) {
+/// `host`'s config without the links of node `gone`: what a config
+/// written before `gone` joined says (its name stays, as a published host
+/// name would: that is how apps name it, not how nodes trust it).
+fn forget_links(topo: &TopoGuard, host: &str, gone: i64) {
+    edit_config(topo, host, |t| {
+        if let Some(links) = t.get_mut("link").and_then(|l| l.as_array_mut()) {
+            links.retain(|l| l["a"].as_integer() != Some(gone) && l["b"].as_integer() != Some(gone));
+        }
+    });
+}
+
+fn edit_config(topo: &TopoGuard, host: &str, f: impl FnOnce(&mut toml::Table)) {
     let path = topo.node_config(host);
     let mut v: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let t = v.as_table_mut().unwrap();
-    if let Some(links) = t.get_mut("link").and_then(|l| l.as_array_mut()) {
-        links.retain(|l| l["a"].as_integer() != Some(gone) && l["b"].as_integer() != Some(gone));
-    }
-    if let Some(hosts) = t.get_mut("host").and_then(|l| l.as_array_mut()) {
-        hosts.retain(|h| h["node"].as_integer() != Some(gone));
-    }
+    f(v.as_table_mut().unwrap());
     std::fs::write(&path, toml::to_string(&v).unwrap()).unwrap();
 }
 
 #[test]
-fn a_member_that_joins_is_routed_to_from_signed_link_state_alone() {
+fn a_member_whose_certificate_nobody_was_given_is_linked_and_routed_to_from_its_hello_and_link_state() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
     }
     let topo = TopoGuard::up_file(&workspace().join("tests/topologies/join4.toml"));
-    let members = topo.node_config("a").parent().unwrap().join("identity/members");
-    let (d_cert, away) = (members.join("d.crt.toml"), topo.node_config("a").parent().unwrap().join("d.crt.away"));
-    std::fs::rename(&d_cert, &away).unwrap();
-    // A's and C's configs were written before D existed.
-    forget(&topo, "a", 4);
-    forget(&topo, "c", 4);
+    let identity = topo.node_config("a").parent().unwrap().join("identity");
+    // D's certificate stays with D: out of the members everyone reads,
+    // into a directory only D's config names.
+    let own = identity.join("d-own");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::rename(identity.join("members/d.crt.toml"), own.join("d.crt.toml")).unwrap();
+    edit_config(&topo, "d", |t| {
+        t["identity"]["cert"] = toml::Value::String("identity/d-own/d.crt.toml".into());
+    });
+    // A's and C's configs were written before D existed; B's has a port
+    // to D (its neighbour), with no key and no certificate of D.
+    forget_links(&topo, "a", 4);
+    forget_links(&topo, "c", 4);
     let dir = TempDir::new();
-    let _c = topo.start_node("c", 3, &dir.0.join("c.json"));
+    let c = topo.start_node("c", 3, &dir.0.join("c.json"));
     let b = topo.start_node("b", 2, &dir.0.join("b.json"));
-    assert_eq!(b.events().of("node_up")[0]["ports"], 2, "B links to A and C, not to D yet");
+    let up = &b.events().of("node_up")[0];
+    assert_eq!(up["ports"], 3, "B keeps its port to D, waiting for D's hello: {up}");
     let edge = pathvm_tests::edge::start_edge(&topo);
     let body = random_bytes(128 << 10, 71);
     let port = pathvm_tests::edge::http_server(&topo.netns("d"), body.clone());
     let url = format!("http://d:{port}/file");
     assert_eq!(pathvm_tests::edge::curl(&topo, &url, None).0, Some(97), "D is nobody yet");
 
-    // D joins: its certificate is copied to the members; B links to it,
-    // D's node starts; nobody else's config changes.
-    std::fs::rename(&away, &d_cert).unwrap();
-    b.events().wait_n(2, std::time::Duration::from_secs(20), |e| pathvm_tests::events::is(e, "node_up"));
-    let _d = topo.start_node("d", 4, &dir.0.join("d.json"));
+    // D joins: it starts; nobody else's config or files change.
+    let d = topo.start_node("d", 4, &dir.0.join("d.json"));
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (code, got) = pathvm_tests::edge::curl(&topo, &url, None);
@@ -195,4 +203,18 @@ fn a_member_that_joins_is_routed_to_from_signed_link_state_alone() {
         assert!(std::time::Instant::now() < until, "D was never routed to: {}", edge.events.dump());
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    drop(edge);
+    for daemon in [d, b, c] {
+        daemon.terminate(std::time::Duration::from_secs(10));
+    }
+    let node = |h: &str| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.0.join(format!("{h}.json"))).unwrap()).unwrap();
+        v["node"].clone()
+    };
+    let (b, c) = (node("b"), node("c"));
+    assert_eq!(b["links_keyed"], 1, "B keyed its link to D from D's hello: {b}");
+    assert!(b["hellos_sent"].as_u64().unwrap() > 0, "and told D who it is: {b}");
+    assert_eq!(c["members_learned"], 1, "C knows D from D's advertisements alone: {c}");
+    assert_eq!(b["drops"]["bad_certificate"], 0);
 }

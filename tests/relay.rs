@@ -343,6 +343,7 @@ fn link_state_forged_by_a_neighbour_is_refused_and_the_relay_keeps_its_routes() 
                 onion_key: [0; 32],
                 links: vec![LinkReport { peer: 2, status: LinkStatus::Down, latency_us: 0, loss_permille: 1000 }],
                 sig: [0; 64],
+                cert: Vec::new(),
             };
             LsaSigner::new(&a_secret).sign(&mut l);
             let mut payload = Vec::new();

@@ -17,7 +17,7 @@ use crate::router::DropCounters;
 use crate::routing::{Link, NodeId, Topology};
 
 /// First bytes of an encoded [`NodeConfig`].
-const CONFIG_MAGIC: [u8; 4] = *b"PVN7";
+const CONFIG_MAGIC: [u8; 4] = *b"PVN8";
 const PORT_LEN: usize = 2 + 6 + 4 + 4 + 4 + 1 + 32;
 const LINK_LEN: usize = 2 + 2 + 4 + 4;
 const KEY_ENTRY_LEN: usize = 2 + 32;
@@ -26,6 +26,8 @@ const HEAD_LEN: usize = 4 + 8 + 8 + 32 + 4 + 4;
 pub const MAX_KEYS: usize = 255;
 /// Most ports (virtio-net devices) a node has.
 pub const MAX_PORTS: usize = 7;
+/// Most revoked serials a config carries.
+pub const MAX_REVOKED: usize = 64;
 
 /// One link port of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,11 @@ pub enum KeyScope {
     /// The key of `tx_link_id` alone; the neighbour's node seals frames
     /// for this sender with the key's [`reply`](crate::wire::LinkKey::reply).
     Own,
+    /// None yet: the host was not given the neighbour's certificate, so the
+    /// node agrees the link key from the one the neighbour's hello carries
+    /// ([`crate::routing::member`]); until then nothing on the link
+    /// authenticates.
+    Certified,
 }
 
 impl KeyScope {
@@ -66,6 +73,7 @@ impl KeyScope {
         match self {
             Self::Link => 0,
             Self::Own => 1,
+            Self::Certified => 2,
         }
     }
 
@@ -73,6 +81,7 @@ impl KeyScope {
         match b {
             0 => Ok(Self::Link),
             1 => Ok(Self::Own),
+            2 => Ok(Self::Certified),
             _ => Err(ConfigError::BadKeyScope),
         }
     }
@@ -114,6 +123,62 @@ pub struct NodeConfig {
     /// Every node's link-state public key: the origins whose
     /// advertisements this node accepts.
     pub lsa_keys: Vec<(NodeId, [u8; 32])>,
+    /// What a node of a certified network checks and shows members it was
+    /// not given by ([`crate::routing::member`]); empty without a CA.
+    pub identity: IdentityConfig,
+}
+
+/// A certified network's part of a [`NodeConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// The network CA's Ed25519 public key; all zero: none (only
+    /// configured keys are taken).
+    pub ca_public: [u8; 32],
+    /// Serials of revoked certificates.
+    pub revoked: Vec<[u8; crate::routing::member::SERIAL_LEN]>,
+    /// This node's certificate, wire form (sent in its hellos and
+    /// advertisements); empty: none (request VMs).
+    pub cert: Vec<u8>,
+    /// This node's X25519 link secret, for [`KeyScope::Certified`] ports;
+    /// all zero: none.
+    pub link_secret: [u8; 32],
+}
+
+impl IdentityConfig {
+    fn encoded_len(&self) -> usize {
+        32 + 32 + 2 + self.cert.len() + 1 + self.revoked.len().min(MAX_REVOKED) * crate::routing::member::SERIAL_LEN
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.ca_public);
+        out.extend_from_slice(&self.link_secret);
+        out.extend_from_slice(&(self.cert.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.cert);
+        out.push(self.revoked.len().min(MAX_REVOKED) as u8);
+        for r in self.revoked.iter().take(MAX_REVOKED) {
+            out.extend_from_slice(r);
+        }
+    }
+
+    fn decode(b: &mut &[u8]) -> Result<Self, ConfigError> {
+        let mut ca_public = [0u8; 32];
+        ca_public.copy_from_slice(take(b, 32)?);
+        let mut link_secret = [0u8; 32];
+        link_secret.copy_from_slice(take(b, 32)?);
+        let n = be16(take(b, 2)?) as usize;
+        if n > crate::routing::member::MAX_CERT_LEN {
+            return Err(ConfigError::Truncated);
+        }
+        let cert = take(b, n)?.to_vec();
+        let nrev = take(b, 1)?[0] as usize;
+        let mut revoked = Vec::with_capacity(nrev.min(MAX_REVOKED));
+        for _ in 0..nrev {
+            let mut r = [0u8; crate::routing::member::SERIAL_LEN];
+            r.copy_from_slice(take(b, crate::routing::member::SERIAL_LEN)?);
+            revoked.push(r);
+        }
+        Ok(Self { ca_public, revoked, cert, link_secret })
+    }
 }
 
 /// Why an encoded config was refused.
@@ -194,6 +259,7 @@ impl NodeConfig {
         out.extend_from_slice(&self.lsa_secret);
         out.push(self.lsa_keys.len().min(MAX_KEYS) as u8);
         encode_keys(&self.lsa_keys, out);
+        self.identity.encode(out);
     }
 
     /// Bytes [`encode`](Self::encode) writes.
@@ -204,6 +270,7 @@ impl NodeConfig {
             + 32
             + 1
             + self.lsa_keys.len().min(MAX_KEYS) * KEY_ENTRY_LEN
+            + self.identity.encoded_len()
     }
 
     /// Decodes what `encode` wrote.
@@ -249,6 +316,7 @@ impl NodeConfig {
         lsa_secret.copy_from_slice(take(&mut b, 32)?);
         let nkeys = take(&mut b, 1)?[0] as usize;
         let lsa_keys = decode_keys(&mut b, nkeys)?;
+        let identity = IdentityConfig::decode(&mut b)?;
         Ok(Self {
             me,
             hop_limit,
@@ -261,6 +329,7 @@ impl NodeConfig {
             idle_timeout_s,
             lsa_secret,
             lsa_keys,
+            identity,
         })
     }
 
@@ -281,11 +350,17 @@ impl NodeConfig {
                     KeyScope::Link => crate::wire::LinkKey::new(&p.key).derive_bytes(id),
                     // Already narrowed: nothing further can be derived.
                     KeyScope::Own => p.key,
+                    // No key: the VM's frames on this port authenticate
+                    // nowhere (an edge has its neighbours' certificates).
+                    KeyScope::Certified => [0; 32],
                 };
                 PortConfig { tx_link_id: id, scope: KeyScope::Own, key: own, ..*p }
             })
             .collect();
-        NodeConfig { ports, onion_period_s: 0, lsa_secret: [0; 32], ..self.clone() }
+        // It checks certificates in the link state it pulls (members the
+        // edge was not given), but has none of its own and keys no link.
+        let identity = IdentityConfig { cert: Vec::new(), link_secret: [0; 32], ..self.identity.clone() };
+        NodeConfig { ports, onion_period_s: 0, lsa_secret: [0; 32], identity, ..self.clone() }
     }
 
     /// Wipes the seed and the secrets once the router holds what it needs
@@ -295,6 +370,7 @@ impl NodeConfig {
         use zeroize::Zeroize;
         self.seed.zeroize();
         self.lsa_secret.zeroize();
+        self.identity.link_secret.zeroize();
         for p in &mut self.ports {
             p.key.zeroize();
         }
@@ -456,6 +532,13 @@ pub struct NodeStats {
     /// Streams ending here reset because their source went silent for the
     /// idle timeout (an edge that died, a source that left).
     pub flows_expired: u64,
+    /// Certificate hellos this node sent (on links it did not hear).
+    pub hellos_sent: u64,
+    /// Links keyed from a neighbour's certificate hello.
+    pub links_keyed: u64,
+    /// Members whose keys this node learnt from certificates in their
+    /// advertisements (not given at boot).
+    pub members_learned: u64,
     /// A request VM's way to its stream's answer (zeros on node VMs).
     pub connect: ConnectTimes,
     /// Drops by reason.
@@ -618,6 +701,12 @@ mod tests {
             idle_timeout_s: 300,
             lsa_secret: [7; 32],
             lsa_keys: vec![(1, [10; 32]), (3, [11; 32])],
+            identity: IdentityConfig {
+                ca_public: [12; 32],
+                revoked: vec![[13; 16], [14; 16]],
+                cert: vec![15; 200],
+                link_secret: [16; 32],
+            },
         }
     }
 
@@ -643,6 +732,9 @@ mod tests {
         assert_eq!((v.onion_period_s, v.lsa_secret), (0, [0; 32]), "no onion key, no secret of the host's node");
         assert_eq!((v.me, v.seed), (cfg.me, cfg.seed));
         assert_eq!(v.lsa_keys, cfg.lsa_keys, "it checks link state as nodes do");
+        let id = &v.identity;
+        assert_eq!((id.ca_public, &id.revoked), (cfg.identity.ca_public, &cfg.identity.revoked), "and certificates");
+        assert!(id.cert.is_empty() && id.link_secret == [0; 32], "but holds no certificate or link secret");
     }
 
     #[test]

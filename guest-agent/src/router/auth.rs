@@ -110,6 +110,9 @@ enum Keys {
     /// A request VM's: the key frames from the neighbour's node come
     /// under (the reply key of its own id).
     Own(LinkKey),
+    /// None yet ([`KeyScope::Certified`] before the neighbour's hello):
+    /// nothing authenticates.
+    None,
 }
 
 /// One link's keys and windows, both directions.
@@ -201,6 +204,9 @@ impl LinkAuth {
         let (keys, tx_key) = match pc.scope {
             KeyScope::Link => (Keys::Link(given.clone()), given.derive(pc.tx_link_id)),
             KeyScope::Own => (Keys::Own(given.reply()), given),
+            // What it seals no one can open (the neighbour has the real
+            // key), and it opens nothing.
+            KeyScope::Certified => (Keys::None, given),
         };
         Self {
             tx_link_id: pc.tx_link_id,
@@ -211,7 +217,7 @@ impl LinkAuth {
             next_seq: epoch_us.max(1),
             clock: WallClock::new(epoch_us, now),
             stale_below: match pc.scope {
-                KeyScope::Link => epoch_us,
+                KeyScope::Link | KeyScope::Certified => epoch_us,
                 KeyScope::Own => epoch_us.saturating_sub(REQUEST_GRACE_US),
             },
             rx: BTreeMap::new(),
@@ -248,6 +254,9 @@ impl LinkAuth {
         let id = repr.link_id;
         let seq = repr.link_seq;
         let offset = id.wrapping_sub(self.rx_link_id);
+        if matches!(self.keys, Keys::None) {
+            return Err(DropReason::UnknownLink);
+        }
         let own = matches!(self.keys, Keys::Own(_));
         // A request VM hears only the neighbour's node.
         if offset >= self.rx_link_span || id == RESERVED_LINK_ID || (own && offset != 0) {
@@ -280,6 +289,7 @@ impl LinkAuth {
         let key = match &self.keys {
             Keys::Link(link) => link.derive(id),
             Keys::Own(reply) => reply.clone(),
+            Keys::None => return Err(DropReason::UnknownLink),
         };
         key.open(p).map_err(DropReason::from)?;
         window.accept(seq);

@@ -68,6 +68,8 @@ impl<L: LinkPort> Router<L> {
                     self.stats.probe_acks += 1;
                 }
             }
+            // Hellos go unsealed, under the reserved id ([`super::hello`]).
+            Control::Hello(_) => return Err(DropReason::BadControl),
             Control::LsaRequest => {
                 let mut all: Vec<Lsa> = self.lsdb.lsas().cloned().collect();
                 all.extend(self.own_lsa.clone());
@@ -77,7 +79,9 @@ impl<L: LinkPort> Router<L> {
             }
             Control::LinkState(lsa) => {
                 let wall = self.clock.at(now);
-                if self.lsdb.offer(self.me, now, wall, lsa.clone(), &mut self.ports[i].lsa_budget)? {
+                let offered = self.lsdb.offer(self.me, now, wall, lsa.clone(), &mut self.ports[i].lsa_budget);
+                self.stats.members_learned = self.lsdb.keys().learned() as u64;
+                if offered? {
                     self.stats.lsas_accepted += 1;
                     if self.floods {
                         self.flood(&lsa, Some(i));
@@ -136,6 +140,9 @@ impl<L: LinkPort> Router<L> {
         // A request VM probes nothing: its neighbours measure its links'
         // far ends and report them in the link state it pulls.
         let probed = if self.floods { self.ports.len() } else { 0 };
+        if self.floods {
+            self.send_hellos(now);
+        }
         for j in 0..probed {
             if let Some((seq, sent_us)) = self.ports[j].monitor.poll_probe(now) {
                 let (flow, peer) = (self.control_flow, self.ports[j].peer);
@@ -183,7 +190,8 @@ impl<L: LinkPort> Router<L> {
                     let last = self.own_lsa.as_ref().map_or(0, |l| l.seq);
                     let seq = self.clock.at(now).max(last + LSA_MIN_INTERVAL_US);
                     let onion_key = self.onion.public();
-                    let mut lsa = Lsa { origin: self.me, seq, onion_key, links: own.clone(), sig: [0; 64] };
+                    let cert = self.identity.as_ref().map_or_else(Vec::new, |id| id.cert.clone());
+                    let mut lsa = Lsa { origin: self.me, seq, onion_key, links: own.clone(), sig: [0; 64], cert };
                     signer.sign(&mut lsa);
                     self.flood(&lsa, None);
                     self.own_lsa = Some(lsa);

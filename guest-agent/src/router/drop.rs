@@ -73,6 +73,9 @@ pub enum DropReason {
     /// A datagram for the host while the host's backlog is at its share
     /// for datagrams (the rest is kept for streams' acknowledged bytes).
     HostBacklog,
+    /// A certificate (in a hello or an advertisement) that does not hold:
+    /// another CA's, expired, revoked, another node's, or malformed.
+    BadCertificate,
 }
 
 impl From<crate::transport::e2e::E2eError> for DropReason {
@@ -100,6 +103,7 @@ impl From<crate::routing::linkstate::LsaRefusal> for DropReason {
             LsaRefusal::BadSignature => Self::BadSignature,
             LsaRefusal::Stale => Self::StaleLsa,
             LsaRefusal::RateLimited => Self::LsaRate,
+            LsaRefusal::BadCertificate => Self::BadCertificate,
         }
     }
 }
@@ -122,7 +126,7 @@ impl From<WireError> for DropReason {
 
 /// Names of the counters, in [`DropCounters::values`] order: the one list
 /// the VMM's reports use.
-pub const DROP_NAMES: [&str; 27] = [
+pub const DROP_NAMES: [&str; 28] = [
     "not_overlay",
     "truncated",
     "bad_version",
@@ -150,6 +154,7 @@ pub const DROP_NAMES: [&str; 27] = [
     "replayed_handshake",
     "flows_full",
     "host_backlog",
+    "bad_certificate",
 ];
 
 /// One counter per [`DropReason`]; `repr(C)` u64s, so it can sit in the
@@ -211,6 +216,8 @@ pub struct DropCounters {
     pub flows_full: u64,
     /// [`DropReason::HostBacklog`].
     pub host_backlog: u64,
+    /// [`DropReason::BadCertificate`].
+    pub bad_certificate: u64,
 }
 
 impl DropCounters {
@@ -244,12 +251,13 @@ impl DropCounters {
             DropReason::ReplayedHandshake => &mut self.replayed_handshake,
             DropReason::FlowsFull => &mut self.flows_full,
             DropReason::HostBacklog => &mut self.host_backlog,
+            DropReason::BadCertificate => &mut self.bad_certificate,
         };
         *c += 1;
     }
 
     /// The counters in [`DROP_NAMES`] order.
-    pub fn values(&self) -> [u64; 27] {
+    pub fn values(&self) -> [u64; 28] {
         [
             self.not_overlay,
             self.truncated,
@@ -278,6 +286,7 @@ impl DropCounters {
             self.replayed_handshake,
             self.flows_full,
             self.host_backlog,
+            self.bad_certificate,
         ]
     }
 
@@ -321,6 +330,7 @@ mod tests {
             DropReason::ReplayedHandshake,
             DropReason::FlowsFull,
             DropReason::HostBacklog,
+            DropReason::BadCertificate,
         ];
         for (i, r) in all.iter().enumerate() {
             let mut c = DropCounters::default();

@@ -4,7 +4,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use crate::node::PortConfig;
+use crate::node::{KeyScope, PortConfig};
 use crate::routing::linkstate::LinkMonitor;
 use crate::routing::lsa_sign::VerifyBudget;
 use crate::routing::NodeId;
@@ -62,6 +62,29 @@ pub struct Port<L> {
     pub(super) monitor: LinkMonitor,
     /// Link-state signature checks this neighbour may still cost us.
     pub(super) lsa_budget: VerifyBudget,
+    /// Where the link's key came from.
+    pub(super) keying: Keying,
+    /// The port as configured, without its key (to key it again).
+    pub(super) config: PortConfig,
+    /// When this node next tells the neighbour its certificate.
+    pub(super) next_hello: u64,
+}
+
+/// Where a port's key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keying {
+    /// The host's configuration.
+    Configured,
+    /// Nowhere yet: it waits for the neighbour's certificate hello.
+    Pending,
+    /// The neighbour's hello: the certificate's serial and start, so a
+    /// newer certificate keys it again.
+    Hello {
+        /// The certificate's serial.
+        serial: [u8; crate::routing::member::SERIAL_LEN],
+        /// Its start (Unix seconds).
+        not_before: u64,
+    },
 }
 
 impl<L: LinkPort> Port<L> {
@@ -75,6 +98,9 @@ impl<L: LinkPort> Port<L> {
             queue: VecDeque::new(),
             monitor: LinkMonitor::new(pc.peer, now),
             lsa_budget: VerifyBudget::new(now),
+            keying: if pc.scope == KeyScope::Certified { Keying::Pending } else { Keying::Configured },
+            config: PortConfig { key: [0; 32], ..*pc },
+            next_hello: now,
         }
     }
 
@@ -127,6 +153,11 @@ impl<L: LinkPort> Port<L> {
     /// The neighbour this port leads to.
     pub fn peer(&self) -> NodeId {
         self.peer
+    }
+
+    /// Where its key came from.
+    pub fn keying(&self) -> Keying {
+        self.keying
     }
 
     /// The port's keys and senders (for tests, fuzzing and diagnostics).

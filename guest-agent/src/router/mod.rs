@@ -26,6 +26,7 @@ pub mod auth;
 pub mod control;
 pub mod drop;
 pub mod forward;
+pub mod hello;
 pub mod link;
 pub mod memory;
 pub mod onion;
@@ -41,16 +42,19 @@ use alloc::vec::Vec;
 
 pub use auth::{SenderKind, WallClock};
 pub use drop::{DropCounters, DropReason, DROP_NAMES};
-pub use link::{LinkPort, Port, MAX_QUEUED};
+pub use link::{Keying, LinkPort, Port, MAX_QUEUED};
 pub use memory::MemoryLink;
 pub use request::{RequestPhase, RequestStream};
 
 use crate::node::{EdgeRequest, NodeConfig, NodeStats, Record, RECORD_CONTROL, RECORD_STREAM, STATS_MAGIC};
 use crate::routing::linkstate::{LinkReport, LinkStateDb, Lsa};
 use crate::routing::lsa_sign::{LsaKeys, LsaSigner};
+use crate::routing::member::Authority;
 use crate::routing::{NodeId, Routes, Topology};
 use crate::wire::handshakes::HandshakeCache;
-use crate::wire::{OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL};
+use crate::wire::{
+    OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL, RESERVED_LINK_ID,
+};
 
 use onion::Onion;
 use streams::{Flow, MAX_STREAM_PENDING};
@@ -120,6 +124,11 @@ pub enum Notice {
     CircuitLost,
     /// A request VM could not build any circuit to its destination.
     NoCircuit,
+    /// A link was keyed from the neighbour's certificate hello.
+    LinkKeyed {
+        /// The neighbour.
+        peer: NodeId,
+    },
 }
 
 /// Notices held for the driver at most; older ones are dropped.
@@ -156,6 +165,9 @@ pub struct Router<L> {
     control_flow: u32,
     /// Signs this node's advertisements (none: it advertises nothing).
     signer: Option<LsaSigner>,
+    /// Its certificate and link secret, in a certified network (none on
+    /// request VMs).
+    identity: Option<hello::OwnIdentity>,
     /// This node's last advertisement, signed (for link-state requests).
     own_lsa: Option<Lsa>,
     /// The wall clock, which numbers advertisements.
@@ -210,12 +222,20 @@ impl<L: LinkPort> Router<L> {
             stats,
             deliver: Vec::new(),
             flows: BTreeMap::new(),
-            lsdb: LinkStateDb::new(&topology, LsaKeys::new(&cfg.lsa_keys)),
+            lsdb: LinkStateDb::new(
+                &topology,
+                LsaKeys::new(&cfg.lsa_keys)
+                    .with_authority(Authority::new(&cfg.identity.ca_public, &cfg.identity.revoked)),
+            ),
             topology,
             next_packet_id: 0,
             floods: true,
             control_flow: auth::NODE_CONTROL_FLOW,
             signer: (cfg.lsa_secret != [0; 32]).then(|| LsaSigner::new(&cfg.lsa_secret)),
+            identity: (!cfg.identity.cert.is_empty()).then(|| hello::OwnIdentity {
+                cert: cfg.identity.cert.clone(),
+                link_secret: zeroize::Zeroizing::new(cfg.identity.link_secret),
+            }),
             own_lsa: None,
             clock: WallClock::new(cfg.epoch_us, now),
             advertised: Vec::new(),
@@ -343,6 +363,11 @@ impl<L: LinkPort> Router<L> {
         }
         let p = OverlayPacket::new_checked(&frame[ETH_HDR_LEN..])?;
         let repr = OverlayRepr::parse(&p)?;
+        // A hello is the one thing that comes unsealed: it may be what
+        // keys the link.
+        if repr.link_id == RESERVED_LINK_ID && repr.flags & FLAG_CONTROL != 0 {
+            return self.hello(i, p.payload(), now);
+        }
         let sender = self.ports[i].auth.open(&p, &repr)?;
         // The console's record ids name no node: a packet from one would
         // reach the host as stream bytes or an OPEN.

@@ -6,7 +6,8 @@
 
 use alloc::vec::Vec;
 
-use crate::node::{EdgeRequest, KeyScope, NodeConfig, PortConfig, Record};
+use crate::node::{EdgeRequest, IdentityConfig, KeyScope, NodeConfig, PortConfig, Record};
+use crate::routing::member::{MemberCert, SERIAL_LEN};
 use crate::routing::{lsa_sign, Link, NodeId};
 use crate::wire::{seal_frame, EthAddrs, LinkKey, OverlayRepr, Protocol};
 
@@ -41,6 +42,85 @@ pub fn lsa_secret(n: NodeId) -> [u8; 32] {
     let mut s = [0x22u8; 32];
     s[..2].copy_from_slice(&n.to_be_bytes());
     s
+}
+
+/// The network CA's secret in simulations of a certified network.
+pub const CA_SECRET: [u8; 32] = [0x33; 32];
+
+/// Node `n`'s X25519 link secret in a simulation.
+pub fn link_secret(n: NodeId) -> [u8; 32] {
+    let mut s = [0x44u8; 32];
+    s[..2].copy_from_slice(&n.to_be_bytes());
+    s
+}
+
+/// Node `n`'s certificate from the simulation's CA (serial `serial`),
+/// valid for the first hours of the simulated clock.
+pub fn cert(n: NodeId, serial: u8) -> MemberCert {
+    use ed25519_dalek::Signer;
+    let ca = ed25519_dalek::SigningKey::from_bytes(&CA_SECRET);
+    let mut c = MemberCert {
+        node: n,
+        serial: [serial; SERIAL_LEN],
+        not_before: 0,
+        not_after: 86_400,
+        signing_public: lsa_sign::public_key(&lsa_secret(n)),
+        link_public: crate::onion::keys::public_key(&link_secret(n)),
+        name: alloc::format!("n{n}"),
+        addrs: Vec::new(),
+        signature: [0; 64],
+    };
+    c.signature = ca.sign(&c.signed_message(&ca.verifying_key().to_bytes())).to_bytes();
+    c
+}
+
+/// Makes `cfg` a member of the simulation's certified network: the CA,
+/// its own certificate and link secret, `revoked` serials.
+pub fn certify(cfg: &mut NodeConfig, revoked: &[[u8; SERIAL_LEN]]) {
+    let mut wire = Vec::new();
+    cert(cfg.me, 1).encode(&mut wire);
+    cfg.identity = IdentityConfig {
+        ca_public: lsa_sign::public_key(&CA_SECRET),
+        revoked: revoked.to_vec(),
+        cert: wire,
+        link_secret: link_secret(cfg.me),
+    };
+}
+
+/// a(1) - b(2) - c(3), and d(4) on b's far side: a member joining.
+pub fn join4() -> [Link; 3] {
+    [link(1, 2, 100, 1000), link(2, 3, 100, 1000), link(2, 4, 100, 1000)]
+}
+
+/// [`join4`] as d joins: every node certified ([`certify`]); nobody but d
+/// has d's key, nobody but b and d knows the b-d link, and b's and d's
+/// ports between them wait for a hello (neither host was given the
+/// other's certificate).
+pub fn joined(cfg: &mut NodeConfig, revoked: &[[u8; SERIAL_LEN]]) {
+    certify(cfg, revoked);
+    let me = cfg.me;
+    if me != 4 {
+        cfg.lsa_keys.retain(|(n, _)| *n != 4);
+    }
+    if me == 1 || me == 3 {
+        cfg.links.retain(|l| l.b != 4);
+    }
+    for p in cfg.ports.iter_mut().filter(|p| (me, p.peer) == (2, 4) || me == 4) {
+        (p.scope, p.key) = (KeyScope::Certified, [0; 32]);
+    }
+}
+
+/// An unsealed hello frame from `from` to its neighbour `to` carrying
+/// `payload` (a control message, or anything a hostile neighbour sends
+/// under the reserved link id).
+pub fn hello_frame(from: NodeId, to: NodeId, payload: &[u8]) -> Vec<u8> {
+    let mut r = repr(Protocol::Shortest, crate::wire::FLAG_CONTROL, 1, 0, from, to);
+    r.link_id = crate::wire::RESERVED_LINK_ID;
+    r.payload_len = payload.len() as u16;
+    let mut f = Vec::new();
+    crate::wire::build_frame(&mut f, EthAddrs { dst: mac(to, from), src: mac(from, to) }, &r, &[], payload)
+        .expect("lengths match");
+    f
 }
 
 /// Streams' idle timeout in simulated nets, s.
@@ -83,6 +163,7 @@ pub fn config(links: &[Link], me: NodeId, protocol: u8) -> NodeConfig {
         idle_timeout_s: IDLE_TIMEOUT_S,
         lsa_secret: lsa_secret(me),
         lsa_keys: nodes.iter().map(|&n| (n, lsa_sign::public_key(&lsa_secret(n)))).collect(),
+        identity: Default::default(),
     }
 }
 
@@ -136,11 +217,23 @@ impl Net {
     /// `protocol`; node `request` (if any) is instead a request VM for
     /// `req`.
     pub fn new(links: &[Link], protocol: u8, request: Option<(NodeId, &EdgeRequest)>) -> Self {
+        Self::new_with(links, protocol, request, |_| {})
+    }
+
+    /// As [`Net::new`], each node's configuration changed by `edit` first
+    /// (another membership, other keys, a topology it was not told of).
+    pub fn new_with(
+        links: &[Link],
+        protocol: u8,
+        request: Option<(NodeId, &EdgeRequest)>,
+        edit: impl Fn(&mut NodeConfig),
+    ) -> Self {
         let now = 1_000;
         let hosts = wire_up(links)
             .into_iter()
             .map(|(n, ends)| {
-                let cfg = config(links, n, protocol);
+                let mut cfg = config(links, n, protocol);
+                edit(&mut cfg);
                 let router = match request {
                     Some((r, req)) if r == n => {
                         // As the edge host does it: an id of its own in

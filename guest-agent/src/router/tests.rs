@@ -370,7 +370,7 @@ fn signed_lsa(origin: u16, seq: u64, links: Vec<LinkReport>) -> Lsa {
 }
 
 fn signed_lsa_with(secret: &[u8; 32], origin: u16, seq: u64, links: Vec<LinkReport>) -> Lsa {
-    let mut l = Lsa { origin, seq, onion_key: [0; 32], links, sig: [0; 64] };
+    let mut l = Lsa { origin, seq, onion_key: [0; 32], links, sig: [0; 64], cert: Vec::new() };
     crate::routing::lsa_sign::LsaSigner::new(secret).sign(&mut l);
     l
 }

@@ -27,6 +27,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::lsa_sign::{LsaKeys, VerifyBudget};
+use super::member::MAX_CERT_LEN;
 use super::{Link, NodeId, Topology};
 
 /// How often a node probes each link.
@@ -218,6 +219,10 @@ pub struct Lsa {
     pub links: Vec<LinkReport>,
     /// The origin's Ed25519 signature over the rest.
     pub sig: [u8; 64],
+    /// The origin's certificate, wire form ([`super::member`]), or empty.
+    /// Not under the origin's signature: the CA's covers it, and the
+    /// origin's key it names is what checks the signature above.
+    pub cert: Vec<u8>,
 }
 
 /// Why an advertisement was refused.
@@ -236,6 +241,9 @@ pub enum LsaRefusal {
     /// Too soon after the origin's last, or the port's verification
     /// budget is spent.
     RateLimited,
+    /// The certificate it carries for an origin without a key here does
+    /// not hold (another CA, expired, revoked, another node's).
+    BadCertificate,
 }
 
 const LSA_HDR: usize = 43;
@@ -260,20 +268,37 @@ impl Lsa {
         }
     }
 
-    /// Appends the encoding: the signed part, then the signature.
+    /// Appends the encoding: the signed part, the signature, then, if
+    /// it carries one, the certificate's length (2 bytes) and bytes.
     pub fn encode(&self, out: &mut Vec<u8>) {
         self.encode_signed_part(out);
         out.extend_from_slice(&self.sig);
+        if !self.cert.is_empty() && self.cert.len() <= MAX_CERT_LEN {
+            out.extend_from_slice(&(self.cert.len() as u16).to_be_bytes());
+            out.extend_from_slice(&self.cert);
+        }
     }
 
     /// Decodes what `encode` wrote; any inconsistency is an error.
     pub fn decode(b: &[u8]) -> Result<Self, MalformedLsa> {
         let h = b.get(..LSA_HDR).ok_or(MalformedLsa)?;
         let n = h[42] as usize;
-        if n > MAX_LSA_LINKS || b.len() != LSA_HDR + n * REPORT_LEN + SIG_LEN {
+        let signed_end = LSA_HDR + n * REPORT_LEN + SIG_LEN;
+        if n > MAX_LSA_LINKS || b.len() < signed_end {
             return Err(MalformedLsa);
         }
-        let (reports, sig) = b[LSA_HDR..].split_at(n * REPORT_LEN);
+        let cert = match &b[signed_end..] {
+            [] => Vec::new(),
+            [hi, lo, rest @ ..]
+                if !rest.is_empty()
+                    && rest.len() <= MAX_CERT_LEN
+                    && rest.len() == usize::from(u16::from_be_bytes([*hi, *lo])) =>
+            {
+                rest.to_vec()
+            }
+            _ => return Err(MalformedLsa),
+        };
+        let (reports, sig) = b[LSA_HDR..signed_end].split_at(n * REPORT_LEN);
         let mut links = Vec::with_capacity(n);
         for r in reports.chunks_exact(REPORT_LEN) {
             // Loss is taken as sent (the signature covers the bytes);
@@ -291,7 +316,8 @@ impl Lsa {
         onion_key.copy_from_slice(&h[10..42]);
         let mut s = [0u8; SIG_LEN];
         s.copy_from_slice(sig);
-        Ok(Self { origin: u16::from_be_bytes([h[0], h[1]]), seq: u64::from_be_bytes(seq), onion_key, links, sig: s })
+        let origin = u16::from_be_bytes([h[0], h[1]]);
+        Ok(Self { origin, seq: u64::from_be_bytes(seq), onion_key, links, sig: s, cert })
     }
 }
 
@@ -304,7 +330,7 @@ pub struct LinkStateDb {
     lsas: BTreeMap<NodeId, (u64, Lsa)>,
     /// The newest number taken in per origin, kept after its
     /// advertisement ages out (so a replay of it is still refused); one
-    /// entry per configured origin at most.
+    /// entry per origin with a key at most.
     newest: BTreeMap<NodeId, u64>,
 }
 
@@ -331,7 +357,8 @@ impl LinkStateDb {
         if lsa.origin == me {
             return Ok(false);
         }
-        if !self.keys.knows(lsa.origin) {
+        let learn = self.keys.wants_cert(lsa.origin, &lsa.cert);
+        if !learn && !self.keys.knows(lsa.origin) {
             return Err(LsaRefusal::UnknownOrigin);
         }
         let oldest = wall_us.saturating_sub(LSA_MAX_AGE_US + LSA_CLOCK_SKEW_US);
@@ -353,12 +380,23 @@ impl LinkStateDb {
         if !budget.take(now) {
             return Err(LsaRefusal::RateLimited);
         }
-        if !self.keys.verify(&lsa) {
+        if learn {
+            // The certificate costs a verification of its own.
+            if !budget.take(now) {
+                return Err(LsaRefusal::RateLimited);
+            }
+            self.keys.learn(&lsa, wall_us / 1_000_000)?;
+        } else if !self.keys.verify(&lsa) {
             return Err(LsaRefusal::BadSignature);
         }
         self.newest.insert(lsa.origin, lsa.seq);
         self.lsas.insert(lsa.origin, (now, lsa));
         Ok(true)
+    }
+
+    /// The origins' keys and the authority they are learnt under.
+    pub fn keys(&self) -> &LsaKeys {
+        &self.keys
     }
 
     /// Every advertisement held.
@@ -535,6 +573,52 @@ mod tests {
         [n as u8; 32]
     }
 
+    #[test]
+    fn an_origin_nobody_configured_is_taken_on_a_valid_certificate_alone() {
+        use super::super::member::{tests::sign, tests::signed as cert_of, Authority};
+        let ca = [0x51u8; 32];
+        let authority = Authority::new(&lsa_sign::public_key(&ca), &[[9; 16]]);
+        let mut db = LinkStateDb::new(&mesh(), LsaKeys::new(&[]).with_authority(authority));
+        let mut budget = VerifyBudget::new(0);
+        let wire = |mut c: crate::routing::member::MemberCert, secret: &[u8; 32]| {
+            (c.not_before, c.not_after) = (WALL / 1_000_000 - 10, WALL / 1_000_000 + 10);
+            sign(secret, &mut c);
+            let mut b = Vec::new();
+            c.encode(&mut b);
+            b
+        };
+        let up = vec![LinkReport { peer: 1, status: LinkStatus::Up, latency_us: 100, loss_permille: 0 }];
+        let with = |origin: NodeId, seq: u64, cert: Vec<u8>| Lsa { cert, ..signed(origin, seq, up.clone()) };
+        let good = wire(cert_of(&ca, 4, &secret(4), 1), &ca);
+        let refusals = [
+            (with(4, WALL, Vec::new()), LsaRefusal::UnknownOrigin),
+            (with(4, WALL, wire(cert_of(&ca, 5, &secret(4), 2), &ca)), LsaRefusal::BadCertificate),
+            (with(4, WALL, wire(cert_of(&ca, 4, &secret(4), 9), &ca)), LsaRefusal::BadCertificate),
+            (with(4, WALL, wire(cert_of(&[0x52; 32], 4, &secret(4), 3), &[0x52; 32])), LsaRefusal::BadCertificate),
+            (with(4, WALL, wire(cert_of(&ca, 4, &secret(6), 4), &ca)), LsaRefusal::BadSignature),
+        ];
+        for (k, (lsa, why)) in refusals.into_iter().enumerate() {
+            assert_eq!(db.offer(1, 0, WALL, lsa, &mut budget), Err(why), "case {k}");
+        }
+        assert!(db.lsas().next().is_none(), "nothing refused is held");
+        assert_eq!(db.offer(1, 0, WALL, with(4, WALL, good.clone()), &mut budget), Ok(true));
+        assert!(db.keys().knows(4));
+        // Later advertisements are checked against the learnt key; one
+        // signed by another key does not pass for it.
+        let forged = Lsa {
+            sig: signed(4, WALL + LSA_MIN_GAP_US, up.clone()).sig,
+            ..signed(6, WALL + LSA_MIN_GAP_US, up.clone())
+        };
+        let forged = Lsa { origin: 4, cert: good, ..forged };
+        assert_eq!(db.offer(1, 0, WALL, forged, &mut budget), Err(LsaRefusal::BadSignature));
+        assert_eq!(
+            db.offer(1, 0, WALL, signed(4, WALL + LSA_MIN_GAP_US, up), &mut budget),
+            Ok(true),
+            "no cert needed now"
+        );
+        assert_eq!(db.keys().learned(), 1);
+    }
+
     /// A database at node 1 that knows nodes 2 and 3.
     fn db() -> LinkStateDb {
         let keys = LsaKeys::new(&[(2, lsa_sign::public_key(&secret(2))), (3, lsa_sign::public_key(&secret(3)))]);
@@ -542,7 +626,7 @@ mod tests {
     }
 
     fn signed(origin: NodeId, seq: u64, links: Vec<LinkReport>) -> Lsa {
-        let mut l = Lsa { origin, seq, onion_key: [origin as u8; 32], links, sig: [0; 64] };
+        let mut l = Lsa { origin, seq, onion_key: [origin as u8; 32], links, sig: [0; 64], cert: Vec::new() };
         lsa_sign::LsaSigner::new(&secret(origin)).sign(&mut l);
         l
     }

@@ -18,7 +18,8 @@ use alloc::vec::Vec;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use super::linkstate::Lsa;
+use super::linkstate::{Lsa, LsaRefusal};
+use super::member::{Authority, MemberCert, SERIAL_LEN};
 use super::NodeId;
 
 /// What a signature covers before the advertisement's own bytes: no
@@ -68,10 +69,21 @@ fn signed_message(lsa: &Lsa) -> Vec<u8> {
     m
 }
 
-/// The origins whose advertisements a node accepts, with their keys.
+/// Most origins a node learns from certificates (beside those configured):
+/// bounds what a flood of valid but unneeded certificates can hold.
+pub const MAX_LEARNED: usize = 1024;
+
+/// The origins whose advertisements a node accepts, with their keys:
+/// those configured at boot, and those learnt from certificates the
+/// network CA signed ([`super::member`]), carried in the advertisements
+/// themselves.
 #[derive(Debug, Clone, Default)]
 pub struct LsaKeys {
     keys: BTreeMap<NodeId, VerifyingKey>,
+    /// Origins learnt from certificates: the serial and start of the
+    /// certificate their key came from (a newer one replaces it).
+    learned: BTreeMap<NodeId, ([u8; SERIAL_LEN], u64)>,
+    authority: Authority,
 }
 
 impl LsaKeys {
@@ -79,12 +91,64 @@ impl LsaKeys {
     /// curve point is left out (the host refuses such configs first).
     pub fn new(entries: &[(NodeId, [u8; 32])]) -> Self {
         let keys = entries.iter().filter_map(|(n, k)| Some((*n, VerifyingKey::from_bytes(k).ok()?))).collect();
-        Self { keys }
+        Self { keys, learned: BTreeMap::new(), authority: Authority::default() }
+    }
+
+    /// Also takes origins whose advertisements carry a certificate
+    /// `authority` holds valid.
+    pub fn with_authority(mut self, authority: Authority) -> Self {
+        self.authority = authority;
+        self
+    }
+
+    /// The authority certificates are checked against.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     /// Whether `origin` has a key here.
     pub fn knows(&self, origin: NodeId) -> bool {
         self.keys.contains_key(&origin)
+    }
+
+    /// Origins learnt from certificates so far.
+    pub fn learned(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// Whether `cert` (wire form, from `origin`'s advertisement) should be
+    /// checked before the advertisement: its origin has no key here, or
+    /// was learnt from an older certificate than this one claims to be
+    /// (a node re-certified with new keys). Decoding is cheap; the check
+    /// that follows costs a verification.
+    pub fn wants_cert(&self, origin: NodeId, cert: &[u8]) -> bool {
+        if !self.authority.has_ca() || cert.is_empty() {
+            return false;
+        }
+        match (self.keys.contains_key(&origin), self.learned.get(&origin)) {
+            (false, _) => self.learned.len() < MAX_LEARNED,
+            (true, None) => false,
+            (true, Some((serial, start))) => {
+                MemberCert::decode(cert).is_ok_and(|c| c.node == origin && c.serial != *serial && c.not_before > *start)
+            }
+        }
+    }
+
+    /// Checks the certificate `lsa` carries at `now_s` (Unix seconds) and
+    /// the advertisement's signature under the key it names; only if both
+    /// hold is the key taken for its origin (a configured key is never
+    /// replaced). Costs two verifications.
+    pub fn learn(&mut self, lsa: &Lsa, now_s: u64) -> Result<MemberCert, LsaRefusal> {
+        let c = self.authority.check(&lsa.cert, lsa.origin, now_s).map_err(|_| LsaRefusal::BadCertificate)?;
+        let key = VerifyingKey::from_bytes(&c.signing_public).map_err(|_| LsaRefusal::BadCertificate)?;
+        if key.verify_strict(&signed_message(lsa), &Signature::from_bytes(&lsa.sig)).is_err() {
+            return Err(LsaRefusal::BadSignature);
+        }
+        if !self.keys.contains_key(&lsa.origin) || self.learned.contains_key(&lsa.origin) {
+            self.keys.insert(lsa.origin, key);
+            self.learned.insert(lsa.origin, (c.serial, c.not_before));
+        }
+        Ok(c)
     }
 
     /// Whether `lsa` carries its origin's signature. Strict verification:
@@ -132,7 +196,14 @@ mod tests {
 
     fn lsa(origin: NodeId) -> Lsa {
         let down = LinkReport { peer: 3, status: LinkStatus::Down, latency_us: 0, loss_permille: 1000 };
-        Lsa { origin, seq: 1_700_000_000_000_000, onion_key: [5; 32], links: vec![down], sig: [0; 64] }
+        Lsa {
+            origin,
+            seq: 1_700_000_000_000_000,
+            onion_key: [5; 32],
+            links: vec![down],
+            sig: [0; 64],
+            cert: Vec::new(),
+        }
     }
 
     #[test]

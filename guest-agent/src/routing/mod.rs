@@ -17,6 +17,7 @@
 pub mod disjoint;
 pub mod linkstate;
 pub mod lsa_sign;
+pub mod member;
 pub mod multipath;
 pub mod onion;
 pub mod pathset;

@@ -1,13 +1,17 @@
-//! Link-local control messages: probes, their acks, and link-state
-//! advertisements. They ride in overlay packets flagged
-//! [`FLAG_CONTROL`](super::overlay::FLAG_CONTROL), sealed with the link's
-//! key like any packet, and are never forwarded: each is for the node at
-//! the other end of the link it arrived on.
+//! Link-local control messages: probes, their acks, link-state
+//! advertisements and certificate hellos. They ride in overlay packets
+//! flagged [`FLAG_CONTROL`](super::overlay::FLAG_CONTROL), sealed with the
+//! link's key like any packet, and are never forwarded: each is for the
+//! node at the other end of the link it arrived on. The one exception is
+//! the hello, which goes unsealed under the reserved link id: it is sent
+//! because the far end may not hold the link's key yet, and what it
+//! carries (a CA-signed certificate) needs no link key to be checked.
 //!
 //! ```text
 //! probe, ack:   kind(1) seq(4) sent_us(8)
 //! lsa:          kind(1) Lsa (see routing::linkstate)
 //! lsa request:  kind(1)
+//! hello:        kind(1) certificate (see routing::member)
 //! ```
 
 use alloc::vec::Vec;
@@ -18,6 +22,7 @@ const PROBE: u8 = 1;
 const PROBE_ACK: u8 = 2;
 const LSA: u8 = 3;
 const LSA_REQUEST: u8 = 4;
+const HELLO: u8 = 5;
 
 /// One control message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +46,9 @@ pub enum Control {
     /// "Send me every advertisement you hold": a request VM, which takes
     /// no part in flooding, asks its neighbours for the network's state.
     LsaRequest,
+    /// "This is who I am": the sender's certificate, wire form, so a
+    /// neighbour that was not given it agrees the link's key from it.
+    Hello(Vec<u8>),
 }
 
 /// A control payload this code does not understand.
@@ -61,6 +69,10 @@ impl Control {
                 lsa.encode(out);
             }
             Self::LsaRequest => out.push(LSA_REQUEST),
+            Self::Hello(cert) => {
+                out.push(HELLO);
+                out.extend_from_slice(cert);
+            }
         }
     }
 
@@ -80,6 +92,9 @@ impl Control {
             }
             LSA => Lsa::decode(rest).map(Self::LinkState).map_err(|_| MalformedControl),
             LSA_REQUEST if rest.is_empty() => Ok(Self::LsaRequest),
+            HELLO if !rest.is_empty() && rest.len() <= crate::routing::member::MAX_CERT_LEN => {
+                Ok(Self::Hello(rest.to_vec()))
+            }
             _ => Err(MalformedControl),
         }
     }
@@ -99,12 +114,16 @@ mod tests {
             onion_key: [7; 32],
             links: vec![LinkReport { peer: 1, status: LinkStatus::Up, ..Default::default() }],
             sig: [5; 64],
+            cert: Vec::new(),
         };
+        let with_cert = Lsa { cert: vec![1; 300], ..lsa.clone() };
         for m in [
             Control::Probe { seq: 1, sent_us: 2 },
             Control::ProbeAck { seq: u32::MAX, sent_us: u64::MAX },
             Control::LinkState(lsa),
+            Control::LinkState(with_cert),
             Control::LsaRequest,
+            Control::Hello(vec![1, 2, 3]),
         ] {
             let mut b = Vec::new();
             m.encode(&mut b);
@@ -121,7 +140,7 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        for b in [&[][..], &[0], &[1, 0, 0], &[2; 14], &[3, 0], &[4, 0], &[9; 13]] {
+        for b in [&[][..], &[0], &[1, 0, 0], &[2; 14], &[3, 0], &[4, 0], &[5], &[9; 13]] {
             assert_eq!(Control::decode(b), Err(MalformedControl), "{b:?}");
         }
     }

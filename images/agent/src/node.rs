@@ -90,6 +90,7 @@ fn log_notices(r: &mut Router<VirtioNet>) {
             Notice::CircuitMoved => log!("edge: a relay of the onion circuit is gone; moved to a new circuit"),
             Notice::CircuitLost => log!("edge: a relay of the onion circuit is gone and no other circuit is possible"),
             Notice::NoCircuit => log!("edge: no onion circuit to the destination"),
+            Notice::LinkKeyed { peer } => log!("node {me}: link to {peer} keyed from its certificate"),
         }
     }
 }

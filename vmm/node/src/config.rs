@@ -275,6 +275,11 @@ pub struct NodeFile {
     /// valid certificate).
     #[serde(skip)]
     pub refused_ports: Vec<String>,
+    /// With an `[identity]`: the CA, the revocation list, this node's
+    /// certificate and link secret as the agent takes them (filled in at
+    /// load, never written).
+    #[serde(skip)]
+    pub certified: guest_agent::node::IdentityConfig,
 }
 
 /// An exit node of the topology and the policy it applies.
@@ -374,19 +379,21 @@ impl NodeFile {
         for r in &m.refused {
             tracing::warn!("node {}: member certificate refused: {r}", self.id);
         }
-        // A neighbour without a valid certificate gets no link: its port
-        // is left out (the rest of the node runs on).
-        let member = |peer: NodeId| m.members.iter().any(|(n, _, _)| *n == peer);
-        for p in self.port.iter().filter(|p| !member(p.peer)) {
+        // A neighbour whose certificate is refused (revoked, expired,
+        // another CA's) gets no link: its port is left out (the rest of
+        // the node runs on). One of whom there is no certificate here
+        // keys the link from its own hello ([`KeyScope::Certified`]).
+        let refused = |peer: NodeId| m.refused_nodes.contains(&peer) && !m.members.iter().any(|(n, _, _)| *n == peer);
+        for p in self.port.iter().filter(|p| refused(p.peer)) {
             let why = format!(
-                "port {}: neighbour {} has no valid certificate among the members (revoked, expired or never \
-                 issued): this node will not link to it",
+                "port {}: neighbour {}'s certificate is refused (revoked, expired or another CA's): this node \
+                 will not link to it",
                 p.iface, p.peer
             );
             tracing::warn!("node {}: {why}", self.id);
             self.refused_ports.push(why);
         }
-        self.port.retain(|p| member(p.peer));
+        self.port.retain(|p| !refused(p.peer));
         if self.port.is_empty() {
             return Err(invalid(format!(
                 "no port is left: no neighbour has a valid certificate ({})",
@@ -394,7 +401,15 @@ impl NodeFile {
             )));
         }
         for p in self.port.iter_mut().filter(|p| p.key.is_empty()) {
-            let (_, _, public) = m.members.iter().find(|(n, _, _)| *n == p.peer).expect("checked above");
+            let Some((_, _, public)) = m.members.iter().find(|(n, _, _)| *n == p.peer) else {
+                tracing::info!(
+                    "node {}: port {}: no certificate of neighbour {} here; the link is keyed from its hello",
+                    self.id,
+                    p.iface,
+                    p.peer
+                );
+                continue;
+            };
             let key = crate::identity::link_key(&m.link_secret, public, self.id, p.peer).ok_or_else(|| {
                 invalid(format!("port {}: neighbour {}'s certified link key yields no shared key", p.iface, p.peer))
             })?;
@@ -407,6 +422,7 @@ impl NodeFile {
                 self.host.push(HostAddrs { name: name.clone(), node: *node, addrs: addrs.clone() });
             }
         }
+        self.certified = m.agent.clone();
         self.lsa_secret = vmm::random::hex(&m.signing_secret);
         self.lsa_key =
             m.members.iter().map(|(node, k, _)| PublicKeySpec { node: *node, public: vmm::random::hex(k) }).collect();
@@ -491,14 +507,20 @@ impl NodeFile {
                         p.iface
                     ));
                 }
+                // Certified and no key: agreed from the neighbour's hello.
+                let (scope, key) = if p.key.is_empty() && !self.certified.cert.is_empty() {
+                    (KeyScope::Certified, [0; 32])
+                } else {
+                    (KeyScope::Link, parse_key(&p.key).map_err(|e| format!("port {}: {e}", p.iface))?)
+                };
                 Ok(PortConfig {
                     peer: p.peer,
                     peer_mac: parse_mac(&p.peer_mac)?,
                     tx_link_id: p.tx_link_id,
                     rx_link_id: p.rx_link_id,
                     rx_link_span: rx_span,
-                    scope: KeyScope::Link,
-                    key: parse_key(&p.key)?,
+                    scope,
+                    key,
                 })
             })
             .collect::<Result<Vec<_>, String>>()
@@ -563,6 +585,7 @@ impl NodeFile {
             idle_timeout_s: self.stream_idle_timeout_s,
             lsa_secret,
             lsa_keys,
+            identity: self.certified.clone(),
         };
         if cfg.encoded_len() > guest_agent::boot::ARGS_LEN {
             return Err(NodeFileError::Invalid(format!(
@@ -623,6 +646,7 @@ mod tests {
             identity: None,
             path: None,
             refused_ports: Vec::new(),
+            certified: Default::default(),
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));

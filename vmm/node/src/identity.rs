@@ -11,12 +11,23 @@
 //! file and the link-state keys of the others from the member
 //! certificates it is given, every one checked (CA signature, validity,
 //! not revoked): a revoked node's advertisements are refused everywhere,
-//! and a node will not start a link to a neighbour without a valid
-//! certificate. A port without a configured key gets one agreed from the
-//! two ends' certified link keys ([`link_key`]: X25519 between the
-//! static keys, as the static-static term of Noise KK), so no link key is
-//! ever copied out of a generated file; both ends compute it alone. (No
-//! forward secrecy yet: an ephemeral exchange in the agent is next.)
+//! and a node will not start a link to a neighbour whose certificate is
+//! refused. A port without a configured key gets one agreed from the two
+//! ends' certified link keys ([`link_key`]: X25519 between the static
+//! keys, as the static-static term of Noise KK), so no link key is ever
+//! copied out of a generated file; both ends compute it alone.
+//!
+//! Members need not be given each other's certificates: a certificate
+//! speaks for itself, so the agent carries it
+//! ([`guest_agent::routing::member`]). A node sends its own in a hello on
+//! each link it does not hear and in every advertisement; a neighbour with
+//! no certificate of it keys the link from the hello
+//! ([`guest_agent::router::hello`]), every other node takes its
+//! advertisements on the certificate they carry, checked against the CA
+//! and the revocation list it was booted with. Link keys only
+//! authenticate hop by hop (what apps send is sealed end to end under
+//! per-stream ephemeral keys), so a static agreement loses no past
+//! traffic if a node's secret leaks later.
 //!
 //! Files are TOML. Secrets (`*.key`) are written 0600 and never logged.
 //! Signatures cover a canonical byte string (a domain tag, then every
@@ -26,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use guest_agent::routing::member::{MemberCert, MAX_ADDR, MAX_ADDRS, MAX_NAME, SERIAL_LEN};
 use guest_agent::routing::NodeId;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -135,7 +147,6 @@ pub struct Revocations {
     pub signature: String,
 }
 
-const CERT_DOMAIN: &[u8] = b"pathvm node certificate v1\0";
 const CRL_DOMAIN: &[u8] = b"pathvm revocation list v1\0";
 
 /// Now, Unix seconds.
@@ -149,20 +160,40 @@ fn field(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 impl Certificate {
+    /// Its wire form's fields, as the agent checks them (the signed bytes
+    /// are defined there once: [`MemberCert::signed_message`]).
+    pub fn to_member(&self) -> Result<MemberCert, String> {
+        let m = MemberCert {
+            node: self.node,
+            serial: vmm::random::parse_hex::<SERIAL_LEN>(&self.serial, "serial")?,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            signing_public: vmm::random::parse_hex32(&self.keys.signing_public, "signing_public")?,
+            link_public: vmm::random::parse_hex32(&self.keys.link_public, "link_public")?,
+            name: self.name.clone(),
+            addrs: self.addrs.clone(),
+            signature: vmm::random::parse_hex::<64>(&self.signature, "signature").unwrap_or([0; 64]),
+        };
+        if !m.fits() {
+            return Err(format!(
+                "a name of at most {MAX_NAME} bytes and at most {MAX_ADDRS} addresses of at most {MAX_ADDR} \
+                 bytes each (what travels in link state)"
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The wire form the node sends in its hellos and advertisements.
+    pub fn to_wire(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.to_member()?.encode(&mut out);
+        Ok(out)
+    }
+
     /// The bytes the CA signs.
-    fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = CERT_DOMAIN.to_vec();
-        for f in [&self.serial, &self.ca, &self.name, &self.keys.signing_public, &self.keys.link_public] {
-            field(&mut out, f.as_bytes());
-        }
-        field(&mut out, &self.node.to_be_bytes());
-        field(&mut out, &(self.addrs.len() as u32).to_be_bytes());
-        for a in &self.addrs {
-            field(&mut out, a.as_bytes());
-        }
-        field(&mut out, &self.not_before.to_be_bytes());
-        field(&mut out, &self.not_after.to_be_bytes());
-        out
+    fn signed_bytes(&self) -> Result<Vec<u8>, String> {
+        let ca = vmm::random::parse_hex32(&self.ca, "the CA key")?;
+        Ok(self.to_member()?.signed_message(&ca))
     }
 
     /// `Ok` if `ca` signed it, it is valid at `now` and `crl` does not
@@ -171,7 +202,7 @@ impl Certificate {
         if self.ca != ca.public {
             return Err(format!("issued by another CA ({}…), not {}", short(&self.ca), ca.name));
         }
-        verify(&ca.public, &self.signed_bytes(), &self.signature).map_err(|e| format!("signature: {e}"))?;
+        verify(&ca.public, &self.signed_bytes()?, &self.signature).map_err(|e| format!("signature: {e}"))?;
         if now < self.not_before {
             return Err(format!("not valid before {} (now {now})", self.not_before));
         }
@@ -334,7 +365,9 @@ pub fn issue(ca_dir: &Path, what: Issue<'_>) -> Result<Certificate, IdentityErro
         not_after: now + what.days * 86_400,
         signature: String::new(),
     };
-    cert.signature = vmm::random::hex(&key.sign(&cert.signed_bytes()).to_bytes());
+    let bytes =
+        cert.signed_bytes().map_err(|msg| IdentityError::Invalid { path: PathBuf::from("the request"), msg })?;
+    cert.signature = vmm::random::hex(&key.sign(&bytes).to_bytes());
     Ok(cert)
 }
 
@@ -399,6 +432,12 @@ pub struct Membership {
     pub hosts: Vec<(NodeId, String, Vec<String>)>,
     /// Certificates refused, with why (revoked, expired, another CA).
     pub refused: Vec<String>,
+    /// The nodes those certificates name: a node links to none of them
+    /// (it links to a node it has no certificate of once that node's
+    /// hello shows a valid one).
+    pub refused_nodes: Vec<NodeId>,
+    /// What the agent checks certificates with and shows its own by.
+    pub agent: guest_agent::node::IdentityConfig,
 }
 
 /// Checks node `me`'s identity under `spec` (paths relative to `base`).
@@ -439,7 +478,8 @@ pub fn load_membership(spec: &IdentitySpec, base: &Path, me: NodeId) -> Result<M
     let mut paths: Vec<PathBuf> =
         entries.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".crt.toml")).collect();
     paths.sort();
-    let (mut members, mut refused_members, mut hosts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut members, mut refused_members, mut hosts, mut refused_nodes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for p in paths {
         let c = match read_cert(&p) {
             Ok(c) => c,
@@ -458,34 +498,29 @@ pub fn load_membership(spec: &IdentitySpec, base: &Path, me: NodeId) -> Result<M
                 members.push((c.node, k, l));
                 hosts.push((c.node, c.name.clone(), c.addrs.clone()));
             }
-            Err(why) => refused_members.push(format!("{} (node {}): {why}", p.display(), c.node)),
+            Err(why) => {
+                refused_nodes.push(c.node);
+                refused_members.push(format!("{} (node {}): {why}", p.display(), c.node))
+            }
         }
     }
-    Ok(Membership { signing_secret, link_secret, members, hosts, refused: refused_members })
+    let invalid = |msg| IdentityError::Invalid { path: cert_path.clone(), msg };
+    let agent = guest_agent::node::IdentityConfig {
+        ca_public: vmm::random::parse_hex32(&ca.public, "the CA key").map_err(invalid)?,
+        // Serials no certificate could carry cannot match one either.
+        revoked: crl.iter().flat_map(|c| &c.serials).filter_map(|s| vmm::random::parse_hex(s, "serial").ok()).collect(),
+        cert: cert.to_wire().map_err(invalid)?,
+        link_secret,
+    };
+    Ok(Membership { signing_secret, link_secret, members, hosts, refused: refused_members, refused_nodes, agent })
 }
 
-/// What a link key derivation binds besides the shared secret.
-const LINK_KEY_DOMAIN: &[u8] = b"pathvm link key v1\0";
-
-/// The key of the link between node `me` (secret `my_secret`) and node
-/// `peer` (certified link key `peer_public`): SHA-256 over a domain tag,
-/// both node ids (lower first) and their X25519 shared secret, so both
-/// ends get the same key and no other pair can. `None` for a public key
-/// that yields no secret (a low-order point).
+/// The key of the link between node `me` and node `peer`, agreed from
+/// `me`'s link secret and `peer`'s certified link key: the agent's rule
+/// ([`guest_agent::routing::member::link_key`]), which a node uses for a
+/// neighbour it learns from a hello. `None` for a low-order point.
 pub fn link_key(my_secret: &[u8; 32], peer_public: &[u8; 32], me: NodeId, peer: NodeId) -> Option<[u8; 32]> {
-    use sha2::{Digest, Sha256};
-    let shared =
-        x25519_dalek::StaticSecret::from(*my_secret).diffie_hellman(&x25519_dalek::PublicKey::from(*peer_public));
-    if !shared.was_contributory() {
-        return None;
-    }
-    let (lo, hi) = (me.min(peer), me.max(peer));
-    let mut h = Sha256::new();
-    h.update(LINK_KEY_DOMAIN);
-    h.update(lo.to_be_bytes());
-    h.update(hi.to_be_bytes());
-    h.update(shared.as_bytes());
-    Some(h.finalize().into())
+    guest_agent::routing::member::link_key(my_secret, peer_public, me, peer)
 }
 
 #[cfg(test)]

@@ -330,6 +330,9 @@ pub fn metrics_report(outcome: &RunOutcome) -> serde_json::Value {
             "circuits": s.circuits,
             "flows_open": s.flows_open,
             "flows_expired": s.flows_expired,
+            "hellos_sent": s.hellos_sent,
+            "links_keyed": s.links_keyed,
+            "members_learned": s.members_learned,
             "drops": guest_agent::router::DROP_NAMES
                 .iter()
                 .zip(s.drops.values())

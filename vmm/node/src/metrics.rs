@@ -272,10 +272,14 @@ pub fn write_node_stats(e: &mut Exposition, s: &NodeStats) {
         ("pathvm_node_topology_changes_total", "Times the topology routing runs on changed.", s.topology_changes),
         ("pathvm_node_circuits_total", "Onion circuits relayed or ended here.", s.circuits),
         ("pathvm_node_flows_expired_total", "Streams ending here reset for silence.", s.flows_expired),
+        ("pathvm_node_hellos_sent_total", "Certificate hellos sent on links not heard.", s.hellos_sent),
+        ("pathvm_node_links_keyed_total", "Links keyed from a neighbour's certificate hello.", s.links_keyed),
     ] {
         e.family(name, Kind::Counter, help);
         e.sample(name, &[], v as f64);
     }
+    e.family("pathvm_node_members_learned", Kind::Gauge, "Members known from certificates in their link state.");
+    e.sample("pathvm_node_members_learned", &[], s.members_learned as f64);
     e.family("pathvm_node_flows_open", Kind::Gauge, "Streams ending here now.");
     e.sample("pathvm_node_flows_open", &[], s.flows_open as f64);
     e.family("pathvm_node_drops_total", Kind::Counter, "Packets the node VM dropped, by reason.");

@@ -523,6 +523,7 @@ impl Topo {
                 identity: None,
                 path: None,
                 refused_ports: Vec::new(),
+                certified: Default::default(),
             };
             files.push((h.name.clone(), node));
         }
