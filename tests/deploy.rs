@@ -188,4 +188,14 @@ fn three_machines_deployed_with_the_commands_a_person_types_carry_a_file() {
         assert!(std::time::Instant::now() < until, "B's link to C never shown up: {frame}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // A person's typo in a value: refused before anything starts, with
+    // the file and the line.
+    let typo = home("b").join("typo.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("protocol = \"shortest\"", "protocol = \"shortset\"");
+    let line = text.lines().position(|l| l.starts_with("protocol =")).unwrap() + 1;
+    std::fs::write(&typo, text).unwrap();
+    let out =
+        Command::new(pathvm_bin()).args(["node", "--image"]).arg(&image).arg("--config").arg(&typo).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("typo.toml, line {line}: unknown protocol")), "{err}");
 }

@@ -35,6 +35,43 @@ pub enum NodeFileError {
     /// A value out of range.
     #[error("node config: {0}")]
     Invalid(String),
+    /// A value out of range, and where it is (before the file is known).
+    #[error("node config: {1}")]
+    At(Spot, String),
+    /// A value out of range in a file, with its line where the file
+    /// names the key (a value left to its default has none).
+    #[error("node config {}{}: {msg}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key's line (1-based).
+        line: Option<usize>,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// Where a value sits in a node configuration, so an error about it can
+/// name its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spot {
+    /// A key at the top level.
+    Key(&'static str),
+    /// A key of the `index`-th entry (0-based) of an array of tables
+    /// (`[[port]]`, `[[exit]]`).
+    Entry(&'static str, usize, &'static str),
+}
+
+impl Spot {
+    /// The 1-based line of this key in TOML `text`, if the text has it.
+    pub fn line_in(self, text: &str) -> Option<usize> {
+        let doc = toml_edit::ImDocument::parse(text).ok()?;
+        let key = match self {
+            Self::Key(k) => doc.key(k)?.span()?,
+            Self::Entry(table, index, k) => doc.get(table)?.as_array_of_tables()?.get(index)?.key(k)?.span()?,
+        };
+        Some(text[..key.start.min(text.len())].matches('\n').count() + 1)
+    }
 }
 
 /// One link port of a node. A person writes `iface` and `peer`; the rest
@@ -275,6 +312,9 @@ pub struct NodeFile {
     /// valid certificate).
     #[serde(skip)]
     pub refused_ports: Vec<String>,
+    /// The text it was loaded from (to find a bad value's line).
+    #[serde(skip)]
+    pub source: String,
     /// With an `[identity]`: the CA, the revocation list, this node's
     /// certificate and link secret as the agent takes them (filled in at
     /// load, never written).
@@ -357,12 +397,29 @@ impl NodeFile {
         let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
         let mut file = Self::parse(path, &text)?;
         file.path = Some(path.to_path_buf());
+        file.source = text;
         let me = file.id;
         for p in &mut file.port {
             p.fill_defaults(me);
         }
         file.take_identity(path)?;
+        // Every value is checked now, so a bad one is named with its line
+        // before anything starts.
+        file.node_config()?;
+        file.allow_policy()?;
+        file.exits()?;
         Ok(file)
+    }
+
+    /// `e` with this file's path and, for a value it can place, its line.
+    fn located(&self, e: NodeFileError) -> NodeFileError {
+        match (e, &self.path) {
+            (NodeFileError::At(spot, msg), Some(p)) => {
+                NodeFileError::Value { path: p.clone(), line: spot.line_in(&self.source), msg }
+            }
+            (NodeFileError::Invalid(m), Some(p)) => NodeFileError::Invalid(format!("{}: {m}", p.display())),
+            (e, _) => e,
+        }
     }
 
     /// With an `[identity]`: checks it and fills in the link-state keys
@@ -455,8 +512,9 @@ impl NodeFile {
     /// Where this node's streams may be connected ([`NodeFile::allow`]).
     pub fn allow_policy(&self) -> Result<AllowPolicy, NodeFileError> {
         let own = self.host.iter().filter(|h| h.node == self.id).flat_map(|h| h.addrs.iter().cloned());
-        let allow = AllowPolicy::from_config(&self.allow, &own.collect::<Vec<_>>()).map_err(NodeFileError::Invalid)?;
-        Ok(allow.with_exit(ExitPolicy::parse(&self.exit_policy).map_err(NodeFileError::Invalid)?))
+        let at = |key| move |m| self.located(NodeFileError::At(Spot::Key(key), m));
+        let allow = AllowPolicy::from_config(&self.allow, &own.collect::<Vec<_>>()).map_err(at("allow"))?;
+        Ok(allow.with_exit(ExitPolicy::parse(&self.exit_policy).map_err(at("exit_policy"))?))
     }
 
     /// The topology's exits and their policies (what an edge chooses
@@ -464,11 +522,12 @@ impl NodeFile {
     pub fn exits(&self) -> Result<Vec<(NodeId, ExitPolicy)>, NodeFileError> {
         self.exit
             .iter()
-            .map(|e| {
-                let p = ExitPolicy::parse(&e.policy)
-                    .map_err(|m| NodeFileError::Invalid(format!("[[exit]] node {}: {m}", e.node)))?;
+            .enumerate()
+            .map(|(i, e)| {
+                let at = |m: String| self.located(NodeFileError::At(Spot::Entry("exit", i, "policy"), m));
+                let p = ExitPolicy::parse(&e.policy).map_err(|m| at(format!("[[exit]] node {}: {m}", e.node)))?;
                 if !p.is_exit() {
-                    return Err(NodeFileError::Invalid(format!("[[exit]] node {}: an empty policy", e.node)));
+                    return Err(at(format!("[[exit]] node {}: an empty policy", e.node)));
                 }
                 Ok((e.node, p))
             })
@@ -477,45 +536,52 @@ impl NodeFile {
 
     /// The agent's view of it.
     pub fn node_config(&self) -> Result<NodeConfig, NodeFileError> {
-        self.agent_config().map_err(|e| match (e, &self.path) {
-            (NodeFileError::Invalid(m), Some(p)) => NodeFileError::Invalid(format!("{}: {m}", p.display())),
-            (e, _) => e,
-        })
+        self.agent_config().map_err(|e| self.located(e))
     }
 
     fn agent_config(&self) -> Result<NodeConfig, NodeFileError> {
-        if let Some(id) =
-            [self.id].into_iter().chain(self.port.iter().map(|p| p.peer)).find(|&id| is_reserved_source(id))
-        {
-            return Err(NodeFileError::Invalid(format!("node id {id:#x} is reserved for console records")));
+        let at = |spot: Spot, msg: String| NodeFileError::At(spot, msg);
+        if is_reserved_source(self.id) {
+            return Err(at(Spot::Key("id"), format!("node id {:#x} is reserved for console records", self.id)));
+        }
+        if let Some(i) = self.port.iter().position(|p| is_reserved_source(p.peer)) {
+            let msg = format!("node id {:#x} is reserved for console records", self.port[i].peer);
+            return Err(at(Spot::Entry("port", i, "peer"), msg));
         }
         if self.port.is_empty() || self.port.len() > MAX_PORTS {
-            return Err(NodeFileError::Invalid(format!("a node has 1 to {MAX_PORTS} ports, not {}", self.port.len())));
+            return Err(at(Spot::Key("port"), format!("a node has 1 to {MAX_PORTS} ports, not {}", self.port.len())));
         }
         let ports = self
             .port
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
+                let spot = |key| move |e: String| at(Spot::Entry("port", i, key), format!("port {}: {e}", p.iface));
                 let reserved = guest_agent::wire::RESERVED_LINK_ID;
                 // An explicit id without a span has one id (as before spans
                 // had defaults of their own).
                 let (tx_span, rx_span) = (p.tx_link_span.max(1), p.rx_link_span.max(1));
                 let span_ok = |first: u32, span: u32| first.checked_add(span - 1).is_some_and(|l| l < reserved);
-                if !span_ok(p.tx_link_id, tx_span) || !span_ok(p.rx_link_id, rx_span) {
-                    return Err(format!(
-                        "port {}: link ids must be given or left to their defaults (a loaded file), and below {reserved:#x}",
-                        p.iface
-                    ));
+                for (key, first, span) in [("tx_link_id", p.tx_link_id, tx_span), ("rx_link_id", p.rx_link_id, rx_span)]
+                {
+                    if !span_ok(first, span) {
+                        return Err(spot(key)(format!(
+                            "link ids must be given or left to their defaults (a loaded file), and below {reserved:#x}"
+                        )));
+                    }
+                }
+                if !p.mac.is_empty() {
+                    parse_mac(&p.mac).map_err(spot("mac"))?;
                 }
                 // Certified and no key: agreed from the neighbour's hello.
                 let (scope, key) = if p.key.is_empty() && !self.certified.cert.is_empty() {
                     (KeyScope::Certified, [0; 32])
                 } else {
-                    (KeyScope::Link, parse_key(&p.key).map_err(|e| format!("port {}: {e}", p.iface))?)
+                    (KeyScope::Link, parse_key(&p.key).map_err(spot("key"))?)
                 };
                 Ok(PortConfig {
                     peer: p.peer,
-                    peer_mac: parse_mac(&p.peer_mac)?,
+                    peer_mac: parse_mac(&p.peer_mac).map_err(spot("peer_mac"))?,
                     tx_link_id: p.tx_link_id,
                     rx_link_id: p.rx_link_id,
                     rx_link_span: rx_span,
@@ -523,12 +589,12 @@ impl NodeFile {
                     key,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(NodeFileError::Invalid)?;
+            .collect::<Result<Vec<_>, NodeFileError>>()?;
         let links = self.links();
         let protocol = match policy::protocols::by_name(&self.protocol) {
             Some(p) if p.name == "onion" => {
-                return Err(NodeFileError::Invalid(
+                return Err(at(
+                    Spot::Key("protocol"),
                     "protocol \"onion\" carries streams from an edge (pathvm edge), not datagrams a node \
                      originates: use shortest, widest, multipath or redundant"
                         .into(),
@@ -536,39 +602,49 @@ impl NodeFile {
             }
             Some(p) => p.wire_id,
             None => {
-                return Err(NodeFileError::Invalid(format!(
-                    "unknown protocol {:?}: use shortest, widest, multipath or redundant",
-                    self.protocol
-                )))
+                return Err(at(
+                    Spot::Key("protocol"),
+                    format!("unknown protocol {:?}: use shortest, widest, multipath or redundant", self.protocol),
+                ))
             }
         };
         if !(1..=MAX_ONION_PERIOD_S).contains(&self.onion_key_period_s) {
-            return Err(NodeFileError::Invalid(format!(
-                "onion_key_period_s = {} must be 1-{MAX_ONION_PERIOD_S} (seconds between onion key rotations; \
+            return Err(at(
+                Spot::Key("onion_key_period_s"),
+                format!(
+                    "onion_key_period_s = {} must be 1-{MAX_ONION_PERIOD_S} (seconds between onion key rotations; \
                  a key opens what was sealed to it for two periods)",
-                self.onion_key_period_s
-            )));
+                    self.onion_key_period_s
+                ),
+            ));
         }
         if !IDLE_TIMEOUT_RANGE_S.contains(&self.stream_idle_timeout_s) {
-            return Err(NodeFileError::Invalid(format!(
-                "stream_idle_timeout_s = {} must be {}-{} (seconds a stream may go unheard)",
-                self.stream_idle_timeout_s,
-                IDLE_TIMEOUT_RANGE_S.start(),
-                IDLE_TIMEOUT_RANGE_S.end()
-            )));
+            return Err(at(
+                Spot::Key("stream_idle_timeout_s"),
+                format!(
+                    "stream_idle_timeout_s = {} must be {}-{} (seconds a stream may go unheard)",
+                    self.stream_idle_timeout_s,
+                    IDLE_TIMEOUT_RANGE_S.start(),
+                    IDLE_TIMEOUT_RANGE_S.end()
+                ),
+            ));
         }
-        let lsa_secret = optional_secret(&self.lsa_secret, "lsa_secret")?;
-        let lsa_keys = public_keys(&self.lsa_key, "link-state key").map_err(NodeFileError::Invalid)?;
-        if let Some((n, _)) = lsa_keys.iter().find(|(_, k)| !lsa_sign::is_public_key(k)) {
-            return Err(NodeFileError::Invalid(format!("link-state key of node {n} is not an Ed25519 public key")));
+        let lsa_secret = optional_secret(&self.lsa_secret, "lsa_secret").map_err(|e| match e {
+            NodeFileError::Invalid(m) => at(Spot::Key("lsa_secret"), m),
+            e => e,
+        })?;
+        let keys_at = |i: usize, m| at(Spot::Entry("lsa_key", i, "public"), m);
+        let lsa_keys = public_keys(&self.lsa_key, "link-state key").map_err(|m| keys_at(0, m))?;
+        if let Some(i) = lsa_keys.iter().position(|(_, k)| !lsa_sign::is_public_key(k)) {
+            return Err(keys_at(i, format!("link-state key of node {} is not an Ed25519 public key", lsa_keys[i].0)));
         }
         if lsa_secret != [0; 32] {
             let public = lsa_sign::public_key(&lsa_secret);
             if lsa_keys.iter().any(|&(n, k)| n == self.id && k != public) {
-                return Err(NodeFileError::Invalid(format!(
-                    "lsa_secret does not match node {}'s own lsa_key: the file mixes two topologies",
-                    self.id
-                )));
+                return Err(at(
+                    Spot::Key("lsa_secret"),
+                    format!("lsa_secret does not match node {}'s own lsa_key: the file mixes two topologies", self.id),
+                ));
             }
         }
         let cfg = NodeConfig {
@@ -647,6 +723,7 @@ mod tests {
             path: None,
             refused_ports: Vec::new(),
             certified: Default::default(),
+            source: String::new(),
         };
         let c = f.node_config().unwrap();
         assert_eq!((c.me, c.ports[0].peer, c.ports[0].key[0], c.links.len(), c.protocol), (2, 1, 1, 1, 2));
@@ -676,5 +753,58 @@ mod tests {
         let text = toml::to_string(&f).unwrap();
         let back: NodeFile = toml::from_str(&text).unwrap();
         assert_eq!(back.port[0].tap, "tap0");
+    }
+
+    #[test]
+    fn a_bad_value_is_named_with_its_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("pathvm-config-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = r#"id = 2
+hop_limit = 8
+mem_mib = 64
+protocol = "shortest"
+
+[[port]]
+iface = "eth0"
+peer = 1
+key = "0101010101010101010101010101010101010101010101010101010101010101"
+
+[[port]]
+iface = "eth1"
+peer = 3
+key = "0202020202020202020202020202020202020202020202020202020202020202"
+
+[[link]]
+a = 1
+b = 2
+latency_us = 100
+bandwidth_mbps = 1000
+"#;
+        let path = dir.join("node.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            NodeFile::load(&path).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(load(good), Ok(()));
+        let cases = [
+            (good.replace("\"shortest\"", "\"fastest\""), 4, "unknown protocol"),
+            (good.replace("peer = 3\n", "peer = 3\npeer_mac = \"02:00\"\n"), 14, "port eth1"),
+            (good.replace("0202", "zz02"), 14, "port eth1"),
+            (
+                good.replace(
+                    "protocol = \"shortest\"\n",
+                    "protocol = \"shortest\"\nexit_policy = [\"accept nowhere\"]\n",
+                ),
+                5,
+                "nowhere",
+            ),
+            (good.replace("mem_mib = 64", "mem_mib = 64\nstream_idle_timeout_s = 1"), 4, "stream_idle_timeout_s = 1"),
+        ];
+        for (text, line, what) in cases {
+            let err = load(&text).unwrap_err();
+            let at = format!("node config {}, line {line}: ", path.display());
+            assert!(err.starts_with(&at) && err.contains(what), "{err}\n--- wanted {at}…{what} in\n{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

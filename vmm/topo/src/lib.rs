@@ -524,6 +524,7 @@ impl Topo {
                 path: None,
                 refused_ports: Vec::new(),
                 certified: Default::default(),
+                source: String::new(),
             };
             files.push((h.name.clone(), node));
         }
