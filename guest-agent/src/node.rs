@@ -171,6 +171,9 @@ impl IdentityConfig {
         }
         let cert = take(b, n)?.to_vec();
         let nrev = take(b, 1)?[0] as usize;
+        if nrev > MAX_REVOKED {
+            return Err(ConfigError::Truncated);
+        }
         let mut revoked = Vec::with_capacity(nrev.min(MAX_REVOKED));
         for _ in 0..nrev {
             let mut r = [0u8; crate::routing::member::SERIAL_LEN];
