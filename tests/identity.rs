@@ -143,13 +143,15 @@ fn a_revocation_takes_effect_on_running_nodes_within_seconds() {
     drop(edge);
 }
 
-/// `host`'s config without the links of node `gone`: what a config
-/// written before `gone` joined says (its name stays, as a published host
-/// name would: that is how apps name it, not how nodes trust it).
-fn forget_links(topo: &TopoGuard, host: &str, gone: i64) {
+/// `host`'s config without anything about node `gone` (its links and its
+/// host entry): what a config written before `gone` joined says.
+fn forget(topo: &TopoGuard, host: &str, gone: i64) {
     edit_config(topo, host, |t| {
         if let Some(links) = t.get_mut("link").and_then(|l| l.as_array_mut()) {
             links.retain(|l| l["a"].as_integer() != Some(gone) && l["b"].as_integer() != Some(gone));
+        }
+        if let Some(hosts) = t.get_mut("host").and_then(|l| l.as_array_mut()) {
+            hosts.retain(|h| h["node"].as_integer() != Some(gone));
         }
     });
 }
@@ -178,8 +180,8 @@ fn a_member_whose_certificate_nobody_was_given_is_linked_and_routed_to_from_its_
     });
     // A's and C's configs were written before D existed; B's has a port
     // to D (its neighbour), with no key and no certificate of D.
-    forget_links(&topo, "a", 4);
-    forget_links(&topo, "c", 4);
+    forget(&topo, "a", 4);
+    forget(&topo, "c", 4);
     let dir = TempDir::new();
     let c = topo.start_node("c", 3, &dir.0.join("c.json"));
     let b = topo.start_node("b", 2, &dir.0.join("b.json"));
@@ -191,8 +193,14 @@ fn a_member_whose_certificate_nobody_was_given_is_linked_and_routed_to_from_its_
     let url = format!("http://d:{port}/file");
     assert_eq!(pathvm_tests::edge::curl(&topo, &url, None).0, Some(97), "D is nobody yet");
 
-    // D joins: it starts; nobody else's config or files change.
+    // D joins: it starts; nobody else's config or files change. The edge
+    // learns D's name and addresses from D's certificate as B floods D's
+    // link state onto the edge's link.
     let d = topo.start_node("d", 4, &dir.0.join("d.json"));
+    let learned = edge
+        .events
+        .wait(std::time::Duration::from_secs(20), |e| pathvm_tests::events::is(e, "member_learned") && e["node"] == 4);
+    assert_eq!(learned["name"], "d", "{learned}");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (code, got) = pathvm_tests::edge::curl(&topo, &url, None);

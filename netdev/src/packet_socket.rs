@@ -65,6 +65,34 @@ impl RawSocket {
         Ok(())
     }
 
+    /// Attaches classic BPF `program`: the kernel then queues only the
+    /// frames it passes (a listener for rare frames on a busy link costs
+    /// the data path nothing but the filter's run).
+    pub fn attach_filter(&self, program: &[libc::sock_filter]) -> io::Result<()> {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(program.len()).map_err(|_| io::Error::other("filter too long"))?,
+            filter: program.as_ptr().cast_mut(),
+        };
+        // SAFETY: the kernel copies `len` instructions from a live slice
+        // during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Frames queued before the filter was attached passed no filter.
+        let mut buf = [0u8; 64];
+        while let Ok(Some(_)) = self.recv_any(&mut buf, 0) {}
+        Ok(())
+    }
+
     fn addr(&self, proto: u16) -> libc::sockaddr_ll {
         // SAFETY: sockaddr_ll is plain data; zero is a valid start.
         let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };

@@ -21,6 +21,8 @@ use crate::routing::linkstate::Lsa;
 const PROBE: u8 = 1;
 const PROBE_ACK: u8 = 2;
 const LSA: u8 = 3;
+/// The first payload byte of an advertisement (what filters look for).
+pub const LSA_KIND: u8 = LSA;
 const LSA_REQUEST: u8 = 4;
 const HELLO: u8 = 5;
 

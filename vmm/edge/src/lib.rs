@@ -9,12 +9,14 @@
 //! - [`request`]: the VM spawned for one request;
 //! - [`serve`]: claim steps (a)-(d) for each client, as one library call;
 //! - [`exit`]: which node a destination goes to (a host, or an exit);
+//! - [`members`]: hosts that joined, learnt from the link state floods;
 //! - [`socks_client`]: the blocking SOCKS5 client of the relay and benches;
 //! - [`transparent`]: `pathvm run`'s sandbox, relay and DNS.
 
 pub mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod members;
 pub mod peer;
 pub mod ports;
 pub mod request;

@@ -26,6 +26,7 @@ use crate::peer;
 use crate::ports::{self, PortPool, PreparedPorts};
 use crate::request::{self, RequestSpec, SlotAllocator};
 use crate::socks::{self, Command, Reply, Target};
+use guest_agent::routing::member::{Authority, MemberCert};
 use node::events::{flow_name, micros, ConnectStages, Counters, Event, EventSink, ProtocolRow};
 use node::lookup::{self, Query};
 use node::{NodeFile, NodeFileError};
@@ -171,6 +172,28 @@ struct View {
     stamp: Vec<(PathBuf, Option<std::time::SystemTime>)>,
 }
 
+/// The CA and revocation list certificates are checked with, as `file`
+/// was loaded.
+fn authority_of(file: &NodeFile) -> Authority {
+    Authority::new(&file.certified.ca_public, &file.certified.revoked)
+}
+
+fn wire_of(c: &MemberCert) -> Vec<u8> {
+    let mut out = Vec::new();
+    c.encode(&mut out);
+    out
+}
+
+/// Adds the host `c` names to `file`'s hosts unless its node or name is
+/// there already; whether it was added.
+fn add_host(file: &mut NodeFile, c: &MemberCert) -> bool {
+    if file.host.iter().any(|h| h.node == c.node || h.name == c.name) {
+        return false;
+    }
+    file.host.push(node::HostAddrs { name: c.name.clone(), node: c.node, addrs: c.addrs.clone() });
+    true
+}
+
 /// How often the edge looks at its identity files.
 const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -194,6 +217,9 @@ pub struct Edge {
     manifests: ManifestDir,
     events: Arc<EventSink>,
     limits: EdgeLimits,
+    /// Members learnt from the link state flooded on the edge's links
+    /// ([`crate::members`]), kept across reloads of the configuration.
+    learned: std::sync::Mutex<Vec<MemberCert>>,
     /// Request VMs running now.
     vms: AtomicUsize,
     /// Clients in their handshake now.
@@ -343,6 +369,7 @@ impl Edge {
             manifests: ManifestDir::new(&cfg.manifests),
             events: Arc::new(cfg.events),
             limits: cfg.limits,
+            learned: std::sync::Mutex::new(Vec::new()),
             vms: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
         })
@@ -374,7 +401,14 @@ impl Edge {
         }
         let fresh = NodeFile::load(&self.config).and_then(|f| {
             let exits = f.exits()?;
-            Ok(View { stamp: node::identity_stamp(f.identity.as_ref(), &self.config), file: f, exits })
+            let mut v = View { stamp: node::identity_stamp(f.identity.as_ref(), &self.config), file: f, exits };
+            // What was learnt stays, unless the new list revokes it.
+            let authority = authority_of(&v.file);
+            let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+            for c in learned.iter().filter(|c| authority.check(&wire_of(c), c.node, node::identity::now_s()).is_ok()) {
+                add_host(&mut v.file, c);
+            }
+            Ok(v)
         });
         match fresh {
             Ok(v) => {
@@ -390,8 +424,42 @@ impl Edge {
         }
     }
 
+    /// With a CA: listens on the edge's links for members' certificates
+    /// in the flooded link state, and adds the hosts they name.
+    fn learn_members(self: &Arc<Self>) {
+        let view = self.view();
+        if view.file.certified.ca_public == [0; 32] {
+            return;
+        }
+        let ifaces: Vec<String> = view.file.port.iter().map(|p| p.iface.clone()).collect();
+        let edge = Arc::downgrade(self);
+        let learner = crate::members::Learner::new(authority_of(&view.file));
+        crate::members::listen(
+            &ifaces,
+            learner,
+            Arc::new(move |c: MemberCert| {
+                if let Some(edge) = edge.upgrade() {
+                    edge.learned(c);
+                }
+            }),
+        );
+    }
+
+    /// A member's certificate, checked: its host joins the view.
+    fn learned(&self, c: MemberCert) {
+        let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let mut file = slot.file.clone();
+        if add_host(&mut file, &c) {
+            tracing::info!("edge: member {} ({}) learnt from the link state", c.node, c.name);
+            self.events.emit(&Event::MemberLearned { node: c.node, name: c.name.clone(), addrs: c.addrs.clone() });
+            *slot = Arc::new(View { file, exits: slot.exits.clone(), stamp: slot.stamp.clone() });
+        }
+        self.learned.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+
     /// Serves clients of `listener` until it fails, each on a thread.
     pub fn serve(self: Arc<Self>, listener: TcpListener) {
+        self.learn_members();
         let listen = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
         eprintln!("pathvm edge: SOCKS5 on {listen}");
         self.events.emit(&Event::EdgeUp { listen });

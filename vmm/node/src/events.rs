@@ -299,6 +299,16 @@ pub enum Event {
         /// Its node id.
         node: u16,
     },
+    /// An edge took a member's certificate from the link state flooded
+    /// on its links: apps may name that host now.
+    MemberLearned {
+        /// The member's node id.
+        node: u16,
+        /// Its host name.
+        name: String,
+        /// Its addresses.
+        addrs: Vec<String>,
+    },
     /// A destination node connected (or failed to connect) the service a
     /// stream's opener named: the service's own part of a connect.
     ServiceConnect {

@@ -36,7 +36,7 @@ use std::time::Instant;
 use events::{micros, Counters, Event, EventSink};
 
 pub use config::{
-    parse_mac, ExitSpec, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, PublicKeySpec, TopoLinkSpec,
+    parse_mac, ExitSpec, HostAddrs, NodeFile, NodeFileError, PortBackend, PortSpec, PublicKeySpec, Spot, TopoLinkSpec,
     DEFAULT_IDLE_TIMEOUT_S, IDLE_TIMEOUT_RANGE_S,
 };
 pub use plumbing::{Intake, IntakeError};
