@@ -211,6 +211,15 @@ fn a_member_whose_certificate_nobody_was_given_is_linked_and_routed_to_from_its_
         assert!(std::time::Instant::now() < until, "D was never routed to: {}", edge.events.dump());
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    // Requests are handed the link state the edge holds from the floods;
+    // one given B's and D's (A's config knows no B-D link: only both
+    // ends' advertisements make it) pulls none before its keys.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, got) = pathvm_tests::edge::curl(&topo, &url, None);
+    assert_eq!((code, sha256(&got)), (Some(0), sha256(&body)));
+    let up = edge.events.of("stream_up").pop().expect("a stream came up");
+    assert!(up["stages"]["lsas_given"].as_u64().unwrap() >= 2, "{up}");
+    assert_eq!(up["stages"]["lsa_requests"], 0, "{up}");
     drop(edge);
     for daemon in [d, b, c] {
         daemon.terminate(std::time::Duration::from_secs(10));

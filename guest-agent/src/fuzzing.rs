@@ -507,7 +507,8 @@ mod tests {
         SourceRoute::encode_parts(0, 1, &[1, 2, 3], &mut route);
         let mut codecs = Vec::new();
         sim::config(&links, 2, 1).encode(&mut codecs);
-        EdgeRequest { dst: 3, flow: 7, target: b"10.0.0.3:80".to_vec(), avoid: alloc::vec![2] }.encode(&mut codecs);
+        EdgeRequest { dst: 3, flow: 7, target: b"10.0.0.3:80".to_vec(), avoid: alloc::vec![2], link_state: Vec::new() }
+            .encode(&mut codecs);
         let mut router = alloc::vec![13u8, 1, 0, 0, 8, 7, 0, 1, 0, 3];
         router.extend_from_slice(b"data");
         router.push(frame.len() as u8);

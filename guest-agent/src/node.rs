@@ -195,6 +195,9 @@ pub enum ConfigError {
     TooManyPorts,
     /// A port's key scope that is neither link nor own.
     BadKeyScope,
+    /// A request's link state that does not decode (or carries a
+    /// certificate: the host sends none).
+    BadLsa,
 }
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], ConfigError> {
@@ -398,6 +401,11 @@ pub struct EdgeRequest {
     pub target: Vec<u8>,
     /// Nodes the app asked not to relay through (onion honours it).
     pub avoid: Vec<NodeId>,
+    /// The link state the edge host holds now (advertisements flooded on
+    /// its links, their signatures checked by the host; sent without
+    /// certificates): the VM routes and seals on it from its first
+    /// instruction instead of pulling it from its neighbours first.
+    pub link_state: Vec<crate::routing::linkstate::Lsa>,
 }
 
 impl EdgeRequest {
@@ -411,6 +419,13 @@ impl EdgeRequest {
         for n in self.avoid.iter().take(255) {
             out.extend_from_slice(&n.to_be_bytes());
         }
+        out.push(self.link_state.len().min(255) as u8);
+        for l in self.link_state.iter().take(255) {
+            let mut b = Vec::new();
+            crate::routing::linkstate::Lsa { cert: Vec::new(), ..l.clone() }.encode(&mut b);
+            out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+            out.extend_from_slice(&b);
+        }
     }
 
     /// Decodes what `encode` wrote.
@@ -421,7 +436,18 @@ impl EdgeRequest {
         let navoid = *b.get(8 + n).ok_or(ConfigError::Truncated)? as usize;
         let list = b.get(9 + n..9 + n + 2 * navoid).ok_or(ConfigError::Truncated)?;
         let avoid = list.chunks_exact(2).map(be16).collect();
-        Ok(Self { dst: be16(h), flow: be32(&h[2..]), target, avoid })
+        let mut rest = &b[9 + n + 2 * navoid..];
+        let nlsas = take(&mut rest, 1)?[0] as usize;
+        let mut link_state = Vec::with_capacity(nlsas.min(rest.len() / 2));
+        for _ in 0..nlsas {
+            let len = be16(take(&mut rest, 2)?) as usize;
+            let lsa = crate::routing::linkstate::Lsa::decode(take(&mut rest, len)?).map_err(|_| ConfigError::BadLsa)?;
+            if !lsa.cert.is_empty() {
+                return Err(ConfigError::BadLsa);
+            }
+            link_state.push(lsa);
+        }
+        Ok(Self { dst: be16(h), flow: be32(&h[2..]), target, avoid, link_state })
     }
 }
 
@@ -760,7 +786,21 @@ mod tests {
     fn edge_request_round_trips_after_a_config() {
         let mut b = Vec::new();
         config().encode(&mut b);
-        let req = EdgeRequest { dst: 3, flow: 0xabcd, target: b"10.0.0.3:80".to_vec(), avoid: vec![11, 12] };
+        let lsa = crate::routing::linkstate::Lsa {
+            origin: 2,
+            seq: 9,
+            onion_key: [1; 32],
+            links: Vec::new(),
+            sig: [3; 64],
+            cert: Vec::new(),
+        };
+        let req = EdgeRequest {
+            dst: 3,
+            flow: 0xabcd,
+            target: b"10.0.0.3:80".to_vec(),
+            avoid: vec![11, 12],
+            link_state: vec![lsa.clone(), lsa],
+        };
         req.encode(&mut b);
         let cfg = NodeConfig::decode(&b).unwrap();
         assert_eq!(EdgeRequest::decode(&b[cfg.encoded_len()..]), Ok(req));

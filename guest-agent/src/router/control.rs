@@ -111,7 +111,7 @@ impl<L: LinkPort> Router<L> {
 
     /// Recomputes the topology routing runs on; on a change, the routers
     /// and the source paths follow.
-    fn refresh_topology(&mut self, now: u64) {
+    pub(super) fn refresh_topology(&mut self, now: u64) {
         // A flooding node routes on what it advertised, as every other node
         // does, so hop-by-hop choices agree; a request VM on what it sees.
         let own = if self.floods { self.advertised.clone() } else { self.own_reports(now) };

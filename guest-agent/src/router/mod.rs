@@ -268,6 +268,15 @@ impl<L: LinkPort> Router<L> {
         let mut r = Self::new(cfg, links, now)?;
         r.floods = false;
         r.control_flow = req.flow;
+        // What the edge host holds: routed and sealed on at once.
+        for lsa in &req.link_state {
+            if r.lsdb.trust(r.me, now, lsa.clone()) {
+                r.stats.lsas_accepted += 1;
+            }
+        }
+        if !req.link_state.is_empty() {
+            r.refresh_topology(now);
+        }
         r.request = Some(RequestStream::new(req, r.protocol, now));
         // An onion request no circuit can carry is refused before anything
         // is sent.

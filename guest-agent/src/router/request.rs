@@ -328,6 +328,11 @@ impl<L: LinkPort> Router<L> {
         // Err(true): no circuit can ever carry the stream.
         let keyed = if onion {
             self.onion_prepare(dst).map_err(|e| e == NoCircuit::NoPath)
+        } else if self.routes.shortest.latency_to(dst).is_none() {
+            // Keys without a way there (link state handed over at boot
+            // that lacks a link): wait for what the pull brings rather
+            // than send an opening nobody can forward.
+            Err(false)
         } else {
             let session = self.lsdb.onion_key(dst).and_then(|k| {
                 // A fresh key for this stream alone.

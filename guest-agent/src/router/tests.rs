@@ -487,7 +487,7 @@ fn stream_bytes(net: &mut Net, at: u16, flow: u32) -> Vec<u8> {
 }
 
 fn request(dst: u16, target: &[u8]) -> EdgeRequest {
-    EdgeRequest { dst, flow: 0x5eed_0001, target: target.to_vec(), avoid: Vec::new() }
+    EdgeRequest { dst, flow: 0x5eed_0001, target: target.to_vec(), avoid: Vec::new(), link_state: Vec::new() }
 }
 
 fn body(n: usize) -> Vec<u8> {
@@ -1161,4 +1161,30 @@ fn a_host_that_connects_a_stream_already_gone_is_told_to_let_go() {
     assert_eq!(h.router.host_input(&rec), rec.len());
     let out = records(h.router.host_output());
     assert_eq!(out, vec![(RECORD_CONTROL, 77, vec![stream_op::RESET])]);
+}
+
+#[test]
+fn a_request_vm_given_its_edges_link_state_is_keyed_at_boot_and_opens_at_once() {
+    // The link state as the edge host holds it: what node 2 gathered.
+    let mut before = Net::new(&line3(), Protocol::Shortest.id(), None);
+    before.run_for(1_200_000, 500);
+    let b = &before.host(2).router;
+    let held: Vec<Lsa> = b.lsdb.lsas().cloned().chain(b.own_lsa.clone()).collect();
+    assert_eq!(held.len(), 3, "1's, 2's and 3's advertisements");
+    let req = EdgeRequest { link_state: held, ..request(3, b"10.0.0.9:80") };
+    let mut net = Net::new(&line3(), Protocol::Shortest.id(), Some((1, &req)));
+    let r = &net.host(1).router;
+    assert!(r.request.as_ref().is_some_and(|q| !q.waits_for_keys()), "keyed from the link state it was given");
+    assert_eq!(r.stats().lsas_accepted, 2, "its own node's is left out");
+    // It opens sooner than one that pulls the link state first.
+    let steps_to_open = |net: &mut Net, what: &str| {
+        let start = net.now;
+        let opened = net.run_until(1_000_000, STEP, |net| !serve_opens(net, 3, stream_op::OPENED).is_empty());
+        assert!(opened, "{what}: never opened; {:?}", net.host(3).router.stats().drops);
+        (net.now - start) / STEP
+    };
+    let given = steps_to_open(&mut net, "given");
+    let mut pulls = Net::new(&line3(), Protocol::Shortest.id(), Some((1, &request(3, b"10.0.0.9:80"))));
+    let pulled = steps_to_open(&mut pulls, "pulled");
+    assert!(given < pulled, "opened after {given} steps with the edge's link state, {pulled} pulling it");
 }

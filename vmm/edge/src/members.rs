@@ -8,19 +8,22 @@
 //! between requests, so it listens itself: a packet socket on each link
 //! interface, with a kernel filter that passes only flooded link state
 //! (overlay EtherType, the control flag, flow 0, an advertisement), so
-//! the data path pays nothing for it. A certificate is taken on the CA's
-//! signature alone (checked with the revocation list the edge was started
+//! the data path pays nothing for it. The advertisements themselves are
+//! kept too, signatures checked ([`Floods`]): a request VM is given them
+//! at boot. A certificate is taken on the CA's signature alone (checked with the revocation list the edge was started
 //! with), never on the frame's link tag: what the CA signed is true
 //! whoever replays it. Each serial is checked once; the name and
 //! addresses of each valid one join the edge's hosts.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use guest_agent::routing::linkstate::Lsa;
-use guest_agent::routing::lsa_sign::VerifyBudget;
+use guest_agent::node::NodeConfig;
+use guest_agent::routing::linkstate::{LinkStateDb, Lsa};
+use guest_agent::routing::lsa_sign::{LsaKeys, VerifyBudget};
 use guest_agent::routing::member::{Authority, MemberCert, SERIAL_LEN};
+use guest_agent::routing::NodeId;
 use guest_agent::wire::control::Control;
 use guest_agent::wire::{OverlayPacket, OverlayRepr, ETHERTYPE, ETH_HDR_LEN, FLAG_CONTROL};
 use netdev::packet_socket::RawSocket;
@@ -28,10 +31,9 @@ use netdev::packet_socket::RawSocket;
 /// Most certificates an edge takes.
 pub const MAX_TAKEN: usize = 4096;
 
-/// The certificate an advertisement in `frame` carries, if `frame` is a
-/// flooded advertisement that carries one (the filter's test, again, in
-/// full): its origin and the certificate's wire form.
-pub fn advertised_cert(frame: &[u8]) -> Option<Vec<u8>> {
+/// The advertisement in `frame`, if `frame` is a flooded one (the
+/// filter's test, again, in full).
+pub fn advertised(frame: &[u8]) -> Option<Lsa> {
     if frame.len() < ETH_HDR_LEN || frame[12..14] != ETHERTYPE.to_be_bytes() {
         return None;
     }
@@ -41,8 +43,57 @@ pub fn advertised_cert(frame: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     match Control::decode(p.payload()).ok()? {
-        Control::LinkState(Lsa { cert, .. }) if !cert.is_empty() => Some(cert),
+        Control::LinkState(lsa) => Some(lsa),
         _ => None,
+    }
+}
+
+/// The newest link state of every origin whose signature checked, as
+/// flooded on the edge's links: what a request VM is given at boot, so it
+/// routes and seals at once instead of pulling it from its neighbours
+/// first (the pull, and its signature checks in the guest, were about a
+/// millisecond of a connect).
+pub struct Floods {
+    me: NodeId,
+    db: Mutex<(LinkStateDb, VerifyBudget)>,
+}
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Floods {
+    /// Checking advertisements with the keys and CA of the edge's agent
+    /// configuration `cfg`.
+    pub fn new(cfg: &NodeConfig) -> Self {
+        Self { me: cfg.me, db: Mutex::new(Self::db(cfg)) }
+    }
+
+    fn db(cfg: &NodeConfig) -> (LinkStateDb, VerifyBudget) {
+        let authority = Authority::new(&cfg.identity.ca_public, &cfg.identity.revoked);
+        let keys = LsaKeys::new(&cfg.lsa_keys).with_authority(authority);
+        (LinkStateDb::new(&cfg.topology(), keys), VerifyBudget::new(wall_us()))
+    }
+
+    /// Starts again from `cfg` (another membership, a new revocation
+    /// list): what was held is forgotten, the next floods refill it.
+    pub fn rekey(&self, cfg: &NodeConfig) {
+        *self.db.lock().unwrap_or_else(|p| p.into_inner()) = Self::db(cfg);
+    }
+
+    /// Offers a flooded advertisement (checked, kept if newer).
+    pub fn offer(&self, lsa: Lsa) {
+        let now = wall_us();
+        let mut held = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let (db, budget) = &mut *held;
+        let _ = db.offer(self.me, now, now, lsa, budget);
+    }
+
+    /// What is held now, younger than the link state's maximum age.
+    pub fn current(&self) -> Vec<Lsa> {
+        let mut held = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        held.0.expire(wall_us());
+        held.0.lsas().map(|l| Lsa { cert: Vec::new(), ..l.clone() }).collect()
     }
 }
 
@@ -76,7 +127,7 @@ impl Learner {
     }
 }
 
-/// A classic BPF program passing only what [`advertised_cert`] looks at:
+/// A classic BPF program passing only what [`advertised`] looks at:
 /// overlay frames with the control flag, flow 0 (floods) and an
 /// advertisement as their first payload byte (control frames carry no
 /// protocol state).
@@ -108,9 +159,15 @@ fn flood_filter() -> Vec<libc::sock_filter> {
 }
 
 /// Listens on `ifaces` (the edge's link interfaces) for the rest of the
-/// process, handing each new valid certificate to `learned`. An interface
-/// that cannot be listened on is logged and left out.
-pub fn listen(ifaces: &[String], mut learner: Learner, learned: Arc<dyn Fn(MemberCert) + Send + Sync>) {
+/// process: each advertisement goes to `floods`, each new valid
+/// certificate to `learned`. An interface that cannot be listened on is
+/// logged and left out.
+pub fn listen(
+    ifaces: &[String],
+    mut learner: Learner,
+    floods: Arc<Floods>,
+    learned: Arc<dyn Fn(MemberCert) + Send + Sync>,
+) {
     let filter = flood_filter();
     let socks: Vec<RawSocket> = ifaces
         .iter()
@@ -131,13 +188,13 @@ pub fn listen(ifaces: &[String], mut learner: Learner, learned: Arc<dyn Fn(Membe
             for s in &socks {
                 // Waits a moment on each in turn: floods come once a second.
                 while let Ok(Some(n)) = s.recv_incoming(&mut buf, 50) {
-                    let Some(cert) = advertised_cert(&buf[..n]) else { continue };
-                    let now_us = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as u64);
-                    if let Some(c) = learner.take(&cert, now_us) {
-                        learned(c);
+                    let Some(lsa) = advertised(&buf[..n]) else { continue };
+                    if !lsa.cert.is_empty() {
+                        if let Some(c) = learner.take(&lsa.cert, wall_us()) {
+                            learned(c);
+                        }
                     }
+                    floods.offer(lsa);
                 }
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -178,10 +235,9 @@ mod tests {
         let mut wire = Vec::new();
         sim::cert(4, 1).encode(&mut wire);
         let frame = flooded(wire.clone(), FLAG_CONTROL, 0);
-        assert_eq!(advertised_cert(&frame), Some(wire.clone()));
-        assert_eq!(advertised_cert(&flooded(wire.clone(), 0, 0)), None, "not control");
-        assert_eq!(advertised_cert(&flooded(Vec::new(), FLAG_CONTROL, 0)), None, "no certificate");
-        assert_eq!(advertised_cert(&frame[..40]), None);
+        assert_eq!(advertised(&frame).map(|l| l.cert), Some(wire.clone()));
+        assert_eq!(advertised(&flooded(wire.clone(), 0, 0)), None, "not control");
+        assert_eq!(advertised(&frame[..40]), None);
         let ca = guest_agent::routing::lsa_sign::public_key(&sim::CA_SECRET);
         let mut l = Learner::new(Authority::new(&ca, &[]));
         let t = 10_000_000;

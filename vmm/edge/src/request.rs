@@ -65,6 +65,10 @@ pub struct RequestSpec {
     pub slot: u32,
     /// Nodes the app asked not to relay through.
     pub avoid: Vec<u16>,
+    /// The link state the edge holds now ([`crate::members::Floods`]),
+    /// handed to the VM so it need not pull it first; left out when it
+    /// does not fit the boot block.
+    pub link_state: Vec<guest_agent::routing::linkstate::Lsa>,
 }
 
 /// Hands out request slots (a link-id offset and a tc priority each).
@@ -150,7 +154,7 @@ pub fn mem_mib(edge: &NodeFile) -> u64 {
 /// Where the request VM's part of a connect went, µs: the host's steps
 /// (build, boot) and the agent's own (keys, opening), as [`ConnectStages`]
 /// carries them (the edge's steps before the VM are the caller's).
-fn vm_stages(build: Duration, boot: Option<Duration>, guest: Option<ConnectTimes>) -> ConnectStages {
+fn vm_stages(build: Duration, boot: Option<Duration>, guest: Option<ConnectTimes>, given: usize) -> ConnectStages {
     let guest = guest.unwrap_or_default();
     ConnectStages {
         build_us: micros(build),
@@ -161,6 +165,7 @@ fn vm_stages(build: Duration, boot: Option<Duration>, guest: Option<ConnectTimes
         lsa_asked_us: guest.lsa_requested_us,
         lsa_requests: guest.lsa_requests,
         early_bytes: guest.early_bytes,
+        lsas_given: given as u64,
         ..ConnectStages::default()
     }
 }
@@ -199,8 +204,23 @@ pub fn run(
         .collect();
     let mut args = Vec::new();
     cfg.encode(&mut args);
-    EdgeRequest { dst: spec.dst, flow: spec.flow, target: spec.target.as_bytes().to_vec(), avoid: spec.avoid.clone() }
-        .encode(&mut args);
+    let mut req = EdgeRequest {
+        dst: spec.dst,
+        flow: spec.flow,
+        target: spec.target.as_bytes().to_vec(),
+        avoid: spec.avoid.clone(),
+        link_state: spec.link_state.clone(),
+    };
+    let mut tail = Vec::new();
+    req.encode(&mut tail);
+    if args.len() + tail.len() > guest_agent::boot::ARGS_LEN {
+        // Too much link state for the boot block: the VM pulls it.
+        req.link_state.clear();
+        tail.clear();
+        req.encode(&mut tail);
+    }
+    args.extend_from_slice(&tail);
+    let given = req.link_state.len();
     let vm_cfg = VmConfig {
         mem_mib: mem_mib(edge),
         role: Role::Edge,
@@ -228,7 +248,7 @@ pub fn run(
     let running = Instant::now();
     vm.on_stream_report(move |report| {
         let boot = ready.get().map(|at: &Instant| at.saturating_duration_since(running));
-        on_stream(report, vm_stages(build, boot, probe.connect_times()))
+        on_stream(report, vm_stages(build, boot, probe.connect_times(), given))
     });
     on_up();
     Ok(vm.run()?)
@@ -274,7 +294,15 @@ mod tests {
             port("ln1", 300, "0b")
         );
         let edge: NodeFile = toml::from_str(&text).unwrap();
-        let spec = RequestSpec { flow: 7, dst: 2, target: "x:1".into(), protocol: 1, slot: 3, avoid: vec![] };
+        let spec = RequestSpec {
+            flow: 7,
+            dst: 2,
+            target: "x:1".into(),
+            protocol: 1,
+            slot: 3,
+            avoid: vec![],
+            link_state: vec![],
+        };
         let cfg = request_config(&edge, &spec).unwrap();
         assert_eq!(cfg.onion_period_s, 0, "a request VM holds no onion key");
         assert_eq!(cfg.lsa_secret, [0; 32], "so does the link-state secret");

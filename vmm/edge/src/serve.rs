@@ -217,6 +217,8 @@ pub struct Edge {
     manifests: ManifestDir,
     events: Arc<EventSink>,
     limits: EdgeLimits,
+    /// The link state flooded on the edge's links, signatures checked.
+    floods: Arc<crate::members::Floods>,
     /// Members learnt from the link state flooded on the edge's links
     /// ([`crate::members`]), kept across reloads of the configuration.
     learned: std::sync::Mutex<Vec<MemberCert>>,
@@ -334,7 +336,7 @@ impl Edge {
     /// Loads the edge's configuration, opens /dev/kvm and the image.
     pub fn open(cfg: EdgeConfig) -> Result<Self, EdgeError> {
         let file = NodeFile::load(&cfg.config)?;
-        file.node_config()?;
+        let floods = Arc::new(crate::members::Floods::new(&file.node_config()?));
         let exits = file.exits()?;
         let mut slots_path = cfg.config.clone().into_os_string();
         slots_path.push(".slots");
@@ -369,6 +371,7 @@ impl Edge {
             manifests: ManifestDir::new(&cfg.manifests),
             events: Arc::new(cfg.events),
             limits: cfg.limits,
+            floods,
             learned: std::sync::Mutex::new(Vec::new()),
             vms: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
@@ -413,6 +416,9 @@ impl Edge {
         match fresh {
             Ok(v) => {
                 tracing::warn!("edge: identity files changed: {} members now", v.file.lsa_key.len());
+                if let Ok(cfg) = v.file.node_config() {
+                    self.floods.rekey(&cfg);
+                }
                 let v = Arc::new(v);
                 *self.view.write().unwrap_or_else(|p| p.into_inner()) = v.clone();
                 v
@@ -424,19 +430,18 @@ impl Edge {
         }
     }
 
-    /// With a CA: listens on the edge's links for members' certificates
-    /// in the flooded link state, and adds the hosts they name.
-    fn learn_members(self: &Arc<Self>) {
+    /// Listens on the edge's links for the flooded link state: it is
+    /// handed to request VMs at boot, and the certificates it carries add
+    /// the hosts they name.
+    fn listen_floods(self: &Arc<Self>) {
         let view = self.view();
-        if view.file.certified.ca_public == [0; 32] {
-            return;
-        }
         let ifaces: Vec<String> = view.file.port.iter().map(|p| p.iface.clone()).collect();
         let edge = Arc::downgrade(self);
         let learner = crate::members::Learner::new(authority_of(&view.file));
         crate::members::listen(
             &ifaces,
             learner,
+            self.floods.clone(),
             Arc::new(move |c: MemberCert| {
                 if let Some(edge) = edge.upgrade() {
                     edge.learned(c);
@@ -459,7 +464,7 @@ impl Edge {
 
     /// Serves clients of `listener` until it fails, each on a thread.
     pub fn serve(self: Arc<Self>, listener: TcpListener) {
-        self.learn_members();
+        self.listen_floods();
         let listen = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
         eprintln!("pathvm edge: SOCKS5 on {listen}");
         self.events.emit(&Event::EdgeUp { listen });
@@ -642,6 +647,7 @@ impl Edge {
             protocol: decision.chosen.wire_id,
             slot: ports.slot,
             avoid: criteria.avoid_nodes.clone(),
+            link_state: self.floods.current(),
         };
         let via = place.exit.as_ref().map_or_else(String::new, |x| format!("; {}", x.why));
         eprintln!(

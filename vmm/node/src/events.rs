@@ -99,6 +99,9 @@ pub struct ConnectStages {
     pub lsa_asked_us: u64,
     /// Link-state requests the VM sent before it had keys.
     pub lsa_requests: u64,
+    /// Advertisements the edge handed the VM at boot (from the floods on
+    /// its links): with them it needs no request before its keys.
+    pub lsas_given: u64,
     /// App bytes that rode behind the opening, before its answer
     /// (optimistic data: the app sent them before its SOCKS reply).
     pub early_bytes: u64,
