@@ -53,6 +53,10 @@ pub struct Frame {
     pub vms_running: Option<f64>,
     /// Streams ending at this node now.
     pub flows_open: Option<f64>,
+    /// Members this node knows from certificates in their link state, and
+    /// links it keyed from a neighbour's certificate hello (members that
+    /// joined after its configuration was written).
+    pub joined: Option<(f64, f64)>,
     /// Per second since the last read: requests (edge), packets forwarded
     /// and delivered (node), bytes to apps (edge).
     pub rates: BTreeMap<&'static str, f64>,
@@ -149,6 +153,9 @@ impl Snapshot {
             routes,
             vms_running: self.get("pathvm_vms_running"),
             flows_open: self.get("pathvm_node_flows_open"),
+            joined: self
+                .get("pathvm_node_members_learned")
+                .map(|m| (m, self.get("pathvm_node_links_keyed_total").unwrap_or(0.0))),
             rates,
             requests,
         }
@@ -191,6 +198,10 @@ impl Frame {
         if let Some(f) = self.flows_open {
             let _ = writeln!(out, "flows ending here    {f}");
         }
+        if let Some((members, keyed)) = self.joined {
+            let _ =
+                writeln!(out, "joined members       {members} learnt from link state, {keyed} links keyed from hellos");
+        }
         for (k, v) in &self.requests {
             let _ = writeln!(out, "requests {k:<40} {v}");
         }
@@ -208,7 +219,13 @@ mod tests {
     #[test]
     fn a_frame_has_links_routes_and_rates_from_two_reads() {
         let node = |fwd: u64| {
-            let mut s = guest_agent::node::NodeStats { forwarded: fwd, topology_links: 2, ..Default::default() };
+            let mut s = guest_agent::node::NodeStats {
+                forwarded: fwd,
+                topology_links: 2,
+                members_learned: 1,
+                links_keyed: 1,
+                ..Default::default()
+            };
             s.links[0] = guest_agent::node::LinkStats { peer: 3, status: 1, latency_us: 120, loss_permille: 0 };
             s.topology.0[0] = guest_agent::node::TopologyLinkStats { a: 1, b: 2, latency_us: 100, bandwidth_mbps: 10 };
             s.topology.0[1] = guest_agent::node::TopologyLinkStats { a: 2, b: 3, latency_us: 100, bandwidth_mbps: 10 };
@@ -224,5 +241,7 @@ mod tests {
         assert_eq!(f.routes[1].paths["shortest"], vec![vec![2, 3]]);
         let text = f.render(|n| format!("n{n}"));
         assert!(text.contains("n3") && text.contains("forwarded_per_s"), "{text}");
+        assert_eq!(f.joined, Some((1.0, 1.0)));
+        assert!(text.contains("1 learnt from link state, 1 links keyed from hellos"), "{text}");
     }
 }
