@@ -453,6 +453,11 @@ impl Edge {
     /// A member's certificate, checked: its host joins the view.
     fn learned(&self, c: MemberCert) {
         let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
+        // The listener checked it with the list the edge started with; the
+        // view's may be newer.
+        if authority_of(&slot.file).check(&wire_of(&c), c.node, node::identity::now_s()).is_err() {
+            return;
+        }
         let mut file = slot.file.clone();
         if add_host(&mut file, &c) {
             tracing::info!("edge: member {} ({}) learnt from the link state", c.node, c.name);
