@@ -27,7 +27,8 @@ pub fn bytes<const N: usize>() -> [u8; N] {
 
 /// Lower-case hex of `b`.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    // The agent's: certificates' signed bytes carry keys in this form.
+    guest_agent::routing::member::hex(b)
 }
 
 /// 32 bytes from 64 hex digits; `what` names the value in the error.

@@ -72,23 +72,22 @@ impl<L: LinkPort> Router<L> {
     pub(super) fn hello(&mut self, i: usize, payload: &[u8], now: u64) -> Result<(), DropReason> {
         let Ok(Control::Hello(cert)) = Control::decode(payload) else { return Err(DropReason::BadControl) };
         let Some(id) = &self.identity else { return Ok(()) };
-        let p = &self.ports[i];
-        let newer = match p.keying {
-            Keying::Configured => return Ok(()),
-            Keying::Pending => true,
-            Keying::Hello { serial, not_before } => {
-                MemberCert::decode(&cert).is_ok_and(|c| c.serial != serial && c.not_before > not_before)
-            }
-        };
-        if !newer {
+        let keying = self.ports[i].keying;
+        if keying == Keying::Configured {
             return Ok(());
+        }
+        let c = MemberCert::decode(&cert).map_err(|_| DropReason::BadCertificate)?;
+        if let Keying::Hello { serial, not_before } = keying {
+            if c.serial == serial || c.not_before <= not_before {
+                return Ok(());
+            }
         }
         if !self.ports[i].lsa_budget.take(now) {
             return Err(DropReason::LsaRate);
         }
         let peer = self.ports[i].peer;
         let wall_s = self.clock.at(now) / 1_000_000;
-        let c = self.lsdb.keys().authority().check(&cert, peer, wall_s).map_err(|_| DropReason::BadCertificate)?;
+        self.lsdb.keys().authority().check_cert(&c, peer, wall_s).map_err(|_| DropReason::BadCertificate)?;
         let key =
             Zeroizing::new(link_key(&id.link_secret, &c.link_public, self.me, peer).ok_or(DropReason::BadCertificate)?);
         let p = &mut self.ports[i];

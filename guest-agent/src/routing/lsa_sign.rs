@@ -141,7 +141,7 @@ impl LsaKeys {
     pub fn learn(&mut self, lsa: &Lsa, now_s: u64) -> Result<MemberCert, LsaRefusal> {
         let c = self.authority.check(&lsa.cert, lsa.origin, now_s).map_err(|_| LsaRefusal::BadCertificate)?;
         let key = VerifyingKey::from_bytes(&c.signing_public).map_err(|_| LsaRefusal::BadCertificate)?;
-        if key.verify_strict(&signed_message(lsa), &Signature::from_bytes(&lsa.sig)).is_err() {
+        if !signed_by(&key, lsa) {
             return Err(LsaRefusal::BadSignature);
         }
         if !self.keys.contains_key(&lsa.origin) || self.learned.contains_key(&lsa.origin) {
@@ -154,9 +154,14 @@ impl LsaKeys {
     /// Whether `lsa` carries its origin's signature. Strict verification:
     /// no malleable or small-order encodings.
     pub fn verify(&self, lsa: &Lsa) -> bool {
-        let Some(k) = self.keys.get(&lsa.origin) else { return false };
-        k.verify_strict(&signed_message(lsa), &Signature::from_bytes(&lsa.sig)).is_ok()
+        self.keys.get(&lsa.origin).is_some_and(|k| signed_by(k, lsa))
     }
+}
+
+/// Whether `key` signed `lsa`. Strict verification: no malleable or
+/// small-order encodings.
+fn signed_by(key: &VerifyingKey, lsa: &Lsa) -> bool {
+    key.verify_strict(&signed_message(lsa), &Signature::from_bytes(&lsa.sig)).is_ok()
 }
 
 /// A token bucket of signature verifications for one port.

@@ -178,12 +178,6 @@ fn authority_of(file: &NodeFile) -> Authority {
     Authority::new(&file.certified.ca_public, &file.certified.revoked)
 }
 
-fn wire_of(c: &MemberCert) -> Vec<u8> {
-    let mut out = Vec::new();
-    c.encode(&mut out);
-    out
-}
-
 /// Adds the host `c` names to `file`'s hosts unless its node or name is
 /// there already; whether it was added.
 fn add_host(file: &mut NodeFile, c: &MemberCert) -> bool {
@@ -408,7 +402,7 @@ impl Edge {
             // What was learnt stays, unless the new list revokes it.
             let authority = authority_of(&v.file);
             let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-            for c in learned.iter().filter(|c| authority.check(&wire_of(c), c.node, node::identity::now_s()).is_ok()) {
+            for c in learned.iter().filter(|c| authority.check_cert(c, c.node, node::identity::now_s()).is_ok()) {
                 add_host(&mut v.file, c);
             }
             Ok(v)
@@ -455,7 +449,7 @@ impl Edge {
         let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
         // The listener checked it with the list the edge started with; the
         // view's may be newer.
-        if authority_of(&slot.file).check(&wire_of(&c), c.node, node::identity::now_s()).is_err() {
+        if authority_of(&slot.file).check_cert(&c, c.node, node::identity::now_s()).is_err() {
             return;
         }
         let mut file = slot.file.clone();
