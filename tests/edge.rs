@@ -119,8 +119,9 @@ fn nodes_and_requests_set_up_their_taps_and_filters_without_spawning_tc_ip_or_sy
     cmd.env("PATH", &path);
     let edge = start_edge_from(cmd);
 
-    // Requests one after another: each steers its VM's taps and unsteers them.
-    for i in 0..3 {
+    // Requests one after another: each steers its VM's taps and unsteers
+    // them; later ones get the taps of earlier ones, re-steered.
+    for i in 0..5 {
         let (code, got) = curl(&topo, &format!("http://c:{port}/x"), None);
         assert_eq!(code, Some(0), "request {i}");
         assert!(sha256(&got) == sha256(&body), "request {i}: {} of {} bytes", got.len(), body.len());
@@ -129,10 +130,16 @@ fn nodes_and_requests_set_up_their_taps_and_filters_without_spawning_tc_ip_or_sy
         let out = Command::new("ip").args(["netns", "exec", &topo.netns(host)]).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    edge.wait_vms_ended(3);
+    edge.wait_vms_ended(5);
     let left = edge.leftovers(&topo.netns("a"), "ln0");
     assert!(left.is_empty(), "steering left: {left:?}");
+    let reused = edge.events.of("vm_up").iter().filter(|e| e["ports_reused"] == true).count();
+    assert!(reused >= 1, "no request got an earlier request's taps: {}", edge.events.dump());
+    let taps = pathvm_tests::request_taps(&topo.netns("a"));
+    assert!(!taps.is_empty() && taps.len() <= 4, "the edge keeps its prepared and spare taps, no more: {taps:?}");
     drop(edge.child);
+    let taps = pathvm_tests::request_taps(&topo.netns("a"));
+    assert!(taps.is_empty(), "a stopped edge left request taps: {taps:?}");
     // A node that exits takes its taps and redirects with it.
     assert!(in_ns("b", &["ip", "-o", "link"]).contains("tap0"), "B's intake tap");
     b.terminate(Duration::from_secs(20));
@@ -329,7 +336,7 @@ fn an_app_hanging_up_mid_transfer_ends_its_vm_and_leaves_nothing_behind() {
     // app hung up.
     edge.events.wait(Duration::from_secs(15), |e| events::is(e, "vm_ended"));
     let left = edge.leftovers(&ns, "ln0");
-    assert!(left.is_empty(), "tap or steering left: {left:?}");
+    assert!(left.is_empty(), "steering left: {left:?}");
     let (code, _) = curl(&topo, &format!("http://c:{port}/x"), None);
     assert_eq!(code, Some(0), "edge still serves");
     drop(edge.child);

@@ -153,14 +153,14 @@ fn an_app_that_never_reads_holds_up_only_its_own_stream_and_its_vm_goes_when_it_
         let data = random_bytes(64 << 10, seed);
         assert_eq!(sha256(&echo_round(&mut s, &data)), sha256(&data));
     }
-    // The app hangs up without reading: its VM ends and leaves no tap or
-    // filter behind.
+    // The app hangs up without reading: its VM ends and leaves no filter
+    // for its flow behind (its taps go back to the edge).
     drop(stuck);
     let ended = edge.wait_flow(&stuck_flow, "vm_ended");
     assert!(ended["exit"].as_str().is_some_and(|x| x.contains("Exited")), "{ended}");
     edge.wait_vms_ended(4);
     let left = edge.leftovers(&topo.netns("a"), "ln0");
-    assert!(left.is_empty(), "a request's tap or steering was left: {left:?}");
+    assert!(left.is_empty(), "a request's steering was left: {left:?}");
     drop(edge.child);
 }
 

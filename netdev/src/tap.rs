@@ -57,6 +57,15 @@ pub enum TapError {
     /// Creating taps needs CAP_NET_ADMIN.
     #[error("not permitted to create tap {0}: needs CAP_NET_ADMIN (run as root)")]
     NotPermitted(String),
+    /// A second fd on the tap could not be made.
+    #[error("tap {name}: cannot open a second fd on it: {source} (out of file descriptors? raise the limit)")]
+    Dup {
+        /// The tap.
+        name: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
     /// Another ioctl failed.
     #[error("tap {name}: {op} failed: {source}")]
     Ioctl {
@@ -118,6 +127,25 @@ impl Tap {
             return Err(TapError::Ioctl { name: self.name.clone(), op, source: io::Error::last_os_error() });
         }
         Ok(())
+    }
+
+    /// Another fd on the same open tap (the same queue): the device lives
+    /// while either is open, so an owner can lend one to a VM and keep the
+    /// device when the VM closes its fd.
+    pub fn try_clone(&self) -> Result<Self, TapError> {
+        let file = self.file.try_clone().map_err(|source| TapError::Dup { name: self.name.clone(), source })?;
+        Ok(Self { file, name: self.name.clone() })
+    }
+
+    /// Reads and drops every frame queued on the tap (at most `max`), so
+    /// its next reader starts empty; how many it dropped.
+    pub fn drain(&self, max: usize) -> usize {
+        let mut buf = vec![0u8; 65_536 + VNET_HDR_LEN];
+        let mut n = 0;
+        while n < max && self.read(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
     }
 
     /// The interface name.

@@ -82,8 +82,8 @@ pub fn start_edge_from(cmd: Command) -> Edge {
 }
 
 impl Edge {
-    /// What the request VMs that ended left in namespace `ns` (taps, and
-    /// filters on `link`): nothing, or a list naming it.
+    /// What the request VMs that ended left in namespace `ns` (filters on
+    /// `link` for their flows): nothing, or a list naming it.
     pub fn leftovers(&self, ns: &str, link: &str) -> Vec<String> {
         let flows: Vec<String> =
             self.events.of("vm_ended").iter().filter_map(|e| e["flow"].as_str().map(String::from)).collect();

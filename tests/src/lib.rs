@@ -414,30 +414,35 @@ pub fn routes_changed(d: &Daemon) -> usize {
 }
 
 /// What is left in namespace `ns` of the request VMs whose flows `flows`
-/// name (`0x…`, as events carry them): their taps, and filters on `link`
-/// that steer their flow id. The edge keeps a few prepared ports of its
-/// own (taps and filters for flows no request has yet), so a test asks
-/// about the flows that ended, not about every tap.
+/// name (`0x…`, as events carry them): filters on `link` that steer their
+/// flow id. Taps are not a request's: the edge keeps them for later
+/// flows ([`request_taps`] lists them).
 pub fn request_leftovers(ns: &str, link: &str, flows: &[String]) -> Vec<String> {
-    let hex: Vec<String> = flows.iter().map(|f| f.trim_start_matches("0x").to_lowercase()).collect();
-    let links = String::from_utf8_lossy(&sh(&["ip", "-n", ns, "-o", "link"]).stdout).into_owned();
     let filters = String::from_utf8_lossy(
         &sh(&["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", link, "ingress"]).stdout,
     )
     .into_owned();
-    let mut left = Vec::new();
-    for h in &hex {
-        let tap = format!("r{h}");
-        left.extend(
-            links
-                .lines()
-                .filter_map(|l| l.split(':').nth(1).map(str::trim))
-                .filter(|n| n.starts_with(&tap))
-                .map(|n| format!("tap {n}")),
-        );
-        if filters.contains(&format!("match {h}/ffffffff")) {
-            left.push(format!("filter for flow 0x{h} on {link}"));
-        }
-    }
-    left
+    flows
+        .iter()
+        .map(|f| f.trim_start_matches("0x").to_lowercase())
+        .filter(|h| filters.contains(&format!("match {h}/ffffffff")))
+        .map(|h| format!("filter for flow 0x{h} on {link}"))
+        .collect()
+}
+
+/// The edge's request taps in namespace `ns` (`r` + 8 hex digits + the
+/// port's index): the ones steered for requests and the spares kept for
+/// the next; none once the edge is gone.
+pub fn request_taps(ns: &str) -> Vec<String> {
+    let links = String::from_utf8_lossy(&sh(&["ip", "-n", ns, "-o", "link"]).stdout).into_owned();
+    links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string()))
+        .filter(|n| {
+            n.len() == 10
+                && n.starts_with('r')
+                && n[1..9].chars().all(|c| c.is_ascii_hexdigit())
+                && n[9..].chars().all(|c| c.is_ascii_digit())
+        })
+        .collect()
 }

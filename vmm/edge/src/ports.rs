@@ -6,17 +6,29 @@
 //! None of it depends on what the request asks, only on the edge's links,
 //! so [`PortPool`] makes a few ahead (the netlink round trips were ≈ 0.2-0.8
 //! ms of a connect) and a request takes one; an empty pool prepares inline.
-//! The taps' fds are held from the start, so a crashed edge leaves no tap
-//! behind; the link's filters are removed when the ports are dropped.
+//!
+//! Taps outlive their request. The edge keeps its own fd on each tap and
+//! lends the VM another; when the VM is gone its ports come back to the
+//! pool ([`PortPool::give_back`]), which takes the link's filter for the
+//! ended flow away at once and steers the taps for a new flow when it next
+//! needs a set. A tap's destruction holds the kernel's rtnl lock for 15-40
+//! ms here and cost the next connect ≈ 0.6 ms (BENCHMARKS.md, Connect);
+//! re-steering is one filter change per link. The taps' fds are held from
+//! the start, so a crashed edge leaves no tap behind; filters go when the
+//! ports are dropped or given back.
 
 use netdev::netlink::{Interface, Netlink, NetlinkError, U32Match};
 use netdev::Tap;
 use node::NodeFile;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use vmm::builder::OpenTap;
 use vmm::pool::Prepared;
 
 use crate::request::{RequestError, SlotAllocator};
+
+/// Frames a re-used tap may hold from its last flow (sent before the
+/// flow's filter went); more than a tap queues.
+const MAX_STALE_FRAMES: usize = 4096;
 
 /// One request's ports, steered for `flow`.
 pub struct PreparedPorts {
@@ -25,9 +37,20 @@ pub struct PreparedPorts {
     pub flow: u32,
     /// The request slot (link ids, tc priority).
     pub slot: u32,
-    /// A tap per port of the edge, in port order, with its name.
+    /// A tap per port of the edge, in port order, with its name: the
+    /// VM's fd on it.
     pub taps: Vec<(String, OpenTap)>,
-    _steering: Steering,
+    /// Whether these taps carried an earlier request.
+    pub reused: bool,
+    kept: Kept,
+    steering: Steering,
+}
+
+/// What outlives one request: the edge's own fd on each tap, and the
+/// links they are joined to.
+struct Kept {
+    taps: Vec<Tap>,
+    links: Vec<String>,
 }
 
 /// A random flow id (odd, so never 0).
@@ -38,41 +61,111 @@ pub fn random_flow() -> u32 {
 /// Opens, brings up and steers a tap per port of `edge` for a new flow and
 /// slot.
 pub fn prepare(edge: &NodeFile, slots: &SlotAllocator) -> Result<PreparedPorts, RequestError> {
-    let (flow, slot) = (random_flow(), slots.alloc());
-    let mut taps = Vec::new();
-    let mut steer = Vec::new();
+    // Named for the set, not a flow: the taps carry many flows.
+    let set = random_flow();
+    let mut kept = Kept { taps: Vec::new(), links: Vec::new() };
     for (i, ps) in edge.port.iter().enumerate() {
-        let name = format!("r{flow:08x}{i}");
-        let tap = Tap::open(&name).map_err(vmm::builder::BuildError::from)?;
-        taps.push((name.clone(), OpenTap::new(tap)));
-        steer.push((name, ps.iface.clone()));
+        let tap = Tap::open(&format!("r{set:08x}{i}")).map_err(vmm::builder::BuildError::from)?;
+        kept.taps.push(tap);
+        kept.links.push(ps.iface.clone());
     }
-    // One tc priority per live request (slots wrap well below u16::MAX).
-    let prio = u16::try_from(1 + slot % 40_000).unwrap_or(u16::MAX);
-    let steering = Steering::up(&steer, flow, prio)?;
-    Ok(PreparedPorts { flow, slot, taps, _steering: steering })
+    let mut netlink = Netlink::open()?;
+    for (tap, link) in kept.taps.iter().zip(&kept.links) {
+        join(&mut netlink, tap.name(), link)?;
+    }
+    steer(&mut netlink, kept, slots, false)
 }
 
-/// Ports prepared ahead of requests.
-pub struct PortPool(Prepared<PreparedPorts>);
+/// `kept`'s taps, steered for a new flow and slot, each lent to the VM as
+/// a second fd.
+fn steer(
+    netlink: &mut Netlink,
+    kept: Kept,
+    slots: &SlotAllocator,
+    reused: bool,
+) -> Result<PreparedPorts, RequestError> {
+    let (flow, slot) = (random_flow(), slots.alloc());
+    // One tc priority per live request (slots wrap well below u16::MAX).
+    let prio = u16::try_from(1 + slot % 40_000).unwrap_or(u16::MAX);
+    let mut steering = Steering { filters: Vec::new() };
+    let mut taps = Vec::new();
+    for (tap, link) in kept.taps.iter().zip(&kept.links) {
+        let (tap_if, link_if) = (Interface::by_name(tap.name())?, Interface::by_name(link)?);
+        netlink.add_redirect(&link_if, flow_match(flow), prio, &tap_if)?;
+        steering.filters.push((link_if, prio));
+        let lent = tap.try_clone().map_err(vmm::builder::BuildError::from)?;
+        taps.push((tap.name().to_string(), OpenTap::new(lent)));
+    }
+    Ok(PreparedPorts { flow, slot, taps, reused, kept, steering })
+}
+
+/// Ports prepared ahead of requests, and the taps of ended requests kept
+/// for the next ones.
+pub struct PortPool {
+    ready: Prepared<PreparedPorts>,
+    spare: Arc<Mutex<Vec<Kept>>>,
+    links: Vec<String>,
+    max_spare: usize,
+}
 
 impl PortPool {
-    /// Keeps `target` sets of ports for `edge` ready.
+    /// Keeps `target` sets of ports for `edge` ready, and up to as many
+    /// again of ended requests' taps.
     pub fn new(edge: NodeFile, slots: std::sync::Arc<SlotAllocator>, target: usize) -> std::io::Result<Self> {
-        Prepared::new(target, "pathvm-ports", move || prepare(&edge, &slots).map_err(|e| e.to_string())).map(Self)
+        let spare: Arc<Mutex<Vec<Kept>>> = Arc::default();
+        let links = edge.port.iter().map(|p| p.iface.clone()).collect();
+        let from = spare.clone();
+        let ready = Prepared::new(target, "pathvm-ports", move || {
+            let old = from.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match old {
+                Some(kept) => reuse(kept, &slots),
+                None => prepare(&edge, &slots),
+            }
+            .map_err(|e| e.to_string())
+        })?;
+        Ok(Self { ready, spare, links, max_spare: target.max(1) })
     }
 
     /// Prepared ports, if a set is ready.
     pub fn take(&self) -> Option<PreparedPorts> {
-        self.0.take()
+        self.ready.take()
+    }
+
+    /// Takes back the ports of a request whose VM is gone (its fds on the
+    /// taps closed): the link's filters for its flow go now, the taps wait
+    /// for a new flow. Beyond the spares the pool keeps, or for links the
+    /// edge no longer has, the taps are closed.
+    pub fn give_back(&self, ports: PreparedPorts) {
+        let PreparedPorts { taps, kept, steering, .. } = ports;
+        drop(steering);
+        drop(taps);
+        if kept.links != self.links {
+            return;
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < self.max_spare {
+            spare.push(kept);
+        }
     }
 }
 
-/// tc steering of one request VM; removed on drop. It holds no socket
+/// An ended request's taps, emptied of what their last flow left and
+/// steered for a new one.
+fn reuse(kept: Kept, slots: &SlotAllocator) -> Result<PreparedPorts, RequestError> {
+    for tap in &kept.taps {
+        let stale = tap.drain(MAX_STALE_FRAMES);
+        if stale > 0 {
+            tracing::debug!("tap {}: dropped {stale} frames of its last flow", tap.name());
+        }
+    }
+    steer(&mut Netlink::open()?, kept, slots, true)
+}
+
+/// tc steering of one flow to its taps; removed on drop. It holds no socket
 /// while the VM runs (a netlink socket per held connection would be a
 /// thousand fds at a thousand connections); teardown opens one.
 struct Steering {
-    /// The links' filters for this VM (the taps' go with the taps).
+    /// The links' filters for the flow (the taps' own go with the taps).
     filters: Vec<(Interface, u16)>,
 }
 
@@ -95,24 +188,15 @@ fn flow_match(flow: u32) -> U32Match {
     U32Match { value: flow, mask: u32::MAX, offset: 4 }
 }
 
-impl Steering {
-    /// Brings the taps up and joins each to its link, both ways, over one
-    /// netlink socket: a process start would cost milliseconds on the
-    /// connect path.
-    fn up(taps_and_links: &[(String, String)], flow: u32, prio: u16) -> Result<Self, NetlinkError> {
-        let mut netlink = Netlink::open()?;
-        let mut s = Self { filters: Vec::new() };
-        for (tap, link) in taps_and_links {
-            let (tap, link) = (Interface::by_name(tap)?, Interface::by_name(link)?);
-            netlink.set_link_up(&tap)?;
-            ensure_ingress(&mut netlink, &link)?;
-            netlink.add_redirect(&link, flow_match(flow), prio, &tap)?;
-            s.filters.push((link.clone(), prio));
-            netlink.add_ingress_qdisc(&tap)?;
-            netlink.add_redirect(&tap, U32Match::ANY, 0, &link)?;
-        }
-        Ok(s)
-    }
+/// Brings tap `tap` up and sends what it transmits out of `link` (once
+/// per tap, for every flow it will carry), over the caller's netlink
+/// socket: a process start would cost milliseconds on the connect path.
+fn join(netlink: &mut Netlink, tap: &str, link: &str) -> Result<(), NetlinkError> {
+    let (tap, link) = (Interface::by_name(tap)?, Interface::by_name(link)?);
+    netlink.set_link_up(&tap)?;
+    ensure_ingress(netlink, &link)?;
+    netlink.add_ingress_qdisc(&tap)?;
+    netlink.add_redirect(&tap, U32Match::ANY, 0, &link)
 }
 
 impl Drop for Steering {

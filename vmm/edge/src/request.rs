@@ -137,6 +137,9 @@ pub struct Vmm<'a> {
     pub image: &'a AgentImage,
     /// Prepared shells (an empty pool prepares one on the spot).
     pub pool: Option<&'a ShellPool>,
+    /// Where ended requests' ports go back to be steered for new ones
+    /// (none: they are closed).
+    pub ports: Option<&'a crate::ports::PortPool>,
 }
 
 /// Heap a request VM's prepared shell warms ([`vmm::warm`]) besides the
@@ -235,8 +238,6 @@ pub fn run(
     };
     let mut vm = finish_vm(vmm.kvm, shell, vm_cfg)?;
     let build = building.elapsed();
-    // The filters stay until the VM is gone.
-    let _ports = ports;
     let ready = Arc::new(OnceLock::new());
     vm.on_ready({
         let ready = ready.clone();
@@ -251,7 +252,14 @@ pub fn run(
         on_stream(report, vm_stages(build, boot, probe.connect_times(), given))
     });
     on_up();
-    Ok(vm.run()?)
+    // The filters stay until the VM is gone.
+    let outcome = vm.run()?;
+    // Its threads are joined and its fds on the taps closed: they may
+    // carry another request.
+    if let Some(pool) = vmm.ports {
+        pool.give_back(ports);
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -671,13 +671,16 @@ impl Edge {
 
     /// What request VMs are built from.
     fn vmm(&self) -> request::Vmm<'_> {
-        request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref() }
+        request::Vmm { kvm: &self.kvm, image: &self.image, pool: self.pool.as_ref(), ports: self.ports.as_ref() }
     }
 
-    /// Reports `vm_up` for `spec`'s VM, timed from now.
-    fn on_vm_up(&self, spec: &RequestSpec) -> impl FnOnce() {
+    /// Reports `vm_up` for `spec`'s VM, timed from now; `ports_reused`:
+    /// its taps carried an earlier request.
+    fn on_vm_up(&self, spec: &RequestSpec, ports_reused: bool) -> impl FnOnce() {
         let (events, spawning, flow, dst) = (self.events.clone(), Instant::now(), spec.flow, spec.dst);
-        move || events.emit(&Event::VmUp { flow: flow_name(flow), dst, spawn_us: micros(spawning.elapsed()) })
+        move || {
+            events.emit(&Event::VmUp { flow: flow_name(flow), dst, spawn_us: micros(spawning.elapsed()), ports_reused })
+        }
     }
 
     /// Where a request goes, or how it is answered without a VM.
@@ -753,8 +756,17 @@ impl Edge {
                 StreamReport::Unknown(v) => r.refuse(Reply::GeneralFailure, format!("request VM reported {v}")),
             }
         };
-        let ran =
-            request::run(&self.vmm(), file, spec, ports, OwnedFd::from(theirs), log, on_stream, self.on_vm_up(spec));
+        let reused = ports.reused;
+        let ran = request::run(
+            &self.vmm(),
+            file,
+            spec,
+            ports,
+            OwnedFd::from(theirs),
+            log,
+            on_stream,
+            self.on_vm_up(spec, reused),
+        );
         let answer = match reader {
             Ok(t) => t.join().ok().and_then(Result::ok).unwrap_or_default(),
             Err(_) => Vec::new(),
@@ -814,7 +826,8 @@ impl Edge {
             }
         };
         let vm = self.vmm();
-        match request::run(&vm, file, spec, ports, OwnedFd::from(conn), log, on_stream, self.on_vm_up(spec)) {
+        let reused = ports.reused;
+        match request::run(&vm, file, spec, ports, OwnedFd::from(conn), log, on_stream, self.on_vm_up(spec, reused)) {
             Ok(outcome) => {
                 let changes = outcome.guest_stats.map_or(0, |s| s.topology_changes);
                 eprintln!(

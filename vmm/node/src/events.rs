@@ -253,6 +253,8 @@ pub enum Event {
         dst: u16,
         /// Time to build and steer it, µs.
         spawn_us: u64,
+        /// Its taps carried an earlier request (re-steered, not made).
+        ports_reused: bool,
     },
     /// The app got success: its stream to the service is up.
     StreamUp {

@@ -145,6 +145,7 @@ pub struct EventMetrics {
     exits: Family,
     service_connects: Family,
     lookups: Family,
+    request_taps: Family,
     handshakes_failed: AtomicU64,
 }
 
@@ -160,6 +161,7 @@ impl Default for EventMetrics {
             exits: Family::default(),
             service_connects: Family::default(),
             lookups: Family::default(),
+            request_taps: Family::default(),
             handshakes_failed: AtomicU64::new(0),
         }
     }
@@ -191,7 +193,10 @@ impl EventMetrics {
             Event::Refused { flow, reply_name, .. } => {
                 bump(&self.requests, vec![self.protocol(flow, false), reply_name.to_lowercase()], 1)
             }
-            Event::VmUp { spawn_us, .. } => self.spawn.observe_us(*spawn_us),
+            Event::VmUp { spawn_us, ports_reused, .. } => {
+                self.spawn.observe_us(*spawn_us);
+                bump(&self.request_taps, vec![if *ports_reused { "reused" } else { "new" }.into()], 1)
+            }
             Event::VmEnded { flow: Some(flow), counters, .. } => {
                 self.protocol(flow, true);
                 if let Some(c) = counters {
@@ -257,6 +262,13 @@ impl EventMetrics {
             &self.service_connects,
         );
         family(e, "pathvm_lookups_total", "Name lookups this exit answered.", &["outcome"], &self.lookups);
+        family(
+            e,
+            "pathvm_request_taps_total",
+            "Request VMs by where their taps came from: made for them, or an earlier request's re-steered.",
+            &["taps"],
+            &self.request_taps,
+        );
         e.family("pathvm_handshakes_failed_total", Kind::Counter, "SOCKS5 handshakes that failed.");
         e.sample("pathvm_handshakes_failed_total", &[], self.handshakes_failed.load(Ordering::Relaxed) as f64);
     }
@@ -461,7 +473,7 @@ mod tests {
             summary: f(""),
             rows: vec![],
         });
-        m.observe(&Event::VmUp { flow: f("0x1"), dst: 3, spawn_us: 400 });
+        m.observe(&Event::VmUp { flow: f("0x1"), dst: 3, spawn_us: 400, ports_reused: true });
         m.observe(&Event::StreamUp { flow: f("0x1"), since_accept_us: 7_000, stages: Default::default() });
         m.observe(&Event::Refused { flow: f("0x2"), reply: 2, reply_name: f("NotAllowed"), reason: f("") });
         let mut counters = Counters::from(&NodeStats::default());
@@ -485,6 +497,7 @@ mod tests {
             "pathvm_connect_seconds_bucket{le=\"0.01\"} 1",
             "pathvm_connect_seconds_count 1",
             "pathvm_app_bytes_total{direction=\"to_app\"} 20",
+            "pathvm_request_taps_total{taps=\"reused\"} 1",
             "# TYPE pathvm_connect_seconds histogram",
         ] {
             assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
