@@ -56,9 +56,11 @@ fn curl_through_socks_fetches_twenty_mib_from_c_in_a_fresh_vm_per_request() {
     // Every connect says where its time went, host steps and the VM's own.
     for up in edge.events.of("stream_up") {
         let st = &up["stages"];
-        for step in ["build_us", "boot_us", "keys_us", "open_us"] {
+        for step in ["build_us", "boot_us", "agent_start_us", "keys_us", "open_us"] {
             assert!(st[step].as_u64().is_some_and(|v| v > 0), "{step} missing in {up}");
         }
+        let (boot, agent) = (st["boot_us"].as_u64().unwrap(), st["agent_start_us"].as_u64().unwrap());
+        assert!(agent < boot, "the agent's start is part of the boot: {up}");
         // Its link state came with it from the edge's floods, or it
         // pulled it.
         let (pulled, given) = (st["lsa_requests"].as_u64().unwrap(), st["lsas_given"].as_u64().unwrap());

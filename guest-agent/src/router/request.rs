@@ -376,6 +376,16 @@ impl<L: LinkPort> Router<L> {
         keyed.is_ok()
     }
 
+    /// Records how long the request VM's agent took from its entry to its
+    /// router's start, for the host's account of a connect (`booted_us`);
+    /// nothing on other nodes.
+    pub fn note_boot(&mut self, agent_to_router_us: u64) {
+        if let Some(r) = self.request.as_mut() {
+            r.times.booted_us = agent_to_router_us.max(1);
+            self.stats.connect = r.times;
+        }
+    }
+
     /// The earliest moment [`Router::poll`] has timed work on a request VM
     /// (`None` on other nodes): its stream's own timers, the next link-state
     /// pull while it wants one (maintenance pace), an onion circuit's

@@ -179,6 +179,7 @@ pub fn run_edge(params: &mut BootParams) -> ! {
     };
     params.wipe_args();
     let mut router = Router::new_request(&cfg, &req, links(params), clock::now_us()).unwrap_or_else(|e| unusable(e));
+    router.note_boot(clock::since_entry_us());
     cfg.wipe_secrets();
     // Ask the neighbours for link state (the stream's keys) before the
     // console is up and the host told: their answer is on its way while

@@ -169,6 +169,7 @@ fn vm_stages(build: Duration, boot: Option<Duration>, guest: Option<ConnectTimes
         lsa_requests: guest.lsa_requests,
         early_bytes: guest.early_bytes,
         lsas_given: given as u64,
+        agent_start_us: guest.booted_us,
         ..ConnectStages::default()
     }
 }

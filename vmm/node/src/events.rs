@@ -88,6 +88,10 @@ pub struct ConnectStages {
     pub steer_us: u64,
     /// vCPU start to the agent's ready signal (the guest's boot).
     pub boot_us: u64,
+    /// Of `boot_us`, the agent's entry to its router's start (its request
+    /// decoded, its links brought up): the opening goes out then, and the
+    /// console comes up behind it.
+    pub agent_start_us: u64,
     /// Agent start to the stream's keys: link state pulled from the
     /// neighbours, signatures checked, the end-to-end key agreed.
     pub keys_us: u64,
