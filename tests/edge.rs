@@ -234,6 +234,13 @@ fn connect_benchmark_prints_its_fields_beside_kernel_routing() {
     ] {
         assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f} missing or zero: {r}");
     }
+    // The opening's legs come from the edge's and C's events on one clock.
+    let st = &r["stages_p50_us"];
+    for f in ["forward_us", "back_us", "service_connect_us", "agent_start_us"] {
+        assert!(st[f].as_f64().is_some_and(|v| v > 0.0), "stage {f} missing or zero: {r}");
+    }
+    let legs = st["forward_us"].as_f64().unwrap() + st["back_us"].as_f64().unwrap();
+    assert!(legs < st["since_accept_us"].as_f64().unwrap(), "the opening's legs fit in the whole: {r}");
 }
 
 /// Optimistic data (Tor's): an app that sends right behind its CONNECT

@@ -67,7 +67,9 @@ pub struct ConnectReport {
     /// the edge's `stream_up` events of the run, µs (`node::events::ConnectStages`;
     /// `since_accept_us` is the whole, accept to SOCKS reply), and
     /// `service_connect_us`, the destination node's TCP connect to the
-    /// service (part of `open_us`, from its `service_connect` events).
+    /// service (part of `open_us`, from its `service_connect` events);
+    /// `forward_us` and `back_us`, the opening's two legs around it (see
+    /// [`opening_legs`]).
     pub stages_p50_us: BTreeMap<String, f64>,
     /// Connections timed.
     pub samples: usize,
@@ -122,9 +124,12 @@ pub fn run(exe: &Path, image: &Path, topo_file: &Path) -> Result<ConnectReport, 
     let mut stages_p50_us = stage_medians(plain_ups);
     let early: Vec<f64> = optimistic_ups.iter().filter_map(|e| e["stages"]["early_bytes"].as_f64()).collect();
     // The service's own part of `open_us`, from the destination's node.
-    let connects: Vec<f64> =
-        c_node.events().of("service_connect").iter().filter_map(|e| e["connect_us"].as_f64()).collect();
+    let c_connects = c_node.events().of("service_connect");
+    let connects: Vec<f64> = c_connects.iter().filter_map(|e| e["connect_us"].as_f64()).collect();
     stages_p50_us.insert("service_connect_us".into(), median(connects));
+    let (forward, back) = opening_legs(plain_ups, &c_connects);
+    stages_p50_us.insert("forward_us".into(), median(forward));
+    stages_p50_us.insert("back_us".into(), median(back));
     Ok(ConnectReport {
         connect_p50_ms: percentile(&via, 50.0),
         connect_p99_ms: percentile(&via, 99.0),
@@ -177,9 +182,52 @@ fn stage_medians(events: &[serde_json::Value]) -> BTreeMap<String, f64> {
     steps.into_iter().map(|(k, v)| (k, median(v))).collect()
 }
 
+/// The opening's two legs, µs, per request that has both ends' events
+/// (the edge's and the destination node's share the machine's monotonic
+/// clock, `mono_us`): `forward`, from the request VM's opening leaving
+/// (accept, the edge's steps, the build and the agent's start) to the
+/// destination's host starting the service's connect (A's VM, B's relay
+/// VM, C's VM and its key agreement, C's console to its host); `back`,
+/// from the service connected to the edge's reply (C's host to its VM, B,
+/// A's VM, its report to the edge).
+fn opening_legs(ups: &[serde_json::Value], connects: &[serde_json::Value]) -> (Vec<f64>, Vec<f64>) {
+    let num = |v: &serde_json::Value, k: &str| v[k].as_i64();
+    let (mut forward, mut back) = (Vec::new(), Vec::new());
+    for up in ups {
+        let Some(c) = connects.iter().find(|c| c["flow"] == up["flow"]) else { continue };
+        let st = &up["stages"];
+        let before_opening: Option<i64> =
+            ["identify_us", "socks_us", "decide_us", "steer_us", "build_us", "agent_start_us"]
+                .iter()
+                .map(|k| num(st, k))
+                .sum();
+        let (Some(replied), Some(whole), Some(before), Some(connected), Some(connect)) =
+            (num(up, "mono_us"), num(up, "since_accept_us"), before_opening, num(c, "mono_us"), num(c, "connect_us"))
+        else {
+            continue;
+        };
+        let sent = replied - whole + before;
+        forward.push((connected - connect - sent) as f64);
+        back.push((replied - connected) as f64);
+    }
+    (forward, back)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openings_legs_are_put_on_one_time_line_by_flow() {
+        let up = serde_json::json!({"event": "stream_up", "flow": "0x1", "since_accept_us": 5_000, "mono_us": 105_000,
+            "stages": {"identify_us": 100, "socks_us": 100, "decide_us": 100, "steer_us": 0, "build_us": 200, "agent_start_us": 500}});
+        // Accepted at 100,000, the opening left at 101,000; C started its
+        // connect at 102,500 and was connected at 102,600.
+        let c = serde_json::json!({"event": "service_connect", "flow": "0x1", "connect_us": 100, "mono_us": 102_600});
+        let other = serde_json::json!({"event": "service_connect", "flow": "0x2", "connect_us": 1, "mono_us": 1});
+        let (forward, back) = opening_legs(&[up], &[other, c]);
+        assert_eq!((forward, back), (vec![1_500.0], vec![2_400.0]));
+    }
 
     #[test]
     fn stage_medians_take_each_step_and_the_whole() {
