@@ -146,13 +146,14 @@ pub fn e2e(data: &[u8]) {
     use crate::transport::e2e::{parse_hello, Binding, E2eSession};
     let binding = Binding { flow: 7, src: 1, dst: 3 };
     let secret = [9u8; 32];
-    let Some(mut a) = E2eSession::initiate(&[4; 32], &crate::onion::public_key(&secret), binding, 1_000) else {
+    let public = crate::onion::public_key(&secret);
+    let Some(mut a) = E2eSession::initiate(&[4; 32], &public, binding, 1_000) else {
         return;
     };
     let mut hello = Vec::new();
     a.seal(b"syn", &mut hello);
     let Some(h) = parse_hello(&hello) else { return };
-    let Some(mut d) = E2eSession::respond(&secret, h, binding) else { return };
+    let Some(mut d) = E2eSession::respond(&secret, &public, h, binding) else { return };
     let mut out = Vec::new();
     assert!(d.open(&hello, &mut out).is_ok());
     for p in chunks(data) {
@@ -160,7 +161,7 @@ pub fn e2e(data: &[u8]) {
         assert!(d.open(p, &mut out).is_err(), "a fuzzed packet opened");
         assert!(out.is_empty(), "a refused packet left bytes");
         if let Some(h) = parse_hello(p) {
-            if let Some(mut fresh) = E2eSession::respond(&secret, h, binding) {
+            if let Some(mut fresh) = E2eSession::respond(&secret, &public, h, binding) {
                 let _ = fresh.open(p, &mut out);
             }
         }

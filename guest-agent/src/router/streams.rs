@@ -171,8 +171,8 @@ impl<L: LinkPort> Router<L> {
         let mut session = self
             .onion
             .secrets()
-            .find_map(|(secret, _)| {
-                let mut s = E2eSession::respond(secret, hello, binding)?;
+            .find_map(|(secret, public)| {
+                let mut s = E2eSession::respond(secret, public, hello, binding)?;
                 plain.clear();
                 s.open(payload, &mut plain).is_ok().then_some(s)
             })

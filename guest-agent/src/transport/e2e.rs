@@ -141,12 +141,13 @@ impl E2eSession {
         Some(Self::with(k.i2r, k.r2i, Hello { share, stamp_us }, true, k.tag))
     }
 
-    /// The destination's side of `hello`, with the node's onion `secret`;
-    /// `None` for a low-order share. Nothing is authenticated yet: open
-    /// the hello before keeping the session.
-    pub fn respond(secret: &[u8; 32], hello: Hello, binding: Binding) -> Option<Self> {
+    /// The destination's side of `hello`, with the node's onion `secret`
+    /// and its `public` key (the node holds both: no key is derived per
+    /// stream); `None` for a low-order share. Nothing is authenticated
+    /// yet: open the hello before keeping the session.
+    pub fn respond(secret: &[u8; 32], public: &[u8; 32], hello: Hello, binding: Binding) -> Option<Self> {
         let shared = agree(secret, &hello.share)?;
-        let k = derive(&shared, &hello.share, &public_key(secret), binding);
+        let k = derive(&shared, &hello.share, public, binding);
         Some(Self::with(k.r2i, k.i2r, hello, false, k.tag))
     }
 
@@ -253,7 +254,7 @@ mod tests {
         a.seal(b"syn", &mut hello);
         let h = parse_hello(&hello).unwrap();
         assert_eq!(h.stamp_us, 1_000);
-        let mut b = E2eSession::respond(&node_secret, h, B).unwrap();
+        let mut b = E2eSession::respond(&node_secret, &public_key(&node_secret), h, B).unwrap();
         assert_eq!(a.tag(), b.tag());
         let mut got = Vec::new();
         b.open(&hello, &mut got).unwrap();
@@ -303,7 +304,7 @@ mod tests {
         assert_eq!(b.open(&d, &mut got), Err(E2eError::Replayed));
         // The same keys under another flow id do not open it.
         let other = parse_hello(&hello).unwrap();
-        let mut c = E2eSession::respond(&[9; 32], other, Binding { flow: 8, ..B }).unwrap();
+        let mut c = E2eSession::respond(&[9; 32], &public_key(&[9; 32]), other, Binding { flow: 8, ..B }).unwrap();
         got.clear();
         assert_eq!(c.open(&hello, &mut got), Err(E2eError::Forged));
         // A hello with a share not this stream's.
