@@ -12,7 +12,7 @@ use guest_agent::transport::{Segment, Stream, StreamState};
 use guest_agent::wire::control::Control;
 use guest_agent::wire::{
     seal_frame, EthAddrs, LinkKey, OverlayPacket, OverlayRepr, Protocol, ReplayWindow, ETHERTYPE, ETH_HDR_LEN,
-    FLAG_CONTROL, FLAG_STREAM,
+    FLAG_CONTROL, FLAG_STREAM, HEADER_LEN,
 };
 use netdev::packet_socket::RawSocket;
 use pathvm_tests::*;
@@ -99,6 +99,8 @@ struct Fetch {
     c_public: [u8; 32],
     /// Flip one byte of the first data packet (see [`fetch`]).
     flip: bool,
+    /// Flip it in the frame as sent, after its link tag, as a wire would.
+    flip_on_wire: bool,
     /// How long to try.
     timeout: Duration,
 }
@@ -108,7 +110,7 @@ impl Fetch {
     fn of(topo: &TopoGuard, target: String) -> (APort, Self) {
         let port = a_port(topo);
         let c_public = c_onion_key(&topo.netns("a"), &port).unwrap();
-        (port, Self { target, c_public, flip: false, timeout: Duration::from_secs(60) })
+        (port, Self { target, c_public, flip: false, flip_on_wire: false, timeout: Duration::from_secs(60) })
     }
 }
 
@@ -119,7 +121,7 @@ impl Fetch {
 /// end-to-end seal and before the link seal, as a relay holding the link
 /// key could do.
 fn fetch(ns: &str, port: APort, what: Fetch, request: Vec<u8>) -> Result<Vec<u8>, String> {
-    let Fetch { target, c_public, flip, timeout } = what;
+    let Fetch { target, c_public, flip, flip_on_wire, timeout } = what;
     in_netns(ns, move || {
         let link_key = LinkKey::new(&port.key);
         let (key, rx_key) = (link_key.derive(port.tx_link), link_key.derive(port.rx_link));
@@ -133,6 +135,7 @@ fn fetch(ns: &str, port: APort, what: Fetch, request: Vec<u8>) -> Result<Vec<u8>
         stream.set_mss(MSS - e2e::OVERHEAD);
         let (mut seq, mut window) = (wall_us(), ReplayWindow::new());
         let (mut sent, mut response, mut flipped) = (0usize, Vec::new(), !flip);
+        let mut wire_flipped = !flip_on_wire;
         let (mut seg, mut sealed, mut frame, mut buf) = (Vec::new(), Vec::new(), Vec::new(), vec![0u8; 65536]);
         let start = Instant::now();
         while start.elapsed() < timeout {
@@ -167,6 +170,12 @@ fn fetch(ns: &str, port: APort, what: Fetch, request: Vec<u8>) -> Result<Vec<u8>
                 };
                 seq += 1;
                 seal_frame(&mut frame, eth, &repr, &[], &sealed, &key).map_err(|e| format!("{e:?}"))?;
+                if data && !wire_flipped {
+                    // A byte of the sealed segment, behind the link tag.
+                    let at = ETH_HDR_LEN + HEADER_LEN + sealed.len() - 20;
+                    frame[at] ^= 0x01;
+                    wire_flipped = true;
+                }
                 sock.send(&frame).map_err(|e| e.to_string())?;
             }
             stream.read(&mut response, usize::MAX);
@@ -250,8 +259,13 @@ impl Line3 {
 
     /// [`fetch`] of the service from A.
     fn fetch(&self, flip: bool) -> Result<Vec<u8>, String> {
+        self.fetch_flipping(flip, false)
+    }
+
+    /// [`Line3::fetch`], `flip_on_wire` too.
+    fn fetch_flipping(&self, flip: bool, flip_on_wire: bool) -> Result<Vec<u8>, String> {
         let (port, what) = Fetch::of(&self.topo, self.target());
-        fetch(&self.topo.netns("a"), port, Fetch { flip, ..what }, b"GET\n".to_vec())
+        fetch(&self.topo.netns("a"), port, Fetch { flip, flip_on_wire, ..what }, b"GET\n".to_vec())
     }
 
     /// Stops B and C; their metrics.
@@ -333,6 +347,23 @@ fn a_byte_a_relay_flips_in_a_shortest_stream_is_dropped_by_the_destination_and_t
 }
 
 #[test]
+fn a_byte_flipped_on_the_wire_in_a_streams_payload_passes_the_relay_and_the_destination_drops_it() {
+    if !require(&[Need::Kvm, Need::Netns]) {
+        return;
+    }
+    let l = Line3::up(1 << 20, 43);
+    // The link tag covers a stream's header and state, not its payload,
+    // which the two ends seal: B forwards the frame, C's VM refuses it, the
+    // stream sends it again.
+    let got = l.fetch_flipping(false, true).unwrap();
+    assert_eq!(sha256(&got), sha256(&l.body), "{} bytes", got.len());
+    let (b, c) = l.stop();
+    assert_eq!(b["node"]["drops"]["bad_mac"], 0, "B took the frame: {b}");
+    assert_eq!(c["node"]["drops"]["bad_e2e"], 1, "C's VM dropped the altered packet: {c}");
+    assert_eq!(c["node"]["drops"]["bad_mac"], 0, "and C's link tag from B was valid: {c}");
+}
+
+#[test]
 fn a_hello_sealed_to_an_onion_key_c_advertised_two_periods_ago_opens_nothing() {
     if !require(&[Need::Kvm, Need::Netns]) {
         return;
@@ -346,10 +377,12 @@ fn a_hello_sealed_to_an_onion_key_c_advertised_two_periods_ago_opens_nothing() {
     std::thread::sleep(Duration::from_millis(4_500));
     let new = c_onion_key(&ns, &port).unwrap();
     assert_ne!(new, old, "C advertised a new onion key");
-    let stale = Fetch { target: l.target(), c_public: old, flip: false, timeout: Duration::from_secs(3) };
+    let stale =
+        Fetch { target: l.target(), c_public: old, flip: false, flip_on_wire: false, timeout: Duration::from_secs(3) };
     let err = fetch(&ns, port.clone(), stale, b"GET\n".to_vec()).unwrap_err();
     assert!(err.starts_with("timed out with 0 bytes"), "a stream sealed to the erased key got somewhere: {err}");
-    let fresh = Fetch { target: l.target(), c_public: new, flip: false, timeout: Duration::from_secs(60) };
+    let fresh =
+        Fetch { target: l.target(), c_public: new, flip: false, flip_on_wire: false, timeout: Duration::from_secs(60) };
     let got = fetch(&ns, port, fresh, b"GET\n".to_vec()).unwrap();
     assert_eq!(sha256(&got), sha256(&l.body), "{} bytes", got.len());
     let (_, m) = l.stop();

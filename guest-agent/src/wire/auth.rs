@@ -2,9 +2,14 @@
 //!
 //! Every hop seals the packet it sends with the key of the link it sends
 //! on, and opens what arrives with the key of the link it came in on. The
-//! tag is ChaCha20-Poly1305 over the whole packet (as associated data, with
-//! no ciphertext), so a relay learns nothing it could not read anyway, and
-//! forwards nothing it cannot authenticate.
+//! tag is ChaCha20-Poly1305 over the packet (as associated data, with no
+//! ciphertext), so a relay learns nothing it could not read anyway, and
+//! forwards nothing it cannot authenticate: header, protocol state and
+//! every payload a node acts on. A stream's segment, which its two ends
+//! seal themselves and no relay reads, is covered by its header and
+//! state alone (`OverlayPacket::payload_sealed_end_to_end`): a hop that
+//! changed it could only make the destination drop it, as a hop may drop
+//! any packet.
 //!
 //! The key a packet is sealed with is derived from the link's key and the
 //! packet's directed link id ([`LinkKey::derive`]): every sender on a link
@@ -103,10 +108,14 @@ mod tests {
     use super::*;
 
     fn packet(seq: u64) -> [u8; 60] {
+        packet_of(Protocol::Shortest, 0, seq)
+    }
+
+    fn packet_of(protocol: Protocol, flags: u8, seq: u64) -> [u8; 60] {
         let mut buf = [0u8; 60];
         let repr = OverlayRepr {
-            protocol: Protocol::Shortest,
-            flags: 0,
+            protocol,
+            flags,
             hop_limit: 4,
             flow_id: 1,
             src: 1,
@@ -144,6 +153,44 @@ mod tests {
             if let Ok(p) = OverlayPacket::new_checked(&b[..]) {
                 assert_eq!(k.open(&p), Err(WireError::BadMac), "flip at {i} accepted");
             }
+        }
+    }
+
+    /// Which bytes a flip of makes the link tag fail, for a packet sealed
+    /// with `protocol` and `flags`.
+    fn covered(protocol: Protocol, flags: u8) -> Vec<bool> {
+        let k = LinkKey::new(&[7; 32]);
+        let mut buf = packet_of(protocol, flags, 1);
+        k.seal(&mut OverlayPacket::new_unchecked(&mut buf[..]));
+        let len = OverlayPacket::new_checked(&buf[..]).unwrap().total_len();
+        (0..len - TAG_LEN)
+            .map(|i| {
+                let mut b = buf;
+                b[i] ^= 0x01;
+                OverlayPacket::new_checked(&b[..]).map_or(true, |p| k.open(&p).is_err())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_streams_payload_is_left_to_its_ends_and_every_other_byte_is_covered() {
+        use crate::wire::overlay::{FLAG_CONTROL, FLAG_STREAM, HEADER_LEN};
+        let payload = HEADER_LEN..HEADER_LEN + 16;
+        for protocol in [Protocol::Shortest, Protocol::Widest, Protocol::Multipath, Protocol::Redundant] {
+            let c = covered(protocol, FLAG_STREAM);
+            for (i, failed) in c.iter().enumerate() {
+                assert_eq!(*failed, !payload.contains(&i), "{protocol:?} stream, byte {i}");
+            }
+        }
+        // Payloads a node acts on stay covered: datagrams, control, and
+        // onion cells, whose relays peel their layer.
+        for (protocol, flags) in [
+            (Protocol::Shortest, 0),
+            (Protocol::Shortest, FLAG_CONTROL),
+            (Protocol::Shortest, FLAG_STREAM | FLAG_CONTROL),
+            (Protocol::Onion, FLAG_STREAM),
+        ] {
+            assert!(covered(protocol, flags).iter().all(|f| *f), "{protocol:?} flags {flags:#x}: a byte left out");
         }
     }
 

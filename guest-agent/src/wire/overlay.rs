@@ -14,15 +14,20 @@
 //! |   link id     |        link sequence          |
 //! +---------------+-------------------------------+
 //! 28: protocol state (state len bytes), payload (payload len bytes),
-//!     16-byte authentication tag over everything before it.
+//!     16-byte authentication tag over the header, the state and (unless
+//!     the ends seal it themselves, [`OverlayPacket::authenticated`]) the
+//!     payload.
 //! ```
 //! All fields are big-endian. Bytes after the tag (Ethernet padding) are
 //! ignored.
 
 use super::WireError;
 
-/// The version this code speaks.
-pub const VERSION: u8 = 1;
+/// The version this code speaks. 2: a stream's payload is left out of the
+/// link tag ([`OverlayPacket::payload_sealed_end_to_end`]); a node of
+/// version 1 would refuse every stream frame of version 2 as forged, so
+/// it refuses the version instead, and says so.
+pub const VERSION: u8 = 2;
 /// Fixed header length.
 pub const HEADER_LEN: usize = 28;
 /// Authentication tag length.
@@ -213,9 +218,30 @@ impl<T: AsRef<[u8]>> OverlayPacket<T> {
         let start = HEADER_LEN + self.state_len() as usize;
         &self.buffer.as_ref()[start..start + self.payload_len() as usize]
     }
-    /// Everything the tag covers.
+    /// Whether the payload is sealed end to end and left out of the link
+    /// tag: a stream's segment (`FLAG_STREAM`, not control) on any protocol
+    /// but onion, whose relays peel their layer of the payload. No relay
+    /// reads such a payload, and the destination's end-to-end tag refuses
+    /// any change to it (`transport::e2e`), so checking it on every hop
+    /// too bought nothing but two Poly1305 passes per hop (≈ a sixth of a
+    /// download's CPU, BENCHMARKS.md); as SCION's hop fields, the link tag
+    /// covers what the hops act on: the header and the protocol state.
+    pub fn payload_sealed_end_to_end(&self) -> bool {
+        self.flags() & (FLAG_STREAM | FLAG_CONTROL) == FLAG_STREAM && self.protocol() != Protocol::Onion
+    }
+    /// Length of what the link tag covers: header and state, and the
+    /// payload unless [`OverlayPacket::payload_sealed_end_to_end`].
+    fn authenticated_len(&self) -> usize {
+        let head = HEADER_LEN + self.state_len() as usize;
+        if self.payload_sealed_end_to_end() {
+            head
+        } else {
+            head + self.payload_len() as usize
+        }
+    }
+    /// Everything the link tag covers.
     pub fn authenticated(&self) -> &[u8] {
-        &self.buffer.as_ref()[..self.total_len() - TAG_LEN]
+        &self.buffer.as_ref()[..self.authenticated_len()]
     }
     /// The tag.
     pub fn tag(&self) -> &[u8] {
@@ -261,9 +287,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> OverlayPacket<T> {
     }
     /// Splits into (authenticated bytes, tag), for sealing.
     pub fn authenticated_and_tag_mut(&mut self) -> (&mut [u8], &mut [u8]) {
-        let end = self.total_len();
+        let (end, covered) = (self.total_len(), self.authenticated_len());
         let (a, t) = self.b()[..end].split_at_mut(end - TAG_LEN);
-        (a, t)
+        (&mut a[..covered], t)
     }
 }
 
@@ -352,7 +378,7 @@ mod tests {
     /// A packet: shortest, hop limit 8, flow 0x01020304, 3 -> 7, 2 bytes of
     /// state (aa bb), 3 bytes of payload ("abc"), link 5 seq 9, zero tag.
     static GOLDEN: [u8; 49] = [
-        0x01, 0x01, 0x00, 0x08, 0x01, 0x02, 0x03, 0x04, 0x00, 0x03, 0x00, 0x07, 0x00, 0x03, 0x00, 0x02, 0x00, 0x00,
+        0x02, 0x01, 0x00, 0x08, 0x01, 0x02, 0x03, 0x04, 0x00, 0x03, 0x00, 0x07, 0x00, 0x03, 0x00, 0x02, 0x00, 0x00,
         0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0xaa, 0xbb, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0,
         0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
@@ -375,7 +401,7 @@ mod tests {
     #[test]
     fn deconstruct_golden_packet() {
         let p = OverlayPacket::new_checked(&GOLDEN[..]).unwrap();
-        assert_eq!(p.version(), 1);
+        assert_eq!(p.version(), 2);
         assert_eq!(p.protocol(), Protocol::Shortest);
         assert_eq!((p.hop_limit(), p.flow_id(), p.src(), p.dst()), (8, 0x0102_0304, 3, 7));
         assert_eq!((p.link_id(), p.link_seq()), (5, 9));
@@ -419,9 +445,11 @@ mod tests {
 
     #[test]
     fn test_wrong_version() {
-        let mut b = GOLDEN;
-        b[0] = 2;
-        assert_eq!(OverlayPacket::new_checked(&b[..]).unwrap_err(), WireError::BadVersion(2));
+        for v in [1, 3] {
+            let mut b = GOLDEN;
+            b[0] = v;
+            assert_eq!(OverlayPacket::new_checked(&b[..]).unwrap_err(), WireError::BadVersion(v), "version {v}");
+        }
     }
 
     #[test]
