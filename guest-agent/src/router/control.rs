@@ -17,10 +17,21 @@ use super::{origin_repr, LinkPort, Notice, Router};
 /// it wants it ([`LINK_STATE_AFTER_TRAFFIC_US`](super::request::LINK_STATE_AFTER_TRAFFIC_US)).
 pub const LSA_REQUEST_US: u64 = 500_000;
 
-/// How often a request VM asks while its stream waits for the keys link
-/// state brings: a relay that booted moments ago may not hold the
-/// destination's advertisement yet, and the app is waiting.
+/// How often a request VM asks at most while its stream waits for the
+/// keys link state brings: a relay that booted moments ago may not hold
+/// the destination's advertisement yet, and the app is waiting. The first
+/// asks come sooner ([`key_pull_after_us`]).
 pub const KEY_PULL_US: u64 = 50_000;
+
+/// When a request VM waiting for keys asks again after its `asked`-th
+/// request: a maintenance pass after the first, doubling up to
+/// [`KEY_PULL_US`]. The relay that had no route a moment ago usually has
+/// one within milliseconds (it was still hearing its own neighbours), and
+/// every ask costs the relay one answer.
+pub fn key_pull_after_us(asked: u64) -> u64 {
+    let doublings = asked.saturating_sub(1).min(8) as u32;
+    (MAINTENANCE_US << doublings).min(KEY_PULL_US)
+}
 
 /// How often a node runs its link maintenance ([`Router::maintain`]).
 pub const MAINTENANCE_US: u64 = 5_000;
@@ -206,11 +217,13 @@ impl<L: LinkPort> Router<L> {
         if !self.floods && wants && now >= self.next_lsa_request {
             // A request VM hears no floods: it asks its neighbours.
             let waiting = self.request.as_ref().is_some_and(|r| r.waits_for_keys());
-            self.next_lsa_request = now + if waiting { KEY_PULL_US } else { LSA_REQUEST_US };
+            let mut asked = 0;
             if let Some(r) = self.request.as_mut() {
                 r.note_lsa_request(now);
                 self.stats.connect = r.times;
+                asked = r.times.lsa_requests;
             }
+            self.next_lsa_request = now + if waiting { key_pull_after_us(asked) } else { LSA_REQUEST_US };
             for j in 0..self.ports.len() {
                 let (flow, peer) = (self.control_flow, self.ports[j].peer);
                 self.send_control(j, flow, peer, &Control::LsaRequest);
@@ -220,5 +233,18 @@ impl<L: LinkPort> Router<L> {
             self.refresh_topology(now);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_waiting_for_keys_asks_again_soon_then_less_often() {
+        let after: Vec<u64> = (1..=6).map(key_pull_after_us).collect();
+        assert_eq!(after, [5_000, 10_000, 20_000, 40_000, 50_000, 50_000]);
+        assert_eq!(key_pull_after_us(0), MAINTENANCE_US, "before any ask");
+        assert_eq!(key_pull_after_us(u64::MAX), KEY_PULL_US, "never beyond the cap");
     }
 }
