@@ -665,9 +665,9 @@ pub struct ConnectTimes {
     /// App bytes sent behind the opening before its answer (optimistic
     /// data).
     pub early_bytes: u64,
-    /// The agent's entry to its router's start, µs (its request decoded,
-    /// its links brought up): the part of the boot before the opening
-    /// can go.
+    /// The agent's start (its clock set, right after it copied its boot
+    /// parameters) to its router's start, µs (its request decoded, its
+    /// links brought up): the part of the boot before the opening can go.
     pub booted_us: u64,
 }
 

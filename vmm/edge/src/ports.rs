@@ -11,9 +11,10 @@
 //! lends the VM another; when the VM is gone its ports come back to the
 //! pool ([`PortPool::give_back`]), which takes the link's filter for the
 //! ended flow away at once and steers the taps for a new flow when it next
-//! needs a set. A tap's destruction holds the kernel's rtnl lock for 15-40
-//! ms here and cost the next connect ≈ 0.6 ms (BENCHMARKS.md, Connect);
-//! re-steering is one filter change per link. The taps' fds are held from
+//! needs a set. Destroying a request's taps took 13-45 ms here (the
+//! kernel unregisters each device and waits out RCU) and cost the next
+//! connect ≈ 0.6 ms (BENCHMARKS.md, Connect); re-steering is one filter
+//! change per link. The taps' fds are held from
 //! the start, so a crashed edge leaves no tap behind; filters go when the
 //! ports are dropped or given back.
 
