@@ -3,20 +3,19 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 static TSC_KHZ: AtomicU64 = AtomicU64::new(1_000_000);
-/// The TSC when the clock was set up, at the agent's entry.
-static ENTRY_TSC: AtomicU64 = AtomicU64::new(0);
+/// [`now_us`] when the clock was set up, at the agent's entry.
+static ENTRY_US: AtomicU64 = AtomicU64::new(0);
 
 pub fn init(tsc_khz: u64) {
     if tsc_khz > 0 {
         TSC_KHZ.store(tsc_khz, Ordering::Relaxed);
     }
-    ENTRY_TSC.store(rdtsc(), Ordering::Relaxed);
+    ENTRY_US.store(now_us(), Ordering::Relaxed);
 }
 
 /// Microseconds since the agent's entry (its boot so far).
 pub fn since_entry_us() -> u64 {
-    let khz = TSC_KHZ.load(Ordering::Relaxed);
-    (rdtsc().saturating_sub(ENTRY_TSC.load(Ordering::Relaxed)) as u128 * 1000 / khz as u128) as u64
+    now_us().saturating_sub(ENTRY_US.load(Ordering::Relaxed))
 }
 
 fn rdtsc() -> u64 {
